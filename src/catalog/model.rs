@@ -1,0 +1,127 @@
+//! The shapes of `queries.yaml` as written ([`RawCatalog`]) and as used ([`QuerySpec`]).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// The file: a list of queries.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCatalog {
+    pub queries: Vec<Spanned<RawQuery>>,
+}
+
+/// One query as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawQuery {
+    pub name: Spanned<String>,
+    pub help: Option<String>,
+    pub sql: Spanned<String>,
+    #[serde(default, with = "opt_duration")]
+    pub interval: Option<Spanned<Duration>>,
+    #[serde(default, with = "opt_duration")]
+    pub timeout: Option<Spanned<Duration>>,
+    #[serde(default, with = "opt_duration")]
+    pub expire_after: Option<Spanned<Duration>>,
+    #[serde(default)]
+    pub labels: Vec<Spanned<String>>,
+    pub metrics: Vec<Spanned<RawMetric>>,
+    pub max_series: Option<usize>,
+    pub min_server_version: Option<i32>,
+    pub max_server_version: Option<i32>,
+    pub requires_extension: Option<String>,
+    pub requires_preload: Option<String>,
+}
+
+/// One metric as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMetric {
+    pub column: Spanned<String>,
+    pub name: Spanned<String>,
+    #[serde(rename = "type")]
+    pub kind: MetricKind,
+    pub help: String,
+    pub unit: Option<String>,
+}
+
+mod opt_duration {
+    use super::*;
+    use serde::Deserializer;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Spanned<Duration>>, D::Error> {
+        let s: Option<Spanned<String>> = Option::deserialize(d)?;
+        s.map(|s| {
+            humantime::parse_duration(&s.value)
+                .map(|v| Spanned::new(v, s.referenced, s.defined))
+                .map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "line {}: invalid duration `{}`: {e} (write e.g. 15s, 2m)",
+                        s.referenced.line(),
+                        s.value
+                    ))
+                })
+        })
+        .transpose()
+    }
+}
+
+/// The Prometheus type of a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricKind {
+    /// A value that goes up and down.
+    Gauge,
+    /// A monotonically increasing total; its name ends in `_total`.
+    Counter,
+}
+
+/// One metric of a query: a value column and how it is exposed.
+#[derive(Debug, Clone)]
+pub struct MetricSpec {
+    /// The result column holding the value.
+    pub column: String,
+    /// The full exposed name (counters end in `_total`).
+    pub name: String,
+    /// Gauge or counter.
+    pub kind: MetricKind,
+    /// Help text.
+    pub help: String,
+    /// The base unit, for documentation (`seconds`, `bytes`, `ratio`).
+    pub unit: Option<String>,
+}
+
+/// One validated query of the catalog.
+#[derive(Debug, Clone)]
+pub struct QuerySpec {
+    /// Unique name (used in self-metrics labels).
+    pub name: String,
+    /// What it samples.
+    pub help: String,
+    /// The SQL text.
+    pub sql: String,
+    /// Sampling interval.
+    pub interval: Duration,
+    /// Server-side statement timeout.
+    pub timeout: Duration,
+    /// How long its last good series stay after failures.
+    pub expire_after: Duration,
+    /// Label columns, in order.
+    pub labels: Vec<String>,
+    /// Value columns and their metrics.
+    pub metrics: Vec<MetricSpec>,
+    /// Series budget across all its metrics.
+    pub max_series: usize,
+    /// Runs only on servers at or above this `server_version_num`.
+    pub min_server_version: Option<i32>,
+    /// Runs only on servers at or below this `server_version_num`.
+    pub max_server_version: Option<i32>,
+    /// Runs only when this extension is installed in the database.
+    pub requires_extension: Option<String>,
+    /// Runs only when this library is in `shared_preload_libraries`.
+    pub requires_preload: Option<String>,
+}

@@ -1,0 +1,176 @@
+//! Semantic checks of a parsed catalog: names, label grammar, collisions, timing.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_saphyr::Location;
+
+use super::Defaults;
+use super::model::{MetricKind, MetricSpec, QuerySpec, RawCatalog};
+
+type Loc = (u64, u64);
+
+fn at(l: &Location) -> Loc {
+    (l.line(), l.column())
+}
+
+/// Prometheus metric name grammar: `[a-zA-Z_:][a-zA-Z0-9_:]*`.
+pub fn is_metric_name(s: &str) -> bool {
+    let mut c = s.chars();
+    matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_' || ch == ':')
+        && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == ':')
+}
+
+/// Prometheus label name grammar: `[a-zA-Z_][a-zA-Z0-9_]*`, not starting with `__`.
+pub fn is_label_name(s: &str) -> bool {
+    let mut c = s.chars();
+    matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_')
+        && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+        && !s.starts_with("__")
+}
+
+/// Names the exporter itself exposes; a catalog may not reuse them.
+const RESERVED: &[&str] = &["pg_up", "pg_server_version_num"];
+
+/// Default series budget of a query.
+pub const DEFAULT_MAX_SERIES: usize = 1000;
+
+pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (Loc, String)> {
+    let mut query_names = HashSet::new();
+    let mut metric_names = HashSet::new();
+    let mut out = Vec::new();
+    for q in raw.queries {
+        let qloc = at(&q.referenced);
+        let q = q.value;
+        let name = q.name.value.clone();
+        let err = |loc: Loc, msg: String| Err((loc, format!("query \"{name}\": {msg}")));
+        if !is_label_name(&name) {
+            return err(
+                at(&q.name.referenced),
+                "name must match [a-zA-Z_][a-zA-Z0-9_]*".into(),
+            );
+        }
+        if !query_names.insert(name.clone()) {
+            return err(at(&q.name.referenced), "duplicate query name".into());
+        }
+        if q.sql.value.trim().is_empty() {
+            return err(at(&q.sql.referenced), "sql is empty".into());
+        }
+        let interval = q.interval.as_ref().map(|s| s.value).unwrap_or(d.interval);
+        let timeout = q.timeout.as_ref().map(|s| s.value).unwrap_or(d.timeout);
+        let tloc = q.timeout.as_ref().map(|s| at(&s.referenced)).unwrap_or(qloc);
+        if interval < Duration::from_secs(1) {
+            let l = q.interval.as_ref().map(|s| at(&s.referenced)).unwrap_or(qloc);
+            return err(l, "interval must be at least 1s".into());
+        }
+        if timeout.is_zero() || timeout >= interval {
+            return err(
+                tloc,
+                format!(
+                    "timeout ({}) must be above zero and below the interval ({})",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(interval)
+                ),
+            );
+        }
+        let expire_after = q
+            .expire_after
+            .as_ref()
+            .map(|s| s.value)
+            .unwrap_or(interval * 3);
+        if expire_after < interval {
+            let l = q.expire_after.as_ref().map(|s| at(&s.referenced)).unwrap_or(qloc);
+            return err(l, "expire_after must be at least the interval".into());
+        }
+        let mut labels = Vec::new();
+        for l in &q.labels {
+            if !is_label_name(&l.value) || l.value == "le" || l.value == "quantile" {
+                return err(
+                    at(&l.referenced),
+                    format!("label \"{}\" is not a valid label name (or is reserved: le, quantile)", l.value),
+                );
+            }
+            if labels.contains(&l.value) {
+                return err(at(&l.referenced), format!("label \"{}\" is listed twice", l.value));
+            }
+            labels.push(l.value.clone());
+        }
+        if q.metrics.is_empty() {
+            return err(qloc, "metrics is empty".into());
+        }
+        let mut metrics = Vec::new();
+        let mut columns: HashSet<String> = labels.iter().cloned().collect();
+        for m in q.metrics {
+            let mloc = at(&m.referenced);
+            let m = m.value;
+            let n = &m.name.value;
+            let nloc = at(&m.name.referenced);
+            if !is_metric_name(n) {
+                return err(nloc, format!("metric name \"{n}\" is not a valid Prometheus name"));
+            }
+            if !n.starts_with("pg_") || n.starts_with("pgpulse_") || RESERVED.contains(&n.as_str()) {
+                return err(
+                    nloc,
+                    format!("metric name \"{n}\" must start with pg_ and not be one of {RESERVED:?}"),
+                );
+            }
+            match m.kind {
+                MetricKind::Counter if !n.ends_with("_total") => {
+                    return err(nloc, format!("counter \"{n}\" must end in _total"));
+                }
+                MetricKind::Gauge if n.ends_with("_total") => {
+                    return err(nloc, format!("gauge \"{n}\" must not end in _total"));
+                }
+                _ => {}
+            }
+            if !metric_names.insert(n.clone()) {
+                return err(nloc, format!("metric name \"{n}\" is used twice in the catalog"));
+            }
+            if m.help.trim().is_empty() {
+                return err(mloc, format!("metric \"{n}\" has no help"));
+            }
+            if let Some(u) = &m.unit
+                && !n.contains(&format!("_{u}"))
+            {
+                return err(mloc, format!("metric \"{n}\" has unit {u} but its name does not say so"));
+            }
+            if !is_label_name(&m.column.value) {
+                return err(at(&m.column.referenced), format!("column \"{}\" is not a plain column name", m.column.value));
+            }
+            if !columns.insert(m.column.value.clone()) {
+                return err(
+                    at(&m.column.referenced),
+                    format!("column \"{}\" is used twice (as label or value)", m.column.value),
+                );
+            }
+            metrics.push(MetricSpec {
+                column: m.column.value,
+                name: n.clone(),
+                kind: m.kind,
+                help: m.help,
+                unit: m.unit,
+            });
+        }
+        let max_series = q.max_series.unwrap_or(DEFAULT_MAX_SERIES);
+        if max_series == 0 {
+            return err(qloc, "max_series must be at least 1".into());
+        }
+        out.push(QuerySpec {
+            help: q.help.unwrap_or_default(),
+            sql: q.sql.value,
+            interval,
+            timeout,
+            expire_after,
+            labels,
+            metrics,
+            max_series,
+            min_server_version: q.min_server_version,
+            max_server_version: q.max_server_version,
+            requires_extension: q.requires_extension,
+            requires_preload: q.requires_preload,
+            name,
+        });
+    }
+    Ok(out)
+}
+

@@ -1,0 +1,261 @@
+//! Settings: what an operator configures, layered by figment (built-in defaults < YAML file <
+//! `PGPULSE_*` environment, nested with `__` < command-line flags), and their validation into
+//! [`Config`], the types the program uses.
+//!
+//! Unknown keys are errors. A file is first parsed on its own with serde-saphyr so that its
+//! errors carry `file:line:column`; errors of the environment name the variable.
+
+mod settings;
+
+pub use settings::{DatabaseSettings, LogFormat, SamplingSettings, Settings, WebSettings};
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized};
+use secrecy::ExposeSecret;
+use serde_saphyr::figment::Yaml;
+
+use crate::db::DatabaseTarget;
+
+/// The default listen address: loopback and a port of our own (not 9187, the usual
+/// postgres_exporter port, so both can run side by side).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9864";
+
+/// Environment variables that belong to the command line, not to the settings tree.
+const CLI_ONLY_ENV: &[&str] = &["DATABASE_URL", "TEST_DATABASE_URL", "CONFIG", "LOG_FORMAT"];
+
+/// A configuration error; the message names the file, line and key, or the variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("{file}: cannot read: {reason}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The config file is not valid YAML for the settings (unknown key, wrong type, ...).
+    #[error("{file}:{detail}")]
+    File {
+        /// The file.
+        file: PathBuf,
+        /// `line:column: message`.
+        detail: String,
+    },
+    /// A layered value is wrong; figment's message names the key and its source.
+    #[error("configuration: {0}")]
+    Layered(String),
+    /// A value is well-formed but not acceptable.
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid {
+        /// The dotted key.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Validated configuration, in the types the program uses.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the database is (password redacted in every printed form).
+    pub target: DatabaseTarget,
+    /// Hard connection budget of the sampling pool.
+    pub pool_size: usize,
+    /// How long a query waits for a pooled connection before failing.
+    pub pool_wait_timeout: Duration,
+    /// Connect timeout for new connections.
+    pub connect_timeout: Duration,
+    /// Longest pause between reconnect attempts (exponential backoff up to this).
+    pub reconnect_max_backoff: Duration,
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// HTTP request timeout.
+    pub request_timeout: Duration,
+    /// The metric catalog file.
+    pub queries_file: PathBuf,
+    /// Interval of queries that set none.
+    pub default_interval: Duration,
+    /// Timeout of queries that set none.
+    pub default_timeout: Duration,
+    /// `lock_timeout` of every sampling query.
+    pub lock_timeout: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// The settings the configuration came from, for the landing page (no secrets).
+    pub settings: Settings,
+}
+
+/// Overrides from command-line flags, the highest layer.
+#[derive(Debug, Default, Clone)]
+pub struct CliOverrides {
+    /// `--database-url` / `PGPULSE_DATABASE_URL`.
+    pub database_url: Option<String>,
+    /// `--listen-address`.
+    pub listen_address: Option<String>,
+    /// `--queries`.
+    pub queries_file: Option<PathBuf>,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
+}
+
+/// Loads settings: defaults < `file` < environment (`PGPULSE_` with `__` nesting) < `cli`.
+pub fn load(
+    file: Option<&Path>,
+    env: Env,
+    cli: &CliOverrides,
+) -> Result<Settings, ConfigError> {
+    let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            file: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        // Parse alone first: serde-saphyr errors carry line and column.
+        serde_saphyr::from_str::<Settings>(&text).map_err(|e| ConfigError::File {
+            file: path.to_owned(),
+            detail: locate(&e),
+        })?;
+        fig = fig.merge(Yaml::file_exact(path));
+    }
+    fig = fig.merge(env.ignore(CLI_ONLY_ENV).split("__"));
+    let mut settings: Settings = fig
+        .extract()
+        .map_err(|e| ConfigError::Layered(flatten(e)))?;
+    if let Some(url) = &cli.database_url {
+        settings.database.url = Some(url.clone().into());
+    }
+    if let Some(l) = &cli.listen_address {
+        settings.web.listen_address = l.clone();
+    }
+    if let Some(q) = &cli.queries_file {
+        settings.queries_file = q.clone();
+    }
+    if let Some(f) = cli.log_format {
+        settings.log_format = f;
+    }
+    Ok(settings)
+}
+
+/// The standard environment provider (`PGPULSE_` prefix).
+pub fn env() -> Env {
+    Env::prefixed("PGPULSE_")
+}
+
+fn flatten(e: figment::Error) -> String {
+    e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+}
+
+/// `line:column: message` of a serde-saphyr error.
+pub fn locate(e: &serde_saphyr::Error) -> String {
+    let msg = e.to_string();
+    match e.location() {
+        Some(l) if l.line() > 0 && !msg.contains(&format!("line {}", l.line())) => {
+            format!("{}:{}: {msg}", l.line(), l.column())
+        }
+        _ => format!(" {msg}"),
+    }
+}
+
+fn positive(key: &'static str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        Err(ConfigError::Invalid {
+            key,
+            reason: "must be greater than zero".to_owned(),
+        })
+    } else {
+        Ok(d)
+    }
+}
+
+impl Settings {
+    /// Validates the settings into a [`Config`].
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let db = &self.database;
+        let mut target = match &db.url {
+            Some(url) => DatabaseTarget::parse(url.expose_secret()).map_err(|e| {
+                ConfigError::Invalid {
+                    key: "database.url",
+                    reason: e.to_string(),
+                }
+            })?,
+            None => {
+                let mut c = tokio_postgres::Config::new();
+                c.host(db.host.as_deref().unwrap_or("localhost"));
+                c.port(db.port.unwrap_or(5432));
+                c.user(db.user.as_deref().unwrap_or("postgres"));
+                c.dbname(db.dbname.as_deref().unwrap_or("postgres"));
+                c.application_name("pgpulse");
+                DatabaseTarget::from_config(c)
+            }
+        };
+        if let Some(pw) = &db.password {
+            target.set_password(pw.expose_secret());
+        }
+        if let Some(file) = &db.password_file {
+            let pw = std::fs::read_to_string(file).map_err(|e| ConfigError::Invalid {
+                key: "database.password_file",
+                reason: format!("{}: {e}", file.display()),
+            })?;
+            target.set_password(pw.trim_end_matches(['\n', '\r']));
+        }
+        match db.sslmode.as_deref() {
+            None | Some("disable") | Some("prefer") | Some("allow") => {}
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "database.sslmode",
+                    reason: format!(
+                        "`{other}` needs TLS, which this build does not support yet; use disable or prefer"
+                    ),
+                });
+            }
+        }
+        let connect_timeout = positive("database.connect_timeout", db.connect_timeout)?;
+        target.set_connect_timeout(connect_timeout);
+        if !(1..=20).contains(&db.pool_size) {
+            return Err(ConfigError::Invalid {
+                key: "database.pool_size",
+                reason: format!("{} is outside 1..=20", db.pool_size),
+            });
+        }
+        let listen = self
+            .web
+            .listen_address
+            .parse::<SocketAddr>()
+            .map_err(|e| ConfigError::Invalid {
+                key: "web.listen_address",
+                reason: format!("`{}`: {e} (expected host:port)", self.web.listen_address),
+            })?;
+        let s = &self.sampling;
+        let default_interval = positive("sampling.default_interval", s.default_interval)?;
+        let default_timeout = positive("sampling.default_timeout", s.default_timeout)?;
+        if default_timeout >= default_interval {
+            return Err(ConfigError::Invalid {
+                key: "sampling.default_timeout",
+                reason: "must be shorter than sampling.default_interval".to_owned(),
+            });
+        }
+        Ok(Config {
+            target,
+            pool_size: db.pool_size,
+            pool_wait_timeout: positive("database.pool_wait_timeout", db.pool_wait_timeout)?,
+            connect_timeout,
+            reconnect_max_backoff: positive(
+                "database.reconnect_max_backoff",
+                db.reconnect_max_backoff,
+            )?,
+            listen,
+            request_timeout: positive("web.request_timeout", self.web.request_timeout)?,
+            queries_file: self.queries_file.clone(),
+            default_interval,
+            default_timeout,
+            lock_timeout: positive("sampling.lock_timeout", s.lock_timeout)?,
+            log_format: self.log_format,
+            settings: self,
+        })
+    }
+}

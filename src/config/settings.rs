@@ -1,0 +1,144 @@
+//! The settings tree as written in a config file or the environment; every key has a default.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+/// Every setting; see `pgpulse.example.yaml` for the commented list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Where the database is and how to connect.
+    pub database: DatabaseSettings,
+    /// The HTTP server.
+    pub web: WebSettings,
+    /// Sampling defaults.
+    pub sampling: SamplingSettings,
+    /// The metric catalog file.
+    pub queries_file: PathBuf,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database: DatabaseSettings::default(),
+            web: WebSettings::default(),
+            sampling: SamplingSettings::default(),
+            queries_file: PathBuf::from("queries.yaml"),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Database connection settings: a URL, or the fields.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// A `postgres://` URL; overrides the fields below. May hold a password: never shown.
+    #[serde(skip_serializing)]
+    pub url: Option<SecretString>,
+    /// Host name or socket directory.
+    pub host: Option<String>,
+    /// Port.
+    pub port: Option<u16>,
+    /// User name.
+    pub user: Option<String>,
+    /// Database name.
+    pub dbname: Option<String>,
+    /// The password (better: `PGPULSE_DATABASE__PASSWORD` or `password_file`). Never shown.
+    #[serde(skip_serializing)]
+    pub password: Option<SecretString>,
+    /// A file holding the password (a trailing newline is ignored).
+    pub password_file: Option<PathBuf>,
+    /// libpq-style `sslmode`.
+    pub sslmode: Option<String>,
+    /// Hard connection budget of the sampling pool.
+    pub pool_size: usize,
+    /// Connect timeout.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long a query waits for a pooled connection.
+    #[serde(with = "humantime_serde")]
+    pub pool_wait_timeout: Duration,
+    /// Longest pause between reconnect attempts.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max_backoff: Duration,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            host: None,
+            port: None,
+            user: None,
+            dbname: None,
+            password: None,
+            password_file: None,
+            sslmode: None,
+            pool_size: 3,
+            connect_timeout: Duration::from_secs(5),
+            pool_wait_timeout: Duration::from_secs(2),
+            reconnect_max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSettings {
+    /// `host:port` to listen on.
+    pub listen_address: String,
+    /// Request timeout.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for WebSettings {
+    fn default() -> Self {
+        Self {
+            listen_address: super::DEFAULT_LISTEN.to_owned(),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Defaults for queries of the catalog.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingSettings {
+    /// Interval of queries that set none.
+    #[serde(with = "humantime_serde")]
+    pub default_interval: Duration,
+    /// Statement timeout of queries that set none.
+    #[serde(with = "humantime_serde")]
+    pub default_timeout: Duration,
+    /// Lock timeout of every sampling query.
+    #[serde(with = "humantime_serde")]
+    pub lock_timeout: Duration,
+}
+
+impl Default for SamplingSettings {
+    fn default() -> Self {
+        Self {
+            default_interval: Duration::from_secs(15),
+            default_timeout: Duration::from_secs(5),
+            lock_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}

@@ -1,0 +1,152 @@
+//! Connection settings parsed from a URL, and one-off connections for commands.
+//!
+//! The password never leaves this module in readable form: [`DatabaseTarget`]'s `Debug` and
+//! `Display` redact it, and errors describe the server by host, port and database only.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio_postgres::config::Host;
+use tokio_postgres::{Client, Config, NoTls};
+
+/// Default connect timeout when the URL does not set `connect_timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors of parsing connection settings and connecting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The database URL could not be parsed (a configuration error).
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(String),
+    /// The server could not be reached or refused the connection (a runtime error).
+    #[error("cannot connect to {target}: {reason}")]
+    Unreachable {
+        /// Host, port and database, without credentials.
+        target: String,
+        /// Why, as the driver reported it.
+        reason: String,
+    },
+}
+
+/// A parsed database location; the password is redacted in every printed form.
+#[derive(Clone)]
+pub struct DatabaseTarget {
+    config: Config,
+}
+
+impl DatabaseTarget {
+    /// Parses a `postgres://` URL or a libpq key/value string.
+    pub fn parse(url: &str) -> Result<Self, ConnectError> {
+        if url.trim().is_empty() {
+            return Err(ConnectError::InvalidUrl(
+                "empty; pass --database-url or set PGPULSE_DATABASE_URL".to_owned(),
+            ));
+        }
+        let mut config = Config::from_str(url)
+            .map_err(|e| ConnectError::InvalidUrl(redact(&e.to_string(), url)))?;
+        if config.get_hosts().is_empty() {
+            config.host("localhost");
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("pgpulse");
+        }
+        Ok(Self { config })
+    }
+
+    /// Wraps an already built driver configuration.
+    pub fn from_config(config: Config) -> Self {
+        Self { config }
+    }
+
+    /// The driver configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Overrides the password (from a file or the environment).
+    pub fn set_password(&mut self, password: &str) {
+        self.config.password(password);
+    }
+
+    /// Overrides the connect timeout.
+    pub fn set_connect_timeout(&mut self, timeout: Duration) {
+        self.config.connect_timeout(timeout);
+    }
+
+    /// The database name (`postgres` when unset, as libpq defaults to the user name).
+    pub fn dbname(&self) -> String {
+        self.config
+            .get_dbname()
+            .or(self.config.get_user())
+            .unwrap_or("postgres")
+            .to_owned()
+    }
+}
+
+/// Removes the password of `url` from a message that may quote it.
+fn redact(message: &str, url: &str) -> String {
+    match Config::from_str(url).ok().and_then(|c| c.get_password().map(<[u8]>::to_vec)) {
+        Some(pw) if !pw.is_empty() => {
+            message.replace(&*String::from_utf8_lossy(&pw), "********")
+        }
+        _ => message.to_owned(),
+    }
+}
+
+impl fmt::Display for DatabaseTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = match self.config.get_hosts().first() {
+            Some(Host::Tcp(h)) => h.clone(),
+            Some(Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".to_owned(),
+        };
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        let user = self.config.get_user().unwrap_or("");
+        write!(f, "{user}@{host}:{port}/{}", self.dbname())
+    }
+}
+
+impl fmt::Debug for DatabaseTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseTarget({self})")
+    }
+}
+
+/// Opens one connection (used by commands such as `migrate`); the connection task runs on
+/// the current runtime and ends when the client is dropped.
+pub async fn connect(target: &DatabaseTarget) -> Result<Client, ConnectError> {
+    let (client, connection) =
+        target
+            .config
+            .connect(NoTls)
+            .await
+            .map_err(|e| ConnectError::Unreachable {
+                target: target.to_string(),
+                reason: describe(&e),
+            })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "database connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// A one-line description of a driver error, including the server's message when there is one.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

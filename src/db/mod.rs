@@ -1,0 +1,11 @@
+//! Everything that talks to PostgreSQL outside the sampler: connection settings, single
+//! connections for commands, the sampling pool, and the monitoring schema's migrations,
+//! verification and removal.
+
+pub mod connect;
+pub mod migrate;
+pub mod pool;
+pub mod uninstall;
+pub mod verify;
+
+pub use connect::{ConnectError, DatabaseTarget, connect};

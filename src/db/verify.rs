@@ -1,0 +1,393 @@
+//! `pgpulse verify`: the specification's verify-monitoring-setup.sql as a command. Thirteen
+//! checks, one line each, PASS / WARN / FAIL with the reason. Checks that call functions
+//! which write (partition creation, the maintenance runner) run inside a transaction that is
+//! rolled back, so verify changes nothing.
+
+use std::fmt;
+
+use std::str::FromStr;
+
+use tokio_postgres::Client;
+
+use super::connect::describe;
+
+/// The 13 views the schema provides.
+pub const VIEWS: [&str; 13] = [
+    "v_slow_queries",
+    "v_top_queries_by_time",
+    "v_table_stats",
+    "v_table_bloat",
+    "v_index_usage",
+    "v_unused_indexes",
+    "v_index_cache_hit_ratio",
+    "v_connection_stats",
+    "v_connection_summary",
+    "v_partition_health",
+    "v_partition_growth",
+    "v_cache_hit_ratio",
+    "v_blocking_queries",
+];
+
+/// The 14 functions the schema provides.
+pub const FUNCTIONS: [&str; 14] = [
+    "get_query_performance",
+    "get_table_bloat",
+    "get_missing_indexes",
+    "analyze_partition_usage",
+    "create_future_order_partitions",
+    "create_future_trade_partitions",
+    "archive_old_partitions",
+    "run_maintenance_vacuum",
+    "update_table_statistics",
+    "partition_maintenance",
+    "rebuild_bloated_indexes",
+    "database_health_check",
+    "reset_query_stats",
+    "run_scheduled_maintenance",
+];
+
+/// The verdict of a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// As expected.
+    Pass,
+    /// Works, but something deserves attention; the reason says what to change.
+    Warn,
+    /// Broken.
+    Fail,
+}
+
+/// One check's result.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// 1..=13.
+    pub number: u8,
+    /// What was checked.
+    pub name: &'static str,
+    /// The verdict.
+    pub outcome: Outcome,
+    /// Why.
+    pub reason: String,
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = match self.outcome {
+            Outcome::Pass => "PASS",
+            Outcome::Warn => "WARN",
+            Outcome::Fail => "FAIL",
+        };
+        write!(f, "{o}  {:>2}. {}: {}", self.number, self.name, self.reason)
+    }
+}
+
+type Verdict = (Outcome, String);
+
+async fn scalar_i64(c: &Client, sql: &str) -> Result<i64, String> {
+    c.query_one(sql, &[])
+        .await
+        .map(|r| r.get::<_, i64>(0))
+        .map_err(|e| describe(&e))
+}
+
+async fn extensions(c: &Client) -> Result<Verdict, String> {
+    let rows = c
+        .query(
+            "SELECT n, EXISTS (SELECT 1 FROM pg_extension WHERE extname = n) \
+             FROM unnest(ARRAY['pg_stat_statements','pg_trgm','btree_gist']) AS n",
+            &[],
+        )
+        .await
+        .map_err(|e| describe(&e))?;
+    let missing: Vec<String> = rows
+        .iter()
+        .filter(|r| !r.get::<_, bool>(1))
+        .map(|r| r.get(0))
+        .collect();
+    Ok(if missing.is_empty() {
+        (Outcome::Pass, "pg_stat_statements, pg_trgm, btree_gist installed".into())
+    } else {
+        (
+            Outcome::Warn,
+            format!("not installed: {} (CREATE EXTENSION as a superuser)", missing.join(", ")),
+        )
+    })
+}
+
+async fn objects(c: &Client, kind: &str) -> Result<Verdict, String> {
+    let (sql, expected): (&str, &[&str]) = if kind == "views" {
+        (
+            "SELECT count(*) FROM pg_views WHERE schemaname = 'monitoring' AND viewname = ANY($1)",
+            &VIEWS,
+        )
+    } else {
+        (
+            "SELECT count(DISTINCT p.proname) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE n.nspname = 'monitoring' AND p.proname = ANY($1)",
+            &FUNCTIONS,
+        )
+    };
+    let names: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+    let n: i64 = c
+        .query_one(sql, &[&names])
+        .await
+        .map_err(|e| describe(&e))?
+        .get(0);
+    Ok(if n as usize == expected.len() {
+        (Outcome::Pass, format!("{n}/{} present", expected.len()))
+    } else {
+        (
+            Outcome::Fail,
+            format!("{n}/{} present; run `pgpulse migrate`", expected.len()),
+        )
+    })
+}
+
+async fn view_reads(c: &Client) -> Result<Verdict, String> {
+    let mut failed = Vec::new();
+    let mut rows = 0i64;
+    for v in VIEWS {
+        match scalar_i64(c, &format!("SELECT count(*) FROM monitoring.{v}")).await {
+            Ok(n) => rows += n,
+            Err(e) => failed.push(format!("{v}: {e}")),
+        }
+    }
+    Ok(if failed.is_empty() {
+        (Outcome::Pass, format!("13 views read, {rows} rows in all"))
+    } else {
+        (Outcome::Fail, failed.join("; "))
+    })
+}
+
+async fn read_functions(c: &Client) -> Result<Verdict, String> {
+    let calls = [
+        "SELECT count(*) FROM monitoring.get_query_performance(interval '1 hour')",
+        "SELECT count(*) FROM monitoring.get_table_bloat()",
+        "SELECT count(*) FROM monitoring.get_missing_indexes()",
+        "SELECT count(*) FROM monitoring.analyze_partition_usage()",
+        "SELECT count(*) FROM monitoring.run_maintenance_vacuum()",
+        "SELECT count(*) FROM monitoring.rebuild_bloated_indexes()",
+        "SELECT count(*) FROM monitoring.database_health_check()",
+    ];
+    let mut failed = Vec::new();
+    for sql in calls {
+        if let Err(e) = scalar_i64(c, sql).await {
+            failed.push(format!("{sql}: {e}"));
+        }
+    }
+    Ok(if failed.is_empty() {
+        (Outcome::Pass, format!("{} analysis functions ran", calls.len()))
+    } else {
+        (Outcome::Fail, failed.join("; "))
+    })
+}
+
+/// Runs `sql` in a transaction that is always rolled back.
+async fn rolled_back(c: &mut Client, sql: &str) -> Result<i64, String> {
+    let tx = c.transaction().await.map_err(|e| describe(&e))?;
+    let r = tx
+        .query_one(sql, &[])
+        .await
+        .map(|r| r.get::<_, i64>(0))
+        .map_err(|e| describe(&e));
+    let _ = tx.rollback().await;
+    r
+}
+
+async fn partition_functions(c: &mut Client) -> Result<Verdict, String> {
+    let orders = rolled_back(c, "SELECT count(*) FROM monitoring.create_future_order_partitions(3)").await?;
+    let trades = rolled_back(c, "SELECT count(*) FROM monitoring.create_future_trade_partitions(7)").await?;
+    let archive = rolled_back(c, "SELECT count(*) FROM monitoring.archive_old_partitions(12)").await?;
+    let reason = format!(
+        "dry run (rolled back): would create {orders} order and {trades} trade partitions, detach {archive}"
+    );
+    Ok((Outcome::Pass, reason))
+}
+
+async fn health(c: &Client) -> Result<Verdict, String> {
+    let rows = c
+        .query(
+            "SELECT check_name, status, value FROM monitoring.database_health_check() \
+             WHERE status IN ('WARNING', 'CRITICAL')",
+            &[],
+        )
+        .await
+        .map_err(|e| describe(&e))?;
+    Ok(if rows.is_empty() {
+        (Outcome::Pass, "every health check OK".into())
+    } else {
+        let list: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} ({})",
+                    r.get::<_, String>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, Option<String>>(2).unwrap_or_default()
+                )
+            })
+            .collect();
+        (Outcome::Warn, list.join("; "))
+    })
+}
+
+async fn autovacuum(c: &Client) -> Result<Verdict, String> {
+    let rows = c
+        .query(
+            "SELECT t, to_regclass('public.' || t) IS NOT NULL AS present, \
+                    coalesce((SELECT bool_or(o LIKE 'autovacuum_vacuum_scale_factor=%') FROM pg_class k, unnest(k.reloptions) o \
+                              WHERE k.oid = to_regclass('public.' || t)), false) \
+                 OR coalesce((SELECT bool_and(EXISTS (SELECT 1 FROM unnest(k.reloptions) o WHERE o LIKE 'autovacuum_vacuum_scale_factor=%')) \
+                              FROM pg_inherits i JOIN pg_class k ON k.oid = i.inhrelid \
+                              WHERE i.inhparent = to_regclass('public.' || t)), false) AS tuned \
+             FROM unnest(ARRAY['orders','trades','order_book','market_data']) AS t",
+            &[],
+        )
+        .await
+        .map_err(|e| describe(&e))?;
+    let present: Vec<String> = rows.iter().filter(|r| r.get(1)).map(|r| r.get(0)).collect();
+    let untuned: Vec<String> = rows
+        .iter()
+        .filter(|r| r.get::<_, bool>(1) && !r.get::<_, bool>(2))
+        .map(|r| r.get(0))
+        .collect();
+    Ok(if present.is_empty() {
+        (Outcome::Pass, "no trade-engine tables here; nothing to tune".into())
+    } else if untuned.is_empty() {
+        (Outcome::Pass, format!("tuned: {}", present.join(", ")))
+    } else {
+        (
+            Outcome::Warn,
+            format!("not tuned: {} (created after the migration? run `pgpulse uninstall` then `migrate`, or set the reloptions)", untuned.join(", ")),
+        )
+    })
+}
+
+async fn schedule(c: &Client) -> Result<Verdict, String> {
+    let rows = c
+        .query(
+            "SELECT job_name, cron_expression FROM monitoring.maintenance_schedule ORDER BY job_name",
+            &[],
+        )
+        .await
+        .map_err(|e| describe(&e))?;
+    let mut bad = Vec::new();
+    for r in &rows {
+        let expr: String = r.get(1);
+        if croner::Cron::from_str(&expr).is_err() {
+            bad.push(format!("{}: bad cron `{expr}`", r.get::<_, String>(0)));
+        }
+    }
+    Ok(if !bad.is_empty() {
+        (Outcome::Fail, bad.join("; "))
+    } else if rows.len() < 4 {
+        (Outcome::Fail, format!("{} jobs scheduled, expected 4", rows.len()))
+    } else {
+        (Outcome::Pass, format!("{} jobs with valid cron expressions", rows.len()))
+    })
+}
+
+async fn runner(c: &mut Client) -> Result<Verdict, String> {
+    rolled_back(
+        c,
+        "SELECT count(*) FROM (SELECT monitoring.run_scheduled_maintenance('hourly_query_stats')) AS r",
+    )
+    .await?;
+    Ok((Outcome::Pass, "hourly_query_stats ran (rolled back)".into()))
+}
+
+async fn statements(c: &Client) -> Result<Verdict, String> {
+    let preload: String = c
+        .query_one("SELECT current_setting('shared_preload_libraries')", &[])
+        .await
+        .map_err(|e| describe(&e))?
+        .get(0);
+    if !preload.split(',').any(|p| p.trim().trim_matches('"') == "pg_stat_statements") {
+        return Ok((
+            Outcome::Warn,
+            "pg_stat_statements is not preloaded: add it to shared_preload_libraries in \
+             postgresql.conf (shared_preload_libraries = 'pg_stat_statements') and restart \
+             PostgreSQL; statement metrics stay absent until then"
+                .into(),
+        ));
+    }
+    let n = scalar_i64(c, "SELECT count(*) FROM monitoring.statement_stats()").await?;
+    Ok((Outcome::Pass, format!("collecting: {n} statements tracked")))
+}
+
+async fn permissions(c: &Client) -> Result<Verdict, String> {
+    let row = c
+        .query_one(
+            "SELECT \
+               (SELECT count(*) FROM pg_roles WHERE rolname IN ('pgpulse_monitor','pgpulse_maintainer')), \
+               (SELECT count(*) FROM pg_views v WHERE v.schemaname = 'monitoring' \
+                  AND has_table_privilege('pgpulse_monitor', format('monitoring.%I', v.viewname), 'SELECT')), \
+               (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+                  WHERE n.nspname = 'monitoring' AND EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a \
+                  WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'))",
+            &[],
+        )
+        .await
+        .map_err(|e| describe(&e))?;
+    let (roles, readable, public): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    Ok(if roles < 2 {
+        (Outcome::Fail, "roles pgpulse_monitor / pgpulse_maintainer missing".into())
+    } else if readable < 13 {
+        (Outcome::Fail, format!("pgpulse_monitor can read {readable}/13 views"))
+    } else if public > 0 {
+        (Outcome::Fail, format!("{public} monitoring functions executable by PUBLIC"))
+    } else {
+        (Outcome::Pass, "pgpulse_monitor reads all 13 views; nothing granted to PUBLIC".into())
+    })
+}
+
+async fn baseline(c: &Client) -> Result<Verdict, String> {
+    let r = c
+        .query_one(
+            "SELECT round(100 * blks_hit::numeric / nullif(blks_hit + blks_read, 0), 2)::text, \
+                    (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'), \
+                    current_setting('max_connections'), pg_size_pretty(pg_database_size(current_database())) \
+             FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .map_err(|e| describe(&e))?;
+    Ok((
+        Outcome::Pass,
+        format!(
+            "cache hit {}%, {} of {} connections, database size {}",
+            r.get::<_, Option<String>>(0).unwrap_or_else(|| "n/a".into()),
+            r.get::<_, i64>(1),
+            r.get::<_, String>(2),
+            r.get::<_, String>(3)
+        ),
+    ))
+}
+
+/// Runs the 13 checks in order; a check that errors is a FAIL with the server's message.
+pub async fn verify(c: &mut Client) -> Vec<Check> {
+    let mut out = Vec::new();
+    let mut push = |number, name, r: Result<Verdict, String>| {
+        let (outcome, reason) = r.unwrap_or_else(|e| (Outcome::Fail, e));
+        out.push(Check {
+            number,
+            name,
+            outcome,
+            reason,
+        });
+    };
+    push(1, "required extensions", extensions(c).await);
+    push(2, "monitoring schema and views", objects(c, "views").await);
+    push(3, "monitoring functions", objects(c, "functions").await);
+    push(4, "data retrieval from all views", view_reads(c).await);
+    push(5, "performance functions", read_functions(c).await);
+    push(6, "partition management functions", partition_functions(c).await);
+    push(7, "database health check", health(c).await);
+    push(8, "autovacuum configuration", autovacuum(c).await);
+    push(9, "maintenance schedule", schedule(c).await);
+    push(10, "maintenance runner", runner(c).await);
+    push(11, "pg_stat_statements collection", statements(c).await);
+    push(12, "permissions", permissions(c).await);
+    push(13, "performance baseline", baseline(c).await);
+    out
+}

@@ -1,0 +1,369 @@
+//! A throwaway PostgreSQL cluster started from the system's server binaries.
+//!
+//! Owns finding `initdb`/`pg_ctl`, creating a data directory in a temp dir, starting the
+//! server on a free loopback port (never 5432) and tearing it down again. The demo and the
+//! integration tests use it; both must leave nothing behind, so teardown happens twice over:
+//! [`TempCluster`]'s `Drop` stops the server and removes the directory, and a small watchdog
+//! process stops it when the owning process dies without running destructors (a `static`
+//! cluster in a test binary, `SIGKILL`).
+//!
+//! As root, PostgreSQL refuses to run, so the server runs as the `postgres` user through
+//! `runuser` and the directory is handed to that user.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Errors of starting or using a throwaway cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The PostgreSQL server binaries are not installed.
+    #[error(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found in PATH, `pg_config --bindir` or \
+         /usr/lib/postgresql/*/bin; install them, e.g. `apt-get install postgresql` on Debian"
+    )]
+    BinariesNotFound,
+    /// Running as root, but no unprivileged `postgres` user exists to run the server.
+    #[error("running as root and no `postgres` user exists to run the server; create one or run as a normal user")]
+    NoServerUser,
+    /// A command failed; its output is attached.
+    #[error("{step} failed: {output}")]
+    Command {
+        /// What was being done.
+        step: &'static str,
+        /// The command's combined output (trimmed).
+        output: String,
+    },
+    /// An I/O error while preparing the cluster.
+    #[error("{step}: {source}")]
+    Io {
+        /// What was being done.
+        step: &'static str,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// Settings of a throwaway cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Preload `pg_stat_statements` (`shared_preload_libraries`).
+    pub preload_pg_stat_statements: bool,
+    /// `shared_buffers`, e.g. `"128MB"`; tiny values make cache misses easy to induce.
+    pub shared_buffers: String,
+    /// `max_connections`.
+    pub max_connections: u32,
+    /// Extra `-c name=value` server settings.
+    pub extra_settings: Vec<(String, String)>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            preload_pg_stat_statements: true,
+            shared_buffers: "128MB".to_owned(),
+            max_connections: 100,
+            extra_settings: Vec::new(),
+        }
+    }
+}
+
+/// A running throwaway cluster; stopped and removed on drop.
+#[derive(Debug)]
+pub struct TempCluster {
+    bindir: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    run_as: Option<String>,
+    stopped: bool,
+}
+
+/// Finds the directory holding `initdb` and `pg_ctl`.
+pub fn find_bindir() -> Result<PathBuf, ClusterError> {
+    let has_both = |d: &Path| d.join("initdb").is_file() && d.join("pg_ctl").is_file();
+    if let Some(path) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&path) {
+            if has_both(&d) {
+                return Ok(d);
+            }
+        }
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if has_both(&d) {
+            return Ok(d);
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    versions.sort();
+    versions
+        .into_iter()
+        .rev()
+        .find(|d| has_both(d))
+        .ok_or(ClusterError::BinariesNotFound)
+}
+
+/// Picks a free TCP port on 127.0.0.1 (the OS chooses; never 5432).
+pub fn free_port() -> Result<u16, ClusterError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|source| ClusterError::Io {
+        step: "pick a free port",
+        source,
+    })?;
+    l.local_addr().map(|a| a.port()).map_err(|source| ClusterError::Io {
+        step: "pick a free port",
+        source,
+    })
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn user_ids(user: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 3 && f[0] == user).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
+}
+
+impl TempCluster {
+    /// Creates and starts a cluster; blocks until it accepts connections.
+    pub fn start(opts: &ClusterOptions) -> Result<Self, ClusterError> {
+        let bindir = find_bindir()?;
+        let run_as = if is_root() {
+            Some("postgres".to_owned())
+        } else {
+            None
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "pgpulse-pg-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let io = |step| move |source| ClusterError::Io { step, source };
+        std::fs::create_dir_all(&dir).map_err(io("create the cluster directory"))?;
+        let mut cluster = Self {
+            bindir,
+            dir,
+            port: 0,
+            run_as,
+            stopped: true,
+        };
+        if let Some(user) = &cluster.run_as {
+            let (uid, gid) = user_ids(user).ok_or(ClusterError::NoServerUser)?;
+            std::os::unix::fs::chown(&cluster.dir, Some(uid), Some(gid))
+                .map_err(io("hand the cluster directory to the server user"))?;
+        }
+        let data = cluster.dir.join("data");
+        cluster.run(
+            "initdb",
+            "initdb",
+            &[
+                "-D",
+                &data.to_string_lossy(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+        )?;
+        let mut conf = format!(
+            "listen_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             shared_buffers = '{}'\nmax_connections = {}\nfsync = off\n\
+             synchronous_commit = off\nfull_page_writes = off\ntrack_io_timing = on\n\
+             log_min_messages = warning\ntimezone = 'UTC'\n",
+            cluster.dir.display(),
+            opts.shared_buffers,
+            opts.max_connections
+        );
+        if opts.preload_pg_stat_statements {
+            conf.push_str(
+                "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = all\n",
+            );
+        }
+        for (k, v) in &opts.extra_settings {
+            conf.push_str(&format!("{k} = '{v}'\n"));
+        }
+        let conf_path = data.join("postgresql.auto.conf");
+        let mut existing = std::fs::read_to_string(&conf_path).unwrap_or_default();
+        existing.push_str(&conf);
+        std::fs::write(&conf_path, existing).map_err(io("write the server settings"))?;
+        cluster.spawn_watchdog()?;
+        // Retry on a port race: another process may take the port between pick and bind.
+        let mut last = None;
+        for _ in 0..5 {
+            cluster.port = free_port()?;
+            match cluster.pg_ctl_start() {
+                Ok(()) => {
+                    cluster.stopped = false;
+                    return Ok(cluster);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(ClusterError::BinariesNotFound))
+    }
+
+    fn pg_ctl_start(&self) -> Result<(), ClusterError> {
+        let data = self.dir.join("data");
+        let log = self.dir.join("server.log");
+        self.run(
+            "pg_ctl start",
+            "pg_ctl",
+            &[
+                "start",
+                "-w",
+                "-t",
+                "60",
+                "-D",
+                &data.to_string_lossy(),
+                "-l",
+                &log.to_string_lossy(),
+                "-o",
+                &format!("-p {}", self.port),
+            ],
+        )
+        .map_err(|e| match e {
+            ClusterError::Command { step, output } => ClusterError::Command {
+                step,
+                output: format!(
+                    "{output}\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                ),
+            },
+            other => other,
+        })
+    }
+
+    /// Starts a process that stops the cluster and removes its directory once this process
+    /// is gone, whatever way it ended.
+    fn spawn_watchdog(&self) -> Result<(), ClusterError> {
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+             if [ -f '{dir}/data/postmaster.pid' ]; then {su}'{bin}/pg_ctl' stop -m immediate -D '{dir}/data' >/dev/null 2>&1; fi; \
+             rm -rf '{dir}'",
+            pid = std::process::id(),
+            dir = self.dir.display(),
+            bin = self.bindir.display(),
+            su = self
+                .run_as
+                .as_ref()
+                .map(|u| format!("runuser -u {u} -- "))
+                .unwrap_or_default(),
+        );
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(|_| ())
+            .map_err(|source| ClusterError::Io {
+                step: "start the cluster watchdog",
+                source,
+            })
+    }
+
+    fn run(&self, step: &'static str, program: &str, args: &[&str]) -> Result<(), ClusterError> {
+        let exe = self.bindir.join(program);
+        let mut cmd = match &self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        let out = cmd
+            .args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| ClusterError::Io { step, source })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(ClusterError::Command {
+                step,
+                output: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                )
+                .trim()
+                .to_owned(),
+            })
+        }
+    }
+
+    /// The TCP port the server listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The cluster's directory (data directory, socket, server log).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A connection URL for `database` as the superuser `postgres` (trust authentication).
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{database}?connect_timeout=10",
+            self.port
+        )
+    }
+
+    /// Stops the server (fast shutdown), keeping the directory; `start_again` restarts it.
+    pub fn stop(&mut self) -> Result<(), ClusterError> {
+        if self.stopped {
+            return Ok(());
+        }
+        let data = self.dir.join("data");
+        self.run(
+            "pg_ctl stop",
+            "pg_ctl",
+            &["stop", "-w", "-m", "fast", "-D", &data.to_string_lossy()],
+        )?;
+        self.stopped = true;
+        Ok(())
+    }
+
+    /// Starts a stopped server again on the same port.
+    pub fn start_again(&mut self) -> Result<(), ClusterError> {
+        if !self.stopped {
+            return Ok(());
+        }
+        self.pg_ctl_start()?;
+        self.stopped = false;
+        Ok(())
+    }
+}
+
+impl Drop for TempCluster {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let data = self.dir.join("data");
+            let _ = self.run(
+                "pg_ctl stop",
+                "pg_ctl",
+                &["stop", "-w", "-m", "immediate", "-D", &data.to_string_lossy()],
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,79 @@
+//! A synthetic trade workload: orders placed and cancelled, trades executed, order book
+//! reads and writes, market data ticks and candles, at a modest configurable rate.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+/// Counters of what the workload did.
+#[derive(Debug, Default)]
+pub struct WorkloadStats {
+    /// Orders placed.
+    pub orders: AtomicU64,
+    /// Trades executed.
+    pub trades: AtomicU64,
+    /// Statements that failed.
+    pub errors: AtomicU64,
+}
+
+const SYMBOLS: [&str; 5] = ["BTC-USD", "ETH-USD", "SOL-USD", "ADA-USD", "DOT-USD"];
+
+/// One round of the workload: a handful of statements of every kind.
+pub async fn round(client: &Client, i: u64, stats: &WorkloadStats) {
+    let symbol = SYMBOLS[(i % SYMBOLS.len() as u64) as usize];
+    let price = 100.0 + (i % 50) as f64;
+    let user = (i % 100) as i64 + 1;
+    let sql = format!(
+        "INSERT INTO orders (user_id, symbol, side, order_type, price, quantity, filled_quantity, status, created_at) \
+           VALUES ({user}, '{symbol}', '{side}', 'limit', {price}, 1, 0, 'open', now());
+         UPDATE orders SET status = 'cancelled', updated_at = now() \
+           WHERE id = (SELECT max(id) FROM orders WHERE user_id = {user} AND status = 'open' AND created_at > now() - interval '1 day') \
+             AND created_at > now() - interval '1 day' AND {cancel};
+         INSERT INTO trades (symbol, price, quantity, maker_order_id, taker_order_id, maker_user_id, taker_user_id, executed_at) \
+           VALUES ('{symbol}', {price}, 0.5, {i}, {i} + 1, {user}, {user} + 1, now());
+         INSERT INTO order_book (symbol, side, price, quantity, order_count, updated_at) \
+           VALUES ('{symbol}', '{side}', {price}, 1, 1, now()) \
+           ON CONFLICT (symbol, side, price) DO UPDATE SET quantity = order_book.quantity + 1, \
+             order_count = order_book.order_count + 1, updated_at = now();
+         INSERT INTO market_data (symbol, ts, last_price, bid, ask, volume) \
+           VALUES ('{symbol}', now(), {price}, {price} - 0.5, {price} + 0.5, 10);
+         INSERT INTO candles (symbol, interval, open_time, open, high, low, close, volume) \
+           VALUES ('{symbol}', '1m', date_trunc('minute', now()), {price}, {price}, {price}, {price}, 1) \
+           ON CONFLICT (symbol, interval, open_time) DO UPDATE SET close = excluded.close, \
+             high = greatest(candles.high, excluded.high), low = least(candles.low, excluded.low), \
+             volume = candles.volume + 1;
+         SELECT side, price, quantity FROM order_book WHERE symbol = '{symbol}' ORDER BY side, price LIMIT 20;
+         SELECT * FROM trades WHERE symbol = '{symbol}' AND executed_at > now() - interval '1 hour' ORDER BY executed_at DESC LIMIT 50;",
+        side = if i % 2 == 0 { "buy" } else { "sell" },
+        cancel = if i % 3 == 0 { "true" } else { "false" },
+    );
+    match client.batch_execute(&sql).await {
+        Ok(()) => {
+            stats.orders.fetch_add(1, Ordering::Relaxed);
+            stats.trades.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, "workload statement failed");
+        }
+    }
+}
+
+/// Runs rounds at `rate` per second until `stop`.
+pub async fn run(client: Client, rate: u32, stats: Arc<WorkloadStats>, stop: CancellationToken) {
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut i = 0u64;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        round(&client, i, &stats).await;
+        i += 1;
+    }
+}

@@ -1,0 +1,192 @@
+//! Exposition: the whole `/metrics` body, rendered once per snapshot change and kept, with
+//! its gzip form, behind an [`ArcSwap`]. A scrape loads the current [`Exposition`] and clones
+//! a reference-counted buffer: its cost does not depend on the database or on the number of
+//! scrapers.
+//!
+//! Rendering uses prometheus-client's encoder (OpenMetrics text); the Prometheus 0.0.4 text
+//! form is derived from it (counter families named with `_total`, no `# UNIT`/`# EOF`).
+
+pub mod self_metrics;
+
+use std::io::Write;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use axum::body::Bytes;
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::catalog::MetricKind;
+use crate::sampler::store::Store;
+
+pub use self_metrics::SelfMetrics;
+
+/// Content type of the OpenMetrics text format.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of the Prometheus text format.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// One pre-rendered body in both formats, plain and gzip.
+#[derive(Debug, Clone, Default)]
+pub struct Exposition {
+    /// Prometheus text format.
+    pub text: Bytes,
+    /// Prometheus text format, gzip.
+    pub text_gzip: Bytes,
+    /// OpenMetrics text format.
+    pub openmetrics: Bytes,
+    /// OpenMetrics text format, gzip.
+    pub openmetrics_gzip: Bytes,
+}
+
+/// Encodes the store's latest results as metric families.
+#[derive(Debug)]
+struct SnapshotCollector {
+    store: Arc<Store>,
+}
+
+struct Value(f64, MetricKind);
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for result in self.store.results() {
+            for (spec, series) in result.spec.metrics.iter().zip(&result.families) {
+                let (name, ty) = match spec.kind {
+                    MetricKind::Gauge => (spec.name.as_str(), MetricType::Gauge),
+                    MetricKind::Counter => (
+                        spec.name.strip_suffix("_total").unwrap_or(&spec.name),
+                        MetricType::Counter,
+                    ),
+                };
+                let mut family = encoder.encode_descriptor(name, &spec.help, None, ty)?;
+                for s in series {
+                    let labels: Vec<(&str, &str)> = result
+                        .spec
+                        .labels
+                        .iter()
+                        .map(String::as_str)
+                        .zip(s.labels.iter().map(String::as_str))
+                        .collect();
+                    let enc = family.encode_family(&labels)?;
+                    Value(s.value, spec.kind).encode(enc)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl EncodeMetric for Value {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        match self.1 {
+            MetricKind::Gauge => encoder.encode_gauge(&self.0),
+            MetricKind::Counter => encoder
+                .encode_counter::<prometheus_client::encoding::NoLabelSet, f64, f64>(&self.0, None),
+        }
+    }
+
+    fn metric_type(&self) -> MetricType {
+        match self.1 {
+            MetricKind::Gauge => MetricType::Gauge,
+            MetricKind::Counter => MetricType::Counter,
+        }
+    }
+}
+
+/// Renders snapshots and publishes them for scrapes.
+#[derive(Debug)]
+pub struct Renderer {
+    registry: Registry,
+    current: Arc<ArcSwap<Exposition>>,
+}
+
+impl Renderer {
+    /// Creates a renderer over the self-metrics registry and the store.
+    pub fn new(mut registry: Registry, store: Arc<Store>) -> Self {
+        registry.register_collector(Box::new(SnapshotCollector { store }));
+        Self {
+            registry,
+            current: Arc::new(ArcSwap::from_pointee(Exposition::default())),
+        }
+    }
+
+    /// The handle scrapes read from.
+    pub fn handle(&self) -> Arc<ArcSwap<Exposition>> {
+        self.current.clone()
+    }
+
+    /// Renders the current snapshot and swaps it in.
+    pub fn render(&self) {
+        let mut om = String::with_capacity(64 * 1024);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut om, &self.registry) {
+            // Only a formatting error of a value can get here; keep serving the last body.
+            tracing::error!(error = %e, "render of the exposition failed");
+            return;
+        }
+        let text = to_prometheus_text(&om);
+        let exposition = Exposition {
+            text_gzip: gzip(text.as_bytes()),
+            text: Bytes::from(text),
+            openmetrics_gzip: gzip(om.as_bytes()),
+            openmetrics: Bytes::from(om),
+        };
+        self.current.store(Arc::new(exposition));
+    }
+}
+
+fn gzip(data: &[u8]) -> Bytes {
+    let mut enc = GzEncoder::new(Vec::with_capacity(data.len() / 4 + 64), Compression::fast());
+    // Writing into a Vec cannot fail.
+    let _ = enc.write_all(data);
+    Bytes::from(enc.finish().unwrap_or_default())
+}
+
+/// Converts OpenMetrics text into the Prometheus 0.0.4 text format.
+pub fn to_prometheus_text(om: &str) -> String {
+    let mut out = String::with_capacity(om.len());
+    let mut counters = std::collections::HashSet::new();
+    // First pass: names of counter families.
+    for line in om.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some(name) = rest.strip_suffix(" counter")
+        {
+            counters.insert(name);
+        }
+    }
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("# HELP ", r))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+        if let Some((prefix, rest)) = meta {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            if counters.contains(name) {
+                out.push_str(prefix);
+                out.push_str(name);
+                out.push_str("_total ");
+                out.push_str(tail);
+                out.push('\n');
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}

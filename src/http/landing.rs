@@ -1,0 +1,64 @@
+//! The landing page: version, links, every query's last success and last error, and the
+//! configuration without secrets.
+
+use std::fmt::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::response::Html;
+
+use super::AppState;
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn ago(t: SystemTime) -> String {
+    match SystemTime::now().duration_since(t) {
+        Ok(d) => format!("{}s ago", d.as_secs()),
+        Err(_) => "just now".to_owned(),
+    }
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub(super) async fn page(State(state): State<AppState>) -> Html<String> {
+    let mut rows = String::new();
+    for (name, st) in state.store.statuses() {
+        let success = st
+            .last_success
+            .map(|t| format!("{} (unix {})", ago(t), unix(t)))
+            .unwrap_or_else(|| "never".to_owned());
+        let error = st
+            .last_error
+            .map(|(t, e)| format!("{}: {}", ago(t), escape(&e)))
+            .unwrap_or_default();
+        let enabled = if st.enabled {
+            "yes".to_owned()
+        } else {
+            format!("no: {}", escape(st.disabled_reason.as_deref().unwrap_or("not run yet")))
+        };
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{enabled}</td><td>{success}</td><td>{error}</td></tr>",
+            escape(&name)
+        );
+    }
+    let up = if state.sampler.is_up() { 1 } else { 0 };
+    Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>pgpulse</title></head><body>\
+         <h1>pgpulse {version}</h1>\
+         <p>PostgreSQL exporter for the trade engine. pg_up = {up}.</p>\
+         <ul><li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/health\">/health</a></li>\
+         <li><a href=\"/ready\">/ready</a></li></ul>\
+         <h2>Queries</h2><table border=\"1\"><tr><th>query</th><th>enabled</th><th>last success</th><th>last error</th></tr>{rows}</table>\
+         <h2>Configuration</h2><pre>{config}</pre></body></html>",
+        version = env!("CARGO_PKG_VERSION"),
+        config = escape(&state.config_summary),
+    ))
+}

@@ -1,0 +1,73 @@
+//! The `pgpulse` binary: CLI → telemetry → config → command; exit codes 0 ok, 1 runtime
+//! failure, 2 bad configuration or usage.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use pgpulse::cli::{Cli, CliError, Command};
+use pgpulse::config::LogFormat;
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGPULSE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format.unwrap_or(LogFormat::Text));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pgpulse: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgpulse: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let config_file = cli.config.as_deref();
+    match cli.command {
+        Command::Serve {
+            db,
+            listen_address,
+            queries,
+        } => pgpulse::cli::serve::serve(config_file, cli.log_format, db, listen_address, queries).await,
+        Command::CheckConfig { db, queries } => {
+            pgpulse::cli::serve::check_config(config_file, cli.log_format, db, queries)
+        }
+        Command::Migrate { db, status } => {
+            let target = pgpulse::cli::target(config_file, &db)?;
+            pgpulse::cli::migrate(&target, status).await
+        }
+        Command::Uninstall { db } => {
+            let target = pgpulse::cli::target(config_file, &db)?;
+            pgpulse::cli::uninstall(&target).await
+        }
+        Command::Verify { db } => {
+            let target = pgpulse::cli::target(config_file, &db)?;
+            pgpulse::cli::verify(&target).await
+        }
+        Command::Demo(args) => pgpulse::demo::run(args).await,
+        Command::Catalog { markdown, queries } => {
+            pgpulse::cli::serve::print_catalog(&queries, markdown)
+        }
+    }
+}

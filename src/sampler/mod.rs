@@ -1,0 +1,324 @@
+//! Sampling: one task per query on its own interval (with jitter), a probe that keeps
+//! `pg_up` truthful and reconnects with capped exponential backoff, and the hand-over of each
+//! complete result to the [`Store`] and the renderer.
+//!
+//! Concurrency: each query is a loop in its own task, so a slow query delays only itself; a
+//! run still in flight when its next tick comes skips that tick (`MissedTickBehavior::Skip`).
+//! All tasks share the pool, whose size is the hard connection budget. While the probe says
+//! the database is down, queries do not try to connect (the probe alone reconnects, with
+//! backoff), so an outage costs the database one connection attempt per backoff step.
+//! Tasks stop through a [`CancellationToken`]; a reload cancels the old generation's query
+//! tasks and starts new ones.
+
+pub mod run;
+pub mod store;
+
+pub use run::{ErrorKind, RunError, sample_once};
+pub use store::Store;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use deadpool_postgres::Pool;
+use tokio::sync::Notify;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::catalog::{Catalog, QuerySpec};
+use crate::exposition::SelfMetrics;
+use crate::exposition::self_metrics::{ErrorLabels, QueryLabel};
+
+/// What the probe learnt about the server.
+#[derive(Debug, Default)]
+pub struct ServerInfo {
+    /// `server_version_num`, 0 before the first connection.
+    pub version_num: AtomicI64,
+    /// Whether the last probe reached the database.
+    pub up: AtomicBool,
+    /// Installed extensions and preloaded libraries (from the last probe).
+    pub features: std::sync::Mutex<(Vec<String>, Vec<String>)>,
+}
+
+/// Shared state of the sampler.
+#[derive(Debug)]
+pub struct Sampler {
+    pool: Pool,
+    store: Arc<Store>,
+    metrics: Arc<SelfMetrics>,
+    server: Arc<ServerInfo>,
+    changed: Arc<Notify>,
+    lock_timeout: Duration,
+    max_backoff: Duration,
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+impl Sampler {
+    /// Creates a sampler; nothing runs until [`Sampler::start`].
+    pub fn new(
+        pool: Pool,
+        store: Arc<Store>,
+        metrics: Arc<SelfMetrics>,
+        changed: Arc<Notify>,
+        lock_timeout: Duration,
+        max_backoff: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            store,
+            metrics,
+            server: Arc::new(ServerInfo::default()),
+            changed,
+            lock_timeout,
+            max_backoff,
+        })
+    }
+
+    /// What the probe knows about the server.
+    pub fn server(&self) -> &ServerInfo {
+        &self.server
+    }
+
+    /// Whether the last probe reached the database.
+    pub fn is_up(&self) -> bool {
+        self.server.up.load(Ordering::Relaxed)
+    }
+
+    /// Starts the probe (until `stop`), which then keeps running across reloads.
+    pub fn start_probe(self: &Arc<Self>, tracker: &TaskTracker, stop: CancellationToken) {
+        let me = self.clone();
+        tracker.spawn(async move { me.probe_loop(stop).await });
+    }
+
+    /// Starts one task per query of `catalog`, stopped by `generation`.
+    pub fn start(
+        self: &Arc<Self>,
+        catalog: &Catalog,
+        tracker: &TaskTracker,
+        generation: CancellationToken,
+    ) {
+        let names: Vec<String> = catalog.queries.iter().map(|q| q.name.clone()).collect();
+        self.store.set_catalog(&names);
+        for q in &catalog.queries {
+            self.metrics.init_query(&q.name);
+            let me = self.clone();
+            let spec = q.clone();
+            let stop = generation.clone();
+            tracker.spawn(async move { me.query_loop(spec, stop).await });
+        }
+        self.changed.notify_one();
+    }
+
+    /// Forgets the self-metrics of queries that left the catalog.
+    pub fn forget(&self, old: &Catalog, new: &Catalog) {
+        for q in &old.queries {
+            if !new.queries.iter().any(|n| n.name == q.name) {
+                self.metrics.forget_query(&q.name);
+            }
+        }
+    }
+
+    async fn probe_loop(self: Arc<Self>, stop: CancellationToken) {
+        let mut failures: u32 = 0;
+        loop {
+            let ok = self.probe_once().await;
+            let pause = if ok {
+                failures = 0;
+                Duration::from_secs(5)
+            } else {
+                failures = failures.saturating_add(1);
+                self.metrics.connect_failures.inc();
+                let base = Duration::from_millis(250) * 2u32.saturating_pow(failures.min(16));
+                base.min(self.max_backoff)
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// One probe: a round trip that also reads version, extensions and preloaded libraries.
+    pub async fn probe_once(&self) -> bool {
+        const SQL: &str = "SELECT current_setting('server_version_num')::int, \
+            current_setting('shared_preload_libraries'), \
+            coalesce((SELECT string_agg(extname, ',') FROM pg_extension), '')";
+        let result = async {
+            let client = self.pool.get().await.ok()?;
+            let row = tokio::time::timeout(Duration::from_secs(10), client.query_one(SQL, &[]))
+                .await
+                .ok()?
+                .ok()?;
+            Some((row.get::<_, i32>(0), row.get::<_, String>(1), row.get::<_, String>(2)))
+        }
+        .await;
+        let was_up = self.is_up();
+        match result {
+            Some((version, preload, extensions)) => {
+                self.server.version_num.store(version as i64, Ordering::Relaxed);
+                let split = |s: &str| {
+                    s.split(',')
+                        .map(|x| x.trim().trim_matches('"').to_owned())
+                        .filter(|x| !x.is_empty())
+                        .collect::<Vec<_>>()
+                };
+                if let Ok(mut f) = self.server.features.lock() {
+                    *f = (split(&extensions), split(&preload));
+                }
+                self.server.up.store(true, Ordering::Relaxed);
+                self.metrics.up.set(1);
+                self.metrics.server_version.set(version as i64);
+                if !was_up {
+                    tracing::info!(version, "database reachable");
+                    self.changed.notify_one();
+                }
+                true
+            }
+            None => {
+                self.server.up.store(false, Ordering::Relaxed);
+                self.metrics.up.set(0);
+                if was_up {
+                    tracing::warn!("database unreachable");
+                }
+                self.changed.notify_one();
+                false
+            }
+        }
+    }
+
+    /// Why `spec` cannot run on this server, if it cannot.
+    fn gate(&self, spec: &QuerySpec) -> Option<String> {
+        let v = self.server.version_num.load(Ordering::Relaxed) as i32;
+        if let Some(min) = spec.min_server_version
+            && v < min
+        {
+            return Some(format!("server version {v} is below {min}"));
+        }
+        if let Some(max) = spec.max_server_version
+            && v > max
+        {
+            return Some(format!("server version {v} is above {max}"));
+        }
+        let (exts, preload) = self
+            .server
+            .features
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default();
+        if let Some(e) = &spec.requires_extension
+            && !exts.contains(e)
+        {
+            return Some(format!("extension {e} is not installed (CREATE EXTENSION {e})"));
+        }
+        if let Some(p) = &spec.requires_preload
+            && !preload.contains(p)
+        {
+            return Some(format!(
+                "{p} is not in shared_preload_libraries (add it and restart PostgreSQL)"
+            ));
+        }
+        None
+    }
+
+    async fn query_loop(self: Arc<Self>, spec: Arc<QuerySpec>, stop: CancellationToken) {
+        // Spread the first runs over a fraction of the interval so queries do not align.
+        let jitter = spec.interval.mul_f64(rand::random::<f64>() * 0.1);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(jitter.min(Duration::from_millis(500))) => {}
+        }
+        let mut ticker = tokio::time::interval(spec.interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.tick(&spec) => {}
+            }
+        }
+    }
+
+    /// One tick of a query: gate, run, publish or record the failure, wake the renderer.
+    pub async fn tick(&self, spec: &Arc<QuerySpec>) {
+        let label = QueryLabel {
+            query: spec.name.clone(),
+        };
+        if !self.is_up() {
+            self.metrics.skipped.get_or_create(&label).inc();
+            self.store.fail(spec, "database unreachable".to_owned(), SystemTime::now());
+            self.after_failure(spec, &label);
+            return;
+        }
+        if let Some(reason) = self.gate(spec) {
+            self.metrics.enabled.get_or_create(&label).set(0);
+            self.store.set_enabled(&spec.name, false, Some(reason));
+            self.metrics.series.get_or_create(&label).set(0);
+            self.changed.notify_one();
+            return;
+        }
+        self.metrics.enabled.get_or_create(&label).set(1);
+        self.store.set_enabled(&spec.name, true, None);
+        let started = tokio::time::Instant::now();
+        let outcome = sample_once(&self.pool, spec, self.lock_timeout).await;
+        self.metrics
+            .duration
+            .get_or_create(&label)
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.runs.get_or_create(&label).inc();
+        match outcome {
+            Ok((result, stats)) => {
+                self.metrics.nulls.get_or_create(&label).inc_by(stats.nulls);
+                self.metrics.dropped.get_or_create(&label).inc_by(stats.dropped);
+                if stats.dropped > 0 {
+                    tracing::warn!(query = %spec.name, dropped = stats.dropped, budget = spec.max_series, "series over budget dropped");
+                }
+                self.metrics
+                    .series
+                    .get_or_create(&label)
+                    .set(result.series_count() as i64);
+                self.metrics.last_success.get_or_create(&label).set(unix_now());
+                self.store.publish(Arc::new(result));
+            }
+            Err(e) => {
+                tracing::warn!(query = %spec.name, kind = e.kind.as_str(), error = %e.message, "query failed");
+                self.metrics
+                    .errors
+                    .get_or_create(&ErrorLabels {
+                        query: spec.name.clone(),
+                        kind: e.kind.as_str().to_owned(),
+                    })
+                    .inc();
+                self.store.fail(spec, e.to_string(), SystemTime::now());
+                if e.kind == ErrorKind::Connection {
+                    // Let the probe confirm and take over reconnecting.
+                    self.probe_once().await;
+                }
+                self.after_failure(spec, &label);
+                return;
+            }
+        }
+        self.changed.notify_one();
+    }
+
+    fn after_failure(&self, spec: &QuerySpec, label: &QueryLabel) {
+        let still = self
+            .store
+            .results()
+            .iter()
+            .find(|r| r.spec.name == spec.name)
+            .map(|r| r.series_count())
+            .unwrap_or(0);
+        self.metrics.series.get_or_create(label).set(still as i64);
+        self.changed.notify_one();
+    }
+}
