@@ -1,1 +1,80 @@
--- placeholder: being written
+-- pgpulse uninstall: removes everything V004..V006 created in this database.
+--
+-- Run by `pgpulse uninstall` as ONE simple-query batch inside a transaction (no BEGIN/COMMIT here).
+--   * resets the autovacuum reloptions V006 set (on the trade-engine tables and partitions that exist);
+--   * drops schema monitoring (views, functions, maintenance tables, migration history);
+--   * drops the roles pgpulse_monitor / pgpulse_maintainer only if pgpulse created them, after
+--     DROP OWNED BY in this database; a role still used by another database of the cluster (or owning
+--     objects here) is kept, with a NOTICE.
+-- Extensions (pg_stat_statements, pg_trgm, btree_gist) are left installed: other things may use them.
+-- Trade data is never touched.
+
+DO $$
+DECLARE
+    v_roles  text[] := '{}';
+    v_role   text;
+    v_table  text;
+    v_rel    regclass;
+    v_leaf   regclass;
+    v_roleid oid;
+BEGIN
+    -- 1. Read what must be known before the schema goes.
+    IF pg_catalog.to_regclass('monitoring.installed_roles') IS NOT NULL THEN
+        EXECUTE 'SELECT COALESCE(array_agg(role_name ORDER BY role_name), ''{}'')
+                   FROM monitoring.installed_roles WHERE created_by_pgpulse'
+           INTO v_roles;
+    END IF;
+
+    -- 2. Reset the autovacuum reloptions set by V006 (only on tables that exist).
+    FOREACH v_table IN ARRAY ARRAY['orders', 'trades', 'order_book', 'market_data'] LOOP
+        v_rel := pg_catalog.to_regclass('public.' || quote_ident(v_table));
+        CONTINUE WHEN v_rel IS NULL;
+        FOR v_leaf IN
+            SELECT c.oid::regclass FROM pg_catalog.pg_class c
+             WHERE c.oid = v_rel AND c.relkind IN ('r', 'm')
+            UNION ALL
+            SELECT t.relid::regclass
+              FROM pg_catalog.pg_partition_tree(v_rel) t
+              JOIN pg_catalog.pg_class c ON c.oid = t.relid
+             WHERE c.relkind = 'r' AND t.relid <> v_rel
+        LOOP
+            BEGIN
+                EXECUTE format('ALTER TABLE %s RESET (autovacuum_vacuum_scale_factor, autovacuum_analyze_scale_factor)',
+                               v_leaf);
+            EXCEPTION WHEN insufficient_privilege THEN
+                RAISE NOTICE 'pgpulse: not the owner of %, autovacuum settings left as they are (%)', v_leaf, SQLERRM;
+            END;
+        END LOOP;
+    END LOOP;
+
+    -- 3. The schema and everything in it (grants on its objects go with it).
+    DROP SCHEMA IF EXISTS monitoring CASCADE;
+
+    -- 4. Roles created by pgpulse.
+    FOREACH v_role IN ARRAY v_roles LOOP
+        SELECT r.oid INTO v_roleid FROM pg_catalog.pg_roles r WHERE r.rolname = v_role;
+        CONTINUE WHEN v_roleid IS NULL;
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_shdepend d
+                    WHERE d.refclassid = 'pg_catalog.pg_authid'::regclass AND d.refobjid = v_roleid
+                      AND d.deptype = 'o'
+                      AND d.dbid = (SELECT db.oid FROM pg_catalog.pg_database db
+                                     WHERE db.datname = pg_catalog.current_database())) THEN
+            RAISE NOTICE 'pgpulse: role % owns objects in this database; it is kept with its privileges', v_role;
+            CONTINUE;
+        END IF;
+        BEGIN
+            -- Owns nothing here (checked above), so this only revokes its privileges in this database.
+            EXECUTE format('DROP OWNED BY %I', v_role);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE NOTICE 'pgpulse: DROP OWNED BY % failed (%: %)', v_role, SQLSTATE, SQLERRM;
+        END;
+        BEGIN
+            EXECUTE format('DROP ROLE %I', v_role);
+            RAISE NOTICE 'pgpulse: role % dropped', v_role;
+        EXCEPTION WHEN dependent_objects_still_exist OR insufficient_privilege OR object_in_use THEN
+            RAISE NOTICE 'pgpulse: role % kept: % (probably still used by pgpulse in another database of this cluster)',
+                v_role, SQLERRM;
+        END;
+    END LOOP;
+END
+$$;

@@ -16,7 +16,7 @@ use axum::body::Bytes;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
@@ -69,6 +69,13 @@ impl Collector for SnapshotCollector {
                     ),
                 };
                 let mut family = encoder.encode_descriptor(name, &spec.help, None, ty)?;
+                if result.spec.labels.is_empty() {
+                    // No labels: at most one series (duplicates are dropped when sampling).
+                    if let Some(s) = series.first() {
+                        Value(s.value, spec.kind).encode(family)?;
+                    }
+                    continue;
+                }
                 for s in series {
                     let labels: Vec<(&str, &str)> = result
                         .spec
@@ -77,8 +84,7 @@ impl Collector for SnapshotCollector {
                         .map(String::as_str)
                         .zip(s.labels.iter().map(String::as_str))
                         .collect();
-                    let enc = family.encode_family(&labels)?;
-                    Value(s.value, spec.kind).encode(enc)?;
+                    Value(s.value, spec.kind).encode(family.encode_family(&labels)?)?;
                 }
             }
         }
@@ -91,10 +97,15 @@ impl EncodeMetric for Value {
         &self,
         mut encoder: prometheus_client::encoding::MetricEncoder,
     ) -> Result<(), std::fmt::Error> {
-        match self.1 {
-            MetricKind::Gauge => encoder.encode_gauge(&self.0),
-            MetricKind::Counter => encoder
-                .encode_counter::<prometheus_client::encoding::NoLabelSet, f64, f64>(&self.0, None),
+        // Integral values print without a fraction ("42", not "42.0").
+        let integral = self.0.fract() == 0.0 && self.0.abs() < 9.0e15;
+        match (self.1, integral) {
+            (MetricKind::Gauge, true) => encoder.encode_gauge(&(self.0 as i64)),
+            (MetricKind::Gauge, false) => encoder.encode_gauge(&self.0),
+            (MetricKind::Counter, true) if self.0 >= 0.0 => {
+                encoder.encode_counter::<NoLabelSet, u64, f64>(&(self.0 as u64), None)
+            }
+            (MetricKind::Counter, _) => encoder.encode_counter::<NoLabelSet, f64, f64>(&self.0, None),
         }
     }
 

@@ -150,8 +150,14 @@ impl Sampler {
         const SQL: &str = "SELECT current_setting('server_version_num')::int, \
             current_setting('shared_preload_libraries'), \
             coalesce((SELECT string_agg(extname, ',') FROM pg_extension), '')";
+        let client = match self.pool.get().await {
+            // Every connection is busy: the database answers, the budget is just in use.
+            Err(deadpool_postgres::PoolError::Timeout(_)) => return self.is_up(),
+            Err(_) => None,
+            Ok(c) => Some(c),
+        };
         let result = async {
-            let client = self.pool.get().await.ok()?;
+            let client = client?;
             let row = tokio::time::timeout(Duration::from_secs(10), client.query_one(SQL, &[]))
                 .await
                 .ok()?
@@ -299,7 +305,7 @@ impl Sampler {
                     })
                     .inc();
                 self.store.fail(spec, e.to_string(), SystemTime::now());
-                if e.kind == ErrorKind::Connection {
+                if e.kind == ErrorKind::Connection && !e.message.contains("waiting for a pooled connection") {
                     // Let the probe confirm and take over reconnecting.
                     self.probe_once().await;
                 }

@@ -1,0 +1,301 @@
+//! The exporter contract against real PostgreSQL: families present and promtool-clean,
+//! series replaced wholesale, timeouts cancelled server-side, truthful health while the
+//! database is down, whole bodies under concurrent scrapes, the connection budget.
+
+use std::time::Duration;
+
+use crate::harness::{TestDb, connect, eventually, own_cluster};
+use crate::service::{has_family, sample, start};
+use pgpulse::demo::ClusterOptions;
+
+const ONE_QUERY: &str = r#"
+queries:
+  - name: tables
+    help: per table rows
+    interval: 1s
+    timeout: 900ms
+    labels: [relname]
+    sql: SELECT relname, n_live_tup AS rows FROM pg_stat_user_tables
+    metrics:
+      - column: rows
+        name: pg_test_table_rows
+        type: gauge
+        help: Live rows.
+  - name: constant
+    help: a constant
+    interval: 1s
+    timeout: 900ms
+    sql: SELECT 42 AS answer, 7 AS seen
+    metrics:
+      - column: answer
+        name: pg_test_answer
+        type: gauge
+        help: The answer.
+      - column: seen
+        name: pg_test_seen_total
+        type: counter
+        help: A counter.
+"#;
+
+/// Runs `promtool check metrics` on `body`; returns its output when it complains.
+pub fn promtool_check(body: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("promtool not runnable ({e}); install the `prometheus` package"))?;
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let msg = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.success() && msg.trim().is_empty() { Ok(()) } else { Err(msg) }
+}
+
+#[tokio::test]
+async fn metrics_have_every_configured_family_and_promtool_reports_nothing() {
+    let db = TestDb::trade_migrated().await;
+    let catalog = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/queries.yaml")).unwrap();
+    let svc = start(&db.url, &catalog, |_| {}).await;
+    let cat = pgpulse::catalog::Catalog::parse(&catalog, "q".as_ref(), Default::default()).unwrap();
+    let expected: Vec<String> = cat
+        .metric_names()
+        .filter(|(q, _)| q.requires_preload.is_none() || q.requires_preload.as_deref() == Some("pg_stat_statements"))
+        .map(|(_, m)| m.name.clone())
+        .collect();
+    let body = eventually(Duration::from_secs(30), || async {
+        let (s, _) = svc.get("/ready").await;
+        if s != 200 { return None; }
+        let b = svc.metrics().await;
+        expected.iter().all(|f| has_family(&b, f)).then_some(b)
+    })
+    .await
+    .unwrap_or_else(|| panic!("families missing: {}", svc_missing(&expected)));
+    promtool_check(&body).unwrap_or_else(|e| panic!("promtool check metrics:\n{e}\n---\n{body}"));
+    let (_, headers, om) = svc.get_with("/metrics", &[("Accept", "application/openmetrics-text; version=1.0.0")]).await;
+    assert!(headers["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    assert!(String::from_utf8_lossy(&om).ends_with("# EOF\n"));
+    svc.stop().await;
+}
+
+fn svc_missing(expected: &[String]) -> String {
+    expected.join(", ")
+}
+
+#[tokio::test]
+async fn gzip_is_negotiated_and_vary_is_set() {
+    let db = TestDb::new().await;
+    let svc = start(&db.url, ONE_QUERY, |_| {}).await;
+    eventually(Duration::from_secs(20), || async { (svc.get("/ready").await.0 == 200).then_some(()) }).await.expect("ready");
+    let (_, h, gz) = svc.get_with("/metrics", &[("Accept-Encoding", "gzip")]).await;
+    assert_eq!(h["content-encoding"], "gzip");
+    assert!(h["vary"].to_str().unwrap().contains("Accept-Encoding"));
+    let mut plain = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut plain).unwrap();
+    assert!(plain.contains("pg_test_answer 42"), "{plain}");
+    let (_, h, _) = svc.get_with("/metrics", &[("Accept-Encoding", "gzip;q=0")]).await;
+    assert!(h.get("content-encoding").is_none());
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn exact_values_and_counter_naming_in_both_formats() {
+    let db = TestDb::new().await;
+    let svc = start(&db.url, ONE_QUERY, |_| {}).await;
+    let body = eventually(Duration::from_secs(20), || async {
+        let b = svc.metrics().await;
+        b.contains("pg_test_answer").then_some(b)
+    })
+    .await
+    .expect("sampled");
+    assert!(body.contains("# TYPE pg_test_answer gauge\npg_test_answer 42\n"), "{body}");
+    assert!(body.contains("# TYPE pg_test_seen_total counter\npg_test_seen_total 7\n"), "{body}");
+    assert_eq!(sample(&body, "pg_up"), Some(1.0));
+    assert!(sample(&body, "pg_server_version_num").unwrap() >= 150000.0);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn a_dropped_tables_series_vanish_after_the_next_sample() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute("CREATE TABLE doomed (x int); INSERT INTO doomed VALUES (1); ANALYZE doomed;").await.unwrap();
+    let svc = start(&db.url, ONE_QUERY, |_| {}).await;
+    eventually(Duration::from_secs(20), || async {
+        svc.metrics().await.contains("pg_test_table_rows{relname=\"doomed\"}").then_some(())
+    })
+    .await
+    .expect("series for the table");
+    c.batch_execute("DROP TABLE doomed").await.unwrap();
+    eventually(Duration::from_secs(20), || async {
+        (!svc.metrics().await.contains("relname=\"doomed\"")).then_some(())
+    })
+    .await
+    .expect("series gone after the table was dropped");
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn a_query_past_its_timeout_is_cancelled_on_the_server_and_counted_while_others_go_on() {
+    let db = TestDb::new().await;
+    let catalog = format!(
+        "{ONE_QUERY}
+  - name: sleepy
+    help: sleeps past its timeout
+    interval: 3s
+    timeout: 1s
+    sql: SELECT 1 AS v FROM pg_sleep(30)
+    metrics:
+      - column: v
+        name: pg_test_sleepy
+        type: gauge
+        help: Never arrives.
+"
+    );
+    let svc = start(&db.url, &catalog, |_| {}).await;
+    let body = eventually(Duration::from_secs(20), || async {
+        let b = svc.metrics().await;
+        (sample(&b, "pgpulse_query_errors_total{query=\"sleepy\",kind=\"timeout\"}").unwrap_or(0.0) >= 1.0).then_some(b)
+    })
+    .await
+    .expect("timeout counted");
+    assert!(!has_family(&body, "pg_test_sleepy"));
+    let before = sample(&body, "pgpulse_query_runs_total{query=\"constant\"}").unwrap();
+    let admin = db.client().await;
+    let sleeping: i64 = admin
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND state = 'active' AND pid <> pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(sleeping <= 1, "at most the current run: {sleeping}");
+    eventually(Duration::from_secs(20), || async {
+        let b = svc.metrics().await;
+        (sample(&b, "pgpulse_query_runs_total{query=\"constant\"}").unwrap() >= before + 2.0).then_some(())
+    })
+    .await
+    .expect("other queries go on");
+    // After a timed-out run, the server-side statement is gone (cancelled, not left running).
+    let gone = eventually(Duration::from_secs(10), || async {
+        let b = svc.metrics().await;
+        let errors = sample(&b, "pgpulse_query_errors_total{query=\"sleepy\",kind=\"timeout\"}").unwrap();
+        let n: i64 = admin
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND state = 'active' AND pid <> pg_backend_pid() AND now() - query_start > interval '1500 milliseconds'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (errors >= 2.0 && n == 0).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "no sampling statement outlives its 1s timeout");
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_still_answer_when_the_database_is_down_and_recover_without_restart() {
+    let mut cluster = own_cluster(ClusterOptions::default());
+    let url = cluster.url("postgres");
+    let svc = start(&url, ONE_QUERY, |c| c.reconnect_max_backoff = Duration::from_secs(1)).await;
+    eventually(Duration::from_secs(20), || async { (svc.get("/ready").await.0 == 200).then_some(()) }).await.expect("ready");
+    tokio::task::block_in_place(|| cluster.stop()).expect("stop cluster");
+    let body = eventually(Duration::from_secs(30), || async {
+        let b = svc.metrics().await;
+        (sample(&b, "pg_up") == Some(0.0)).then_some(b)
+    })
+    .await
+    .expect("pg_up 0 while down");
+    assert!(body.contains("pgpulse_build_info"));
+    let started = std::time::Instant::now();
+    let (status, _) = svc.get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() < Duration::from_secs(2), "a scrape does not wait for the database");
+    assert_eq!(svc.get("/ready").await.0, 503);
+    assert_eq!(svc.get("/health").await.0, 200);
+    tokio::task::block_in_place(|| cluster.start_again()).expect("start cluster again");
+    let c = connect(&url).await;
+    c.batch_execute("CREATE TABLE fresh (x int); INSERT INTO fresh VALUES (1); ANALYZE fresh;").await.unwrap();
+    eventually(Duration::from_secs(30), || async {
+        let b = svc.metrics().await;
+        (sample(&b, "pg_up") == Some(1.0) && b.contains("relname=\"fresh\"")).then_some(())
+    })
+    .await
+    .expect("pg_up 1 and fresh series after the database came back");
+    assert_eq!(svc.get("/ready").await.0, 200);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn many_concurrent_scrapes_during_sampling_never_see_a_partial_body() {
+    let db = TestDb::new().await;
+    let svc = start(&db.url, ONE_QUERY, |_| {}).await;
+    eventually(Duration::from_secs(20), || async { (svc.get("/ready").await.0 == 200).then_some(()) }).await.expect("ready");
+    let families = |b: &str| b.lines().filter(|l| l.starts_with("# TYPE ")).count();
+    let reference = families(&svc.metrics().await);
+    let addr = svc.addr;
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut bodies = Vec::new();
+            for _ in 0..20 {
+                let b = client.get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
+                bodies.push(b);
+            }
+            bodies
+        }));
+    }
+    for t in tasks {
+        for b in t.await.unwrap() {
+            assert_eq!(families(&b), reference, "a body with a different family count:\n{b}");
+            assert!(b.ends_with('\n'));
+            assert!(sample(&b, "pg_test_answer") == Some(42.0));
+        }
+    }
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_never_holds_more_connections_than_configured_even_when_every_query_hangs_on_a_lock() {
+    let db = TestDb::new().await;
+    let locker = db.client().await;
+    locker.batch_execute("CREATE TABLE hot (x int)").await.unwrap();
+    let mut catalog = String::from("queries:\n");
+    for i in 0..8 {
+        catalog.push_str(&format!(
+            "  - name: q{i}\n    help: waits on a lock\n    interval: 2s\n    timeout: 1500ms\n    sql: SELECT count(*) AS n FROM hot\n    metrics:\n      - column: n\n        name: pg_test_hot_{i}\n        type: gauge\n        help: rows\n"
+        ));
+    }
+    locker.batch_execute("BEGIN; LOCK TABLE hot IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let svc = start(&db.url, &catalog, |c| {
+        c.pool_size = 2;
+        c.lock_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let admin = db.client().await;
+    let mut max_seen = 0;
+    let mut waiting_seen = 0;
+    for _ in 0..40 {
+        let r = admin
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE wait_event_type = 'Lock') FROM pg_stat_activity WHERE application_name = 'pgpulse' AND datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap();
+        max_seen = max_seen.max(r.get::<_, i64>(0));
+        waiting_seen = waiting_seen.max(r.get::<_, i64>(1));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(waiting_seen >= 1, "queries did wait on the lock");
+    assert!(max_seen <= 2, "pgpulse held {max_seen} connections with pool_size 2");
+    let body = svc.metrics().await;
+    let timeouts: f64 = (0..8)
+        .filter_map(|i| sample(&body, &format!("pgpulse_query_errors_total{{query=\"q{i}\",kind=\"timeout\"}}")))
+        .sum();
+    let conn: f64 = (0..8)
+        .filter_map(|i| sample(&body, &format!("pgpulse_query_errors_total{{query=\"q{i}\",kind=\"connection\"}}")))
+        .sum();
+    assert!(timeouts + conn >= 1.0, "lock waits are counted as failures:\n{body}");
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    svc.stop().await;
+}

@@ -1,0 +1,149 @@
+//! The test harness: a throwaway PostgreSQL cluster per test binary (started from the
+//! system's binaries, pg_stat_statements preloaded), a fresh database per test, dropped when
+//! the test ends, also on panic. `PGPULSE_TEST_DATABASE_URL` points the suite at an existing
+//! local server instead. Extra clusters with other settings are started per test.
+
+#![allow(dead_code)]
+
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use pgpulse::demo::{ClusterOptions, TempCluster};
+use tokio_postgres::{Client, NoTls};
+
+static SHARED: OnceLock<Result<TempCluster, String>> = OnceLock::new();
+
+/// The admin URL (database `postgres`) of the shared server.
+pub fn admin_url() -> String {
+    if let Ok(url) = std::env::var("PGPULSE_TEST_DATABASE_URL") {
+        return url;
+    }
+    match SHARED.get_or_init(|| TempCluster::start(&ClusterOptions::default()).map_err(|e| e.to_string())) {
+        Ok(c) => c.url("postgres"),
+        Err(e) => panic!("cannot start the test cluster: {e}"),
+    }
+}
+
+/// Replaces the database of a URL.
+pub fn with_db(url: &str, db: &str) -> String {
+    let (base, query) = url.split_once('?').map(|(b, q)| (b, format!("?{q}"))).unwrap_or((url, String::new()));
+    let at = base.rfind('/').expect("a URL with a path");
+    format!("{}/{db}{query}", &base[..at])
+}
+
+/// Connects to a URL (test helper; panics on failure).
+pub async fn connect(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// A database of its own for one test; dropped (WITH FORCE) on drop.
+pub struct TestDb {
+    /// Its name.
+    pub name: String,
+    /// Its URL.
+    pub url: String,
+    admin: String,
+}
+
+impl TestDb {
+    /// Creates an empty database on the shared server.
+    pub async fn new() -> Self {
+        Self::on(&admin_url()).await
+    }
+
+    /// Creates an empty database on the server of `admin`.
+    pub async fn on(admin: &str) -> Self {
+        let name = format!("t_{}_{}", std::process::id(), rand::random::<u32>());
+        let c = connect(admin).await;
+        c.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
+        Self { url: with_db(admin, &name), name, admin: admin.to_owned() }
+    }
+
+    /// A database with the reference trade-engine schema and sample data.
+    pub async fn trade() -> Self {
+        let db = Self::new().await;
+        let c = db.client().await;
+        pgpulse::demo::schema::install(&c).await.expect("install trade-engine schema");
+        db
+    }
+
+    /// The trade-engine database with the monitoring schema migrated.
+    pub async fn trade_migrated() -> Self {
+        let db = Self::trade().await;
+        db.migrate().await;
+        db
+    }
+
+    /// Applies the migrations.
+    pub async fn migrate(&self) {
+        let mut c = self.client().await;
+        pgpulse::db::migrate::migrate(&mut c).await.expect("migrate");
+    }
+
+    /// A new connection.
+    pub async fn client(&self) -> Client {
+        connect(&self.url).await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin = self.admin.clone();
+        let name = self.name.clone();
+        // Drop runs also while a test panics; use a runtime of our own on a plain thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async {
+                let (c, conn) = tokio_postgres::connect(&admin, NoTls).await.ok()?;
+                tokio::spawn(conn);
+                c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// Starts a cluster of its own with `opts` (stopped and removed when dropped).
+pub fn own_cluster(opts: ClusterOptions) -> TempCluster {
+    TempCluster::start(&opts).unwrap_or_else(|e| panic!("cannot start a test cluster: {e}"))
+}
+
+/// Runs the pgpulse binary with `args` and environment `env` (PGPULSE_* of the test process
+/// are removed first).
+pub fn pgpulse(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgpulse"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PGPULSE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(args).envs(env.iter().copied()).output().expect("run pgpulse")
+}
+
+/// stdout and stderr of an output, as text.
+pub fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// Polls `f` until it returns `Some` or `deadline` passes.
+pub async fn eventually<T, F, Fut>(deadline: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

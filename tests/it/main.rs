@@ -1,0 +1,8 @@
+//! pgpulse's integration tests: real PostgreSQL (a throwaway cluster from the system's
+//! binaries), real HTTP, the real binary.
+
+mod harness;
+mod migrations;
+mod commands;
+mod service;
+mod exporter;

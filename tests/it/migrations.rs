@@ -1,0 +1,124 @@
+//! Migrations: apply to empty and trade-engine databases, idempotence, concurrency,
+//! uninstall and reinstall without touching trade data.
+
+use crate::harness::{TestDb, pgpulse, text};
+use pgpulse::db::migrate::{MIGRATIONS, migrate, status};
+
+async fn history(db: &TestDb) -> Vec<(i32, String)> {
+    let c = db.client().await;
+    c.query("SELECT version, checksum FROM monitoring.schema_migrations ORDER BY version", &[])
+        .await
+        .expect("history")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn migrations_apply_to_an_empty_database_and_a_second_run_applies_nothing() {
+    let db = TestDb::new().await;
+    let mut c = db.client().await;
+    let first = migrate(&mut c).await.expect("first migrate");
+    assert_eq!(first.iter().map(|m| m.version).collect::<Vec<_>>(), vec![4, 5, 6]);
+    let second = migrate(&mut c).await.expect("second migrate");
+    assert!(second.is_empty(), "second run applied {second:?}");
+    let h = history(&db).await;
+    assert_eq!(h.len(), 3);
+    for (m, (v, sum)) in MIGRATIONS.iter().zip(&h) {
+        assert_eq!(m.version, *v);
+        assert_eq!(&m.checksum(), sum);
+    }
+    let st = status(&c).await.expect("status");
+    assert!(st.iter().all(|s| s.applied_at.is_some()));
+}
+
+#[tokio::test]
+async fn migrations_apply_to_the_trade_engine_database() {
+    let db = TestDb::trade().await;
+    let mut c = db.client().await;
+    let applied = migrate(&mut c).await.expect("migrate");
+    assert_eq!(applied.len(), 3);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM pg_views WHERE schemaname = 'monitoring'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(n >= 13, "{n} views");
+}
+
+#[tokio::test]
+async fn migrate_status_lists_pending_then_applied() {
+    let db = TestDb::new().await;
+    let out = pgpulse(&["migrate", "--status", "--database-url", &db.url], &[]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.matches("pending").count(), 3, "{stdout}");
+    let out = pgpulse(&["migrate"], &[("PGPULSE_DATABASE_URL", &db.url)]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.matches("applied V").count(), 3, "{stdout}");
+    let out = pgpulse(&["migrate", "--status", "--database-url", &db.url], &[]);
+    assert_eq!(text(&out).0.matches("applied ").count(), 3);
+}
+
+#[tokio::test]
+async fn two_concurrent_migrate_runs_both_succeed_and_apply_once() {
+    let db = TestDb::trade().await;
+    let url = db.url.clone();
+    let bin = env!("CARGO_BIN_EXE_pgpulse");
+    let spawn = || {
+        std::process::Command::new(bin)
+            .args(["migrate", "--database-url", &url])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn migrate")
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "first: {}", text(&a).1);
+    assert!(b.status.success(), "second: {}", text(&b).1);
+    let applied = text(&a).0.matches("applied V").count() + text(&b).0.matches("applied V").count();
+    assert_eq!(applied, 3, "each migration applied exactly once in all");
+    assert_eq!(history(&db).await.len(), 3);
+}
+
+async fn trade_counts(db: &TestDb) -> Vec<i64> {
+    let c = db.client().await;
+    let mut out = Vec::new();
+    for t in ["orders", "trades", "order_book", "market_data", "candles"] {
+        out.push(c.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0));
+    }
+    out
+}
+
+#[tokio::test]
+async fn uninstall_then_migrate_again_works_and_leaves_trade_data_untouched() {
+    let db = TestDb::trade_migrated().await;
+    let before = trade_counts(&db).await;
+    assert!(before.iter().all(|n| *n > 0), "sample data loaded: {before:?}");
+    let out = pgpulse(&["uninstall", "--database-url", &db.url], &[]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let c = db.client().await;
+    let schema: bool = c
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'monitoring')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!schema, "monitoring schema removed");
+    let tuned: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace \
+             AND array_to_string(reloptions, ',') LIKE '%autovacuum_vacuum_scale_factor%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tuned, 0, "autovacuum reloptions reset");
+    assert_eq!(trade_counts(&db).await, before);
+    let out = pgpulse(&["migrate", "--database-url", &db.url], &[]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(text(&out).0.matches("applied V").count(), 3);
+    assert_eq!(trade_counts(&db).await, before);
+}

@@ -1,0 +1,117 @@
+//! Running the exporter in-process for tests: `App::build` on port 0 with a catalog written
+//! to a temp file, stopped when the handle is dropped.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pgpulse::app::{App, Reloader};
+use pgpulse::catalog::{Catalog, Defaults};
+use pgpulse::config::{Config, Settings};
+
+/// A running exporter.
+pub struct Running {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Reload handle (what SIGHUP calls).
+    pub reloader: Reloader,
+    /// The catalog file (rewrite it, then reload).
+    pub catalog_path: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+/// Config for `url` listening on 127.0.0.1:0.
+pub fn config(url: &str, catalog_path: &std::path::Path) -> Config {
+    let mut s = Settings::default();
+    s.database.url = Some(url.to_owned().into());
+    s.web.listen_address = "127.0.0.1:0".into();
+    s.queries_file = catalog_path.to_owned();
+    s.validate().expect("valid test config")
+}
+
+/// Starts the exporter on `url` with `catalog` (YAML text); `tweak` adjusts the config.
+pub async fn start(url: &str, catalog: &str, tweak: impl FnOnce(&mut Config)) -> Running {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let catalog_path = dir.path().join("queries.yaml");
+    std::fs::write(&catalog_path, catalog).unwrap();
+    let mut cfg = config(url, &catalog_path);
+    tweak(&mut cfg);
+    let cat = Catalog::load(&catalog_path, Defaults { interval: cfg.default_interval, timeout: cfg.default_timeout })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let app = App::build(cfg, cat).await.expect("build app");
+    let addr = app.local_addr();
+    let reloader = app.reloader();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let r = reloader.clone();
+    let task = tokio::spawn(async move {
+        let _ = app.run_until_stopped(r, async {
+            let _ = rx.await;
+        })
+        .await;
+    });
+    Running { addr, reloader, catalog_path, stop: Some(tx), task: Some(task), _dir: dir }
+}
+
+impl Running {
+    /// GET `path` with extra headers; returns status, headers and body bytes.
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+        let client = reqwest::Client::new();
+        let mut req = client.get(format!("http://{}{path}", self.addr)).timeout(Duration::from_secs(10));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let h = resp.headers().clone();
+        (status, h, resp.bytes().await.expect("body").to_vec())
+    }
+
+    /// GET `path`; returns status and body text.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let (s, _, b) = self.get_with(path, &[]).await;
+        (s, String::from_utf8_lossy(&b).into_owned())
+    }
+
+    /// The /metrics body.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.1
+    }
+
+    /// Stops the service and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// The value of the sample line `name{labels}` (exact match of the series text) in `body`.
+pub fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether the exposition has a `# TYPE` line for `family`.
+pub fn has_family(body: &str, family: &str) -> bool {
+    body.lines().any(|l| l.starts_with(&format!("# TYPE {family} ")))
+}
