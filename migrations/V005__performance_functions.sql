@@ -340,11 +340,9 @@ BEGIN
                 RAISE EXCEPTION 'pgpulse: default partition % holds % row(s) with % in [%, %), the range of the new partition %.%; no partition was created and no row was moved',
                     v_default::regclass, v_rows, v_key, v_starts[i], v_ends[i], v_schema, v_names[i]
                     USING ERRCODE = 'check_violation',
-                          HINT = format('Move those rows out first, e.g. in one transaction: CREATE TABLE %I.%I (LIKE %s INCLUDING ALL); '
-                                        'move the rows from %s into it; ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%L) TO (%L). '
-                                        'Then run the function again.',
-                                        v_schema, v_names[i], v_parent, v_default::regclass, v_parent,
-                                        v_schema, v_names[i], v_lo, v_hi);
+                          HINT = format('Move those rows out of %s first, in one transaction: copy them to a holding '
+                                        'table, delete them from %s, run this function, then insert them back through %s.',
+                                        v_default::regclass, v_default::regclass, v_parent);
             END IF;
         END LOOP;
     END IF;
@@ -952,24 +950,25 @@ BEGIN
                                                        FROM monitoring.maintenance_schedule s), 'none');
     END IF;
 
-    -- function_call is not executed as free SQL: only "[SELECT * FROM] monitoring.<allowed>([integer])".
-    v_match := pg_catalog.regexp_match(v_job.function_call,
-        '^\s*(?:select\s+(?:\*\s+from\s+)?)?monitoring\.([a-z_]+)\(\s*(\d*)\s*\)\s*;?\s*$', 'i');
-    IF v_match IS NULL OR NOT (pg_catalog.lower(v_match[1]) = ANY (v_allowed)) THEN
-        RAISE EXCEPTION 'pgpulse: maintenance job "%" has an unsupported function_call: %', p_job_name, v_job.function_call
-            USING HINT = 'function_call must be monitoring.<function>() or monitoring.<function>(<integer>) for one of: '
-                         || pg_catalog.array_to_string(v_allowed, ', ');
-    END IF;
-    v_func := pg_catalog.lower(v_match[1]);
-    v_arg  := v_match[2];
-
     BEGIN
+        -- function_call is not executed as free SQL: only "[SELECT * FROM] monitoring.<allowed>([integer])".
+        v_match := pg_catalog.regexp_match(v_job.function_call,
+            '^\s*(?:select\s+(?:\*\s+from\s+)?)?monitoring\.([a-z_]+)\(\s*(\d*)\s*\)\s*;?\s*$', 'i');
+        IF v_match IS NULL OR NOT (pg_catalog.lower(v_match[1]) = ANY (v_allowed)) THEN
+            RAISE EXCEPTION 'pgpulse: maintenance job "%" has an unsupported function_call: %', p_job_name, v_job.function_call
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'function_call must be monitoring.<function>() or monitoring.<function>(<integer>) for one of: '
+                             || pg_catalog.array_to_string(v_allowed, ', ');
+        END IF;
+        v_func := pg_catalog.lower(v_match[1]);
+        v_arg  := v_match[2];
+
         IF v_func = 'reset_query_stats' THEN
             EXECUTE 'SELECT pg_catalog.to_jsonb(monitoring.reset_query_stats())' INTO v_result;
             v_rows := 1;
         ELSE
             EXECUTE format(
-                'SELECT count(*), COALESCE(pg_catalog.jsonb_agg(j) FILTER (WHERE n <= 100), ''[]''::jsonb)
+                'SELECT count(*), COALESCE(pg_catalog.jsonb_agg(j) FILTER (WHERE n <= 20), ''[]''::jsonb)
                    FROM (SELECT row_number() OVER () AS n,
                                 CASE WHEN pg_catalog.to_jsonb(r) ? ''query''
                                      THEN pg_catalog.to_jsonb(r) || pg_catalog.jsonb_build_object(''query'', left(pg_catalog.to_jsonb(r)->>''query'', 200))
@@ -983,7 +982,7 @@ BEGIN
             'enabled', v_job.enabled,
             'rows', v_rows,
             'result', v_result,
-            'result_truncated', v_rows > 100);
+            'result_truncated', v_rows > 20);
         IF v_func = 'run_maintenance_vacuum' THEN
             -- VACUUM cannot run here; the client (pgpulse maintenance runner) runs these statements.
             EXECUTE 'SELECT COALESCE(pg_catalog.jsonb_agg(v.statement), ''[]''::jsonb) FROM monitoring.run_maintenance_vacuum() v'
@@ -1022,15 +1021,16 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION monitoring.run_scheduled_maintenance(text) IS
-    'Runs one job of monitoring.maintenance_schedule now: calls its function_call (restricted to '
+    'Runs one job of monitoring.maintenance_schedule now (also when disabled): calls its function_call (restricted to '
     '[SELECT * FROM] monitoring.<function>([integer]) of the 13 other functions), logs a row in '
     'monitoring.maintenance_log and updates last_run/last_status. A failing job is rolled back, logged with '
     'status ''failed'' and the error, and does not raise. Unknown job name: raises no_data_found. For '
     'weekly_vacuum (run_maintenance_vacuum) nothing is vacuumed here: details->''statements'' lists the '
     'VACUUM (ANALYZE) statements the client must run (details->>''client_must_run'' = true). Returns one row: '
     'log_id bigint, job_name text, status text (success/failed), started_at timestamptz, finished_at '
-    'timestamptz, details jsonb (function_call, enabled, rows, result: first 100 result rows with query texts '
-    'cut to 200 characters, result_truncated), error text (NULL on success).';
+    'timestamptz, details jsonb (function_call, enabled, rows, result: first 20 result rows with query texts '
+    'cut to 200 characters, result_truncated), error text (NULL on success). An invalid function_call is '
+    'logged as failed.';
 
 -- ---------------------------------------------------------------------------------------------
 -- Privileges (nothing for PUBLIC)

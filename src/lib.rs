@@ -26,3 +26,4 @@ pub mod demo;
 pub mod exposition;
 pub mod http;
 pub mod sampler;
+pub mod yaml;

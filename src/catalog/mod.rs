@@ -70,15 +70,12 @@ impl Catalog {
     /// Parses and validates catalog text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path, defaults: Defaults) -> Result<Self, CatalogError> {
         let raw: model::RawCatalog = serde_saphyr::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((0, 0));
+            let (line, column, message) = crate::yaml::describe(text, &e);
             CatalogError {
                 file: path.to_owned(),
                 line,
                 column,
-                message: strip_location(&e.to_string()),
+                message,
             }
         })?;
         let queries = validate::validate(raw, defaults).map_err(|(loc, message)| CatalogError {
@@ -98,15 +95,6 @@ impl Catalog {
         self.queries
             .iter()
             .flat_map(|q| q.metrics.iter().map(move |m| (q.as_ref(), m)))
-    }
-}
-
-/// serde-saphyr appends " at line L column C" to messages; we print the location up front.
-fn strip_location(msg: &str) -> String {
-    let first = msg.lines().next().unwrap_or(msg);
-    match first.rfind(" at line ") {
-        Some(i) => first[..i].to_owned(),
-        None => first.to_owned(),
     }
 }
 

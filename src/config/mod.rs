@@ -25,7 +25,7 @@ use crate::db::DatabaseTarget;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9864";
 
 /// Environment variables that belong to the command line, not to the settings tree.
-const CLI_ONLY_ENV: &[&str] = &["DATABASE_URL", "TEST_DATABASE_URL", "CONFIG", "LOG_FORMAT"];
+const CLI_ONLY_ENV: &[&str] = &["DATABASE_URL", "TEST_DATABASE_URL", "CONFIG", "LOG_FORMAT", "LOG"];
 
 /// A configuration error; the message names the file, line and key, or the variable.
 #[derive(Debug, thiserror::Error)]
@@ -116,9 +116,12 @@ pub fn load(
             reason: e.to_string(),
         })?;
         // Parse alone first: serde-saphyr errors carry line and column.
-        serde_saphyr::from_str::<Settings>(&text).map_err(|e| ConfigError::File {
-            file: path.to_owned(),
-            detail: locate(&e),
+        serde_saphyr::from_str::<Settings>(&text).map_err(|e| {
+            let (line, column, msg) = crate::yaml::describe(&text, &e);
+            ConfigError::File {
+                file: path.to_owned(),
+                detail: format!("{line}:{column}: {msg}"),
+            }
         })?;
         fig = fig.merge(Yaml::file_exact(path));
     }
@@ -146,19 +149,25 @@ pub fn env() -> Env {
     Env::prefixed("PGPULSE_")
 }
 
+/// One message per error; a value from the environment names its variable.
 fn flatten(e: figment::Error) -> String {
-    e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
-}
-
-/// `line:column: message` of a serde-saphyr error.
-pub fn locate(e: &serde_saphyr::Error) -> String {
-    let msg = e.to_string();
-    match e.location() {
-        Some(l) if l.line() > 0 && !msg.contains(&format!("line {}", l.line())) => {
-            format!("{}:{}: {msg}", l.line(), l.column())
-        }
-        _ => format!(" {msg}"),
-    }
+    e.into_iter()
+        .map(|e| {
+            let from_env = e
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.name.contains("environment"));
+            if from_env && !e.path.is_empty() {
+                let var = format!("PGPULSE_{}", e.path.join("__").to_uppercase());
+                format!("{} (key `{}`, from environment variable {var})", e.kind, e.path.join(".").to_lowercase())
+            } else if !e.path.is_empty() {
+                format!("{} (key `{}`)", e.kind, e.path.join("."))
+            } else {
+                e.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn positive(key: &'static str, d: Duration) -> Result<Duration, ConfigError> {

@@ -6,3 +6,5 @@ mod migrations;
 mod commands;
 mod service;
 mod exporter;
+mod config;
+mod secrets;
