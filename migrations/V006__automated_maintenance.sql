@@ -15,10 +15,12 @@
 -- ---------------------------------------------------------------------------------------------
 DO $$
 DECLARE
-    r       record;
-    v_rel   regclass;
-    v_leaf  regclass;
-    v_opts  text;
+    r         record;
+    v_rel     regclass;
+    v_leaf    regclass;
+    v_opts    text;
+    v_skipped integer;
+    v_error   text;
 BEGIN
     FOR r IN
         SELECT * FROM (VALUES ('orders', 0.1, 0.05),
@@ -33,6 +35,7 @@ BEGIN
         END IF;
         v_opts := format('autovacuum_vacuum_scale_factor = %s, autovacuum_analyze_scale_factor = %s',
                          r.vacuum_sf, r.analyze_sf);
+        v_skipped := 0;
         FOR v_leaf IN
             SELECT c.oid::regclass
               FROM pg_catalog.pg_class c
@@ -46,9 +49,14 @@ BEGIN
             BEGIN
                 EXECUTE format('ALTER TABLE %s SET (%s)', v_leaf, v_opts);
             EXCEPTION WHEN insufficient_privilege THEN
-                RAISE NOTICE 'pgpulse: not the owner of %, autovacuum tuning skipped (%)', v_leaf, SQLERRM;
+                v_skipped := v_skipped + 1;
+                v_error := SQLERRM;
             END;
         END LOOP;
+        IF v_skipped > 0 THEN
+            RAISE NOTICE 'pgpulse: autovacuum tuning of public.% skipped on % table(s): % (run the migration as the table owner)',
+                r.name, v_skipped, v_error;
+        END IF;
     END LOOP;
 END
 $$;

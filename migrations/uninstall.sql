@@ -17,6 +17,8 @@ DECLARE
     v_rel    regclass;
     v_leaf   regclass;
     v_roleid oid;
+    v_skipped integer;
+    v_error  text;
 BEGIN
     -- 1. Read what must be known before the schema goes.
     IF pg_catalog.to_regclass('monitoring.installed_roles') IS NOT NULL THEN
@@ -25,26 +27,37 @@ BEGIN
            INTO v_roles;
     END IF;
 
-    -- 2. Reset the autovacuum reloptions set by V006 (only on tables that exist).
+    -- 2. Reset the autovacuum reloptions set by V006 (only on tables that exist and carry them; partitions
+    --    created later by create_future_*_partitions copied them, so they are reset too).
     FOREACH v_table IN ARRAY ARRAY['orders', 'trades', 'order_book', 'market_data'] LOOP
         v_rel := pg_catalog.to_regclass('public.' || quote_ident(v_table));
         CONTINUE WHEN v_rel IS NULL;
+        v_skipped := 0;
         FOR v_leaf IN
-            SELECT c.oid::regclass FROM pg_catalog.pg_class c
-             WHERE c.oid = v_rel AND c.relkind IN ('r', 'm')
-            UNION ALL
-            SELECT t.relid::regclass
-              FROM pg_catalog.pg_partition_tree(v_rel) t
-              JOIN pg_catalog.pg_class c ON c.oid = t.relid
-             WHERE c.relkind = 'r' AND t.relid <> v_rel
+            SELECT l.oid::regclass
+              FROM (SELECT c.oid, c.reloptions FROM pg_catalog.pg_class c
+                     WHERE c.oid = v_rel AND c.relkind IN ('r', 'm')
+                    UNION ALL
+                    SELECT c.oid, c.reloptions
+                      FROM pg_catalog.pg_partition_tree(v_rel) t
+                      JOIN pg_catalog.pg_class c ON c.oid = t.relid
+                     WHERE c.relkind = 'r' AND t.relid <> v_rel) l
+             WHERE EXISTS (SELECT 1 FROM pg_catalog.unnest(l.reloptions) o
+                            WHERE o LIKE 'autovacuum_vacuum_scale_factor=%'
+                               OR o LIKE 'autovacuum_analyze_scale_factor=%')
         LOOP
             BEGIN
                 EXECUTE format('ALTER TABLE %s RESET (autovacuum_vacuum_scale_factor, autovacuum_analyze_scale_factor)',
                                v_leaf);
             EXCEPTION WHEN insufficient_privilege THEN
-                RAISE NOTICE 'pgpulse: not the owner of %, autovacuum settings left as they are (%)', v_leaf, SQLERRM;
+                v_skipped := v_skipped + 1;
+                v_error := SQLERRM;
             END;
         END LOOP;
+        IF v_skipped > 0 THEN
+            RAISE NOTICE 'pgpulse: autovacuum settings of public.% left on % table(s): % (run uninstall as the table owner)',
+                v_table, v_skipped, v_error;
+        END IF;
     END LOOP;
 
     -- 3. The schema and everything in it (grants on its objects go with it).

@@ -320,8 +320,10 @@ async fn permissions(c: &Client) -> Result<Verdict, String> {
         .query_one(
             "SELECT \
                (SELECT count(*) FROM pg_roles WHERE rolname IN ('pgpulse_monitor','pgpulse_maintainer')), \
-               (SELECT count(*) FROM pg_views v WHERE v.schemaname = 'monitoring' \
-                  AND has_table_privilege('pgpulse_monitor', format('monitoring.%I', v.viewname), 'SELECT')), \
+               CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgpulse_monitor') THEN \
+                 (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                  WHERE n.nspname = 'monitoring' AND c.relkind = 'v' \
+                    AND has_table_privilege('pgpulse_monitor', c.oid, 'SELECT')) ELSE 0 END, \
                (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
                   WHERE n.nspname = 'monitoring' AND EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a \
                   WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'))",
