@@ -7,7 +7,7 @@
 mod model;
 mod validate;
 
-pub use model::{MetricKind, MetricSpec, QuerySpec};
+pub use model::{HistogramSpec, MetricKind, MetricSpec, QuerySpec};
 pub use validate::{is_label_name, is_metric_name};
 
 use std::path::{Path, PathBuf};
@@ -124,6 +124,9 @@ pub fn markdown(catalog: &Catalog) -> String {
                 MetricKind::Counter => "counter",
             };
             let _ = writeln!(s, "| `{}` | {kind} | {} | {} |", m.name, m.unit.as_deref().unwrap_or(""), m.help.replace('|', "\\|"));
+        }
+        if let Some(h) = &q.histogram {
+            let _ = writeln!(s, "| `{}` | histogram | seconds | {} |", h.name, h.help.replace('|', "\\|"));
         }
         s.push('\n');
     }

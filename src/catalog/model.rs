@@ -27,12 +27,26 @@ pub(crate) struct RawQuery {
     pub expire_after: Option<Spanned<Duration>>,
     #[serde(default)]
     pub labels: Vec<Spanned<String>>,
+    #[serde(default)]
     pub metrics: Vec<Spanned<RawMetric>>,
+    pub histogram: Option<Spanned<RawHistogram>>,
     pub max_series: Option<usize>,
     pub min_server_version: Option<i32>,
     pub max_server_version: Option<i32>,
     pub requires_extension: Option<String>,
     pub requires_preload: Option<String>,
+}
+
+/// A statement-latency histogram as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHistogram {
+    pub name: Spanned<String>,
+    pub help: String,
+    pub key_column: String,
+    pub calls_column: String,
+    pub time_ms_column: String,
+    pub buckets: Vec<f64>,
 }
 
 /// One metric as written.
@@ -95,6 +109,24 @@ pub struct MetricSpec {
     pub unit: Option<String>,
 }
 
+/// A latency histogram built from cumulative (calls, total time) pairs per statement:
+/// between two samples, each statement's added calls are observed at their mean latency.
+#[derive(Debug, Clone)]
+pub struct HistogramSpec {
+    /// Exposed name (ends in `_seconds`).
+    pub name: String,
+    /// Help text.
+    pub help: String,
+    /// Column identifying a statement (queryid, user, database).
+    pub key_column: String,
+    /// Column of cumulative calls.
+    pub calls_column: String,
+    /// Column of cumulative execution time in milliseconds.
+    pub time_ms_column: String,
+    /// Upper bounds in seconds, increasing (+Inf is implied).
+    pub buckets: Vec<f64>,
+}
+
 /// One validated query of the catalog.
 #[derive(Debug, Clone)]
 pub struct QuerySpec {
@@ -114,6 +146,8 @@ pub struct QuerySpec {
     pub labels: Vec<String>,
     /// Value columns and their metrics.
     pub metrics: Vec<MetricSpec>,
+    /// A latency histogram the query feeds, if any.
+    pub histogram: Option<HistogramSpec>,
     /// Series budget across all its metrics.
     pub max_series: usize,
     /// Runs only on servers at or above this `server_version_num`.

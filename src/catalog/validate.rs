@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_saphyr::Location;
 
 use super::Defaults;
-use super::model::{MetricKind, MetricSpec, QuerySpec, RawCatalog};
+use super::model::{HistogramSpec, MetricKind, MetricSpec, QuerySpec, RawCatalog};
 
 type Loc = (u64, u64);
 
@@ -95,9 +95,35 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
             }
             labels.push(l.value.clone());
         }
-        if q.metrics.is_empty() {
+        if q.metrics.is_empty() && q.histogram.is_none() {
             return err(qloc, "metrics is empty".into());
         }
+        let histogram = match q.histogram {
+            None => None,
+            Some(h) => {
+                let hloc = at(&h.referenced);
+                let h = h.value;
+                let n = &h.name.value;
+                if !is_metric_name(n) || !n.starts_with("pg_") || !n.ends_with("_seconds") {
+                    return err(at(&h.name.referenced), format!("histogram name \"{n}\" must be a pg_ name ending in _seconds"));
+                }
+                if !metric_names.insert(n.clone()) {
+                    return err(at(&h.name.referenced), format!("metric name \"{n}\" is used twice in the catalog"));
+                }
+                let increasing = h.buckets.windows(2).all(|w| w[0] < w[1]);
+                if h.buckets.is_empty() || !increasing || h.buckets.iter().any(|b| !b.is_finite() || *b <= 0.0) {
+                    return err(hloc, "histogram buckets must be positive, finite and increasing".into());
+                }
+                Some(HistogramSpec {
+                    name: n.clone(),
+                    help: h.help,
+                    key_column: h.key_column,
+                    calls_column: h.calls_column,
+                    time_ms_column: h.time_ms_column,
+                    buckets: h.buckets,
+                })
+            }
+        };
         let mut metrics = Vec::new();
         let mut columns: HashSet<String> = labels.iter().cloned().collect();
         for m in q.metrics {
@@ -163,6 +189,7 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
             expire_after,
             labels,
             metrics,
+            histogram,
             max_series,
             min_server_version: q.min_server_version,
             max_server_version: q.max_server_version,

@@ -60,6 +60,11 @@ impl std::fmt::Debug for Value {
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         for result in self.store.results() {
+            if let (Some(spec), Some(h)) = (&result.spec.histogram, &result.histogram) {
+                let family =
+                    encoder.encode_descriptor(&spec.name, &spec.help, None, MetricType::Histogram)?;
+                encode_histogram(family, h)?;
+            }
             for (spec, series) in result.spec.metrics.iter().zip(&result.families) {
                 let (name, ty) = match spec.kind {
                     MetricKind::Gauge => (spec.name.as_str(), MetricType::Gauge),
@@ -90,6 +95,13 @@ impl Collector for SnapshotCollector {
         }
         Ok(())
     }
+}
+
+fn encode_histogram(
+    mut encoder: prometheus_client::encoding::MetricEncoder,
+    h: &crate::sampler::latency::HistogramSnapshot,
+) -> Result<(), std::fmt::Error> {
+    encoder.encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)
 }
 
 impl EncodeMetric for Value {

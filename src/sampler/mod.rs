@@ -10,6 +10,7 @@
 //! Tasks stop through a [`CancellationToken`]; a reload cancels the old generation's query
 //! tasks and starts new ones.
 
+pub mod latency;
 pub mod run;
 pub mod store;
 
@@ -240,6 +241,10 @@ impl Sampler {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(jitter.min(Duration::from_millis(500))) => {}
         }
+        let mut histogram = spec
+            .histogram
+            .as_ref()
+            .map(|h| latency::LatencyHistogram::new(&h.buckets));
         let mut ticker = tokio::time::interval(spec.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
         loop {
@@ -249,13 +254,13 @@ impl Sampler {
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = self.tick(&spec) => {}
+                _ = self.tick(&spec, histogram.as_mut()) => {}
             }
         }
     }
 
     /// One tick of a query: gate, run, publish or record the failure, wake the renderer.
-    pub async fn tick(&self, spec: &Arc<QuerySpec>) {
+    pub async fn tick(&self, spec: &Arc<QuerySpec>, histogram: Option<&mut latency::LatencyHistogram>) {
         let label = QueryLabel {
             query: spec.name.clone(),
         };
@@ -282,7 +287,11 @@ impl Sampler {
             .observe(started.elapsed().as_secs_f64());
         self.metrics.runs.get_or_create(&label).inc();
         match outcome {
-            Ok((result, stats)) => {
+            Ok((mut result, stats)) => {
+                if let Some(h) = histogram {
+                    h.update(&stats.statements);
+                    result.histogram = Some(h.snapshot());
+                }
                 self.metrics.nulls.get_or_create(&label).inc_by(stats.nulls);
                 self.metrics.dropped.get_or_create(&label).inc_by(stats.dropped);
                 if stats.dropped > 0 {

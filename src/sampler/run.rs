@@ -60,8 +60,10 @@ impl RunError {
 }
 
 /// Counters of one successful run besides its series.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct RunStats {
+    /// Rows for the query's latency histogram, if it declares one.
+    pub statements: Vec<super::latency::StatementSample>,
     /// NULL values met (series omitted).
     pub nulls: u64,
     /// Series dropped over the budget or as duplicates.
@@ -147,7 +149,7 @@ pub fn decode(
     let mut families: Vec<Vec<Series>> = vec![Vec::new(); spec.metrics.len()];
     let mut seen = std::collections::HashSet::new();
     let mut total = 0usize;
-    let mut columns: Option<(Vec<usize>, Vec<usize>)> = None;
+    let mut columns: Option<(Vec<usize>, Vec<usize>, Vec<usize>)> = None;
     // Statements before the query (BEGIN, 2 × SET) complete with CommandComplete.
     let mut completed = 0;
     for msg in messages {
@@ -168,12 +170,26 @@ pub fn decode(
                     .iter()
                     .map(|m| find(&m.column))
                     .collect::<Result<_, _>>()?;
-                columns = Some((labels, values));
+                let hist = match &spec.histogram {
+                    Some(h) => vec![find(&h.key_column)?, find(&h.calls_column)?, find(&h.time_ms_column)?],
+                    None => Vec::new(),
+                };
+                columns = Some((labels, values, hist));
             }
             SimpleQueryMessage::Row(row) if completed == 3 => {
-                let Some((label_idx, value_idx)) = &columns else {
+                let Some((label_idx, value_idx, hist_idx)) = &columns else {
                     continue;
                 };
+                if let [k, c, t] = hist_idx[..] {
+                    let num = |i: usize| row.get(i).and_then(parse_value);
+                    if let (Some(key), Some(calls), Some(total_ms)) = (row.get(k), num(c), num(t)) {
+                        stats.statements.push(super::latency::StatementSample {
+                            key: key.to_owned(),
+                            calls,
+                            total_ms,
+                        });
+                    }
+                }
                 let labels: Vec<String> = label_idx
                     .iter()
                     .map(|&i| row.get(i).unwrap_or("").to_owned())
@@ -226,6 +242,7 @@ pub fn decode(
         QueryResult {
             spec: spec.clone(),
             families,
+            histogram: None,
             at: SystemTime::now(),
         },
         stats,

@@ -23,6 +23,8 @@ pub struct QueryResult {
     pub spec: Arc<QuerySpec>,
     /// Per metric of the spec (same order), its series.
     pub families: Vec<Vec<Series>>,
+    /// The latency histogram the query feeds, if it declares one.
+    pub histogram: Option<crate::sampler::latency::HistogramSnapshot>,
     /// When it was produced.
     pub at: SystemTime,
 }
@@ -30,7 +32,7 @@ pub struct QueryResult {
 impl QueryResult {
     /// Total number of series across its metrics.
     pub fn series_count(&self) -> usize {
-        self.families.iter().map(Vec::len).sum()
+        self.families.iter().map(Vec::len).sum::<usize>() + usize::from(self.histogram.is_some())
     }
 }
 
