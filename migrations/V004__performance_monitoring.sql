@@ -624,10 +624,16 @@ SELECT p.oid              AS parent_oid,
   LEFT JOIN pg_catalog.pg_class d ON d.oid = pt.partdefid
   LEFT JOIN agg ON agg.parent_oid = p.oid
   LEFT JOIN LATERAL (
-      SELECT sum(pg_catalog.pg_total_relation_size(t.relid)) AS total_bytes,
-             sum(pg_catalog.pg_stat_get_live_tuples(t.relid)) AS total_rows
-        FROM pg_catalog.pg_partition_tree(p.oid) t
-       WHERE t.isleaf
+      -- all leaf partitions, walking pg_inherits (pg_partition_tree() would lock every partition)
+      WITH RECURSIVE tree(relid) AS (
+          SELECT i.inhrelid FROM pg_catalog.pg_inherits i WHERE i.inhparent = p.oid
+          UNION ALL
+          SELECT i.inhrelid FROM tree JOIN pg_catalog.pg_inherits i ON i.inhparent = tree.relid
+      )
+      SELECT sum(pg_catalog.pg_total_relation_size(c.oid)) AS total_bytes,
+             sum(pg_catalog.pg_stat_get_live_tuples(c.oid)) AS total_rows
+        FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.relid
+       WHERE c.relkind IN ('r', 'm')
   ) z ON true
  WHERE pn.nspname NOT IN ('pg_catalog', 'information_schema')
  ORDER BY pn.nspname, p.relname;

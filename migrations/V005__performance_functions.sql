@@ -571,7 +571,7 @@ RETURNS TABLE (
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-WITH idx AS (
+WITH RECURSIVE idx AS (
     SELECT u.indexrelid, u.relid, u.schemaname, u.relname, u.indexrelname, u.index_bytes, u.idx_scan,
            u.is_unique, u.is_primary, u.backs_constraint,
            EXISTS (SELECT 1 FROM pg_catalog.pg_inherits ii WHERE ii.inhrelid = u.indexrelid) AS is_partition_index,
@@ -608,11 +608,9 @@ bloat AS (
            e.expected_pages IS NOT NULL AS estimated
       FROM idx i LEFT JOIN est e ON e.indexrelid = i.indexrelid
 ),
-partitioned_unused AS (
-    -- partitioned indexes (of partitioned tables) whose leaf indexes were never scanned
-    SELECT pn.nspname::text AS schemaname, tc.relname::text AS relname, pc.relname::text AS indexrelname,
-           (SELECT COALESCE(sum(pg_catalog.pg_relation_size(t.relid)), 0)::bigint
-              FROM pg_catalog.pg_partition_tree(pc.oid) t WHERE t.isleaf) AS index_bytes
+pidx AS (
+    -- top-level partitioned indexes that are not primary/unique/constraint indexes
+    SELECT pc.oid, pn.nspname::text AS schemaname, tc.relname::text AS relname, pc.relname::text AS indexrelname
       FROM pg_catalog.pg_class pc
       JOIN pg_catalog.pg_index x ON x.indexrelid = pc.oid
       JOIN pg_catalog.pg_class tc ON tc.oid = x.indrelid
@@ -621,8 +619,22 @@ partitioned_unused AS (
        AND pn.nspname NOT IN ('pg_catalog', 'information_schema', 'monitoring')
        AND NOT x.indisunique AND NOT x.indisprimary
        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.conindid = pc.oid)
-       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_partition_tree(pc.oid) t
-                        WHERE t.isleaf AND COALESCE(pg_catalog.pg_stat_get_numscans(t.relid), 0) > 0)
+),
+ptree(root, relid) AS (
+    -- their partition indexes, walking pg_inherits (pg_partition_tree() would lock every partition)
+    SELECT pidx.oid, i.inhrelid FROM pidx JOIN pg_catalog.pg_inherits i ON i.inhparent = pidx.oid
+    UNION ALL
+    SELECT ptree.root, i.inhrelid FROM ptree JOIN pg_catalog.pg_inherits i ON i.inhparent = ptree.relid
+),
+partitioned_unused AS (
+    -- partitioned indexes whose leaf indexes were never scanned
+    SELECT pidx.schemaname, pidx.relname, pidx.indexrelname,
+           COALESCE(sum(pg_catalog.pg_relation_size(c.oid)) FILTER (WHERE c.relkind = 'i'), 0)::bigint AS index_bytes
+      FROM pidx
+      LEFT JOIN ptree ON ptree.root = pidx.oid
+      LEFT JOIN pg_catalog.pg_class c ON c.oid = ptree.relid
+     GROUP BY pidx.oid, pidx.schemaname, pidx.relname, pidx.indexrelname
+    HAVING COALESCE(sum(pg_catalog.pg_stat_get_numscans(c.oid)) FILTER (WHERE c.relkind = 'i'), 0) = 0
 )
 SELECT b.schemaname, b.relname, b.indexrelname, b.index_bytes, b.idx_scan,
        CASE WHEN b.estimated THEN b.ratio END,

@@ -30,6 +30,8 @@ pub(crate) struct RawQuery {
     #[serde(default)]
     pub metrics: Vec<Spanned<RawMetric>>,
     pub histogram: Option<Spanned<RawHistogram>>,
+    #[serde(default)]
+    pub publish_rows: bool,
     pub max_series: Option<usize>,
     pub min_server_version: Option<i32>,
     pub max_server_version: Option<i32>,
@@ -148,6 +150,9 @@ pub struct QuerySpec {
     pub metrics: Vec<MetricSpec>,
     /// A latency histogram the query feeds, if any.
     pub histogram: Option<HistogramSpec>,
+    /// Keep every row (all columns, as text) with the result, for JSON endpoints
+    /// (`database_health` feeds `/health/db`).
+    pub publish_rows: bool,
     /// Series budget across all its metrics.
     pub max_series: usize,
     /// Runs only on servers at or above this `server_version_num`.

@@ -140,6 +140,9 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
                     format!("metric name \"{n}\" must start with pg_ and not be one of {RESERVED:?}"),
                 );
             }
+            if ["_count", "_sum", "_bucket", "_info"].iter().any(|s| n.ends_with(s)) {
+                return err(nloc, format!("metric name \"{n}\" ends in a suffix reserved for histograms, summaries and info metrics"));
+            }
             match m.kind {
                 MetricKind::Counter if !n.ends_with("_total") => {
                     return err(nloc, format!("counter \"{n}\" must end in _total"));
@@ -190,6 +193,7 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
             labels,
             metrics,
             histogram,
+            publish_rows: q.publish_rows,
             max_series,
             min_server_version: q.min_server_version,
             max_server_version: q.max_server_version,

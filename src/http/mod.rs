@@ -1,8 +1,12 @@
 //! The HTTP surface: `/metrics` (a copy of pre-rendered bytes, format and encoding negotiated),
-//! `/health` (liveness), `/ready` (readiness), `/` (landing page). The router is built from
+//! `/health` (liveness), `/ready` (readiness), `/health/db` (the database's own health
+//! checks, from the last sample), `/` (landing page). The router is built from
 //! an [`AppState`] and can be tested without a socket (`tower::ServiceExt::oneshot`).
 
+mod health_db;
 mod landing;
+
+pub use health_db::HEALTH_QUERY;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +41,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/health/db", get(health_db::health_db))
         .route("/", get(landing::page))
         .fallback(not_found)
         .layer(TimeoutLayer::with_status_code(

@@ -150,6 +150,7 @@ pub fn decode(
     let mut seen = std::collections::HashSet::new();
     let mut total = 0usize;
     let mut columns: Option<(Vec<usize>, Vec<usize>, Vec<usize>)> = None;
+    let mut rows: Option<Vec<Vec<(String, Option<String>)>>> = spec.publish_rows.then(Vec::new);
     // Statements before the query (BEGIN, 2 × SET) complete with CommandComplete.
     let mut completed = 0;
     for msg in messages {
@@ -180,6 +181,15 @@ pub fn decode(
                 let Some((label_idx, value_idx, hist_idx)) = &columns else {
                     continue;
                 };
+                if let Some(rows) = rows.as_mut() {
+                    rows.push(
+                        row.columns()
+                            .iter()
+                            .enumerate()
+                            .map(|(i, c)| (c.name().to_owned(), row.get(i).map(str::to_owned)))
+                            .collect(),
+                    );
+                }
                 if let [k, c, t] = hist_idx[..] {
                     let num = |i: usize| row.get(i).and_then(parse_value);
                     if let (Some(key), Some(calls), Some(total_ms)) = (row.get(k), num(c), num(t)) {
@@ -243,6 +253,7 @@ pub fn decode(
             spec: spec.clone(),
             families,
             histogram: None,
+            rows,
             at: SystemTime::now(),
         },
         stats,

@@ -25,6 +25,8 @@ pub struct QueryResult {
     pub families: Vec<Vec<Series>>,
     /// The latency histogram the query feeds, if it declares one.
     pub histogram: Option<crate::sampler::latency::HistogramSnapshot>,
+    /// Every row as column → text (NULL as `None`), when the spec asks for it.
+    pub rows: Option<Vec<Vec<(String, Option<String>)>>>,
     /// When it was produced.
     pub at: SystemTime,
 }
@@ -131,6 +133,11 @@ impl Store {
             .iter()
             .filter_map(|n| g.results.get(n).cloned())
             .collect()
+    }
+
+    /// The latest result of the query named `name`.
+    pub fn result(&self, name: &str) -> Option<Arc<QueryResult>> {
+        self.lock().results.get(name).cloned()
     }
 
     /// Statuses in catalog order.
