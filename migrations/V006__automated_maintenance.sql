@@ -9,9 +9,12 @@
 --   order_book   vacuum 0.02 analyze 0.01  (very high update frequency)
 --   market_data  vacuum 0.2  analyze 0.1   (read-heavy)
 -- PostgreSQL 15 rejects autovacuum reloptions on a partitioned table, so for orders and trades they
--- are set on every existing leaf partition (including DEFAULT);
--- monitoring.create_future_order_partitions / create_future_trade_partitions copy the reloptions of
--- the newest partition to each partition they create.  uninstall.sql resets them.
+-- are set on the partitions that can still receive writes: the DEFAULT partition, partitions without
+-- time bounds, and partitions whose upper bound lies after the current UTC month start - 3 months
+-- (older ones are left alone: tuning them is useless and ALTERing thousands of partitions in one
+-- transaction would exhaust the shared lock table).  monitoring.create_future_order_partitions /
+-- create_future_trade_partitions copy the reloptions of the newest partition to each partition they
+-- create.  uninstall.sql resets them.
 -- ---------------------------------------------------------------------------------------------
 DO $$
 DECLARE
@@ -21,6 +24,7 @@ DECLARE
     v_opts    text;
     v_skipped integer;
     v_error   text;
+    v_cutoff  timestamptz := (date_trunc('month', now() AT TIME ZONE 'UTC') - interval '3 months') AT TIME ZONE 'UTC';
 BEGIN
     FOR r IN
         SELECT * FROM (VALUES ('orders', 0.1, 0.05),
@@ -37,14 +41,26 @@ BEGIN
                          r.vacuum_sf, r.analyze_sf);
         v_skipped := 0;
         FOR v_leaf IN
+            -- a plain table
             SELECT c.oid::regclass
               FROM pg_catalog.pg_class c
              WHERE c.oid = v_rel AND c.relkind IN ('r', 'm')
             UNION ALL
-            SELECT t.relid::regclass
-              FROM pg_catalog.pg_partition_tree(v_rel) t
+            -- the leaf partitions under every direct partition that can still be written: DEFAULT,
+            -- non-time bounds, or upper bound after (current UTC month start - 3 months)
+            SELECT c.oid::regclass
+              FROM monitoring.partition_bounds(v_rel) b
+              CROSS JOIN LATERAL (
+                  WITH RECURSIVE tree(relid) AS (
+                      SELECT b.partition_oid
+                      UNION ALL
+                      SELECT i.inhrelid FROM tree JOIN pg_catalog.pg_inherits i ON i.inhparent = tree.relid
+                  )
+                  SELECT tree.relid FROM tree
+              ) t
               JOIN pg_catalog.pg_class c ON c.oid = t.relid
-             WHERE c.relkind = 'r' AND t.relid <> v_rel
+             WHERE c.relkind = 'r'
+               AND (b.is_default OR b.range_end IS NULL OR b.range_end > v_cutoff)
         LOOP
             BEGIN
                 EXECUTE format('ALTER TABLE %s SET (%s)', v_leaf, v_opts);

@@ -35,13 +35,15 @@ BEGIN
         v_skipped := 0;
         FOR v_leaf IN
             SELECT l.oid::regclass
-              FROM (SELECT c.oid, c.reloptions FROM pg_catalog.pg_class c
-                     WHERE c.oid = v_rel AND c.relkind IN ('r', 'm')
-                    UNION ALL
+              FROM (WITH RECURSIVE tree(relid) AS (
+                        -- the table and all its partitions (pg_partition_tree() would lock every one)
+                        SELECT v_rel::oid
+                        UNION ALL
+                        SELECT i.inhrelid FROM tree JOIN pg_catalog.pg_inherits i ON i.inhparent = tree.relid
+                    )
                     SELECT c.oid, c.reloptions
-                      FROM pg_catalog.pg_partition_tree(v_rel) t
-                      JOIN pg_catalog.pg_class c ON c.oid = t.relid
-                     WHERE c.relkind = 'r' AND t.relid <> v_rel) l
+                      FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.relid
+                     WHERE c.relkind IN ('r', 'm')) l
              WHERE EXISTS (SELECT 1 FROM pg_catalog.unnest(l.reloptions) o
                             WHERE o LIKE 'autovacuum_vacuum_scale_factor=%'
                                OR o LIKE 'autovacuum_analyze_scale_factor=%')

@@ -8,3 +8,4 @@ mod service;
 mod exporter;
 mod config;
 mod secrets;
+mod catalog;
