@@ -225,6 +225,10 @@ RETURNS TABLE (
 )
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+-- pg_get_expr prints bound literals with the session's DateStyle/TimeZone, and abbreviations such as
+-- IST are ambiguous when read back: print and parse them in ISO/UTC.
+SET datestyle = 'ISO, YMD'
+SET timezone = 'UTC'
 AS $$
 SELECT p.oid,
        pn.nspname::text,
@@ -604,8 +608,8 @@ SELECT p.oid              AS parent_oid,
        p.relname::text    AS parent_relname,
        CASE pt.partstrat WHEN 'r' THEN 'range' WHEN 'l' THEN 'list' WHEN 'h' THEN 'hash' END AS partition_strategy,
        pg_catalog.pg_get_partkeydef(p.oid) AS partition_key,
-       (pt.partstrat = 'r' AND ka.atttypid IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype))
-           AS time_partitioned,
+       COALESCE(pt.partstrat = 'r' AND ka.atttypid IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype),
+                false) AS time_partitioned,
        COALESCE(agg.partition_count, 0) AS partition_count,
        COALESCE(z.total_bytes, 0)::bigint AS total_bytes,
        COALESCE(z.total_rows, 0)::bigint  AS total_rows,

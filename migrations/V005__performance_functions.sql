@@ -218,6 +218,9 @@ CREATE OR REPLACE FUNCTION monitoring.create_future_partitions(p_parent text, p_
 RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz)
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
+-- bound literals are written as text: ISO/UTC makes them unambiguous (no zone abbreviations)
+SET datestyle = 'ISO, YMD'
+SET timezone = 'UTC'
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -333,8 +336,10 @@ BEGIN
                         WHEN 'timestamptz'::regtype THEN v_ends[i]::text
                         WHEN 'timestamp'::regtype   THEN (v_ends[i] AT TIME ZONE 'UTC')::text
                         ELSE (v_ends[i] AT TIME ZONE 'UTC')::date::text END;
+            -- Read through the parent (needs SELECT on the parent only): the new range lies beyond every
+            -- existing partition, so such rows can only be in the DEFAULT partition.
             EXECUTE format('SELECT count(*) FROM %s WHERE %I >= %L::%s AND %I < %L::%s',
-                           v_default::regclass, v_key, v_lo, v_keytype::regtype, v_key, v_hi, v_keytype::regtype)
+                           v_parent, v_key, v_lo, v_keytype::regtype, v_key, v_hi, v_keytype::regtype)
                INTO v_rows;
             IF v_rows > 0 THEN
                 RAISE EXCEPTION 'pgpulse: default partition % holds % row(s) with % in [%, %), the range of the new partition %.%; no partition was created and no row was moved',
@@ -506,11 +511,14 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
 DECLARE
-    r       record;
-    v_begin timestamptz;
+    r         record;
+    v_begin   timestamptz;
+    v_done    integer := 0;
+    v_skipped text[] := '{}';
 BEGIN
     FOR r IN
-        SELECT n.nspname::text AS nsp, c.relname::text AS rel, c.relkind = 'p' AS part
+        SELECT n.nspname::text AS nsp, c.relname::text AS rel, c.relkind = 'p' AS part,
+               pg_catalog.pg_has_role(c.relowner, 'USAGE') AS owned
           FROM pg_catalog.unnest(ARRAY['orders', 'trades', 'order_book', 'market_data', 'candles'])
                WITH ORDINALITY AS t(name, ord)
           JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass('public.' || t.name)
@@ -518,14 +526,29 @@ BEGIN
          WHERE c.relkind IN ('r', 'p', 'm')
          ORDER BY t.ord
     LOOP
+        IF NOT r.owned THEN
+            -- ANALYZE would only print a WARNING and skip it: report it instead of claiming success.
+            v_skipped := v_skipped || format('%I.%I', r.nsp, r.rel);
+            CONTINUE;
+        END IF;
         v_begin := pg_catalog.clock_timestamp();
         EXECUTE format('ANALYZE %I.%I', r.nsp, r.rel);
+        v_done := v_done + 1;
         schemaname       := r.nsp;
         relname          := r.rel;
         is_partitioned   := r.part;
         duration_seconds := extract(epoch FROM pg_catalog.clock_timestamp() - v_begin)::float8;
         RETURN NEXT;
     END LOOP;
+    IF pg_catalog.cardinality(v_skipped) > 0 THEN
+        IF v_done = 0 THEN
+            RAISE EXCEPTION 'pgpulse: % may not ANALYZE %: only the owner (or a member of the owning role) can',
+                current_user, pg_catalog.array_to_string(v_skipped, ', ')
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'Run maintenance as the owner of the trade-engine tables, e.g. GRANT <owner role> TO the maintenance login.';
+        END IF;
+        RAISE NOTICE 'pgpulse: not analysed (not the owner): %', pg_catalog.array_to_string(v_skipped, ', ');
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION monitoring.update_table_statistics() IS
@@ -533,7 +556,7 @@ COMMENT ON FUNCTION monitoring.update_table_statistics() IS
     'candles). ANALYZE of a partitioned table also refreshes the parent''s statistics, which autovacuum never '
     'does, and recurses into its partitions. Returns: schemaname text, relname text, is_partitioned boolean, '
     'duration_seconds double precision, one row per analysed table (zero rows when none exists). Tables the '
-    'caller does not own are skipped by PostgreSQL with a WARNING.';
+    'caller does not own are skipped with a NOTICE; raises insufficient_privilege when it owns none of them.';
 
 -- ---------------------------------------------------------------------------------------------
 -- 10. partition_maintenance
@@ -547,10 +570,11 @@ SELECT 'orders'::text, o.partition_name, o.range_start, o.range_end
   FROM monitoring.create_future_order_partitions() o
 UNION ALL
 SELECT 'trades'::text, t.partition_name, t.range_start, t.range_end
-  FROM monitoring.create_future_trade_partitions() t
+  FROM monitoring.create_future_trade_partitions(14) t
 $$;
 COMMENT ON FUNCTION monitoring.partition_maintenance() IS
-    'Runs create_future_order_partitions(3) and create_future_trade_partitions(7). Returns: parent text '
+    'Runs create_future_order_partitions(3) and create_future_trade_partitions(14): two weeks of daily '
+    'partitions ahead, so the daily job keeps the runway above the 7-day warning all day. Returns: parent text '
     '(orders/trades), partition_name text, range_start timestamptz, range_end timestamptz, one row per '
     'partition created.';
 
@@ -575,11 +599,15 @@ WITH RECURSIVE idx AS (
     SELECT u.indexrelid, u.relid, u.schemaname, u.relname, u.indexrelname, u.index_bytes, u.idx_scan,
            u.is_unique, u.is_primary, u.backs_constraint,
            EXISTS (SELECT 1 FROM pg_catalog.pg_inherits ii WHERE ii.inhrelid = u.indexrelid) AS is_partition_index,
-           ic.relpages, ic.reltuples, am.amname, x.indkey,
+           -- current size and live rows (relpages/reltuples are only as fresh as the last VACUUM/ANALYZE)
+           (u.index_bytes / pg_catalog.current_setting('block_size')::bigint) AS relpages,
+           COALESCE(NULLIF(pg_catalog.pg_stat_get_live_tuples(u.relid), 0), GREATEST(tc.reltuples, 0)::bigint) AS reltuples,
+           am.amname, x.indkey,
            COALESCE((SELECT substring(o FROM '^fillfactor=(\d+)$')::int
                        FROM pg_catalog.unnest(ic.reloptions) o WHERE o LIKE 'fillfactor=%'), 90) AS fillfactor
       FROM monitoring.v_index_usage u
       JOIN pg_catalog.pg_class ic ON ic.oid = u.indexrelid
+      JOIN pg_catalog.pg_class tc ON tc.oid = u.relid
       JOIN pg_catalog.pg_am am    ON am.oid = ic.relam
       JOIN pg_catalog.pg_index x  ON x.indexrelid = u.indexrelid
 ),
@@ -604,7 +632,7 @@ est AS (
 bloat AS (
     SELECT i.*,
            CASE WHEN e.expected_pages IS NOT NULL AND i.relpages > e.expected_pages
-                THEN 1 - e.expected_pages / i.relpages ELSE 0 END::float8 AS ratio,
+                THEN 1 - e.expected_pages::float8 / i.relpages ELSE 0 END::float8 AS ratio,
            e.expected_pages IS NOT NULL AS estimated
       FROM idx i LEFT JOIN est e ON e.indexrelid = i.indexrelid
 ),

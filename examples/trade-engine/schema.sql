@@ -3,7 +3,7 @@
 -- Load into a fresh database as one batch (psql -f, or batch_execute). Not idempotent.
 --   orders       partitioned by month on created_at: orders_YYYY_MM for the current month -3 .. +3
 --                (bounds at UTC month starts) + orders_default
---   trades       partitioned by day on executed_at:  trades_YYYY_MM_DD for today -7 .. +7
+--   trades       partitioned by day on executed_at:  trades_YYYY_MM_DD for today -7 .. +14
 --                (bounds at UTC midnight) + trades_default
 --   order_book, market_data, candles: plain tables
 -- The partition names and bounds are the scheme monitoring.create_future_order_partitions() and
@@ -39,11 +39,11 @@ CREATE TABLE trades (
     PRIMARY KEY (id, executed_at)
 ) PARTITION BY RANGE (executed_at);
 
--- Partitions relative to now(), at UTC period starts:
---   (date_trunc('month', now() AT TIME ZONE 'UTC') + n months) AT TIME ZONE 'UTC'
--- now() AT TIME ZONE 'UTC' is the UTC wall-clock time (timestamp); truncating and adding to it, then
--- converting back with AT TIME ZONE 'UTC', yields the instant of that UTC boundary whatever the
--- session's TimeZone.
+-- Partitions relative to now(), at UTC period starts. now() AT TIME ZONE 'UTC' is the UTC wall-clock
+-- time (a timestamp); truncating and adding months/days to it gives the UTC boundary, which is written
+-- as an explicit ISO literal with offset +00 ('2026-11-01 00:00:00+00'), so the bounds do not depend on
+-- the session's TimeZone or DateStyle (a timestamptz printed as e.g. '... IST' would be read back
+-- as Israel time).
 DO $$
 DECLARE
     v_month timestamp := date_trunc('month', now() AT TIME ZONE 'UTC');
@@ -55,15 +55,15 @@ BEGIN
         v_from := v_month + make_interval(months => i);
         EXECUTE format('CREATE TABLE %I PARTITION OF orders FOR VALUES FROM (%L) TO (%L)',
                        'orders_' || to_char(v_from, 'YYYY_MM'),
-                       v_from AT TIME ZONE 'UTC',
-                       (v_from + interval '1 month') AT TIME ZONE 'UTC');
+                       to_char(v_from, 'YYYY-MM-DD HH24:MI:SS') || '+00',
+                       to_char(v_from + interval '1 month', 'YYYY-MM-DD HH24:MI:SS') || '+00');
     END LOOP;
-    FOR i IN -7 .. 7 LOOP
+    FOR i IN -7 .. 14 LOOP
         v_from := v_day + make_interval(days => i);
         EXECUTE format('CREATE TABLE %I PARTITION OF trades FOR VALUES FROM (%L) TO (%L)',
                        'trades_' || to_char(v_from, 'YYYY_MM_DD'),
-                       v_from AT TIME ZONE 'UTC',
-                       (v_from + interval '1 day') AT TIME ZONE 'UTC');
+                       to_char(v_from, 'YYYY-MM-DD HH24:MI:SS') || '+00',
+                       to_char(v_from + interval '1 day', 'YYYY-MM-DD HH24:MI:SS') || '+00');
     END LOOP;
 END
 $$;

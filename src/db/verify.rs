@@ -237,7 +237,7 @@ async fn autovacuum(c: &Client) -> Result<Verdict, String> {
             "SELECT t, to_regclass('public.' || t) IS NOT NULL AS present, \
                     coalesce((SELECT bool_or(o LIKE 'autovacuum_vacuum_scale_factor=%') FROM pg_class k, unnest(k.reloptions) o \
                               WHERE k.oid = to_regclass('public.' || t)), false) \
-                 OR coalesce((SELECT bool_and(EXISTS (SELECT 1 FROM unnest(k.reloptions) o WHERE o LIKE 'autovacuum_vacuum_scale_factor=%')) \
+                 OR coalesce((SELECT bool_or(EXISTS (SELECT 1 FROM unnest(k.reloptions) o WHERE o LIKE 'autovacuum_vacuum_scale_factor=%')) \
                               FROM pg_inherits i JOIN pg_class k ON k.oid = i.inhrelid \
                               WHERE i.inhparent = to_regclass('public.' || t)), false) AS tuned \
              FROM unnest(ARRAY['orders','trades','order_book','market_data']) AS t",

@@ -14,11 +14,11 @@ pub fn fast_catalog() -> String {
             let t = l.trim_start();
             let indent = &l[..l.len() - t.len()];
             if t.starts_with("interval: ") {
-                format!("{indent}interval: 1s")
+                format!("{indent}interval: 2s")
             } else if t.starts_with("timeout: ") {
-                format!("{indent}timeout: 900ms")
+                format!("{indent}timeout: 1900ms")
             } else if t.starts_with("expire_after: ") {
-                format!("{indent}expire_after: 1s")
+                format!("{indent}expire_after: 2s")
             } else {
                 l.to_owned()
             }

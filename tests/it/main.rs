@@ -9,3 +9,4 @@ mod exporter;
 mod config;
 mod secrets;
 mod catalog;
+mod cardinality;
