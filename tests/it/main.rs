@@ -4,6 +4,8 @@
 mod harness;
 mod migrations;
 mod commands;
+mod partitions;
+mod schema_objects;
 mod service;
 mod exporter;
 mod config;
