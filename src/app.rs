@@ -17,8 +17,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::catalog::{Catalog, Defaults};
 use crate::config::Config;
-use crate::exposition::{Renderer, SelfMetrics};
 use crate::exposition::self_metrics::ResultLabel;
+use crate::exposition::{Renderer, SelfMetrics};
 use crate::http::{AppState, router};
 use crate::sampler::{Sampler, Store};
 
@@ -75,7 +75,9 @@ impl Reloader {
                 *cur = (new, token);
                 r.metrics
                     .reloads
-                    .get_or_create(&ResultLabel { result: "success".into() })
+                    .get_or_create(&ResultLabel {
+                        result: "success".into(),
+                    })
                     .inc();
                 r.metrics.reload_ok.set(1);
                 r.metrics.reload_time.set(now());
@@ -86,7 +88,9 @@ impl Reloader {
             Err(e) => {
                 r.metrics
                     .reloads
-                    .get_or_create(&ResultLabel { result: "failure".into() })
+                    .get_or_create(&ResultLabel {
+                        result: "failure".into(),
+                    })
                     .inc();
                 r.metrics.reload_ok.set(0);
                 tracing::error!(error = %e, "catalog reload failed; keeping the running catalog");
@@ -180,9 +184,7 @@ impl App {
 
     /// The address the listener is bound to (read it back after binding port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or(self.config.listen)
+        self.listener.local_addr().unwrap_or(self.config.listen)
     }
 
     /// The handle that reloads the catalog (what SIGHUP calls).
@@ -218,7 +220,11 @@ impl App {
     ) -> Result<(), AppError> {
         self.sampler.start_probe(&self.tracker, self.stop.clone());
         {
-            let cur = reloader.inner.current.lock().unwrap_or_else(|p| p.into_inner());
+            let cur = reloader
+                .inner
+                .current
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             self.sampler.start(&cur.0, &self.tracker, cur.1.clone());
         }
         let renderer = self.renderer.clone();

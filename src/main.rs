@@ -49,7 +49,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             db,
             listen_address,
             queries,
-        } => pgpulse::cli::serve::serve(config_file, cli.log_format, db, listen_address, queries).await,
+        } => {
+            pgpulse::cli::serve::serve(config_file, cli.log_format, db, listen_address, queries)
+                .await
+        }
         Command::CheckConfig { db, queries } => {
             pgpulse::cli::serve::check_config(config_file, cli.log_format, db, queries)
         }

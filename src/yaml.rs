@@ -6,7 +6,10 @@
 
 /// Line, column (1-based; 0 when unknown) and message of a serde-saphyr error.
 pub fn describe(text: &str, e: &serde_saphyr::Error) -> (u64, u64, String) {
-    let (mut line, mut column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+    let (mut line, mut column) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((0, 0));
     let msg = match e {
         serde_saphyr::Error::Message { msg, .. } => msg.clone(),
         other => clean(&other.to_string()),

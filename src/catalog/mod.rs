@@ -112,21 +112,43 @@ pub fn markdown(catalog: &Catalog) -> String {
             humantime::format_duration(q.interval),
             humantime::format_duration(q.timeout),
             q.max_series,
-            if q.labels.is_empty() { "none".to_owned() } else { q.labels.iter().map(|l| format!("`{l}`")).collect::<Vec<_>>().join(", ") }
+            if q.labels.is_empty() {
+                "none".to_owned()
+            } else {
+                q.labels
+                    .iter()
+                    .map(|l| format!("`{l}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
         );
         if let Some(p) = &q.requires_preload {
             let _ = writeln!(s, "Requires `{p}` in `shared_preload_libraries`.\n");
         }
-        let _ = writeln!(s, "| metric | type | unit | help |\n| --- | --- | --- | --- |");
+        let _ = writeln!(
+            s,
+            "| metric | type | unit | help |\n| --- | --- | --- | --- |"
+        );
         for m in &q.metrics {
             let kind = match m.kind {
                 MetricKind::Gauge => "gauge",
                 MetricKind::Counter => "counter",
             };
-            let _ = writeln!(s, "| `{}` | {kind} | {} | {} |", m.name, m.unit.as_deref().unwrap_or(""), m.help.replace('|', "\\|"));
+            let _ = writeln!(
+                s,
+                "| `{}` | {kind} | {} | {} |",
+                m.name,
+                m.unit.as_deref().unwrap_or(""),
+                m.help.replace('|', "\\|")
+            );
         }
         if let Some(h) = &q.histogram {
-            let _ = writeln!(s, "| `{}` | histogram | seconds | {} |", h.name, h.help.replace('|', "\\|"));
+            let _ = writeln!(
+                s,
+                "| `{}` | histogram | seconds | {} |",
+                h.name,
+                h.help.replace('|', "\\|")
+            );
         }
         s.push('\n');
     }

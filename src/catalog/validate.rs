@@ -58,9 +58,17 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
         }
         let interval = q.interval.as_ref().map(|s| s.value).unwrap_or(d.interval);
         let timeout = q.timeout.as_ref().map(|s| s.value).unwrap_or(d.timeout);
-        let tloc = q.timeout.as_ref().map(|s| at(&s.referenced)).unwrap_or(qloc);
+        let tloc = q
+            .timeout
+            .as_ref()
+            .map(|s| at(&s.referenced))
+            .unwrap_or(qloc);
         if interval < Duration::from_secs(1) {
-            let l = q.interval.as_ref().map(|s| at(&s.referenced)).unwrap_or(qloc);
+            let l = q
+                .interval
+                .as_ref()
+                .map(|s| at(&s.referenced))
+                .unwrap_or(qloc);
             return err(l, "interval must be at least 1s".into());
         }
         if timeout.is_zero() || timeout >= interval {
@@ -79,7 +87,11 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
             .map(|s| s.value)
             .unwrap_or(interval * 3);
         if expire_after < interval {
-            let l = q.expire_after.as_ref().map(|s| at(&s.referenced)).unwrap_or(qloc);
+            let l = q
+                .expire_after
+                .as_ref()
+                .map(|s| at(&s.referenced))
+                .unwrap_or(qloc);
             return err(l, "expire_after must be at least the interval".into());
         }
         let mut labels = Vec::new();
@@ -87,11 +99,17 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
             if !is_label_name(&l.value) || l.value == "le" || l.value == "quantile" {
                 return err(
                     at(&l.referenced),
-                    format!("label \"{}\" is not a valid label name (or is reserved: le, quantile)", l.value),
+                    format!(
+                        "label \"{}\" is not a valid label name (or is reserved: le, quantile)",
+                        l.value
+                    ),
                 );
             }
             if labels.contains(&l.value) {
-                return err(at(&l.referenced), format!("label \"{}\" is listed twice", l.value));
+                return err(
+                    at(&l.referenced),
+                    format!("label \"{}\" is listed twice", l.value),
+                );
             }
             labels.push(l.value.clone());
         }
@@ -105,14 +123,26 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
                 let h = h.value;
                 let n = &h.name.value;
                 if !is_metric_name(n) || !n.starts_with("pg_") || !n.ends_with("_seconds") {
-                    return err(at(&h.name.referenced), format!("histogram name \"{n}\" must be a pg_ name ending in _seconds"));
+                    return err(
+                        at(&h.name.referenced),
+                        format!("histogram name \"{n}\" must be a pg_ name ending in _seconds"),
+                    );
                 }
                 if !metric_names.insert(n.clone()) {
-                    return err(at(&h.name.referenced), format!("metric name \"{n}\" is used twice in the catalog"));
+                    return err(
+                        at(&h.name.referenced),
+                        format!("metric name \"{n}\" is used twice in the catalog"),
+                    );
                 }
                 let increasing = h.buckets.windows(2).all(|w| w[0] < w[1]);
-                if h.buckets.is_empty() || !increasing || h.buckets.iter().any(|b| !b.is_finite() || *b <= 0.0) {
-                    return err(hloc, "histogram buckets must be positive, finite and increasing".into());
+                if h.buckets.is_empty()
+                    || !increasing
+                    || h.buckets.iter().any(|b| !b.is_finite() || *b <= 0.0)
+                {
+                    return err(
+                        hloc,
+                        "histogram buckets must be positive, finite and increasing".into(),
+                    );
                 }
                 Some(HistogramSpec {
                     name: n.clone(),
@@ -132,16 +162,30 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
             let n = &m.name.value;
             let nloc = at(&m.name.referenced);
             if !is_metric_name(n) {
-                return err(nloc, format!("metric name \"{n}\" is not a valid Prometheus name"));
-            }
-            if !n.starts_with("pg_") || n.starts_with("pgpulse_") || RESERVED.contains(&n.as_str()) {
                 return err(
                     nloc,
-                    format!("metric name \"{n}\" must start with pg_ and not be one of {RESERVED:?}"),
+                    format!("metric name \"{n}\" is not a valid Prometheus name"),
                 );
             }
-            if ["_count", "_sum", "_bucket", "_info"].iter().any(|s| n.ends_with(s)) {
-                return err(nloc, format!("metric name \"{n}\" ends in a suffix reserved for histograms, summaries and info metrics"));
+            if !n.starts_with("pg_") || n.starts_with("pgpulse_") || RESERVED.contains(&n.as_str())
+            {
+                return err(
+                    nloc,
+                    format!(
+                        "metric name \"{n}\" must start with pg_ and not be one of {RESERVED:?}"
+                    ),
+                );
+            }
+            if ["_count", "_sum", "_bucket", "_info"]
+                .iter()
+                .any(|s| n.ends_with(s))
+            {
+                return err(
+                    nloc,
+                    format!(
+                        "metric name \"{n}\" ends in a suffix reserved for histograms, summaries and info metrics"
+                    ),
+                );
             }
             match m.kind {
                 MetricKind::Counter if !n.ends_with("_total") => {
@@ -153,7 +197,10 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
                 _ => {}
             }
             if !metric_names.insert(n.clone()) {
-                return err(nloc, format!("metric name \"{n}\" is used twice in the catalog"));
+                return err(
+                    nloc,
+                    format!("metric name \"{n}\" is used twice in the catalog"),
+                );
             }
             if m.help.trim().is_empty() {
                 return err(mloc, format!("metric \"{n}\" has no help"));
@@ -161,15 +208,24 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
             if let Some(u) = &m.unit
                 && !n.contains(&format!("_{u}"))
             {
-                return err(mloc, format!("metric \"{n}\" has unit {u} but its name does not say so"));
+                return err(
+                    mloc,
+                    format!("metric \"{n}\" has unit {u} but its name does not say so"),
+                );
             }
             if !is_label_name(&m.column.value) {
-                return err(at(&m.column.referenced), format!("column \"{}\" is not a plain column name", m.column.value));
+                return err(
+                    at(&m.column.referenced),
+                    format!("column \"{}\" is not a plain column name", m.column.value),
+                );
             }
             if !columns.insert(m.column.value.clone()) {
                 return err(
                     at(&m.column.referenced),
-                    format!("column \"{}\" is used twice (as label or value)", m.column.value),
+                    format!(
+                        "column \"{}\" is used twice (as label or value)",
+                        m.column.value
+                    ),
                 );
             }
             metrics.push(MetricSpec {
@@ -204,4 +260,3 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
     }
     Ok(out)
 }
-

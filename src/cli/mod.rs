@@ -121,7 +121,10 @@ impl From<crate::db::ConnectError> for CliError {
 }
 
 /// The database target of a command: `--database-url`, else the config's database.
-pub fn target(cli_config: Option<&std::path::Path>, db: &DbArgs) -> Result<crate::db::DatabaseTarget, CliError> {
+pub fn target(
+    cli_config: Option<&std::path::Path>,
+    db: &DbArgs,
+) -> Result<crate::db::DatabaseTarget, CliError> {
     let overrides = crate::config::CliOverrides {
         database_url: db.database_url.clone(),
         ..Default::default()
@@ -146,7 +149,10 @@ pub async fn migrate(target: &crate::db::DatabaseTarget, status: bool) -> Result
     if status {
         for s in crate::db::migrate::status(&client).await.map_err(rt)? {
             match s.applied_at {
-                Some(at) => println!("applied  V{:03} {}  {at}", s.migration.version, s.migration.name),
+                Some(at) => println!(
+                    "applied  V{:03} {}  {at}",
+                    s.migration.version, s.migration.name
+                ),
                 None => println!("pending  V{:03} {}", s.migration.version, s.migration.name),
             }
         }
@@ -167,7 +173,9 @@ pub async fn uninstall(target: &crate::db::DatabaseTarget) -> Result<(), CliErro
     let mut client = crate::db::connect(target).await?;
     match crate::db::uninstall::uninstall(&mut client).await {
         Ok(true) => {
-            println!("removed the monitoring schema, its roles and autovacuum settings; trade data untouched");
+            println!(
+                "removed the monitoring schema, its roles and autovacuum settings; trade data untouched"
+            );
             Ok(())
         }
         Ok(false) => {

@@ -112,12 +112,19 @@ pub async fn shutdown_signal() {
 
 /// `pgpulse catalog [--markdown]`.
 pub fn print_catalog(path: &Path, markdown: bool) -> Result<(), CliError> {
-    let catalog = Catalog::load(path, Defaults::default()).map_err(|e| CliError::Config(e.to_string()))?;
+    let catalog =
+        Catalog::load(path, Defaults::default()).map_err(|e| CliError::Config(e.to_string()))?;
     if markdown {
         print!("{}", crate::catalog::markdown(&catalog));
     } else {
         for (q, m) in catalog.metric_names() {
-            println!("{}\t{:?}\t{}\t{}", m.name, m.kind, q.name, q.labels.join(","));
+            println!(
+                "{}\t{:?}\t{}\t{}",
+                m.name,
+                m.kind,
+                q.name,
+                q.labels.join(",")
+            );
         }
     }
     Ok(())

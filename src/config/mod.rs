@@ -25,7 +25,13 @@ use crate::db::DatabaseTarget;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9864";
 
 /// Environment variables that belong to the command line, not to the settings tree.
-const CLI_ONLY_ENV: &[&str] = &["DATABASE_URL", "TEST_DATABASE_URL", "CONFIG", "LOG_FORMAT", "LOG"];
+const CLI_ONLY_ENV: &[&str] = &[
+    "DATABASE_URL",
+    "TEST_DATABASE_URL",
+    "CONFIG",
+    "LOG_FORMAT",
+    "LOG",
+];
 
 /// A configuration error; the message names the file, line and key, or the variable.
 #[derive(Debug, thiserror::Error)]
@@ -104,11 +110,7 @@ pub struct CliOverrides {
 }
 
 /// Loads settings: defaults < `file` < environment (`PGPULSE_` with `__` nesting) < `cli`.
-pub fn load(
-    file: Option<&Path>,
-    env: Env,
-    cli: &CliOverrides,
-) -> Result<Settings, ConfigError> {
+pub fn load(file: Option<&Path>, env: Env, cli: &CliOverrides) -> Result<Settings, ConfigError> {
     let mut fig = Figment::from(Serialized::defaults(Settings::default()));
     if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
@@ -159,7 +161,11 @@ fn flatten(e: figment::Error) -> String {
                 .is_some_and(|m| m.name.contains("environment"));
             if from_env && !e.path.is_empty() {
                 let var = format!("PGPULSE_{}", e.path.join("__").to_uppercase());
-                format!("{} (key `{}`, from environment variable {var})", e.kind, e.path.join(".").to_lowercase())
+                format!(
+                    "{} (key `{}`, from environment variable {var})",
+                    e.kind,
+                    e.path.join(".").to_lowercase()
+                )
             } else if !e.path.is_empty() {
                 format!("{} (key `{}`)", e.kind, e.path.join("."))
             } else {
@@ -186,12 +192,12 @@ impl Settings {
     pub fn validate(self) -> Result<Config, ConfigError> {
         let db = &self.database;
         let mut target = match &db.url {
-            Some(url) => DatabaseTarget::parse(url.expose_secret()).map_err(|e| {
-                ConfigError::Invalid {
+            Some(url) => {
+                DatabaseTarget::parse(url.expose_secret()).map_err(|e| ConfigError::Invalid {
                     key: "database.url",
                     reason: e.to_string(),
-                }
-            })?,
+                })?
+            }
             None => {
                 let mut c = tokio_postgres::Config::new();
                 c.host(db.host.as_deref().unwrap_or("localhost"));
@@ -231,14 +237,14 @@ impl Settings {
                 reason: format!("{} is outside 1..=20", db.pool_size),
             });
         }
-        let listen = self
-            .web
-            .listen_address
-            .parse::<SocketAddr>()
-            .map_err(|e| ConfigError::Invalid {
-                key: "web.listen_address",
-                reason: format!("`{}`: {e} (expected host:port)", self.web.listen_address),
-            })?;
+        let listen =
+            self.web
+                .listen_address
+                .parse::<SocketAddr>()
+                .map_err(|e| ConfigError::Invalid {
+                    key: "web.listen_address",
+                    reason: format!("`{}`: {e} (expected host:port)", self.web.listen_address),
+                })?;
         let s = &self.sampling;
         let default_interval = positive("sampling.default_interval", s.default_interval)?;
         let default_timeout = positive("sampling.default_timeout", s.default_timeout)?;

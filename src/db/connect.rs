@@ -89,10 +89,11 @@ impl DatabaseTarget {
 
 /// Removes the password of `url` from a message that may quote it.
 fn redact(message: &str, url: &str) -> String {
-    match Config::from_str(url).ok().and_then(|c| c.get_password().map(<[u8]>::to_vec)) {
-        Some(pw) if !pw.is_empty() => {
-            message.replace(&*String::from_utf8_lossy(&pw), "********")
-        }
+    match Config::from_str(url)
+        .ok()
+        .and_then(|c| c.get_password().map(<[u8]>::to_vec))
+    {
+        Some(pw) if !pw.is_empty() => message.replace(&*String::from_utf8_lossy(&pw), "********"),
         _ => message.to_owned(),
     }
 }

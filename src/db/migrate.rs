@@ -158,7 +158,10 @@ async fn applied(client: &Client) -> Result<Vec<(i32, String, String)>, MigrateE
         )
         .await
         .map_err(db("read the migration history"))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }
 
 /// Applies every pending migration in order and returns the ones it applied.

@@ -105,11 +105,17 @@ async fn extensions(c: &Client) -> Result<Verdict, String> {
         .map(|r| r.get(0))
         .collect();
     Ok(if missing.is_empty() {
-        (Outcome::Pass, "pg_stat_statements, pg_trgm, btree_gist installed".into())
+        (
+            Outcome::Pass,
+            "pg_stat_statements, pg_trgm, btree_gist installed".into(),
+        )
     } else {
         (
             Outcome::Warn,
-            format!("not installed: {} (CREATE EXTENSION as a superuser)", missing.join(", ")),
+            format!(
+                "not installed: {} (CREATE EXTENSION as a superuser)",
+                missing.join(", ")
+            ),
         )
     })
 }
@@ -176,7 +182,10 @@ async fn read_functions(c: &Client) -> Result<Verdict, String> {
         }
     }
     Ok(if failed.is_empty() {
-        (Outcome::Pass, format!("{} analysis functions ran", calls.len()))
+        (
+            Outcome::Pass,
+            format!("{} analysis functions ran", calls.len()),
+        )
     } else {
         (Outcome::Fail, failed.join("; "))
     })
@@ -195,9 +204,21 @@ async fn rolled_back(c: &mut Client, sql: &str) -> Result<i64, String> {
 }
 
 async fn partition_functions(c: &mut Client) -> Result<Verdict, String> {
-    let orders = rolled_back(c, "SELECT count(*) FROM monitoring.create_future_order_partitions(3)").await?;
-    let trades = rolled_back(c, "SELECT count(*) FROM monitoring.create_future_trade_partitions(7)").await?;
-    let archive = rolled_back(c, "SELECT count(*) FROM monitoring.archive_old_partitions(12)").await?;
+    let orders = rolled_back(
+        c,
+        "SELECT count(*) FROM monitoring.create_future_order_partitions(3)",
+    )
+    .await?;
+    let trades = rolled_back(
+        c,
+        "SELECT count(*) FROM monitoring.create_future_trade_partitions(7)",
+    )
+    .await?;
+    let archive = rolled_back(
+        c,
+        "SELECT count(*) FROM monitoring.archive_old_partitions(12)",
+    )
+    .await?;
     let reason = format!(
         "dry run (rolled back): would create {orders} order and {trades} trade partitions, detach {archive}"
     );
@@ -252,13 +273,19 @@ async fn autovacuum(c: &Client) -> Result<Verdict, String> {
         .map(|r| r.get(0))
         .collect();
     Ok(if present.is_empty() {
-        (Outcome::Pass, "no trade-engine tables here; nothing to tune".into())
+        (
+            Outcome::Pass,
+            "no trade-engine tables here; nothing to tune".into(),
+        )
     } else if untuned.is_empty() {
         (Outcome::Pass, format!("tuned: {}", present.join(", ")))
     } else {
         (
             Outcome::Warn,
-            format!("not tuned: {} (created after the migration? run `pgpulse uninstall` then `migrate`, or set the reloptions)", untuned.join(", ")),
+            format!(
+                "not tuned: {} (created after the migration? run `pgpulse uninstall` then `migrate`, or set the reloptions)",
+                untuned.join(", ")
+            ),
         )
     })
 }
@@ -281,9 +308,15 @@ async fn schedule(c: &Client) -> Result<Verdict, String> {
     Ok(if !bad.is_empty() {
         (Outcome::Fail, bad.join("; "))
     } else if rows.len() < 4 {
-        (Outcome::Fail, format!("{} jobs scheduled, expected 4", rows.len()))
+        (
+            Outcome::Fail,
+            format!("{} jobs scheduled, expected 4", rows.len()),
+        )
     } else {
-        (Outcome::Pass, format!("{} jobs with valid cron expressions", rows.len()))
+        (
+            Outcome::Pass,
+            format!("{} jobs with valid cron expressions", rows.len()),
+        )
     })
 }
 
@@ -302,7 +335,10 @@ async fn statements(c: &Client) -> Result<Verdict, String> {
         .await
         .map_err(|e| describe(&e))?
         .get(0);
-    if !preload.split(',').any(|p| p.trim().trim_matches('"') == "pg_stat_statements") {
+    if !preload
+        .split(',')
+        .any(|p| p.trim().trim_matches('"') == "pg_stat_statements")
+    {
         return Ok((
             Outcome::Warn,
             "pg_stat_statements is not preloaded: add it to shared_preload_libraries in \
@@ -333,13 +369,25 @@ async fn permissions(c: &Client) -> Result<Verdict, String> {
         .map_err(|e| describe(&e))?;
     let (roles, readable, public): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
     Ok(if roles < 2 {
-        (Outcome::Fail, "roles pgpulse_monitor / pgpulse_maintainer missing".into())
+        (
+            Outcome::Fail,
+            "roles pgpulse_monitor / pgpulse_maintainer missing".into(),
+        )
     } else if readable < 13 {
-        (Outcome::Fail, format!("pgpulse_monitor can read {readable}/13 views"))
+        (
+            Outcome::Fail,
+            format!("pgpulse_monitor can read {readable}/13 views"),
+        )
     } else if public > 0 {
-        (Outcome::Fail, format!("{public} monitoring functions executable by PUBLIC"))
+        (
+            Outcome::Fail,
+            format!("{public} monitoring functions executable by PUBLIC"),
+        )
     } else {
-        (Outcome::Pass, "pgpulse_monitor reads all 13 views; nothing granted to PUBLIC".into())
+        (
+            Outcome::Pass,
+            "pgpulse_monitor reads all 13 views; nothing granted to PUBLIC".into(),
+        )
     })
 }
 
@@ -358,7 +406,8 @@ async fn baseline(c: &Client) -> Result<Verdict, String> {
         Outcome::Pass,
         format!(
             "cache hit {}%, {} of {} connections, database size {}",
-            r.get::<_, Option<String>>(0).unwrap_or_else(|| "n/a".into()),
+            r.get::<_, Option<String>>(0)
+                .unwrap_or_else(|| "n/a".into()),
             r.get::<_, i64>(1),
             r.get::<_, String>(2),
             r.get::<_, String>(3)
@@ -383,7 +432,11 @@ pub async fn verify(c: &mut Client) -> Vec<Check> {
     push(3, "monitoring functions", objects(c, "functions").await);
     push(4, "data retrieval from all views", view_reads(c).await);
     push(5, "performance functions", read_functions(c).await);
-    push(6, "partition management functions", partition_functions(c).await);
+    push(
+        6,
+        "partition management functions",
+        partition_functions(c).await,
+    );
     push(7, "database health check", health(c).await);
     push(8, "autovacuum configuration", autovacuum(c).await);
     push(9, "maintenance schedule", schedule(c).await);

@@ -24,7 +24,9 @@ pub enum ClusterError {
     )]
     BinariesNotFound,
     /// Running as root, but no unprivileged `postgres` user exists to run the server.
-    #[error("running as root and no `postgres` user exists to run the server; create one or run as a normal user")]
+    #[error(
+        "running as root and no `postgres` user exists to run the server; create one or run as a normal user"
+    )]
     NoServerUser,
     /// A command failed; its output is attached.
     #[error("{step} failed: {output}")]
@@ -97,7 +99,11 @@ pub fn find_bindir() -> Result<PathBuf, ClusterError> {
         }
     }
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
         .unwrap_or_default();
     versions.sort();
     versions
@@ -113,10 +119,12 @@ pub fn free_port() -> Result<u16, ClusterError> {
         step: "pick a free port",
         source,
     })?;
-    l.local_addr().map(|a| a.port()).map_err(|source| ClusterError::Io {
-        step: "pick a free port",
-        source,
-    })
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|source| ClusterError::Io {
+            step: "pick a free port",
+            source,
+        })
 }
 
 fn is_root() -> bool {
@@ -361,7 +369,14 @@ impl Drop for TempCluster {
             let _ = self.run(
                 "pg_ctl stop",
                 "pg_ctl",
-                &["stop", "-w", "-m", "immediate", "-D", &data.to_string_lossy()],
+                &[
+                    "stop",
+                    "-w",
+                    "-m",
+                    "immediate",
+                    "-D",
+                    &data.to_string_lossy(),
+                ],
             );
         }
         let _ = std::fs::remove_dir_all(&self.dir);

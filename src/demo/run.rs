@@ -42,16 +42,24 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     drop(client);
     let target = crate::db::DatabaseTarget::parse(&cluster.url("trade_engine"))?;
     let mut client = crate::db::connect(&target).await?;
-    super::schema::install(&client)
-        .await
-        .map_err(|e| CliError::Runtime(format!("trade-engine schema: {}", crate::db::connect::describe(&e))))?;
+    super::schema::install(&client).await.map_err(|e| {
+        CliError::Runtime(format!(
+            "trade-engine schema: {}",
+            crate::db::connect::describe(&e)
+        ))
+    })?;
     crate::db::migrate::migrate(&mut client)
         .await
         .map_err(|e| CliError::Runtime(e.to_string()))?;
     let stop = CancellationToken::new();
     let stats = Arc::new(WorkloadStats::default());
     let work_client = crate::db::connect(&target).await?;
-    let workload = tokio::spawn(workload::run(work_client, args.rate, stats.clone(), stop.clone()));
+    let workload = tokio::spawn(workload::run(
+        work_client,
+        args.rate,
+        stats.clone(),
+        stop.clone(),
+    ));
 
     let overrides = crate::config::CliOverrides {
         database_url: Some(cluster.url("trade_engine")),
@@ -60,12 +68,17 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     };
     let settings = crate::config::load(None, figment::providers::Env::raw().only(&[]), &overrides)
         .map_err(|e| CliError::Config(e.to_string()))?;
-    let mut config = settings.validate().map_err(|e| CliError::Config(e.to_string()))?;
+    let mut config = settings
+        .validate()
+        .map_err(|e| CliError::Config(e.to_string()))?;
     config.default_interval = Duration::from_secs(5);
     let catalog = Catalog::parse(
         crate::cli::serve::DEFAULT_CATALOG,
         std::path::Path::new("queries.yaml (built in)"),
-        Defaults { interval: Duration::from_secs(5), timeout: Duration::from_secs(4) },
+        Defaults {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(4),
+        },
     )
     .map_err(|e| CliError::Config(e.to_string()))?;
     let app = crate::app::App::build(config, catalog)
@@ -108,7 +121,9 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     stop.cancel();
     let _ = workload.await;
     drop(client);
-    tokio::task::spawn_blocking(move || drop(cluster)).await.ok();
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .ok();
     eprintln!("pgpulse demo: stopped; throwaway cluster removed");
     served.map_err(|e| CliError::Runtime(e.to_string()))
 }

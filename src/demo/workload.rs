@@ -47,8 +47,8 @@ pub async fn round(client: &Client, i: u64, stats: &WorkloadStats) {
              volume = candles.volume + 1;
          SELECT side, price, quantity FROM order_book WHERE symbol = '{symbol}' ORDER BY side, price LIMIT 20;
          SELECT * FROM trades WHERE symbol = '{symbol}' AND executed_at > now() - interval '1 hour' ORDER BY executed_at DESC LIMIT 50;",
-        side = if i % 2 == 0 { "buy" } else { "sell" },
-        cancel = if i % 3 == 0 { "true" } else { "false" },
+        side = if i.is_multiple_of(2) { "buy" } else { "sell" },
+        cancel = if i.is_multiple_of(3) { "true" } else { "false" },
     );
     match client.batch_execute(&sql).await {
         Ok(()) => {

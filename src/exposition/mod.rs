@@ -61,8 +61,12 @@ impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         for result in self.store.results() {
             if let (Some(spec), Some(h)) = (&result.spec.histogram, &result.histogram) {
-                let family =
-                    encoder.encode_descriptor(&spec.name, &spec.help, None, MetricType::Histogram)?;
+                let family = encoder.encode_descriptor(
+                    &spec.name,
+                    &spec.help,
+                    None,
+                    MetricType::Histogram,
+                )?;
                 encode_histogram(family, h)?;
             }
             for (spec, series) in result.spec.metrics.iter().zip(&result.families) {
@@ -117,7 +121,9 @@ impl EncodeMetric for Value {
             (MetricKind::Counter, true) if self.0 >= 0.0 => {
                 encoder.encode_counter::<NoLabelSet, u64, f64>(&(self.0 as u64), None)
             }
-            (MetricKind::Counter, _) => encoder.encode_counter::<NoLabelSet, f64, f64>(&self.0, None),
+            (MetricKind::Counter, _) => {
+                encoder.encode_counter::<NoLabelSet, f64, f64>(&self.0, None)
+            }
         }
     }
 

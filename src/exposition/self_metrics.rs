@@ -44,7 +44,9 @@ pub struct ResultLabel {
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 fn duration_histogram() -> Histogram {
-    Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+    Histogram::new([
+        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
 }
 
 /// Every self-metric handle.
@@ -109,29 +111,87 @@ impl SelfMetrics {
             })
             .set(1);
         let r = registry;
-        r.register("pg_up", "Whether the last connection attempt to PostgreSQL succeeded (1) or not (0)", m.up.clone());
-        r.register("pg_server_version_num", "server_version_num of the PostgreSQL server (0 before the first connection)", m.server_version.clone());
-        r.register("pgpulse_build_info", "pgpulse build information; always 1", build);
-        r.register("pgpulse_query_duration_seconds", "Wall time of a sampling query run, including waiting for a connection", m.duration.clone());
+        r.register(
+            "pg_up",
+            "Whether the last connection attempt to PostgreSQL succeeded (1) or not (0)",
+            m.up.clone(),
+        );
+        r.register(
+            "pg_server_version_num",
+            "server_version_num of the PostgreSQL server (0 before the first connection)",
+            m.server_version.clone(),
+        );
+        r.register(
+            "pgpulse_build_info",
+            "pgpulse build information; always 1",
+            build,
+        );
+        r.register(
+            "pgpulse_query_duration_seconds",
+            "Wall time of a sampling query run, including waiting for a connection",
+            m.duration.clone(),
+        );
         r.register("pgpulse_query_runs", "Sampling query runs", m.runs.clone());
-        r.register("pgpulse_query_errors", "Failed sampling query runs by kind (timeout, connection, sql, decode)", m.errors.clone());
-        r.register("pgpulse_query_last_success_timestamp_seconds", "Unix time of the last successful run of a query", m.last_success.clone());
-        r.register("pgpulse_query_series", "Series currently exposed by a query", m.series.clone());
-        r.register("pgpulse_query_series_dropped", "Series dropped because a query exceeded its max_series budget or repeated a label set", m.dropped.clone());
-        r.register("pgpulse_query_null_values", "NULL values returned in value columns (the series is omitted)", m.nulls.clone());
+        r.register(
+            "pgpulse_query_errors",
+            "Failed sampling query runs by kind (timeout, connection, sql, decode)",
+            m.errors.clone(),
+        );
+        r.register(
+            "pgpulse_query_last_success_timestamp_seconds",
+            "Unix time of the last successful run of a query",
+            m.last_success.clone(),
+        );
+        r.register(
+            "pgpulse_query_series",
+            "Series currently exposed by a query",
+            m.series.clone(),
+        );
+        r.register(
+            "pgpulse_query_series_dropped",
+            "Series dropped because a query exceeded its max_series budget or repeated a label set",
+            m.dropped.clone(),
+        );
+        r.register(
+            "pgpulse_query_null_values",
+            "NULL values returned in value columns (the series is omitted)",
+            m.nulls.clone(),
+        );
         r.register("pgpulse_query_skipped_ticks", "Ticks skipped because the previous run of the query was still in flight or the database was down", m.skipped.clone());
-        r.register("pgpulse_query_enabled", "Whether a query runs on this server (version, extension and preload gating)", m.enabled.clone());
-        r.register("pgpulse_config_reloads", "Catalog reloads (SIGHUP) by result", m.reloads.clone());
-        r.register("pgpulse_config_last_reload_successful", "Whether the last catalog reload succeeded", m.reload_ok.clone());
-        r.register("pgpulse_config_last_reload_success_timestamp_seconds", "Unix time of the last successful catalog load", m.reload_time.clone());
-        r.register("pgpulse_connection_failures", "Failed attempts to reach the database", m.connect_failures.clone());
+        r.register(
+            "pgpulse_query_enabled",
+            "Whether a query runs on this server (version, extension and preload gating)",
+            m.enabled.clone(),
+        );
+        r.register(
+            "pgpulse_config_reloads",
+            "Catalog reloads (SIGHUP) by result",
+            m.reloads.clone(),
+        );
+        r.register(
+            "pgpulse_config_last_reload_successful",
+            "Whether the last catalog reload succeeded",
+            m.reload_ok.clone(),
+        );
+        r.register(
+            "pgpulse_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful catalog load",
+            m.reload_time.clone(),
+        );
+        r.register(
+            "pgpulse_connection_failures",
+            "Failed attempts to reach the database",
+            m.connect_failures.clone(),
+        );
         m.reload_ok.set(1);
         m
     }
 
     /// Removes the per-query series of a query that left the catalog.
     pub fn forget_query(&self, name: &str) {
-        let q = QueryLabel { query: name.to_owned() };
+        let q = QueryLabel {
+            query: name.to_owned(),
+        };
         self.duration.remove(&q);
         self.runs.remove(&q);
         self.last_success.remove(&q);
@@ -150,7 +210,9 @@ impl SelfMetrics {
 
     /// Creates the per-query series of a new query at zero, so rates start from the start.
     pub fn init_query(&self, name: &str) {
-        let q = QueryLabel { query: name.to_owned() };
+        let q = QueryLabel {
+            query: name.to_owned(),
+        };
         let _ = self.runs.get_or_create(&q);
         let _ = self.dropped.get_or_create(&q);
         let _ = self.nulls.get_or_create(&q);

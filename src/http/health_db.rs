@@ -16,7 +16,9 @@ pub(super) async fn health_db(State(state): State<AppState>) -> (StatusCode, Jso
     let Some(result) = state.store.result(HEALTH_QUERY) else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": "no health sample yet (or the database_health query is failing or not in the catalog)"})),
+            Json(
+                json!({"error": "no health sample yet (or the database_health query is failing or not in the catalog)"}),
+            ),
         );
     };
     let rows = result.rows.as_deref().unwrap_or_default();
@@ -34,7 +36,10 @@ pub(super) async fn health_db(State(state): State<AppState>) -> (StatusCode, Jso
                 if key == "status" && v.as_deref() == Some("CRITICAL") {
                     critical = true;
                 }
-                m.insert(key.to_owned(), v.clone().map(Value::String).unwrap_or(Value::Null));
+                m.insert(
+                    key.to_owned(),
+                    v.clone().map(Value::String).unwrap_or(Value::Null),
+                );
             }
             Value::Object(m)
         })
@@ -51,6 +56,8 @@ pub(super) async fn health_db(State(state): State<AppState>) -> (StatusCode, Jso
     };
     (
         status,
-        Json(json!({"status": if critical { "critical" } else { "ok" }, "sampled_at": sampled_at, "checks": checks})),
+        Json(
+            json!({"status": if critical { "critical" } else { "ok" }, "sampled_at": sampled_at, "checks": checks}),
+        ),
     )
 }

@@ -24,7 +24,9 @@ fn ago(t: SystemTime) -> String {
 }
 
 fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 pub(super) async fn page(State(state): State<AppState>) -> Html<String> {
@@ -41,7 +43,10 @@ pub(super) async fn page(State(state): State<AppState>) -> Html<String> {
         let enabled = if st.enabled {
             "yes".to_owned()
         } else {
-            format!("no: {}", escape(st.disabled_reason.as_deref().unwrap_or("not run yet")))
+            format!(
+                "no: {}",
+                escape(st.disabled_reason.as_deref().unwrap_or("not run yet"))
+            )
         };
         let _ = write!(
             rows,

@@ -79,7 +79,10 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
     let mut resp = (StatusCode::OK, body).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
-    h.insert(header::VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
+    h.insert(
+        header::VARY,
+        HeaderValue::from_static("Accept, Accept-Encoding"),
+    );
     if gzip {
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
@@ -94,7 +97,10 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
     if !state.sampler.is_up() {
         (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n")
     } else if !state.store.first_round_done() {
-        (StatusCode::SERVICE_UNAVAILABLE, "first sampling round not finished\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "first sampling round not finished\n",
+        )
     } else {
         (StatusCode::OK, "ready\n")
     }

@@ -118,7 +118,11 @@ mod tests {
     use super::*;
 
     fn s(key: &str, calls: f64, total_ms: f64) -> StatementSample {
-        StatementSample { key: key.into(), calls, total_ms }
+        StatementSample {
+            key: key.into(),
+            calls,
+            total_ms,
+        }
     }
 
     #[test]
@@ -135,7 +139,10 @@ mod tests {
         // a: 5 calls taking 25 ms → 5 ms each; b: 2 calls taking 400 ms → 200 ms each.
         h.update(&[s("a", 15.0, 35.0), s("b", 3.0, 900.0)]);
         let snap = h.snapshot();
-        assert_eq!(snap.buckets, vec![(0.01, 5), (0.1, 0), (1.0, 2), (f64::INFINITY, 0)]);
+        assert_eq!(
+            snap.buckets,
+            vec![(0.01, 5), (0.1, 0), (1.0, 2), (f64::INFINITY, 0)]
+        );
         assert_eq!(snap.count, 7);
         assert!((snap.sum - 0.425).abs() < 1e-9);
     }

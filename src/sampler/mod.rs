@@ -163,13 +163,19 @@ impl Sampler {
                 .await
                 .ok()?
                 .ok()?;
-            Some((row.get::<_, i32>(0), row.get::<_, String>(1), row.get::<_, String>(2)))
+            Some((
+                row.get::<_, i32>(0),
+                row.get::<_, String>(1),
+                row.get::<_, String>(2),
+            ))
         }
         .await;
         let was_up = self.is_up();
         match result {
             Some((version, preload, extensions)) => {
-                self.server.version_num.store(version as i64, Ordering::Relaxed);
+                self.server
+                    .version_num
+                    .store(version as i64, Ordering::Relaxed);
                 let split = |s: &str| {
                     s.split(',')
                         .map(|x| x.trim().trim_matches('"').to_owned())
@@ -222,7 +228,9 @@ impl Sampler {
         if let Some(e) = &spec.requires_extension
             && !exts.contains(e)
         {
-            return Some(format!("extension {e} is not installed (CREATE EXTENSION {e})"));
+            return Some(format!(
+                "extension {e} is not installed (CREATE EXTENSION {e})"
+            ));
         }
         if let Some(p) = &spec.requires_preload
             && !preload.contains(p)
@@ -260,13 +268,18 @@ impl Sampler {
     }
 
     /// One tick of a query: gate, run, publish or record the failure, wake the renderer.
-    pub async fn tick(&self, spec: &Arc<QuerySpec>, histogram: Option<&mut latency::LatencyHistogram>) {
+    pub async fn tick(
+        &self,
+        spec: &Arc<QuerySpec>,
+        histogram: Option<&mut latency::LatencyHistogram>,
+    ) {
         let label = QueryLabel {
             query: spec.name.clone(),
         };
         if !self.is_up() {
             self.metrics.skipped.get_or_create(&label).inc();
-            self.store.fail(spec, "database unreachable".to_owned(), SystemTime::now());
+            self.store
+                .fail(spec, "database unreachable".to_owned(), SystemTime::now());
             self.after_failure(spec, &label);
             return;
         }
@@ -293,7 +306,10 @@ impl Sampler {
                     result.histogram = Some(h.snapshot());
                 }
                 self.metrics.nulls.get_or_create(&label).inc_by(stats.nulls);
-                self.metrics.dropped.get_or_create(&label).inc_by(stats.dropped);
+                self.metrics
+                    .dropped
+                    .get_or_create(&label)
+                    .inc_by(stats.dropped);
                 if stats.dropped > 0 {
                     tracing::warn!(query = %spec.name, dropped = stats.dropped, budget = spec.max_series, "series over budget dropped");
                 }
@@ -301,7 +317,10 @@ impl Sampler {
                     .series
                     .get_or_create(&label)
                     .set(result.series_count() as i64);
-                self.metrics.last_success.get_or_create(&label).set(unix_now());
+                self.metrics
+                    .last_success
+                    .get_or_create(&label)
+                    .set(unix_now());
                 self.store.publish(Arc::new(result));
             }
             Err(e) => {
@@ -314,7 +333,9 @@ impl Sampler {
                     })
                     .inc();
                 self.store.fail(spec, e.to_string(), SystemTime::now());
-                if e.kind == ErrorKind::Connection && !e.message.contains("waiting for a pooled connection") {
+                if e.kind == ErrorKind::Connection
+                    && !e.message.contains("waiting for a pooled connection")
+                {
                     // Let the probe confirm and take over reconnecting.
                     self.probe_once().await;
                 }

@@ -150,7 +150,7 @@ pub fn decode(
     let mut seen = std::collections::HashSet::new();
     let mut total = 0usize;
     let mut columns: Option<(Vec<usize>, Vec<usize>, Vec<usize>)> = None;
-    let mut rows: Option<Vec<Vec<(String, Option<String>)>>> = spec.publish_rows.then(Vec::new);
+    let mut rows: Option<Vec<super::store::Row>> = spec.publish_rows.then(Vec::new);
     // Statements before the query (BEGIN, 2 × SET) complete with CommandComplete.
     let mut completed = 0;
     for msg in messages {
@@ -161,18 +161,29 @@ pub fn decode(
                     desc.iter().position(|c| c.name() == name).ok_or_else(|| {
                         RunError::new(
                             ErrorKind::Decode,
-                            format!("column \"{name}\" is not in the result of query \"{}\"", spec.name),
+                            format!(
+                                "column \"{name}\" is not in the result of query \"{}\"",
+                                spec.name
+                            ),
                         )
                     })
                 };
-                let labels = spec.labels.iter().map(|l| find(l)).collect::<Result<_, _>>()?;
+                let labels = spec
+                    .labels
+                    .iter()
+                    .map(|l| find(l))
+                    .collect::<Result<_, _>>()?;
                 let values = spec
                     .metrics
                     .iter()
                     .map(|m| find(&m.column))
                     .collect::<Result<_, _>>()?;
                 let hist = match &spec.histogram {
-                    Some(h) => vec![find(&h.key_column)?, find(&h.calls_column)?, find(&h.time_ms_column)?],
+                    Some(h) => vec![
+                        find(&h.key_column)?,
+                        find(&h.calls_column)?,
+                        find(&h.time_ms_column)?,
+                    ],
                     None => Vec::new(),
                 };
                 columns = Some((labels, values, hist));
@@ -245,7 +256,10 @@ pub fn decode(
     if columns.is_none() {
         return Err(RunError::new(
             ErrorKind::Decode,
-            format!("query \"{}\" returned no result set (is it a SELECT?)", spec.name),
+            format!(
+                "query \"{}\" returned no result set (is it a SELECT?)",
+                spec.name
+            ),
         ));
     }
     Ok((

@@ -16,6 +16,9 @@ pub struct Series {
     pub value: f64,
 }
 
+/// One row kept as column name → text value (`None` for NULL).
+pub type Row = Vec<(String, Option<String>)>;
+
 /// The complete result of one successful run of a query; immutable once published.
 #[derive(Debug, Clone)]
 pub struct QueryResult {
@@ -26,7 +29,7 @@ pub struct QueryResult {
     /// The latency histogram the query feeds, if it declares one.
     pub histogram: Option<crate::sampler::latency::HistogramSnapshot>,
     /// Every row as column → text (NULL as `None`), when the spec asks for it.
-    pub rows: Option<Vec<Vec<(String, Option<String>)>>>,
+    pub rows: Option<Vec<Row>>,
     /// When it was produced.
     pub at: SystemTime,
 }

@@ -33,8 +33,13 @@ async fn ten_thousand_partitions_stay_within_the_series_budget() {
     let catalog = fast_catalog();
     let svc = start(&db.url, &catalog, |_| {}).await;
     let body = wait_for(&svc, "tables and partitions sampled", |b| {
-        (0..10).all(|t| sample(b, &format!("pg_partitions{{parent=\"ticks{t}\"}}")) == Some(1_000.0))
-            && sample(b, "pg_table_size_bytes{schemaname=\"public\",relname=\"ticks0\"}").is_some()
+        (0..10)
+            .all(|t| sample(b, &format!("pg_partitions{{parent=\"ticks{t}\"}}")) == Some(1_000.0))
+            && sample(
+                b,
+                "pg_table_size_bytes{schemaname=\"public\",relname=\"ticks0\"}",
+            )
+            .is_some()
             && b.contains("pg_index_size_bytes{")
     })
     .await;
@@ -46,15 +51,35 @@ async fn ten_thousand_partitions_stay_within_the_series_budget() {
         .filter(|l| l.starts_with("pgpulse_query_series{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    assert!(exposed as usize <= budget, "{exposed} series, budget {budget}");
-    let table_series = body.lines().filter(|l| l.starts_with("pg_table_size_bytes{")).count();
-    assert!(table_series <= 100, "partitions rolled up: {table_series} table series");
+    assert!(
+        exposed as usize <= budget,
+        "{exposed} series, budget {budget}"
+    );
+    let table_series = body
+        .lines()
+        .filter(|l| l.starts_with("pg_table_size_bytes{"))
+        .count();
+    assert!(
+        table_series <= 100,
+        "partitions rolled up: {table_series} table series"
+    );
     let partition_as_table = |l: &&str| {
-        let relname = l.split(",relname=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("");
+        let relname = l
+            .split(",relname=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("");
         relname.starts_with("ticks") && relname.contains('_')
     };
-    assert_eq!(body.lines().filter(partition_as_table).count(), 0, "no partition appears as a table");
+    assert_eq!(
+        body.lines().filter(partition_as_table).count(),
+        0,
+        "no partition appears as a table"
+    );
     let pg_lines = body.lines().filter(|l| l.starts_with("pg_")).count();
-    assert!(pg_lines < 2_000, "{pg_lines} pg_ sample lines for 10,000 partitions");
+    assert!(
+        pg_lines < 2_000,
+        "{pg_lines} pg_ sample lines for 10,000 partitions"
+    );
     svc.stop().await;
 }

@@ -8,7 +8,8 @@ use pgpulse::demo::ClusterOptions;
 
 /// The shipped catalog with every interval at 1s (timeouts just below), for tests.
 pub fn fast_catalog() -> String {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/queries.yaml")).unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/queries.yaml")).unwrap();
     text.lines()
         .map(|l| {
             let t = l.trim_start();
@@ -56,23 +57,41 @@ async fn dead_tuples_show_as_the_dead_tuple_ratio() {
     .unwrap();
     let svc = start(&db.url, &fast_catalog(), |_| {}).await;
     let series = "pg_table_dead_tuple_ratio{schemaname=\"public\",relname=\"bloated\"}";
-    let body = wait_for(&svc, "the dead tuple ratio of bloated", |b| sample(b, series).is_some_and(|v| v > 0.0)).await;
+    let body = wait_for(&svc, "the dead tuple ratio of bloated", |b| {
+        sample(b, series).is_some_and(|v| v > 0.0)
+    })
+    .await;
     let r = c
-        .query_one("SELECT n_live_tup, n_dead_tup FROM pg_stat_user_tables WHERE relname = 'bloated'", &[])
+        .query_one(
+            "SELECT n_live_tup, n_dead_tup FROM pg_stat_user_tables WHERE relname = 'bloated'",
+            &[],
+        )
         .await
         .unwrap();
     let (live, dead): (i64, i64) = (r.get(0), r.get(1));
     let expected = dead as f64 / (live + dead) as f64;
     let got = sample(&body, series).unwrap();
-    assert!((got - expected).abs() <= 0.02, "ratio {got}, expected {expected} ({dead} dead, {live} live)");
+    assert!(
+        (got - expected).abs() <= 0.02,
+        "ratio {got}, expected {expected} ({dead} dead, {live} live)"
+    );
     assert!((got - 0.4).abs() <= 0.02, "2 of 5 rows deleted: {got}");
-    assert_eq!(sample(&body, "pg_table_dead_tuples{schemaname=\"public\",relname=\"bloated\"}"), Some(dead as f64));
+    assert_eq!(
+        sample(
+            &body,
+            "pg_table_dead_tuples{schemaname=\"public\",relname=\"bloated\"}"
+        ),
+        Some(dead as f64)
+    );
     svc.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_a_table_larger_than_shared_buffers_drops_the_hit_ratio_below_0_95() {
-    let cluster = own_cluster(ClusterOptions { shared_buffers: "128kB".into(), ..Default::default() });
+    let cluster = own_cluster(ClusterOptions {
+        shared_buffers: "128kB".into(),
+        ..Default::default()
+    });
     let db = TestDb::on(&cluster.url("postgres")).await;
     db.migrate().await;
     let c = db.client().await;
@@ -84,11 +103,18 @@ async fn reading_a_table_larger_than_shared_buffers_drops_the_hit_ratio_below_0_
     .await
     .unwrap();
     for _ in 0..5 {
-        c.batch_execute("SELECT count(*) FROM big WHERE pad LIKE 'z%'").await.unwrap();
+        c.batch_execute("SELECT count(*) FROM big WHERE pad LIKE 'z%'")
+            .await
+            .unwrap();
     }
-    c.batch_execute("SELECT pg_stat_force_next_flush()").await.unwrap();
+    c.batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .unwrap();
     let svc = start(&db.url, &fast_catalog(), |_| {}).await;
-    let body = wait_for(&svc, "a heap hit ratio", |b| sample(b, "pg_cache_hit_ratio{kind=\"heap\"}").is_some()).await;
+    let body = wait_for(&svc, "a heap hit ratio", |b| {
+        sample(b, "pg_cache_hit_ratio{kind=\"heap\"}").is_some()
+    })
+    .await;
     let heap = sample(&body, "pg_cache_hit_ratio{kind=\"heap\"}").unwrap();
     assert!(heap < 0.95, "heap hit ratio {heap}");
     let reads = sample(&body, "pg_cache_blocks_read_total{kind=\"heap\"}").unwrap();
@@ -118,9 +144,15 @@ async fn opening_idle_connections_raises_the_idle_count_by_exactly_that_many() {
         idle.push(connect(&db.url).await);
     }
     let target = before + 5.0;
-    wait_for(&svc, "5 more idle connections", |b| connections(b, "idle") == target).await;
+    wait_for(&svc, "5 more idle connections", |b| {
+        connections(b, "idle") == target
+    })
+    .await;
     drop(idle);
-    wait_for(&svc, "the idle count back down", |b| connections(b, "idle") == before).await;
+    wait_for(&svc, "the idle count back down", |b| {
+        connections(b, "idle") == before
+    })
+    .await;
     svc.stop().await;
     drop(db);
 }
@@ -132,24 +164,40 @@ async fn a_row_lock_with_a_waiter_shows_one_blocked_session_and_a_wait_above_zer
     db.migrate().await;
     let holder = db.client().await;
     holder
-        .batch_execute("CREATE TABLE book (id int primary key, qty int); INSERT INTO book VALUES (1, 10);")
+        .batch_execute(
+            "CREATE TABLE book (id int primary key, qty int); INSERT INTO book VALUES (1, 10);",
+        )
         .await
         .unwrap();
     let svc = start(&db.url, &fast_catalog(), |_| {}).await;
-    wait_for(&svc, "no blocked sessions", |b| sample(b, "pg_blocked_sessions") == Some(0.0)).await;
-    holder.batch_execute("BEGIN; UPDATE book SET qty = 9 WHERE id = 1;").await.unwrap();
+    wait_for(&svc, "no blocked sessions", |b| {
+        sample(b, "pg_blocked_sessions") == Some(0.0)
+    })
+    .await;
+    holder
+        .batch_execute("BEGIN; UPDATE book SET qty = 9 WHERE id = 1;")
+        .await
+        .unwrap();
     let waiter = db.client().await;
-    let blocked = tokio::spawn(async move { waiter.batch_execute("UPDATE book SET qty = 8 WHERE id = 1").await });
+    let blocked = tokio::spawn(async move {
+        waiter
+            .batch_execute("UPDATE book SET qty = 8 WHERE id = 1")
+            .await
+    });
     wait_for(&svc, "one blocked session waiting and its pair", |b| {
         sample(b, "pg_blocked_sessions") == Some(1.0)
             && sample(b, "pg_lock_wait_longest_seconds").is_some_and(|v| v > 0.0)
-            && b.lines().filter(|l| l.starts_with("pg_lock_blocking_pair_wait_seconds{blocked_pid=")).count() == 1
+            && b.lines()
+                .filter(|l| l.starts_with("pg_lock_blocking_pair_wait_seconds{blocked_pid="))
+                .count()
+                == 1
     })
     .await;
     holder.batch_execute("COMMIT").await.unwrap();
     blocked.await.unwrap().unwrap();
     wait_for(&svc, "no blocked sessions again", |b| {
-        sample(b, "pg_blocked_sessions") == Some(0.0) && !b.contains("pg_lock_blocking_pair_wait_seconds{")
+        sample(b, "pg_blocked_sessions") == Some(0.0)
+            && !b.contains("pg_lock_blocking_pair_wait_seconds{")
     })
     .await;
     svc.stop().await;
@@ -168,7 +216,9 @@ async fn partitions_counts_runway_and_default_rows_follow_the_database() {
         let c = &c;
         async move { c.query_one(sql, &[]).await.unwrap().get::<_, f64>(0) }
     };
-    let parts = expected("SELECT count(*)::float8 FROM pg_inherits WHERE inhparent = 'trades'::regclass").await;
+    let parts =
+        expected("SELECT count(*)::float8 FROM pg_inherits WHERE inhparent = 'trades'::regclass")
+            .await;
     assert_eq!(count(&body), Some(parts));
     let end = expected(
         "SELECT extract(epoch FROM max(range_end) - now())::float8 FROM monitoring.partition_bounds('trades'::regclass) WHERE NOT is_default",
@@ -176,7 +226,10 @@ async fn partitions_counts_runway_and_default_rows_follow_the_database() {
     .await;
     let got = runway(&body).unwrap();
     assert!((got - end).abs() < 120.0, "runway {got} vs {end}");
-    assert!(got > 6.0 * 86400.0, "a week of daily partitions ahead: {got}");
+    assert!(
+        got > 6.0 * 86400.0,
+        "a week of daily partitions ahead: {got}"
+    );
     // Drop the newest partition: one fewer, a day less of runway.
     let newest: String = c
         .query_one(
@@ -186,12 +239,23 @@ async fn partitions_counts_runway_and_default_rows_follow_the_database() {
         .await
         .unwrap()
         .get(0);
-    c.batch_execute(&format!("DROP TABLE {newest}")).await.unwrap();
-    let body = wait_for(&svc, "one partition fewer", |b| count(b) == Some(parts - 1.0)).await;
+    c.batch_execute(&format!("DROP TABLE {newest}"))
+        .await
+        .unwrap();
+    let body = wait_for(&svc, "one partition fewer", |b| {
+        count(b) == Some(parts - 1.0)
+    })
+    .await;
     let shorter = runway(&body).unwrap();
-    assert!((got - shorter - 86400.0).abs() < 120.0, "runway {got} → {shorter}");
+    assert!(
+        (got - shorter - 86400.0).abs() < 120.0,
+        "runway {got} → {shorter}"
+    );
     // A row no partition covers lands in the default partition.
-    assert_eq!(sample(&body, "pg_partition_default_rows{parent=\"trades\"}"), Some(0.0));
+    assert_eq!(
+        sample(&body, "pg_partition_default_rows{parent=\"trades\"}"),
+        Some(0.0)
+    );
     c.batch_execute(
         "INSERT INTO trades (symbol, price, quantity, maker_order_id, taker_order_id, maker_user_id, taker_user_id, executed_at) \
          VALUES ('BTC-USD', 1, 1, 1, 2, 1, 2, now() + interval '400 days')",
@@ -207,7 +271,10 @@ async fn partitions_counts_runway_and_default_rows_follow_the_database() {
 
 #[tokio::test]
 async fn without_pg_stat_statements_its_series_are_absent_a_gauge_says_so_and_the_rest_works() {
-    let cluster = own_cluster(ClusterOptions { preload_pg_stat_statements: false, ..Default::default() });
+    let cluster = own_cluster(ClusterOptions {
+        preload_pg_stat_statements: false,
+        ..Default::default()
+    });
     let db = TestDb::on(&cluster.url("postgres")).await;
     {
         let c = db.client().await;
@@ -216,16 +283,37 @@ async fn without_pg_stat_statements_its_series_are_absent_a_gauge_says_so_and_th
     db.migrate().await;
     let svc = start(&db.url, &fast_catalog(), |_| {}).await;
     let body = wait_for(&svc, "the availability gauge at 0 and table metrics", |b| {
-        sample(b, "pg_stat_statements_available") == Some(0.0) && has_family(b, "pg_table_size_bytes")
+        sample(b, "pg_stat_statements_available") == Some(0.0)
+            && has_family(b, "pg_table_size_bytes")
     })
     .await;
-    for family in ["pg_statement_calls_total", "pg_statement_exec_seconds_total", "pg_slow_statements", "pg_statement_latency_seconds"] {
-        assert!(!has_family(&body, family), "{family} present without pg_stat_statements");
+    for family in [
+        "pg_statement_calls_total",
+        "pg_statement_exec_seconds_total",
+        "pg_slow_statements",
+        "pg_statement_latency_seconds",
+    ] {
+        assert!(
+            !has_family(&body, family),
+            "{family} present without pg_stat_statements"
+        );
     }
-    assert_eq!(sample(&body, "pgpulse_query_enabled{query=\"top_statements\"}"), Some(0.0));
-    assert_eq!(sample(&body, "pgpulse_query_errors_total{query=\"top_statements\",kind=\"sql\"}"), Some(0.0));
+    assert_eq!(
+        sample(&body, "pgpulse_query_enabled{query=\"top_statements\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "pgpulse_query_errors_total{query=\"top_statements\",kind=\"sql\"}"
+        ),
+        Some(0.0)
+    );
     let landing = svc.get("/").await.1;
-    assert!(landing.contains("shared_preload_libraries"), "the landing page says what to change");
+    assert!(
+        landing.contains("shared_preload_libraries"),
+        "the landing page says what to change"
+    );
     svc.stop().await;
     drop(db);
 }

@@ -5,7 +5,14 @@ use pgpulse::demo::ClusterOptions;
 
 #[test]
 fn a_bad_database_url_is_a_one_line_error_and_exit_2() {
-    let out = pgpulse(&["migrate", "--database-url", "postgres://u:pw@host:notaport/db"], &[]);
+    let out = pgpulse(
+        &[
+            "migrate",
+            "--database-url",
+            "postgres://u:pw@host:notaport/db",
+        ],
+        &[],
+    );
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
@@ -41,12 +48,19 @@ async fn verify_passes_on_a_healthy_cluster() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 13, "{stdout}");
     assert!(!stdout.contains("FAIL"), "{stdout}");
-    assert!(lines[10].starts_with("PASS"), "pg_stat_statements collecting: {}", lines[10]);
+    assert!(
+        lines[10].starts_with("PASS"),
+        "pg_stat_statements collecting: {}",
+        lines[10]
+    );
 }
 
 #[tokio::test]
 async fn verify_warns_with_the_fix_when_pg_stat_statements_is_not_preloaded() {
-    let cluster = own_cluster(ClusterOptions { preload_pg_stat_statements: false, ..Default::default() });
+    let cluster = own_cluster(ClusterOptions {
+        preload_pg_stat_statements: false,
+        ..Default::default()
+    });
     let db = TestDb::on(&cluster.url("postgres")).await;
     {
         let c = db.client().await;
@@ -55,9 +69,18 @@ async fn verify_warns_with_the_fix_when_pg_stat_statements_is_not_preloaded() {
     db.migrate().await;
     let out = pgpulse(&["verify", "--database-url", &db.url], &[]);
     let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "exit 0 despite the warning: {stdout}{stderr}");
+    assert!(
+        out.status.success(),
+        "exit 0 despite the warning: {stdout}{stderr}"
+    );
     assert!(!stdout.contains("FAIL"), "{stdout}");
-    let pss: Vec<&str> = stdout.lines().filter(|l| l.contains("shared_preload_libraries")).collect();
-    assert!(pss.len() == 1 && pss[0].starts_with("WARN") && pss[0].contains("restart"), "{stdout}");
+    let pss: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("shared_preload_libraries"))
+        .collect();
+    assert!(
+        pss.len() == 1 && pss[0].starts_with("WARN") && pss[0].contains("restart"),
+        "{stdout}"
+    );
     drop(db);
 }

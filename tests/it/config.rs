@@ -33,7 +33,13 @@ fn check(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
 fn check_config_accepts_the_shipped_catalog_and_example_config() {
     let root = env!("CARGO_MANIFEST_DIR");
     let (code, msg) = check(
-        &["check-config", "--config", &format!("{root}/pgpulse.example.yaml"), "--queries", &format!("{root}/queries.yaml")],
+        &[
+            "check-config",
+            "--config",
+            &format!("{root}/pgpulse.example.yaml"),
+            "--queries",
+            &format!("{root}/queries.yaml"),
+        ],
         &[],
     );
     assert_eq!(code, Some(0), "{msg}");
@@ -42,16 +48,26 @@ fn check_config_accepts_the_shipped_catalog_and_example_config() {
 #[test]
 fn an_unknown_config_key_is_exit_2_naming_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write(&dir, "pgpulse.yaml", "database:\n  pool_size: 2\n  pool_sizee: 3\n");
+    let cfg = write(
+        &dir,
+        "pgpulse.yaml",
+        "database:\n  pool_size: 2\n  pool_sizee: 3\n",
+    );
     let (code, msg) = check(&["check-config", "--config", &cfg], &[]);
     assert_eq!(code, Some(2), "{msg}");
-    assert!(msg.contains(&format!("{cfg}:3:3: unknown field `pool_sizee`")), "file, line and key: {msg}");
+    assert!(
+        msg.contains(&format!("{cfg}:3:3: unknown field `pool_sizee`")),
+        "file, line and key: {msg}"
+    );
     assert!(msg.contains("pool_sizee"), "key: {msg}");
 }
 
 #[test]
 fn a_bad_value_in_the_environment_names_the_variable() {
-    let (code, msg) = check(&["check-config"], &[("PGPULSE_DATABASE__POOL_SIZE", "many")]);
+    let (code, msg) = check(
+        &["check-config"],
+        &[("PGPULSE_DATABASE__POOL_SIZE", "many")],
+    );
     assert_eq!(code, Some(2), "{msg}");
     assert!(msg.contains("PGPULSE_DATABASE__POOL_SIZE"), "{msg}");
 }
@@ -64,10 +80,21 @@ fn the_command_line_beats_the_environment_which_beats_the_file() {
     let (code, msg) = check(&["check-config", "--config", &cfg, "--queries", &q], &[]);
     assert_eq!(code, Some(0), "{msg}");
     assert!(msg.contains("127.0.0.1:1111"), "{msg}");
-    let (_, msg) = check(&["check-config", "--config", &cfg, "--queries", &q], &[("PGPULSE_WEB__LISTEN_ADDRESS", "127.0.0.1:2222")]);
+    let (_, msg) = check(
+        &["check-config", "--config", &cfg, "--queries", &q],
+        &[("PGPULSE_WEB__LISTEN_ADDRESS", "127.0.0.1:2222")],
+    );
     assert!(msg.contains("127.0.0.1:2222"), "env over file: {msg}");
     let (_, msg) = check(
-        &["check-config", "--config", &cfg, "--queries", &q, "--database-url", "postgres://a@db.example:5999/x"],
+        &[
+            "check-config",
+            "--config",
+            &cfg,
+            "--queries",
+            &q,
+            "--database-url",
+            "postgres://a@db.example:5999/x",
+        ],
         &[("PGPULSE_DATABASE__HOST", "other.example")],
     );
     assert!(msg.contains("db.example:5999"), "cli over env: {msg}");
@@ -77,12 +104,39 @@ fn the_command_line_beats_the_environment_which_beats_the_file() {
 fn catalog_errors_name_file_line_column_query_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        (GOOD.replace("name: pg_test_one", "name: pg test one"), "not a valid Prometheus name", 7),
-        (GOOD.replace("help: one\n", "help: one\n    timeout: 30s\n"), "timeout", 4),
-        (GOOD.replace("type: gauge", "type: gauge\n        colour: red"), "colour", 9),
-        (format!("{GOOD}{}", GOOD.replace("queries:\n", "")), "duplicate query name", 10),
-        (GOOD.replace("name: pg_test_one", "name: pg_test_one_total"), "must not end in _total", 7),
-        (GOOD.replace("    sql: SELECT 1 AS v\n", "    sql: SELECT 1 AS v\n    labels: [le]\n"), "le", 5),
+        (
+            GOOD.replace("name: pg_test_one", "name: pg test one"),
+            "not a valid Prometheus name",
+            7,
+        ),
+        (
+            GOOD.replace("help: one\n", "help: one\n    timeout: 30s\n"),
+            "timeout",
+            4,
+        ),
+        (
+            GOOD.replace("type: gauge", "type: gauge\n        colour: red"),
+            "colour",
+            9,
+        ),
+        (
+            format!("{GOOD}{}", GOOD.replace("queries:\n", "")),
+            "duplicate query name",
+            10,
+        ),
+        (
+            GOOD.replace("name: pg_test_one", "name: pg_test_one_total"),
+            "must not end in _total",
+            7,
+        ),
+        (
+            GOOD.replace(
+                "    sql: SELECT 1 AS v\n",
+                "    sql: SELECT 1 AS v\n    labels: [le]\n",
+            ),
+            "le",
+            5,
+        ),
     ];
     for (text, needle, line) in cases {
         let q = write(&dir, "queries.yaml", &text);
@@ -97,24 +151,35 @@ fn catalog_errors_name_file_line_column_query_and_key() {
 async fn a_reload_with_a_bad_file_keeps_the_running_catalog_and_a_good_one_switches() {
     let db = TestDb::new().await;
     let svc = start(&db.url, GOOD, |_| {}).await;
-    eventually(Duration::from_secs(20), || async { has_family(&svc.metrics().await, "pg_test_one").then_some(()) })
-        .await
-        .expect("first catalog sampled");
+    eventually(Duration::from_secs(20), || async {
+        has_family(&svc.metrics().await, "pg_test_one").then_some(())
+    })
+    .await
+    .expect("first catalog sampled");
     std::fs::write(&svc.catalog_path, "queries:\n  - name: [broken\n").unwrap();
     assert!(svc.reloader.reload().is_err());
     let body = eventually(Duration::from_secs(10), || async {
         let b = svc.metrics().await;
-        b.contains("pgpulse_config_reloads_total{result=\"failure\"} 1").then_some(b)
+        b.contains("pgpulse_config_reloads_total{result=\"failure\"} 1")
+            .then_some(b)
     })
     .await
     .expect("failure counted");
     assert!(body.contains("pgpulse_config_last_reload_successful 0"));
     assert!(has_family(&body, "pg_test_one"), "old catalog still served");
-    std::fs::write(&svc.catalog_path, GOOD.replace("pg_test_one", "pg_test_two").replace("name: one", "name: two")).unwrap();
+    std::fs::write(
+        &svc.catalog_path,
+        GOOD.replace("pg_test_one", "pg_test_two")
+            .replace("name: one", "name: two"),
+    )
+    .unwrap();
     assert_eq!(svc.reloader.reload(), Ok(1));
     eventually(Duration::from_secs(20), || async {
         let b = svc.metrics().await;
-        (has_family(&b, "pg_test_two") && !has_family(&b, "pg_test_one") && !b.contains("query=\"one\"")).then_some(())
+        (has_family(&b, "pg_test_two")
+            && !has_family(&b, "pg_test_one")
+            && !b.contains("query=\"one\""))
+        .then_some(())
     })
     .await
     .expect("switched to the new catalog");
@@ -129,7 +194,15 @@ async fn sighup_reloads_the_catalog_of_a_running_binary() {
     let port = pgpulse::demo::cluster::free_port().unwrap();
     let listen = format!("127.0.0.1:{port}");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgpulse"))
-        .args(["serve", "--database-url", &db.url, "--queries", &q, "--listen-address", &listen])
+        .args([
+            "serve",
+            "--database-url",
+            &db.url,
+            "--queries",
+            &q,
+            "--listen-address",
+            &listen,
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -138,22 +211,43 @@ async fn sighup_reloads_the_catalog_of_a_running_binary() {
     let pid = child.id().unwrap().to_string();
     let url = format!("http://{listen}/metrics");
     let fetch = || async { reqwest::get(&url).await.ok()?.text().await.ok() };
-    eventually(Duration::from_secs(20), || async { fetch().await.filter(|b| has_family(b, "pg_test_one")) })
-        .await
-        .expect("serving");
+    eventually(Duration::from_secs(20), || async {
+        fetch().await.filter(|b| has_family(b, "pg_test_one"))
+    })
+    .await
+    .expect("serving");
     std::fs::write(&q, "not: [valid").unwrap();
-    std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
     eventually(Duration::from_secs(10), || async {
-        fetch().await.filter(|b| b.contains("pgpulse_config_reloads_total{result=\"failure\"} 1") && has_family(b, "pg_test_one"))
+        fetch().await.filter(|b| {
+            b.contains("pgpulse_config_reloads_total{result=\"failure\"} 1")
+                && has_family(b, "pg_test_one")
+        })
     })
     .await
     .expect("bad reload refused, old catalog kept");
     std::fs::write(&q, GOOD.replace("pg_test_one", "pg_test_two")).unwrap();
-    std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap();
-    eventually(Duration::from_secs(20), || async { fetch().await.filter(|b| has_family(b, "pg_test_two") && !has_family(b, "pg_test_one")) })
+    std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    eventually(Duration::from_secs(20), || async {
+        fetch()
+            .await
+            .filter(|b| has_family(b, "pg_test_two") && !has_family(b, "pg_test_one"))
+    })
+    .await
+    .expect("good reload switched");
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
-        .expect("good reload switched");
-    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("stops on SIGTERM").unwrap();
+        .expect("stops on SIGTERM")
+        .unwrap();
     assert!(status.success(), "graceful exit 0: {status}");
 }

@@ -47,34 +47,63 @@ pub fn promtool_check(body: &str) -> Result<(), String> {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| format!("promtool not runnable ({e}); install the `prometheus` package"))?;
-    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    let msg = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    if out.status.success() && msg.trim().is_empty() { Ok(()) } else { Err(msg) }
+    let msg = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && msg.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(msg)
+    }
 }
 
 #[tokio::test]
 async fn metrics_have_every_configured_family_and_promtool_reports_nothing() {
     let db = TestDb::trade_migrated().await;
-    let catalog = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/queries.yaml")).unwrap();
+    let catalog =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/queries.yaml")).unwrap();
     let svc = start(&db.url, &catalog, |_| {}).await;
     let cat = pgpulse::catalog::Catalog::parse(&catalog, "q".as_ref(), Default::default()).unwrap();
     let expected: Vec<String> = cat
         .metric_names()
-        .filter(|(q, _)| q.requires_preload.is_none() || q.requires_preload.as_deref() == Some("pg_stat_statements"))
+        .filter(|(q, _)| {
+            q.requires_preload.is_none()
+                || q.requires_preload.as_deref() == Some("pg_stat_statements")
+        })
         .map(|(_, m)| m.name.clone())
         .collect();
     let body = eventually(Duration::from_secs(30), || async {
         let (s, _) = svc.get("/ready").await;
-        if s != 200 { return None; }
+        if s != 200 {
+            return None;
+        }
         let b = svc.metrics().await;
         expected.iter().all(|f| has_family(&b, f)).then_some(b)
     })
     .await
     .unwrap_or_else(|| panic!("families missing: {}", svc_missing(&expected)));
     promtool_check(&body).unwrap_or_else(|e| panic!("promtool check metrics:\n{e}\n---\n{body}"));
-    let (_, headers, om) = svc.get_with("/metrics", &[("Accept", "application/openmetrics-text; version=1.0.0")]).await;
-    assert!(headers["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    let (_, headers, om) = svc
+        .get_with(
+            "/metrics",
+            &[("Accept", "application/openmetrics-text; version=1.0.0")],
+        )
+        .await;
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
     assert!(String::from_utf8_lossy(&om).ends_with("# EOF\n"));
     svc.stop().await;
 }
@@ -87,14 +116,22 @@ fn svc_missing(expected: &[String]) -> String {
 async fn gzip_is_negotiated_and_vary_is_set() {
     let db = TestDb::new().await;
     let svc = start(&db.url, ONE_QUERY, |_| {}).await;
-    eventually(Duration::from_secs(20), || async { (svc.get("/ready").await.0 == 200).then_some(()) }).await.expect("ready");
-    let (_, h, gz) = svc.get_with("/metrics", &[("Accept-Encoding", "gzip")]).await;
+    eventually(Duration::from_secs(20), || async {
+        (svc.get("/ready").await.0 == 200).then_some(())
+    })
+    .await
+    .expect("ready");
+    let (_, h, gz) = svc
+        .get_with("/metrics", &[("Accept-Encoding", "gzip")])
+        .await;
     assert_eq!(h["content-encoding"], "gzip");
     assert!(h["vary"].to_str().unwrap().contains("Accept-Encoding"));
     let mut plain = String::new();
     std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut plain).unwrap();
     assert!(plain.contains("pg_test_answer 42"), "{plain}");
-    let (_, h, _) = svc.get_with("/metrics", &[("Accept-Encoding", "gzip;q=0")]).await;
+    let (_, h, _) = svc
+        .get_with("/metrics", &[("Accept-Encoding", "gzip;q=0")])
+        .await;
     assert!(h.get("content-encoding").is_none());
     svc.stop().await;
 }
@@ -109,8 +146,14 @@ async fn exact_values_and_counter_naming_in_both_formats() {
     })
     .await
     .expect("sampled");
-    assert!(body.contains("# TYPE pg_test_answer gauge\npg_test_answer 42\n"), "{body}");
-    assert!(body.contains("# TYPE pg_test_seen_total counter\npg_test_seen_total 7\n"), "{body}");
+    assert!(
+        body.contains("# TYPE pg_test_answer gauge\npg_test_answer 42\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("# TYPE pg_test_seen_total counter\npg_test_seen_total 7\n"),
+        "{body}"
+    );
     assert_eq!(sample(&body, "pg_up"), Some(1.0));
     assert!(sample(&body, "pg_server_version_num").unwrap() >= 150000.0);
     svc.stop().await;
@@ -120,10 +163,15 @@ async fn exact_values_and_counter_naming_in_both_formats() {
 async fn a_dropped_tables_series_vanish_after_the_next_sample() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    c.batch_execute("CREATE TABLE doomed (x int); INSERT INTO doomed VALUES (1); ANALYZE doomed;").await.unwrap();
+    c.batch_execute("CREATE TABLE doomed (x int); INSERT INTO doomed VALUES (1); ANALYZE doomed;")
+        .await
+        .unwrap();
     let svc = start(&db.url, ONE_QUERY, |_| {}).await;
     eventually(Duration::from_secs(20), || async {
-        svc.metrics().await.contains("pg_test_table_rows{relname=\"doomed\"}").then_some(())
+        svc.metrics()
+            .await
+            .contains("pg_test_table_rows{relname=\"doomed\"}")
+            .then_some(())
     })
     .await
     .expect("series for the table");
@@ -156,7 +204,13 @@ async fn a_query_past_its_timeout_is_cancelled_on_the_server_and_counted_while_o
     let svc = start(&db.url, &catalog, |_| {}).await;
     let body = eventually(Duration::from_secs(20), || async {
         let b = svc.metrics().await;
-        (sample(&b, "pgpulse_query_errors_total{query=\"sleepy\",kind=\"timeout\"}").unwrap_or(0.0) >= 1.0).then_some(b)
+        (sample(
+            &b,
+            "pgpulse_query_errors_total{query=\"sleepy\",kind=\"timeout\"}",
+        )
+        .unwrap_or(0.0)
+            >= 1.0)
+            .then_some(b)
     })
     .await
     .expect("timeout counted");
@@ -171,7 +225,8 @@ async fn a_query_past_its_timeout_is_cancelled_on_the_server_and_counted_while_o
     assert!(sleeping <= 1, "at most the current run: {sleeping}");
     eventually(Duration::from_secs(20), || async {
         let b = svc.metrics().await;
-        (sample(&b, "pgpulse_query_runs_total{query=\"constant\"}").unwrap() >= before + 2.0).then_some(())
+        (sample(&b, "pgpulse_query_runs_total{query=\"constant\"}").unwrap() >= before + 2.0)
+            .then_some(())
     })
     .await
     .expect("other queries go on");
@@ -187,7 +242,10 @@ async fn a_query_past_its_timeout_is_cancelled_on_the_server_and_counted_while_o
         (errors >= 2.0 && n == 0).then_some(())
     })
     .await;
-    assert!(gone.is_some(), "no sampling statement outlives its 1s timeout");
+    assert!(
+        gone.is_some(),
+        "no sampling statement outlives its 1s timeout"
+    );
     svc.stop().await;
 }
 
@@ -195,8 +253,15 @@ async fn a_query_past_its_timeout_is_cancelled_on_the_server_and_counted_while_o
 async fn metrics_still_answer_when_the_database_is_down_and_recover_without_restart() {
     let mut cluster = own_cluster(ClusterOptions::default());
     let url = cluster.url("postgres");
-    let svc = start(&url, ONE_QUERY, |c| c.reconnect_max_backoff = Duration::from_secs(1)).await;
-    eventually(Duration::from_secs(20), || async { (svc.get("/ready").await.0 == 200).then_some(()) }).await.expect("ready");
+    let svc = start(&url, ONE_QUERY, |c| {
+        c.reconnect_max_backoff = Duration::from_secs(1)
+    })
+    .await;
+    eventually(Duration::from_secs(20), || async {
+        (svc.get("/ready").await.0 == 200).then_some(())
+    })
+    .await
+    .expect("ready");
     tokio::task::block_in_place(|| cluster.stop()).expect("stop cluster");
     let body = eventually(Duration::from_secs(30), || async {
         let b = svc.metrics().await;
@@ -208,12 +273,17 @@ async fn metrics_still_answer_when_the_database_is_down_and_recover_without_rest
     let started = std::time::Instant::now();
     let (status, _) = svc.get("/metrics").await;
     assert_eq!(status, 200);
-    assert!(started.elapsed() < Duration::from_secs(2), "a scrape does not wait for the database");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a scrape does not wait for the database"
+    );
     assert_eq!(svc.get("/ready").await.0, 503);
     assert_eq!(svc.get("/health").await.0, 200);
     tokio::task::block_in_place(|| cluster.start_again()).expect("start cluster again");
     let c = connect(&url).await;
-    c.batch_execute("CREATE TABLE fresh (x int); INSERT INTO fresh VALUES (1); ANALYZE fresh;").await.unwrap();
+    c.batch_execute("CREATE TABLE fresh (x int); INSERT INTO fresh VALUES (1); ANALYZE fresh;")
+        .await
+        .unwrap();
     eventually(Duration::from_secs(30), || async {
         let b = svc.metrics().await;
         (sample(&b, "pg_up") == Some(1.0) && b.contains("relname=\"fresh\"")).then_some(())
@@ -228,7 +298,11 @@ async fn metrics_still_answer_when_the_database_is_down_and_recover_without_rest
 async fn many_concurrent_scrapes_during_sampling_never_see_a_partial_body() {
     let db = TestDb::new().await;
     let svc = start(&db.url, ONE_QUERY, |_| {}).await;
-    eventually(Duration::from_secs(20), || async { (svc.get("/ready").await.0 == 200).then_some(()) }).await.expect("ready");
+    eventually(Duration::from_secs(20), || async {
+        (svc.get("/ready").await.0 == 200).then_some(())
+    })
+    .await
+    .expect("ready");
     let families = |b: &str| b.lines().filter(|l| l.starts_with("# TYPE ")).count();
     let reference = families(&svc.metrics().await);
     let addr = svc.addr;
@@ -238,7 +312,14 @@ async fn many_concurrent_scrapes_during_sampling_never_see_a_partial_body() {
             let client = reqwest::Client::new();
             let mut bodies = Vec::new();
             for _ in 0..20 {
-                let b = client.get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
+                let b = client
+                    .get(format!("http://{addr}/metrics"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
                 bodies.push(b);
             }
             bodies
@@ -246,7 +327,11 @@ async fn many_concurrent_scrapes_during_sampling_never_see_a_partial_body() {
     }
     for t in tasks {
         for b in t.await.unwrap() {
-            assert_eq!(families(&b), reference, "a body with a different family count:\n{b}");
+            assert_eq!(
+                families(&b),
+                reference,
+                "a body with a different family count:\n{b}"
+            );
             assert!(b.ends_with('\n'));
             assert!(sample(&b, "pg_test_answer") == Some(42.0));
         }
@@ -255,17 +340,24 @@ async fn many_concurrent_scrapes_during_sampling_never_see_a_partial_body() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_pool_never_holds_more_connections_than_configured_even_when_every_query_hangs_on_a_lock() {
+async fn the_pool_never_holds_more_connections_than_configured_even_when_every_query_hangs_on_a_lock()
+ {
     let db = TestDb::new().await;
     let locker = db.client().await;
-    locker.batch_execute("CREATE TABLE hot (x int)").await.unwrap();
+    locker
+        .batch_execute("CREATE TABLE hot (x int)")
+        .await
+        .unwrap();
     let mut catalog = String::from("queries:\n");
     for i in 0..8 {
         catalog.push_str(&format!(
             "  - name: q{i}\n    help: waits on a lock\n    interval: 2s\n    timeout: 1500ms\n    sql: SELECT count(*) AS n FROM hot\n    metrics:\n      - column: n\n        name: pg_test_hot_{i}\n        type: gauge\n        help: rows\n"
         ));
     }
-    locker.batch_execute("BEGIN; LOCK TABLE hot IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    locker
+        .batch_execute("BEGIN; LOCK TABLE hot IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
     let svc = start(&db.url, &catalog, |c| {
         c.pool_size = 2;
         c.lock_timeout = Duration::from_secs(1);
@@ -287,15 +379,31 @@ async fn the_pool_never_holds_more_connections_than_configured_even_when_every_q
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(waiting_seen >= 1, "queries did wait on the lock");
-    assert!(max_seen <= 2, "pgpulse held {max_seen} connections with pool_size 2");
+    assert!(
+        max_seen <= 2,
+        "pgpulse held {max_seen} connections with pool_size 2"
+    );
     let body = svc.metrics().await;
     let timeouts: f64 = (0..8)
-        .filter_map(|i| sample(&body, &format!("pgpulse_query_errors_total{{query=\"q{i}\",kind=\"timeout\"}}")))
+        .filter_map(|i| {
+            sample(
+                &body,
+                &format!("pgpulse_query_errors_total{{query=\"q{i}\",kind=\"timeout\"}}"),
+            )
+        })
         .sum();
     let conn: f64 = (0..8)
-        .filter_map(|i| sample(&body, &format!("pgpulse_query_errors_total{{query=\"q{i}\",kind=\"connection\"}}")))
+        .filter_map(|i| {
+            sample(
+                &body,
+                &format!("pgpulse_query_errors_total{{query=\"q{i}\",kind=\"connection\"}}"),
+            )
+        })
         .sum();
-    assert!(timeouts + conn >= 1.0, "lock waits are counted as failures:\n{body}");
+    assert!(
+        timeouts + conn >= 1.0,
+        "lock waits are counted as failures:\n{body}"
+    );
     locker.batch_execute("ROLLBACK").await.unwrap();
     svc.stop().await;
 }

@@ -19,7 +19,9 @@ pub fn admin_url() -> String {
     if let Ok(url) = std::env::var("PGPULSE_TEST_DATABASE_URL") {
         return url;
     }
-    match SHARED.get_or_init(|| TempCluster::start(&ClusterOptions::default()).map_err(|e| e.to_string())) {
+    match SHARED
+        .get_or_init(|| TempCluster::start(&ClusterOptions::default()).map_err(|e| e.to_string()))
+    {
         Ok(c) => c.url("postgres"),
         Err(e) => panic!("cannot start the test cluster: {e}"),
     }
@@ -27,14 +29,19 @@ pub fn admin_url() -> String {
 
 /// Replaces the database of a URL.
 pub fn with_db(url: &str, db: &str) -> String {
-    let (base, query) = url.split_once('?').map(|(b, q)| (b, format!("?{q}"))).unwrap_or((url, String::new()));
+    let (base, query) = url
+        .split_once('?')
+        .map(|(b, q)| (b, format!("?{q}")))
+        .unwrap_or((url, String::new()));
     let at = base.rfind('/').expect("a URL with a path");
     format!("{}/{db}{query}", &base[..at])
 }
 
 /// Connects to a URL (test helper; panics on failure).
 pub async fn connect(url: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -60,15 +67,23 @@ impl TestDb {
     pub async fn on(admin: &str) -> Self {
         let name = format!("t_{}_{}", std::process::id(), rand::random::<u32>());
         let c = connect(admin).await;
-        c.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
-        Self { url: with_db(admin, &name), name, admin: admin.to_owned() }
+        c.batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+        Self {
+            url: with_db(admin, &name),
+            name,
+            admin: admin.to_owned(),
+        }
     }
 
     /// A database with the reference trade-engine schema and sample data.
     pub async fn trade() -> Self {
         let db = Self::new().await;
         let c = db.client().await;
-        pgpulse::demo::schema::install(&c).await.expect("install trade-engine schema");
+        pgpulse::demo::schema::install(&c)
+            .await
+            .expect("install trade-engine schema");
         db
     }
 
@@ -82,7 +97,9 @@ impl TestDb {
     /// Applies the migrations.
     pub async fn migrate(&self) {
         let mut c = self.client().await;
-        pgpulse::db::migrate::migrate(&mut c).await.expect("migrate");
+        pgpulse::db::migrate::migrate(&mut c)
+            .await
+            .expect("migrate");
     }
 
     /// A new connection.
@@ -97,11 +114,16 @@ impl Drop for TestDb {
         let name = self.name.clone();
         // Drop runs also while a test panics; use a runtime of our own on a plain thread.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
             rt.block_on(async {
                 let (c, conn) = tokio_postgres::connect(&admin, NoTls).await.ok()?;
                 tokio::spawn(conn);
-                c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.ok()
+                c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                    .ok()
             })
         })
         .join();
@@ -122,12 +144,18 @@ pub fn pgpulse(args: &[&str], env: &[(&str, &str)]) -> Output {
             cmd.env_remove(k);
         }
     }
-    cmd.args(args).envs(env.iter().copied()).output().expect("run pgpulse")
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run pgpulse")
 }
 
 /// stdout and stderr of an output, as text.
 pub fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 /// Polls `f` until it returns `Some` or `deadline` passes.

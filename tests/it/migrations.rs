@@ -6,12 +6,15 @@ use pgpulse::db::migrate::{MIGRATIONS, migrate, status};
 
 async fn history(db: &TestDb) -> Vec<(i32, String)> {
     let c = db.client().await;
-    c.query("SELECT version, checksum FROM monitoring.schema_migrations ORDER BY version", &[])
-        .await
-        .expect("history")
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
+    c.query(
+        "SELECT version, checksum FROM monitoring.schema_migrations ORDER BY version",
+        &[],
+    )
+    .await
+    .expect("history")
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
 }
 
 #[tokio::test]
@@ -19,7 +22,10 @@ async fn migrations_apply_to_an_empty_database_and_a_second_run_applies_nothing(
     let db = TestDb::new().await;
     let mut c = db.client().await;
     let first = migrate(&mut c).await.expect("first migrate");
-    assert_eq!(first.iter().map(|m| m.version).collect::<Vec<_>>(), vec![4, 5, 6]);
+    assert_eq!(
+        first.iter().map(|m| m.version).collect::<Vec<_>>(),
+        vec![4, 5, 6]
+    );
     let second = migrate(&mut c).await.expect("second migrate");
     assert!(second.is_empty(), "second run applied {second:?}");
     let h = history(&db).await;
@@ -39,7 +45,10 @@ async fn migrations_apply_to_the_trade_engine_database() {
     let applied = migrate(&mut c).await.expect("migrate");
     assert_eq!(applied.len(), 3);
     let n: i64 = c
-        .query_one("SELECT count(*) FROM pg_views WHERE schemaname = 'monitoring'", &[])
+        .query_one(
+            "SELECT count(*) FROM pg_views WHERE schemaname = 'monitoring'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -87,7 +96,12 @@ async fn trade_counts(db: &TestDb) -> Vec<i64> {
     let c = db.client().await;
     let mut out = Vec::new();
     for t in ["orders", "trades", "order_book", "market_data", "candles"] {
-        out.push(c.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0));
+        out.push(
+            c.query_one(&format!("SELECT count(*) FROM {t}"), &[])
+                .await
+                .unwrap()
+                .get(0),
+        );
     }
     out
 }
@@ -96,12 +110,18 @@ async fn trade_counts(db: &TestDb) -> Vec<i64> {
 async fn uninstall_then_migrate_again_works_and_leaves_trade_data_untouched() {
     let db = TestDb::trade_migrated().await;
     let before = trade_counts(&db).await;
-    assert!(before.iter().all(|n| *n > 0), "sample data loaded: {before:?}");
+    assert!(
+        before.iter().all(|n| *n > 0),
+        "sample data loaded: {before:?}"
+    );
     let out = pgpulse(&["uninstall", "--database-url", &db.url], &[]);
     assert!(out.status.success(), "{}", text(&out).1);
     let c = db.client().await;
     let schema: bool = c
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'monitoring')", &[])
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'monitoring')",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);

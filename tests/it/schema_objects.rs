@@ -24,7 +24,10 @@ async fn after_migrating_the_13_views_and_14_functions_exist_and_every_view_answ
         .get(0);
     assert_eq!(n, 14);
     let n: i64 = c
-        .query_one("SELECT count(*) FROM pg_views WHERE schemaname = 'monitoring'", &[])
+        .query_one(
+            "SELECT count(*) FROM pg_views WHERE schemaname = 'monitoring'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -33,7 +36,13 @@ async fn after_migrating_the_13_views_and_14_functions_exist_and_every_view_answ
 
 /// Column names of the rows a query returns (prepared, not executed).
 async fn columns(c: &tokio_postgres::Client, sql: &str) -> Vec<String> {
-    c.prepare(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")).columns().iter().map(|c| c.name().to_owned()).collect()
+    c.prepare(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .columns()
+        .iter()
+        .map(|c| c.name().to_owned())
+        .collect()
 }
 
 #[tokio::test]
@@ -41,39 +50,125 @@ async fn every_function_runs_on_the_trade_engine_database_with_its_documented_re
     let db = TestDb::trade_migrated().await;
     let mut c = db.client().await;
     let documented: [(&str, &[&str]); 12] = [
-        ("get_query_performance(interval '1 hour')", &["queryid", "calls", "total_exec_time_ms", "mean_exec_time_ms"]),
-        ("get_table_bloat()", &["schemaname", "relname", "dead_tuple_ratio", "recommendation"]),
-        ("get_missing_indexes()", &["schemaname", "relname", "seq_scan", "suggestion"]),
-        ("analyze_partition_usage()", &["parent_relname", "partition_name", "seq_scan", "idx_scan", "usage_category"]),
-        ("create_future_order_partitions(3)", &["partition_name", "range_start", "range_end"]),
-        ("create_future_trade_partitions(7)", &["partition_name", "range_start", "range_end"]),
-        ("archive_old_partitions(12)", &["parent", "partition_name", "range_end"]),
-        ("run_maintenance_vacuum()", &["schemaname", "relname", "n_dead_tup", "statement"]),
+        (
+            "get_query_performance(interval '1 hour')",
+            &[
+                "queryid",
+                "calls",
+                "total_exec_time_ms",
+                "mean_exec_time_ms",
+            ],
+        ),
+        (
+            "get_table_bloat()",
+            &[
+                "schemaname",
+                "relname",
+                "dead_tuple_ratio",
+                "recommendation",
+            ],
+        ),
+        (
+            "get_missing_indexes()",
+            &["schemaname", "relname", "seq_scan", "suggestion"],
+        ),
+        (
+            "analyze_partition_usage()",
+            &[
+                "parent_relname",
+                "partition_name",
+                "seq_scan",
+                "idx_scan",
+                "usage_category",
+            ],
+        ),
+        (
+            "create_future_order_partitions(3)",
+            &["partition_name", "range_start", "range_end"],
+        ),
+        (
+            "create_future_trade_partitions(7)",
+            &["partition_name", "range_start", "range_end"],
+        ),
+        (
+            "archive_old_partitions(12)",
+            &["parent", "partition_name", "range_end"],
+        ),
+        (
+            "run_maintenance_vacuum()",
+            &["schemaname", "relname", "n_dead_tup", "statement"],
+        ),
         ("update_table_statistics()", &["schemaname", "relname"]),
-        ("partition_maintenance()", &["parent", "partition_name", "range_start", "range_end"]),
-        ("rebuild_bloated_indexes()", &["indexrelname", "reason", "statement"]),
-        ("database_health_check()", &["check_name", "status", "value", "threshold", "recommendation"]),
+        (
+            "partition_maintenance()",
+            &["parent", "partition_name", "range_start", "range_end"],
+        ),
+        (
+            "rebuild_bloated_indexes()",
+            &["indexrelname", "reason", "statement"],
+        ),
+        (
+            "database_health_check()",
+            &[
+                "check_name",
+                "status",
+                "value",
+                "threshold",
+                "recommendation",
+            ],
+        ),
     ];
     for (call, cols) in documented {
         let got = columns(&c, &format!("SELECT * FROM monitoring.{call}")).await;
         for col in cols {
-            assert!(got.iter().any(|g| g == col), "{call} lacks column {col}: {got:?}");
+            assert!(
+                got.iter().any(|g| g == col),
+                "{call} lacks column {col}: {got:?}"
+            );
         }
         let tx = c.transaction().await.unwrap();
-        tx.query(&format!("SELECT * FROM monitoring.{call}"), &[]).await.unwrap_or_else(|e| panic!("{call}: {e}"));
+        tx.query(&format!("SELECT * FROM monitoring.{call}"), &[])
+            .await
+            .unwrap_or_else(|e| panic!("{call}: {e}"));
         tx.rollback().await.unwrap();
     }
     // The health check covers the named checks with statuses from a fixed set.
-    let rows = c.query("SELECT check_name, status FROM monitoring.database_health_check()", &[]).await.unwrap();
+    let rows = c
+        .query(
+            "SELECT check_name, status FROM monitoring.database_health_check()",
+            &[],
+        )
+        .await
+        .unwrap();
     let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    for needed in ["Cache Hit Ratio", "Connection Usage", "Table Bloat", "Blocked Sessions", "Partition Runway", "pg_stat_statements"] {
-        assert!(names.iter().any(|n| n == needed), "{needed} missing from {names:?}");
+    for needed in [
+        "Cache Hit Ratio",
+        "Connection Usage",
+        "Table Bloat",
+        "Blocked Sessions",
+        "Partition Runway",
+        "pg_stat_statements",
+    ] {
+        assert!(
+            names.iter().any(|n| n == needed),
+            "{needed} missing from {names:?}"
+        );
     }
-    assert!(rows.iter().all(|r| ["OK", "WARNING", "CRITICAL", "N/A"].contains(&r.get::<_, &str>(1))));
-    let reset: bool = c.query_one("SELECT monitoring.reset_query_stats()", &[]).await.unwrap().get(0);
+    assert!(
+        rows.iter()
+            .all(|r| ["OK", "WARNING", "CRITICAL", "N/A"].contains(&r.get::<_, &str>(1)))
+    );
+    let reset: bool = c
+        .query_one("SELECT monitoring.reset_query_stats()", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert!(reset, "pg_stat_statements is preloaded on the test cluster");
     let status: String = c
-        .query_one("SELECT status FROM monitoring.run_scheduled_maintenance('daily_statistics_update')", &[])
+        .query_one(
+            "SELECT status FROM monitoring.run_scheduled_maintenance('daily_statistics_update')",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -84,8 +179,17 @@ async fn every_function_runs_on_the_trade_engine_database_with_its_documented_re
         .unwrap()
         .get(0);
     assert_eq!(logged, 1);
-    let err = c.query("SELECT * FROM monitoring.run_scheduled_maintenance('no_such_job')", &[]).await.unwrap_err();
-    assert!(err.to_string().contains("no_such_job") || format!("{err:?}").contains("no_such_job"), "{err:?}");
+    let err = c
+        .query(
+            "SELECT * FROM monitoring.run_scheduled_maintenance('no_such_job')",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no_such_job") || format!("{err:?}").contains("no_such_job"),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -124,11 +228,31 @@ async fn autovacuum_tuning_applies_only_to_the_trade_tables_that_exist() {
                 .get::<_, String>(0)
         }
     };
-    assert!(opts("order_book").await.contains("autovacuum_vacuum_scale_factor=0.02"));
-    assert!(opts("order_book").await.contains("autovacuum_analyze_scale_factor=0.01"));
-    assert!(opts("market_data").await.contains("autovacuum_vacuum_scale_factor=0.2"));
-    assert!(opts("orders_default").await.contains("autovacuum_vacuum_scale_factor=0.1"));
-    assert!(opts("trades_default").await.contains("autovacuum_vacuum_scale_factor=0.05"));
+    assert!(
+        opts("order_book")
+            .await
+            .contains("autovacuum_vacuum_scale_factor=0.02")
+    );
+    assert!(
+        opts("order_book")
+            .await
+            .contains("autovacuum_analyze_scale_factor=0.01")
+    );
+    assert!(
+        opts("market_data")
+            .await
+            .contains("autovacuum_vacuum_scale_factor=0.2")
+    );
+    assert!(
+        opts("orders_default")
+            .await
+            .contains("autovacuum_vacuum_scale_factor=0.1")
+    );
+    assert!(
+        opts("trades_default")
+            .await
+            .contains("autovacuum_vacuum_scale_factor=0.05")
+    );
 }
 
 #[tokio::test]
@@ -137,15 +261,25 @@ async fn the_sampling_role_reads_every_view_and_cannot_write_any_table() {
     let admin = db.client().await;
     let login = format!("reader_{}", rand::random::<u32>());
     admin
-        .batch_execute(&format!("CREATE ROLE {login} LOGIN IN ROLE pgpulse_monitor"))
+        .batch_execute(&format!(
+            "CREATE ROLE {login} LOGIN IN ROLE pgpulse_monitor"
+        ))
         .await
         .unwrap();
-    let url = with_db(&db.url, &db.name).replacen("postgres://postgres@", &format!("postgres://{login}@"), 1);
+    let url = with_db(&db.url, &db.name).replacen(
+        "postgres://postgres@",
+        &format!("postgres://{login}@"),
+        1,
+    );
     let c = crate::harness::connect(&url).await;
     for v in VIEWS {
-        c.query(&format!("SELECT * FROM monitoring.{v}"), &[]).await.unwrap_or_else(|e| panic!("{v} as the sampling role: {e}"));
+        c.query(&format!("SELECT * FROM monitoring.{v}"), &[])
+            .await
+            .unwrap_or_else(|e| panic!("{v} as the sampling role: {e}"));
     }
-    c.query("SELECT * FROM monitoring.database_health_check()", &[]).await.expect("health check");
+    c.query("SELECT * FROM monitoring.database_health_check()", &[])
+        .await
+        .expect("health check");
     let tables: Vec<String> = admin
         .query(
             "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -159,13 +293,33 @@ async fn the_sampling_role_reads_every_view_and_cannot_write_any_table() {
         .collect();
     assert!(tables.len() > 10);
     for t in &tables {
-        for stmt in [format!("DELETE FROM {t}"), format!("INSERT INTO {t} DEFAULT VALUES"), format!("TRUNCATE {t}")] {
-            let e = c.batch_execute(&stmt).await.expect_err(&format!("{stmt} must fail"));
-            assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{stmt}: permission denied expected, got {e:?}");
+        for stmt in [
+            format!("DELETE FROM {t}"),
+            format!("INSERT INTO {t} DEFAULT VALUES"),
+            format!("TRUNCATE {t}"),
+        ] {
+            let e = c
+                .batch_execute(&stmt)
+                .await
+                .expect_err(&format!("{stmt} must fail"));
+            assert_eq!(
+                e.code().map(|c| c.code()),
+                Some("42501"),
+                "{stmt}: permission denied expected, got {e:?}"
+            );
         }
     }
-    let e = c.query("SELECT * FROM monitoring.create_future_trade_partitions(30)", &[]).await.expect_err("write function");
+    let e = c
+        .query(
+            "SELECT * FROM monitoring.create_future_trade_partitions(30)",
+            &[],
+        )
+        .await
+        .expect_err("write function");
     assert_eq!(e.code().map(|c| c.code()), Some("42501"));
     drop(c);
-    admin.batch_execute(&format!("DROP OWNED BY {login}; DROP ROLE {login}")).await.unwrap();
+    admin
+        .batch_execute(&format!("DROP OWNED BY {login}; DROP ROLE {login}"))
+        .await
+        .unwrap();
 }

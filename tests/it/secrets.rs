@@ -11,7 +11,11 @@ const PASSWORD: &str = "Sup3r-S3cret-pw";
 async fn the_password_never_appears_in_logs_landing_page_errors_or_metrics() {
     let db = TestDb::new().await;
     // Trust authentication accepts any password, so the URL below connects for real.
-    let url = db.url.replacen("postgres://postgres@", &format!("postgres://postgres:{PASSWORD}@"), 1);
+    let url = db.url.replacen(
+        "postgres://postgres@",
+        &format!("postgres://postgres:{PASSWORD}@"),
+        1,
+    );
     assert!(url.contains(PASSWORD));
     let dir = tempfile::tempdir().unwrap();
     let q = dir.path().join("queries.yaml");
@@ -24,7 +28,15 @@ async fn the_password_never_appears_in_logs_landing_page_errors_or_metrics() {
     let port = pgpulse::demo::cluster::free_port().unwrap();
     let listen = format!("127.0.0.1:{port}");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgpulse"))
-        .args(["--log-format", "json", "serve", "--queries", q.to_str().unwrap(), "--listen-address", &listen])
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--queries",
+            q.to_str().unwrap(),
+            "--listen-address",
+            &listen,
+        ])
         .env("PGPULSE_DATABASE_URL", &url)
         .env("PGPULSE_DATABASE__PASSWORD", PASSWORD)
         .env("PGPULSE_LOG", "debug")
@@ -34,27 +46,61 @@ async fn the_password_never_appears_in_logs_landing_page_errors_or_metrics() {
         .unwrap();
     let base = format!("http://{listen}");
     let body = eventually(Duration::from_secs(20), || async {
-        let b = reqwest::get(format!("{base}/metrics")).await.ok()?.text().await.ok()?;
-        b.contains("pgpulse_query_errors_total{query=\"broken\",kind=\"sql\"} 1").then_some(b)
+        let b = reqwest::get(format!("{base}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        b.contains("pgpulse_query_errors_total{query=\"broken\",kind=\"sql\"} 1")
+            .then_some(b)
     })
     .await;
-    let landing = reqwest::get(format!("{base}/")).await.unwrap().text().await.unwrap();
-    let ready = reqwest::get(format!("{base}/ready")).await.unwrap().text().await.unwrap();
+    let landing = reqwest::get(format!("{base}/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ready = reqwest::get(format!("{base}/ready"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     // An unreachable server with the password in its URL: the error message.
-    let bad = with_db(&url, "x").replace(&format!(":{}/", url.split(':').nth(3).unwrap().split('/').next().unwrap()), ":1/");
+    let bad = with_db(&url, "x").replace(
+        &format!(
+            ":{}/",
+            url.split(':').nth(3).unwrap().split('/').next().unwrap()
+        ),
+        ":1/",
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgpulse"))
         .args(["migrate", "--database-url", &bad])
         .output()
         .unwrap();
-    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     let _ = child.wait();
     let body = body.expect("served metrics with the broken query counted");
     let logs = std::fs::read_to_string(&log).unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "unreachable server: {err}");
-    assert!(landing.contains("broken") && landing.contains("postgres@127.0.0.1"), "{landing}");
+    assert!(
+        landing.contains("broken") && landing.contains("postgres@127.0.0.1"),
+        "{landing}"
+    );
     assert!(logs.contains("query failed"), "{logs}");
-    for (what, text) in [("logs", &logs), ("landing page", &landing), ("metrics", &body), ("ready", &ready), ("error", &err.to_string())] {
+    for (what, text) in [
+        ("logs", &logs),
+        ("landing page", &landing),
+        ("metrics", &body),
+        ("ready", &ready),
+        ("error", &err.to_string()),
+    ] {
         assert!(!text.contains(PASSWORD), "password in {what}:\n{text}");
     }
 }

@@ -40,27 +40,47 @@ pub async fn start(url: &str, catalog: &str, tweak: impl FnOnce(&mut Config)) ->
     std::fs::write(&catalog_path, catalog).unwrap();
     let mut cfg = config(url, &catalog_path);
     tweak(&mut cfg);
-    let cat = Catalog::load(&catalog_path, Defaults { interval: cfg.default_interval, timeout: cfg.default_timeout })
-        .unwrap_or_else(|e| panic!("{e}"));
+    let cat = Catalog::load(
+        &catalog_path,
+        Defaults {
+            interval: cfg.default_interval,
+            timeout: cfg.default_timeout,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let app = App::build(cfg, cat).await.expect("build app");
     let addr = app.local_addr();
     let reloader = app.reloader();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let r = reloader.clone();
     let task = tokio::spawn(async move {
-        let _ = app.run_until_stopped(r, async {
-            let _ = rx.await;
-        })
-        .await;
+        let _ = app
+            .run_until_stopped(r, async {
+                let _ = rx.await;
+            })
+            .await;
     });
-    Running { addr, reloader, catalog_path, stop: Some(tx), task: Some(task), _dir: dir }
+    Running {
+        addr,
+        reloader,
+        catalog_path,
+        stop: Some(tx),
+        task: Some(task),
+        _dir: dir,
+    }
 }
 
 impl Running {
     /// GET `path` with extra headers; returns status, headers and body bytes.
-    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    pub async fn get_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
         let client = reqwest::Client::new();
-        let mut req = client.get(format!("http://{}{path}", self.addr)).timeout(Duration::from_secs(10));
+        let mut req = client
+            .get(format!("http://{}{path}", self.addr))
+            .timeout(Duration::from_secs(10));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -107,11 +127,15 @@ impl Drop for Running {
 pub fn sample(body: &str, series: &str) -> Option<f64> {
     body.lines()
         .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .and_then(|v| v.trim().parse().ok())
 }
 
 /// Whether the exposition has a `# TYPE` line for `family`.
 pub fn has_family(body: &str, family: &str) -> bool {
-    body.lines().any(|l| l.starts_with(&format!("# TYPE {family} ")))
+    body.lines()
+        .any(|l| l.starts_with(&format!("# TYPE {family} ")))
 }
