@@ -12,3 +12,4 @@ mod partitions;
 mod schema_objects;
 mod secrets;
 mod service;
+mod golden;

@@ -1,0 +1,82 @@
+//! Deliberate names: a golden list of every metric name, type and label set, and the
+//! generated metrics reference, both checked against the catalog and a rendered exposition.
+//! To change a name on purpose, regenerate: `PGPULSE_BLESS=1 cargo test golden`.
+
+use pgpulse::catalog::{Catalog, MetricKind};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn catalog() -> Catalog {
+    Catalog::load(format!("{ROOT}/queries.yaml").as_ref(), Default::default()).expect("shipped catalog")
+}
+
+/// Compares `actual` with the file, or rewrites the file when PGPULSE_BLESS is set.
+fn golden(path: &str, actual: &str, how: &str) {
+    let full = format!("{ROOT}/{path}");
+    if std::env::var_os("PGPULSE_BLESS").is_some() {
+        std::fs::write(&full, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&full).unwrap_or_default();
+    if expected != actual {
+        let diff: Vec<String> = expected
+            .lines()
+            .filter(|l| !actual.lines().any(|a| a == *l))
+            .map(|l| format!("- {l}"))
+            .chain(actual.lines().filter(|l| !expected.lines().any(|e| e == *l)).map(|l| format!("+ {l}")))
+            .collect();
+        panic!("{path} is stale; {how}\n{}", diff.join("\n"));
+    }
+}
+
+/// Self-metric families as rendered, without any database.
+async fn self_metric_families() -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q.yaml");
+    std::fs::write(&q, "queries:\n  - name: x\n    sql: SELECT 1 AS v\n    metrics:\n      - {column: v, name: pg_x, type: gauge, help: x}\n").unwrap();
+    let cfg = crate::service::config("postgres://nobody@127.0.0.1:1/none", &q);
+    let cat = Catalog::load(&q, Default::default()).unwrap();
+    let app = pgpulse::app::App::build(cfg, cat).await.unwrap();
+    let body = String::from_utf8(app.state().exposition.load().text.to_vec()).unwrap();
+    body.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| {
+            let mut it = l.split(' ');
+            let (name, kind) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
+            let labels: Vec<&str> = body
+                .lines()
+                .find(|s| s.starts_with(name) && !s.starts_with('#') && s.contains('{'))
+                .map(|s| s[s.find('{').unwrap() + 1..s.find('}').unwrap()].split(',').filter_map(|kv| kv.split('=').next()).collect())
+                .unwrap_or_default();
+            format!("{name} {kind} {{{}}} (pgpulse)", labels.join(","))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn metric_names_and_label_sets_match_the_golden_list() {
+    let mut lines = self_metric_families().await;
+    for q in &catalog().queries {
+        for m in &q.metrics {
+            let kind = match m.kind {
+                MetricKind::Gauge => "gauge",
+                MetricKind::Counter => "counter",
+            };
+            lines.push(format!("{} {kind} {{{}}} ({})", m.name, q.labels.join(","), q.name));
+        }
+        if let Some(h) = &q.histogram {
+            lines.push(format!("{} histogram {{le}} ({})", h.name, q.name));
+        }
+    }
+    lines.sort();
+    golden("tests/golden/metrics.txt", &(lines.join("\n") + "\n"), "rename deliberately and run `PGPULSE_BLESS=1 cargo test golden`");
+}
+
+#[test]
+fn docs_metrics_md_is_generated_from_queries_yaml() {
+    golden(
+        "docs/metrics.md",
+        &pgpulse::catalog::markdown(&catalog()),
+        "run `cargo run -- catalog --markdown > docs/metrics.md`",
+    );
+}
