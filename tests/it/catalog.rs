@@ -317,3 +317,70 @@ async fn without_pg_stat_statements_its_series_are_absent_a_gauge_says_so_and_th
     svc.stop().await;
     drop(db);
 }
+
+/// The cumulative count of bucket `le` of the statement latency histogram.
+fn bucket(body: &str, le: &str) -> f64 {
+    sample(
+        body,
+        &format!("pg_statement_latency_seconds_bucket{{le=\"{le}\"}}"),
+    )
+    .unwrap_or(f64::NAN)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_of_pg_sleep_statements_moves_the_latency_buckets_as_the_latencies_say() {
+    let cluster = own_cluster(ClusterOptions::default());
+    let db = TestDb::on(&cluster.url("postgres")).await;
+    db.migrate().await;
+    let svc = start(&db.url, &fast_catalog(), |_| {}).await;
+    // The first sample is the baseline; wait for one after it.
+    let runs =
+        |b: &str| sample(b, "pgpulse_query_runs_total{query=\"statement_latency\"}").unwrap_or(0.0);
+    let base = wait_for(&svc, "two statement samples", |b| {
+        runs(b) >= 2.0 && !bucket(b, "+Inf").is_nan()
+    })
+    .await;
+    let c = db.client().await;
+    // Two statement shapes (distinct queryids): 30 calls of 20 ms, 6 calls of 300 ms.
+    for _ in 0..30 {
+        c.batch_execute("SELECT pg_sleep(0.02)").await.unwrap();
+    }
+    for _ in 0..6 {
+        c.batch_execute("SELECT 1 AS a, pg_sleep(0.3)")
+            .await
+            .unwrap();
+    }
+    let count = |b: &str| sample(b, "pg_statement_latency_seconds_count").unwrap_or(0.0);
+    let base_count = count(&base);
+    let body = wait_for(&svc, "the 36 calls observed", |b| {
+        bucket(b, "0.5") - bucket(b, "0.25") - (bucket(&base, "0.5") - bucket(&base, "0.25")) >= 6.0
+            && bucket(b, "0.025")
+                - bucket(b, "0.01")
+                - (bucket(&base, "0.025") - bucket(&base, "0.01"))
+                >= 30.0
+    })
+    .await;
+    let slow = (bucket(&body, "0.5") - bucket(&body, "0.25"))
+        - (bucket(&base, "0.5") - bucket(&base, "0.25"));
+    assert_eq!(
+        slow, 6.0,
+        "exactly the six 300 ms calls fall in (0.25, 0.5]"
+    );
+    let fast = (bucket(&body, "0.025") - bucket(&body, "0.01"))
+        - (bucket(&base, "0.025") - bucket(&base, "0.01"));
+    assert!(
+        fast >= 30.0,
+        "the 20 ms calls fall in (0.01, 0.025]: {fast}"
+    );
+    assert!(count(&body) - base_count >= 36.0);
+    let sum = sample(&body, "pg_statement_latency_seconds_sum").unwrap()
+        - sample(&base, "pg_statement_latency_seconds_sum").unwrap();
+    assert!(
+        sum >= 30.0 * 0.02 + 6.0 * 0.3 - 0.01,
+        "at least the slept seconds are observed: {sum}"
+    );
+    // Cumulative buckets never decrease and +Inf equals the count.
+    assert_eq!(bucket(&body, "+Inf"), count(&body));
+    svc.stop().await;
+    drop(db);
+}

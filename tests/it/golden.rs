@@ -7,7 +7,8 @@ use pgpulse::catalog::{Catalog, MetricKind};
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 fn catalog() -> Catalog {
-    Catalog::load(format!("{ROOT}/queries.yaml").as_ref(), Default::default()).expect("shipped catalog")
+    Catalog::load(format!("{ROOT}/queries.yaml").as_ref(), Default::default())
+        .expect("shipped catalog")
 }
 
 /// Compares `actual` with the file, or rewrites the file when PGPULSE_BLESS is set.
@@ -23,7 +24,12 @@ fn golden(path: &str, actual: &str, how: &str) {
             .lines()
             .filter(|l| !actual.lines().any(|a| a == *l))
             .map(|l| format!("- {l}"))
-            .chain(actual.lines().filter(|l| !expected.lines().any(|e| e == *l)).map(|l| format!("+ {l}")))
+            .chain(
+                actual
+                    .lines()
+                    .filter(|l| !expected.lines().any(|e| e == *l))
+                    .map(|l| format!("+ {l}")),
+            )
             .collect();
         panic!("{path} is stale; {how}\n{}", diff.join("\n"));
     }
@@ -39,7 +45,11 @@ fn self_metric_families() -> Vec<String> {
     m.duration.get_or_create(&q).observe(0.1);
     m.last_success.get_or_create(&q).set(1.0);
     m.enabled.get_or_create(&q).set(1);
-    m.reloads.get_or_create(&ResultLabel { result: "success".into() }).inc();
+    m.reloads
+        .get_or_create(&ResultLabel {
+            result: "success".into(),
+        })
+        .inc();
     let mut om = String::new();
     prometheus_client::encoding::text::encode(&mut om, &registry).unwrap();
     let body = pgpulse::exposition::to_prometheus_text(&om);
@@ -72,14 +82,23 @@ fn metric_names_and_label_sets_match_the_golden_list() {
                 MetricKind::Gauge => "gauge",
                 MetricKind::Counter => "counter",
             };
-            lines.push(format!("{} {kind} {{{}}} ({})", m.name, q.labels.join(","), q.name));
+            lines.push(format!(
+                "{} {kind} {{{}}} ({})",
+                m.name,
+                q.labels.join(","),
+                q.name
+            ));
         }
         if let Some(h) = &q.histogram {
             lines.push(format!("{} histogram {{le}} ({})", h.name, q.name));
         }
     }
     lines.sort();
-    golden("tests/golden/metrics.txt", &(lines.join("\n") + "\n"), "rename deliberately and run `PGPULSE_BLESS=1 cargo test golden`");
+    golden(
+        "tests/golden/metrics.txt",
+        &(lines.join("\n") + "\n"),
+        "rename deliberately and run `PGPULSE_BLESS=1 cargo test golden`",
+    );
 }
 
 #[test]
