@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -21,25 +21,60 @@ use pgpulse::demo::ClusterOptions;
 
 /// Every metric pgpulse promises (the metric contract), plus Prometheus' own `up`.
 const CONTRACT: &[&str] = &[
-    "up", "pg_up", "pg_server_version_num", "pgpulse_build_info", "pgpulse_query_errors_total",
-    "pgpulse_query_runs_total", "pgpulse_query_duration_seconds_bucket",
-    "pgpulse_query_duration_seconds_sum", "pgpulse_query_duration_seconds_count",
-    "pgpulse_query_last_success_timestamp_seconds", "pgpulse_query_series",
-    "pgpulse_query_series_dropped_total", "pgpulse_config_last_reload_successful",
-    "pg_database_blocks_hit_total", "pg_database_blocks_read_total", "pg_database_cache_hit_ratio",
-    "pg_cache_hit_ratio", "pg_cache_blocks_hit_total", "pg_cache_blocks_read_total",
-    "pg_table_live_tuples", "pg_table_dead_tuples", "pg_table_dead_tuple_ratio", "pg_table_size_bytes",
-    "pg_table_seq_scans_total", "pg_table_index_scans_total", "pg_table_index_usage_ratio",
-    "pg_table_last_vacuum_age_seconds", "pg_table_last_analyze_age_seconds", "pg_index_scans_total",
-    "pg_index_size_bytes", "pg_unused_indexes", "pg_unused_indexes_size_bytes", "pg_connections",
-    "pg_settings_max_connections", "pg_settings_superuser_reserved_connections",
-    "pg_connections_usage_ratio", "pg_oldest_transaction_age_seconds",
-    "pg_longest_idle_in_transaction_seconds", "pg_blocked_sessions", "pg_lock_wait_longest_seconds",
-    "pg_lock_blocking_pair_wait_seconds", "pg_partition_count", "pg_partition_size_bytes",
-    "pg_partition_rows", "pg_partition_default_rows", "pg_partition_runway_seconds",
-    "pg_stat_statements_available", "pg_statement_calls_total", "pg_statement_exec_seconds_total",
-    "pg_slow_statements", "pg_statement_latency_seconds_bucket", "pg_statement_latency_seconds_sum",
-    "pg_statement_latency_seconds_count", "pg_health_check_status",
+    "up",
+    "pg_up",
+    "pg_server_version_num",
+    "pgpulse_build_info",
+    "pgpulse_query_errors_total",
+    "pgpulse_query_runs_total",
+    "pgpulse_query_duration_seconds_bucket",
+    "pgpulse_query_duration_seconds_sum",
+    "pgpulse_query_duration_seconds_count",
+    "pgpulse_query_last_success_timestamp_seconds",
+    "pgpulse_query_series",
+    "pgpulse_query_series_dropped_total",
+    "pgpulse_config_last_reload_successful",
+    "pg_database_blocks_hit_total",
+    "pg_database_blocks_read_total",
+    "pg_database_cache_hit_ratio",
+    "pg_cache_hit_ratio",
+    "pg_cache_blocks_hit_total",
+    "pg_cache_blocks_read_total",
+    "pg_table_live_tuples",
+    "pg_table_dead_tuples",
+    "pg_table_dead_tuple_ratio",
+    "pg_table_size_bytes",
+    "pg_table_seq_scans_total",
+    "pg_table_index_scans_total",
+    "pg_table_index_usage_ratio",
+    "pg_table_last_vacuum_age_seconds",
+    "pg_table_last_analyze_age_seconds",
+    "pg_index_scans_total",
+    "pg_index_size_bytes",
+    "pg_unused_indexes",
+    "pg_unused_indexes_size_bytes",
+    "pg_connections",
+    "pg_settings_max_connections",
+    "pg_settings_superuser_reserved_connections",
+    "pg_connections_usage_ratio",
+    "pg_oldest_transaction_age_seconds",
+    "pg_longest_idle_in_transaction_seconds",
+    "pg_blocked_sessions",
+    "pg_lock_wait_longest_seconds",
+    "pg_lock_blocking_pair_wait_seconds",
+    "pg_partition_count",
+    "pg_partition_size_bytes",
+    "pg_partition_rows",
+    "pg_partition_default_rows",
+    "pg_partition_runway_seconds",
+    "pg_stat_statements_available",
+    "pg_statement_calls_total",
+    "pg_statement_exec_seconds_total",
+    "pg_slow_statements",
+    "pg_statement_latency_seconds_bucket",
+    "pg_statement_latency_seconds_sum",
+    "pg_statement_latency_seconds_count",
+    "pg_health_check_status",
 ];
 
 /// Dashboard queries that may return nothing on a healthy test database, and why. The end-to-end
@@ -48,7 +83,14 @@ const CONTRACT: &[&str] = &[
 const MAY_BE_EMPTY: &[(&str, &str, &str)] = &[];
 
 /// Panel types of current Grafana (no deprecated `graph`, `singlestat`, `table-old`).
-const PANEL_TYPES: &[&str] = &["timeseries", "stat", "table", "heatmap", "gauge", "bargauge"];
+const PANEL_TYPES: &[&str] = &[
+    "timeseries",
+    "stat",
+    "table",
+    "heatmap",
+    "gauge",
+    "bargauge",
+];
 
 const RUNBOOKS: &str = "https://github.com/pgpulse/pgpulse/blob/main/docs/runbooks.md#";
 
@@ -89,8 +131,13 @@ fn read(rel: &str) -> String {
 }
 
 fn alerts() -> Vec<Rule> {
-    let file: RuleFile = serde_saphyr::from_str(&read("alerts/pgpulse.rules.yml")).expect("rules parse as YAML");
-    file.groups.into_iter().flat_map(|g| g.rules).filter(|r| r.alert.is_some()).collect()
+    let file: RuleFile =
+        serde_saphyr::from_str(&read("alerts/pgpulse.rules.yml")).expect("rules parse as YAML");
+    file.groups
+        .into_iter()
+        .flat_map(|g| g.rules)
+        .filter(|r| r.alert.is_some())
+        .collect()
 }
 
 /// Files of `dir` (relative to the repository) ending in `ext`, sorted.
@@ -169,8 +216,16 @@ fn run(program: &str, args: &[&str]) -> Result<String, String> {
         .current_dir(repo(""))
         .output()
         .unwrap_or_else(|e| panic!("{program} not runnable ({e}); install the Debian packages prometheus and prometheus-alertmanager"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    if out.status.success() { Ok(text) } else { Err(text) }
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -189,10 +244,29 @@ struct Selector {
     functions: Vec<String>,
 }
 
-const AGGREGATIONS: &[&str] =
-    &["sum", "avg", "min", "max", "count", "group", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values"];
+const AGGREGATIONS: &[&str] = &[
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "count",
+    "group",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "count_values",
+];
 const KEYWORDS: &[&str] = &["and", "or", "unless", "bool", "inf", "nan", "offset"];
-const LABEL_LISTS: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
+const LABEL_LISTS: &[&str] = &[
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+];
 
 fn selectors(expr: &str) -> Vec<Selector> {
     let c: Vec<char> = expr.chars().collect();
@@ -205,20 +279,21 @@ fn selectors(expr: &str) -> Vec<Selector> {
         }
         j
     };
-    let close = |j: usize, open: char, shut: char| {
-        let (mut k, mut quote) = (j, None);
+    // The index of the `shut` that ends the bracket opened at `j` (no nesting in PromQL's
+    // `{...}` and `[...]`; quotes may contain anything).
+    let close = |j: usize, shut: char| {
+        let (mut k, mut quote) = (j + 1, None);
         while k < c.len() {
             match (quote, c[k]) {
                 (Some(_), '\\') => k += 1,
                 (Some(q), ch) if ch == q => quote = None,
                 (None, '"' | '\'' | '`') => quote = Some(c[k]),
                 (None, ch) if ch == shut => return k,
-                (None, ch) if ch == open && k > j => {}
                 _ => {}
             }
             k += 1;
         }
-        panic!("unbalanced {open} in {expr}")
+        panic!("unbalanced {shut} in {expr}")
     };
     while i < c.len() {
         let ch = c[i];
@@ -235,9 +310,13 @@ fn selectors(expr: &str) -> Vec<Selector> {
             }
             i = k + 1;
         } else if ch == '[' || ch == '{' {
-            i = close(i, ch, if ch == '[' { ']' } else { '}' }) + 1;
+            i = close(i, if ch == '[' { ']' } else { '}' }) + 1;
         } else if ch == '(' {
-            stack.push(if pending.is_empty() { String::new() } else { pending.remove(0) });
+            stack.push(if pending.is_empty() {
+                String::new()
+            } else {
+                pending.remove(0)
+            });
             i += 1;
         } else if ch == ')' {
             stack.pop();
@@ -263,20 +342,42 @@ fn selectors(expr: &str) -> Vec<Selector> {
             } else if AGGREGATIONS.contains(&word.as_str()) || c.get(next) == Some(&'(') {
                 pending = vec![word];
             } else {
-                let mut sel = Selector { name: word, matchers: vec![], range: None, functions: vec![] };
+                let mut sel = Selector {
+                    name: word,
+                    matchers: vec![],
+                    range: None,
+                    functions: vec![],
+                };
                 if c.get(next) == Some(&'{') {
-                    let end = close(next, '{', '}');
-                    let body: String = c[next + 1..end].iter().filter(|ch| !ch.is_whitespace()).collect();
-                    sel.matchers = body.split(',').filter(|m| !m.is_empty()).map(str::to_owned).collect();
+                    let end = close(next, '}');
+                    let body: String = c[next + 1..end]
+                        .iter()
+                        .filter(|ch| !ch.is_whitespace())
+                        .collect();
+                    sel.matchers = body
+                        .split(',')
+                        .filter(|m| !m.is_empty())
+                        .map(str::to_owned)
+                        .collect();
                     i = end + 1;
                 }
                 let after = skip_ws(i);
                 if c.get(after) == Some(&'[') {
-                    let end = close(after, '[', ']');
-                    sel.range = Some(c[after + 1..end].iter().collect::<String>().trim().to_owned());
+                    let end = close(after, ']');
+                    sel.range = Some(
+                        c[after + 1..end]
+                            .iter()
+                            .collect::<String>()
+                            .trim()
+                            .to_owned(),
+                    );
                     i = end + 1;
                 }
-                sel.functions = stack.iter().filter(|s| !s.is_empty() && *s != "#labels").cloned().collect();
+                sel.functions = stack
+                    .iter()
+                    .filter(|s| !s.is_empty() && *s != "#labels")
+                    .cloned()
+                    .collect();
                 out.push(sel);
             }
         } else {
@@ -288,12 +389,17 @@ fn selectors(expr: &str) -> Vec<Selector> {
 
 /// Names ending like a counter or a histogram's parts: only meaningful inside a rate.
 fn is_counter(name: &str) -> bool {
-    ["_total", "_bucket", "_count", "_sum"].iter().any(|s| name.ends_with(s))
+    ["_total", "_bucket", "_count", "_sum"]
+        .iter()
+        .any(|s| name.ends_with(s))
 }
 
 /// Every expression of the rules and dashboards, labelled for messages.
 fn all_exprs() -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = alerts().into_iter().map(|r| (r.alert.unwrap(), r.expr)).collect();
+    let mut v: Vec<(String, String)> = alerts()
+        .into_iter()
+        .map(|r| (r.alert.unwrap(), r.expr))
+        .collect();
     v.extend(targets().into_iter().map(|t| (t.at, t.expr)));
     v
 }
@@ -321,9 +427,24 @@ fn the_scanner_finds_selectors_matchers_ranges_and_enclosing_functions() {
 /// promtool accepts the rules (also its duplicate-rule lint) and every unit test passes.
 #[test]
 fn promtool_finds_the_rules_clean_and_their_unit_tests_pass() {
-    let check = run("promtool", &["check", "rules", "--lint=all", "--lint-fatal", "alerts/pgpulse.rules.yml"]);
-    assert!(check.as_ref().is_ok_and(|o| o.contains("SUCCESS")), "promtool check rules:\n{check:?}");
-    let tests: Vec<String> = files("alerts/tests", ".yml").iter().map(|p| p.display().to_string()).collect();
+    let check = run(
+        "promtool",
+        &[
+            "check",
+            "rules",
+            "--lint=all",
+            "--lint-fatal",
+            "alerts/pgpulse.rules.yml",
+        ],
+    );
+    assert!(
+        check.as_ref().is_ok_and(|o| o.contains("SUCCESS")),
+        "promtool check rules:\n{check:?}"
+    );
+    let tests: Vec<String> = files("alerts/tests", ".yml")
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     assert!(!tests.is_empty(), "no unit tests in alerts/tests");
     let mut args = vec!["test", "rules"];
     args.extend(tests.iter().map(String::as_str));
@@ -334,13 +455,33 @@ fn promtool_finds_the_rules_clean_and_their_unit_tests_pass() {
 /// Every alert is unit-tested both firing (with its labels and annotations) and silent.
 #[test]
 fn every_alert_has_unit_tests_that_see_it_fire_and_stay_silent() {
-    let tests: String = files("alerts/tests", ".yml").iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
+    let tests: String = files("alerts/tests", ".yml")
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
     for rule in alerts() {
         let name = rule.alert.unwrap();
-        let cases: Vec<&str> = tests.split("alertname: ").skip(1).filter(|c| c.starts_with(&format!("{name}\n"))).collect();
-        let firing = cases.iter().filter(|c| c.contains("exp_annotations:")).count();
-        let silent = cases.iter().filter(|c| c.lines().nth(1).is_some_and(|l| l.trim() == "exp_alerts: []")).count();
-        assert!(firing >= 1 && silent >= 1, "{name}: {firing} firing and {silent} silent unit test cases");
+        let cases: Vec<&str> = tests
+            .split("alertname: ")
+            .skip(1)
+            .filter(|c| c.starts_with(&format!("{name}\n")))
+            .collect();
+        let firing = cases
+            .iter()
+            .filter(|c| c.contains("exp_annotations:"))
+            .count();
+        let silent = cases
+            .iter()
+            .filter(|c| {
+                c.lines()
+                    .nth(1)
+                    .is_some_and(|l| l.trim() == "exp_alerts: []")
+            })
+            .count();
+        assert!(
+            firing >= 1 && silent >= 1,
+            "{name}: {firing} firing and {silent} silent unit test cases"
+        );
     }
 }
 
@@ -355,35 +496,78 @@ fn every_alert_has_a_severity_annotations_with_its_values_and_a_runbook_section(
         .map(|h| h.trim().to_lowercase().replace(' ', "-"))
         .collect();
     let all = alerts();
-    assert!(all.len() >= 12, "expected the documented alerts, got {}", all.len());
+    assert!(
+        all.len() >= 12,
+        "expected the documented alerts, got {}",
+        all.len()
+    );
     let mut names = BTreeSet::new();
     for r in &all {
         let name = r.alert.as_deref().unwrap();
         assert!(names.insert(name), "{name} is defined twice");
         let severity = r.labels.get("severity").map(String::as_str);
-        assert!(matches!(severity, Some("critical" | "warning")), "{name}: severity {severity:?}");
-        let description = r.annotations.get("description").map(String::as_str).unwrap_or("");
-        assert!(!r.annotations.get("summary").is_none_or(|s| s.is_empty()), "{name}: no summary");
+        assert!(
+            matches!(severity, Some("critical" | "warning")),
+            "{name}: severity {severity:?}"
+        );
+        let description = r
+            .annotations
+            .get("description")
+            .map(String::as_str)
+            .unwrap_or("");
+        assert!(
+            !r.annotations.get("summary").is_none_or(|s| s.is_empty()),
+            "{name}: no summary"
+        );
         if !r.expr.trim_start().starts_with("absent(") {
-            assert!(description.contains("$value") && description.contains("$labels."), "{name}: description without values: {description}");
+            assert!(
+                description.contains("$value") && description.contains("$labels."),
+                "{name}: description without values: {description}"
+            );
         }
-        let url = r.annotations.get("runbook_url").map(String::as_str).unwrap_or("");
-        let anchor = url.strip_prefix(RUNBOOKS).unwrap_or_else(|| panic!("{name}: runbook_url {url}"));
+        let url = r
+            .annotations
+            .get("runbook_url")
+            .map(String::as_str)
+            .unwrap_or("");
+        let anchor = url
+            .strip_prefix(RUNBOOKS)
+            .unwrap_or_else(|| panic!("{name}: runbook_url {url}"));
         assert_eq!(anchor, name.to_lowercase(), "{name}: runbook anchor");
-        assert!(anchors.contains(anchor), "{name}: docs/runbooks.md has no `## {name}` section");
+        assert!(
+            anchors.contains(anchor),
+            "{name}: docs/runbooks.md has no `## {name}` section"
+        );
     }
 }
 
 /// amtool accepts the example and routes by severity: critical pages, warning goes to chat.
 #[test]
 fn amtool_accepts_the_alertmanager_example_and_routes_critical_to_the_pager_and_warnings_to_chat() {
-    run("amtool", &["check-config", "alerts/alertmanager.yml"]).unwrap_or_else(|o| panic!("amtool check-config:\n{o}"));
+    run("amtool", &["check-config", "alerts/alertmanager.yml"])
+        .unwrap_or_else(|o| panic!("amtool check-config:\n{o}"));
     for (severity, receiver) in [("critical", "pager"), ("warning", "chat")] {
         let verify = format!("--verify.receivers={receiver}");
         let label = format!("severity={severity}");
-        let args = ["config", "routes", "test", "--config.file=alerts/alertmanager.yml", &verify, "alertname=PgDown", "instance=db1:9864", &label];
-        let out = run("amtool", &args).unwrap_or_else(|o| panic!("severity={severity} is not routed to {receiver}:\n{o}"));
-        assert_eq!(out.lines().find(|l| !l.starts_with("Warning")).map(str::trim), Some(receiver), "{out}");
+        let args = [
+            "config",
+            "routes",
+            "test",
+            "--config.file=alerts/alertmanager.yml",
+            &verify,
+            "alertname=PgDown",
+            "instance=db1:9864",
+            &label,
+        ];
+        let out = run("amtool", &args)
+            .unwrap_or_else(|o| panic!("severity={severity} is not routed to {receiver}:\n{o}"));
+        assert_eq!(
+            out.lines()
+                .find(|l| !l.starts_with("Warning"))
+                .map(str::trim),
+            Some(receiver),
+            "{out}"
+        );
     }
 }
 
@@ -407,7 +591,14 @@ impl Server {
 
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        text.lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -443,7 +634,11 @@ async fn alertmanager(dir: &Path, config: &str) -> (Server, String) {
         format!("--web.listen-address={addr}"),
         "--cluster.listen-address=".into(),
     ];
-    let server = Server::spawn("/usr/bin/prometheus-alertmanager", &args, dir.join("alertmanager.log"));
+    let server = Server::spawn(
+        "/usr/bin/prometheus-alertmanager",
+        &args,
+        dir.join("alertmanager.log"),
+    );
     ready(&server, &addr).await;
     (server, addr)
 }
@@ -452,10 +647,13 @@ async fn alertmanager(dir: &Path, config: &str) -> (Server, String) {
 /// PgpulseDown silences PgDown, the critical runway silences the warning of the same parent;
 /// other instances and parents stay active.
 #[tokio::test]
-async fn a_real_alertmanager_inhibits_the_alerts_of_an_instance_whose_database_or_exporter_is_down() {
+async fn a_real_alertmanager_inhibits_the_alerts_of_an_instance_whose_database_or_exporter_is_down()
+{
     let dir = tempfile::tempdir().unwrap();
     // Our config, with the example receivers' URLs pointed at a closed local port.
-    let config = read("alerts/alertmanager.yml").replace("https://pager.example.com", "http://127.0.0.1:9").replace("https://chat.example.com", "http://127.0.0.1:9");
+    let config = read("alerts/alertmanager.yml")
+        .replace("https://pager.example.com", "http://127.0.0.1:9")
+        .replace("https://chat.example.com", "http://127.0.0.1:9");
     let (am, addr) = alertmanager(dir.path(), &config).await;
     let alert = |name: &str, instance: &str, extra: &[(&str, &str)]| {
         let mut labels = json!({"alertname": name, "instance": instance, "job": "pgpulse", "severity": "warning"});
@@ -471,12 +669,30 @@ async fn a_real_alertmanager_inhibits_the_alerts_of_an_instance_whose_database_o
         alert("PgCacheHitRatioLow", "db2:9864", &[("datname", "trade")]),
         alert("PgpulseDown", "db3:9864", &[]),
         alert("PgDown", "db3:9864", &[]),
-        alert("PgPartitionRunwayCritical", "db2:9864", &[("parent", "public.trades")]),
-        alert("PgPartitionRunwayLow", "db2:9864", &[("parent", "public.trades")]),
-        alert("PgPartitionRunwayLow", "db2:9864", &[("parent", "public.orders")]),
+        alert(
+            "PgPartitionRunwayCritical",
+            "db2:9864",
+            &[("parent", "public.trades")],
+        ),
+        alert(
+            "PgPartitionRunwayLow",
+            "db2:9864",
+            &[("parent", "public.trades")],
+        ),
+        alert(
+            "PgPartitionRunwayLow",
+            "db2:9864",
+            &[("parent", "public.orders")],
+        ),
     ];
     let client = reqwest::Client::new();
-    let r = client.post(format!("http://{addr}/api/v2/alerts")).header("content-type", "application/json").body(Value::Array(posted).to_string()).send().await.unwrap();
+    let r = client
+        .post(format!("http://{addr}/api/v2/alerts"))
+        .header("content-type", "application/json")
+        .body(Value::Array(posted).to_string())
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_success(), "post alerts: {}", r.status());
     let expected: BTreeSet<(String, String, String, String)> = [
         ("PgDown", "db1:9864", "", "active"),
@@ -485,27 +701,59 @@ async fn a_real_alertmanager_inhibits_the_alerts_of_an_instance_whose_database_o
         ("PgCacheHitRatioLow", "db2:9864", "", "active"),
         ("PgpulseDown", "db3:9864", "", "active"),
         ("PgDown", "db3:9864", "", "suppressed"),
-        ("PgPartitionRunwayCritical", "db2:9864", "public.trades", "active"),
-        ("PgPartitionRunwayLow", "db2:9864", "public.trades", "suppressed"),
-        ("PgPartitionRunwayLow", "db2:9864", "public.orders", "active"),
+        (
+            "PgPartitionRunwayCritical",
+            "db2:9864",
+            "public.trades",
+            "active",
+        ),
+        (
+            "PgPartitionRunwayLow",
+            "db2:9864",
+            "public.trades",
+            "suppressed",
+        ),
+        (
+            "PgPartitionRunwayLow",
+            "db2:9864",
+            "public.orders",
+            "active",
+        ),
     ]
     .iter()
     .map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), d.to_string()))
     .collect();
-    let mut last = BTreeSet::new();
-    let got = eventually(Duration::from_secs(20), || {
-        let url = format!("http://{addr}/api/v2/alerts");
-        let last = &mut last;
-        let expected = &expected;
-        async move {
-            let body: Value = serde_json::from_str(&reqwest::get(&url).await.ok()?.text().await.ok()?).ok()?;
-            let s = |a: &Value, k: &str| a["labels"][k].as_str().unwrap_or_default().to_owned();
-            *last = body.as_array()?.iter().map(|a| (s(a, "alertname"), s(a, "instance"), s(a, "parent"), a["status"]["state"].as_str().unwrap_or_default().to_owned())).collect();
-            (*last == *expected).then_some(())
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let got = loop {
+        let body: Value = serde_json::from_str(
+            &reqwest::get(format!("http://{addr}/api/v2/alerts"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        let got: BTreeSet<_> = body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    text(&a["labels"]["alertname"]),
+                    text(&a["labels"]["instance"]),
+                    text(&a["labels"]["parent"]),
+                    text(&a["status"]["state"]),
+                )
+            })
+            .collect();
+        if got == expected || Instant::now() > deadline {
+            break got;
         }
-    })
-    .await;
-    assert!(got.is_some(), "inhibition:\nexpected {expected:#?}\ngot {last:#?}\n{}", am.log_tail());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(got, expected, "inhibition\n{}", am.log_tail());
 }
 
 // ------------------------------------------------------------------------------------------
@@ -517,27 +765,48 @@ async fn a_real_alertmanager_inhibits_the_alerts_of_an_instance_whose_database_o
 /// into a temporary rule file as a recording rule, and `promtool check rules` parses them all.
 #[test]
 fn every_promql_expression_of_the_dashboards_and_rules_parses() {
-    let mut exprs: Vec<(String, String)> = alerts().into_iter().map(|r| (r.alert.unwrap(), r.expr)).collect();
-    exprs.extend(targets().into_iter().map(|t| (t.at, substitute(&t.expr, "127.0.0.1:9864", "trade"))));
+    let mut exprs: Vec<(String, String)> = alerts()
+        .into_iter()
+        .map(|r| (r.alert.unwrap(), r.expr))
+        .collect();
+    exprs.extend(
+        targets()
+            .into_iter()
+            .map(|t| (t.at, substitute(&t.expr, "127.0.0.1:9864", "trade"))),
+    );
     for (uid, d) in dashboards() {
         for v in d["templating"]["list"].as_array().into_iter().flatten() {
             if let Some(q) = v["query"]["query"].as_str().or(v["query"].as_str())
                 && let Some(inner) = q.strip_prefix("label_values(")
             {
-                let selector = inner.rsplit_once(',').map(|(s, _)| s).unwrap_or(inner.trim_end_matches(')'));
-                exprs.push((format!("{uid} / variable {}", v["name"]), substitute(selector, "127.0.0.1:9864", "trade")));
+                let selector = inner
+                    .rsplit_once(',')
+                    .map(|(s, _)| s)
+                    .unwrap_or(inner.trim_end_matches(')'));
+                exprs.push((
+                    format!("{uid} / variable {}", v["name"]),
+                    substitute(selector, "127.0.0.1:9864", "trade"),
+                ));
             }
         }
     }
     let mut file = String::from("groups:\n  - name: parse\n    rules:\n");
     for (i, (_, e)) in exprs.iter().enumerate() {
-        file.push_str(&format!("      - record: parse:expr_{i}\n        expr: {}\n", Value::String(e.clone())));
+        file.push_str(&format!(
+            "      - record: parse:expr_{i}\n        expr: {}\n",
+            Value::String(e.clone())
+        ));
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("parse.yml");
     std::fs::write(&path, &file).unwrap();
     if let Err(out) = run("promtool", &["check", "rules", &path.to_string_lossy()]) {
-        let named: Vec<String> = exprs.iter().enumerate().filter(|(i, _)| out.contains(&format!("parse:expr_{i}\""))).map(|(_, (at, e))| format!("{at}: {e}")).collect();
+        let named: Vec<String> = exprs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| out.contains(&format!("parse:expr_{i}\"")))
+            .map(|(_, (at, e))| format!("{at}: {e}"))
+            .collect();
         panic!("promtool cannot parse:\n{}\n{out}", named.join("\n"));
     }
 }
@@ -550,15 +819,29 @@ fn dashboards_have_fixed_unique_uids_and_pick_prometheus_through_the_datasource_
     let ds = json!({"type": "prometheus", "uid": "${datasource}"});
     let all = dashboards();
     let uids: BTreeSet<&str> = all.iter().map(|(u, _)| u.as_str()).collect();
-    assert_eq!(uids, BTreeSet::from(["pgpulse-overview", "pgpulse-statements", "pgpulse-tables"]), "uids must be fixed and unique");
+    assert_eq!(
+        uids,
+        BTreeSet::from(["pgpulse-overview", "pgpulse-statements", "pgpulse-tables"]),
+        "uids must be fixed and unique"
+    );
     for (uid, d) in &all {
         assert_eq!(d["schemaVersion"], 39, "{uid}");
-        assert!(d["id"].is_null(), "{uid}: id must be null (Grafana assigns it)");
-        assert!(!d.to_string().contains("${DS_") && d.get("__inputs").is_none(), "{uid}: exported data source inputs");
+        assert!(
+            d["id"].is_null(),
+            "{uid}: id must be null (Grafana assigns it)"
+        );
+        assert!(
+            !d.to_string().contains("${DS_") && d.get("__inputs").is_none(),
+            "{uid}: exported data source inputs"
+        );
         let vars = d["templating"]["list"].as_array().expect("templating");
         let var = |name: &str| vars.iter().find(|v| v["name"] == name);
         let dsv = var("datasource").unwrap_or_else(|| panic!("{uid}: no datasource variable"));
-        assert_eq!((dsv["type"].as_str(), dsv["query"].as_str()), (Some("datasource"), Some("prometheus")), "{uid}");
+        assert_eq!(
+            (dsv["type"].as_str(), dsv["query"].as_str()),
+            (Some("datasource"), Some("prometheus")),
+            "{uid}"
+        );
         let mut needed = vec!["job", "instance"];
         if d.to_string().contains("$datname") {
             needed.push("datname");
@@ -567,12 +850,25 @@ fn dashboards_have_fixed_unique_uids_and_pick_prometheus_through_the_datasource_
             let v = var(name).unwrap_or_else(|| panic!("{uid}: no {name} variable"));
             assert_eq!(v["type"], "query", "{uid}: {name}");
             assert_eq!(v["datasource"], ds, "{uid}: variable {name} data source");
-            assert!(v["query"]["query"].as_str().is_some_and(|q| q.starts_with("label_values(")), "{uid}: {name} query");
+            assert!(
+                v["query"]["query"]
+                    .as_str()
+                    .is_some_and(|q| q.starts_with("label_values(")),
+                "{uid}: {name} query"
+            );
         }
         for p in panels(d) {
-            assert_eq!(p["datasource"], ds, "{uid} / {}: panel data source", p["title"]);
+            assert_eq!(
+                p["datasource"], ds,
+                "{uid} / {}: panel data source",
+                p["title"]
+            );
             for t in p["targets"].as_array().into_iter().flatten() {
-                assert_eq!(t["datasource"], ds, "{uid} / {}: target data source", p["title"]);
+                assert_eq!(
+                    t["datasource"], ds,
+                    "{uid} / {}: target data source",
+                    p["title"]
+                );
             }
         }
     }
@@ -586,9 +882,21 @@ fn every_dashboard_panel_has_a_current_type_a_title_a_description_and_a_unit() {
             let title = p["title"].as_str().unwrap_or_default();
             let at = format!("{uid} / {title}");
             assert!(!title.is_empty(), "{uid}: a panel without title");
-            assert!(PANEL_TYPES.contains(&p["type"].as_str().unwrap_or_default()), "{at}: panel type {}", p["type"]);
-            assert!(p["description"].as_str().is_some_and(|s| !s.is_empty()), "{at}: no description");
-            assert!(p["fieldConfig"]["defaults"]["unit"].as_str().is_some_and(|s| !s.is_empty()), "{at}: no unit");
+            assert!(
+                PANEL_TYPES.contains(&p["type"].as_str().unwrap_or_default()),
+                "{at}: panel type {}",
+                p["type"]
+            );
+            assert!(
+                p["description"].as_str().is_some_and(|s| !s.is_empty()),
+                "{at}: no description"
+            );
+            assert!(
+                p["fieldConfig"]["defaults"]["unit"]
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty()),
+                "{at}: no unit"
+            );
             let targets = p["targets"].as_array().map(Vec::len).unwrap_or(0);
             assert!(targets > 0, "{at}: no query");
         }
@@ -607,11 +915,21 @@ fn every_dashboard_query_selects_job_and_instance_and_rates_over_rate_interval()
         }
         for s in found {
             let has = |m: &str| s.matchers.iter().any(|x| x == m);
-            if !has(r#"job="$job""#) || !(has(r#"instance=~"$instance""#) || has(r#"instance="$instance""#)) {
-                problems.push(format!("{}: {} lacks job/instance matchers {:?}", t.at, s.name, s.matchers));
+            if !has(r#"job="$job""#)
+                || !(has(r#"instance=~"$instance""#) || has(r#"instance="$instance""#))
+            {
+                problems.push(format!(
+                    "{}: {} lacks job/instance matchers {:?}",
+                    t.at, s.name, s.matchers
+                ));
             }
             if s.range.as_ref().is_some_and(|r| r != "$__rate_interval") {
-                problems.push(format!("{}: {}[{}] instead of [$__rate_interval]", t.at, s.name, s.range.unwrap()));
+                problems.push(format!(
+                    "{}: {}[{}] instead of [$__rate_interval]",
+                    t.at,
+                    s.name,
+                    s.range.unwrap()
+                ));
             }
         }
     }
@@ -627,7 +945,10 @@ fn counters_appear_only_inside_rate_increase_or_irate() {
         for s in selectors(&expr).into_iter().filter(|s| is_counter(&s.name)) {
             let inner = s.functions.last().map(String::as_str);
             if s.range.is_none() || !matches!(inner, Some("rate" | "increase" | "irate")) {
-                problems.push(format!("{at}: counter {} used as {:?} {:?}", s.name, s.functions, s.range));
+                problems.push(format!(
+                    "{at}: counter {} used as {:?} {:?}",
+                    s.name, s.functions, s.range
+                ));
             }
         }
     }
@@ -643,24 +964,55 @@ fn dashboard_thresholds_equal_the_alert_thresholds() {
         ("pg_database_blocks_hit_total", &[0.95]),
         ("pg_cache_hit_ratio", &[0.95]),
         ("pg_connections_usage_ratio", &[0.8]),
-        ("histogram_quantile(0.99, sum by (instance, le) (rate(pg_statement_latency", &[0.1]),
+        (
+            "histogram_quantile(0.99, sum by (instance, le) (rate(pg_statement_latency",
+            &[0.1],
+        ),
         ("pg_table_dead_tuple_ratio", &[0.3]),
-        ("pg_partition_runway_seconds", &[2.0 * 86400.0, 7.0 * 86400.0]),
+        (
+            "pg_partition_runway_seconds",
+            &[2.0 * 86400.0, 7.0 * 86400.0],
+        ),
         ("pg_lock_wait_longest_seconds", &[60.0]),
     ];
-    for needle in ["< 0.95", "> 0.8", "> 0.1", "> 0.3", "< 7 * 86400", "< 2 * 86400", "> 60"] {
-        assert!(rules.contains(needle), "the rules no longer say {needle}: update this test and the dashboards");
+    for needle in [
+        "< 0.95",
+        "> 0.8",
+        "> 0.1",
+        "> 0.3",
+        "< 7 * 86400",
+        "< 2 * 86400",
+        "> 60",
+    ] {
+        assert!(
+            rules.contains(needle),
+            "the rules no longer say {needle}: update this test and the dashboards"
+        );
     }
     let mut seen = BTreeMap::new();
     for (uid, d) in dashboards() {
         for p in panels(&d) {
-            let exprs: String = p["targets"].as_array().into_iter().flatten().filter_map(|t| t["expr"].as_str()).collect();
-            let steps: Vec<f64> = p["fieldConfig"]["defaults"]["thresholds"]["steps"].as_array().into_iter().flatten().filter_map(|s| s["value"].as_f64()).collect();
+            let exprs: String = p["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t["expr"].as_str())
+                .collect();
+            let steps: Vec<f64> = p["fieldConfig"]["defaults"]["thresholds"]["steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s["value"].as_f64())
+                .collect();
             for (needle, wanted) in cases {
                 if exprs.contains(needle) {
                     *seen.entry(*needle).or_insert(0) += 1;
                     for w in *wanted {
-                        assert!(steps.iter().any(|s| (s - w).abs() < 1e-9), "{uid} / {}: threshold steps {steps:?} lack {w}", p["title"]);
+                        assert!(
+                            steps.iter().any(|s| (s - w).abs() < 1e-9),
+                            "{uid} / {}: threshold steps {steps:?} lack {w}",
+                            p["title"]
+                        );
                     }
                 }
             }
@@ -675,11 +1027,17 @@ fn dashboard_thresholds_equal_the_alert_thresholds() {
 /// /var/lib/grafana/dashboards.
 #[test]
 fn grafana_provisioning_points_at_prometheus_and_the_dashboards_directory() {
-    let ds: Value = serde_saphyr::from_str(&read("dashboards/provisioning/datasources/prometheus.yml")).unwrap();
+    let ds: Value =
+        serde_saphyr::from_str(&read("dashboards/provisioning/datasources/prometheus.yml"))
+            .unwrap();
     assert_eq!(ds["datasources"][0]["type"], "prometheus");
-    let p: Value = serde_saphyr::from_str(&read("dashboards/provisioning/dashboards/pgpulse.yml")).unwrap();
+    let p: Value =
+        serde_saphyr::from_str(&read("dashboards/provisioning/dashboards/pgpulse.yml")).unwrap();
     assert_eq!(p["providers"][0]["type"], "file");
-    assert_eq!(p["providers"][0]["options"]["path"], "/var/lib/grafana/dashboards");
+    assert_eq!(
+        p["providers"][0]["options"]["path"],
+        "/var/lib/grafana/dashboards"
+    );
 }
 
 // ------------------------------------------------------------------------------------------
@@ -688,14 +1046,24 @@ fn grafana_provisioning_points_at_prometheus_and_the_dashboards_directory() {
 
 /// Metric names used by the rules and the dashboards.
 fn used_metrics() -> BTreeSet<String> {
-    all_exprs().iter().flat_map(|(_, e)| selectors(e)).map(|s| s.name).collect()
+    all_exprs()
+        .iter()
+        .flat_map(|(_, e)| selectors(e))
+        .map(|s| s.name)
+        .collect()
 }
 
 /// Nothing in a rule or dashboard refers to a metric pgpulse does not promise.
 #[test]
 fn every_metric_used_by_dashboards_and_alerts_is_in_the_contract() {
-    let unknown: Vec<String> = used_metrics().into_iter().filter(|m| !CONTRACT.contains(&m.as_str())).collect();
-    assert!(unknown.is_empty(), "not in the metric contract: {unknown:?}");
+    let unknown: Vec<String> = used_metrics()
+        .into_iter()
+        .filter(|m| !CONTRACT.contains(&m.as_str()))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "not in the metric contract: {unknown:?}"
+    );
 }
 
 /// queries.yaml with every interval 2s (timeout 1500ms, expire_after 30s), plus a query that
@@ -732,25 +1100,37 @@ fn fast(cfg: &mut pgpulse::config::Config) {
     cfg.default_timeout = Duration::from_millis(1500);
 }
 
-/// Work that makes every metric have series: statements for the latency histogram and
-/// statement counters, a blocked row update (released when the returned client is dropped after
-/// its ROLLBACK), a vacuum and an analyze for the vacuum/analyze ages.
+/// Work that makes every metric have series: a vacuum and an analyze (vacuum/analyze ages) and a
+/// session blocked on a row lock of a table the workload never touches (blocking metrics; it
+/// lasts as long as the returned holder connection). Returns a client for the workload.
 async fn induce_activity(db: &TestDb) -> (Client, Client) {
     let c = db.client().await;
-    c.batch_execute("VACUUM (ANALYZE) candles").await.expect("vacuum");
+    c.batch_execute("VACUUM (ANALYZE) candles")
+        .await
+        .expect("vacuum");
+    c.batch_execute(
+        "CREATE TABLE lock_demo (id int PRIMARY KEY); INSERT INTO lock_demo VALUES (1)",
+    )
+    .await
+    .expect("lock_demo");
     let holder = db.client().await;
-    holder.batch_execute("BEGIN; SELECT * FROM order_book ORDER BY symbol, side, price LIMIT 1 FOR UPDATE").await.expect("row lock");
+    holder
+        .batch_execute("BEGIN; SELECT * FROM lock_demo FOR UPDATE")
+        .await
+        .expect("row lock");
     let waiter = db.client().await;
-    let (waiter2, sql) = (db.client().await, "UPDATE order_book SET quantity = quantity WHERE (symbol, side, price) = (SELECT symbol, side, price FROM order_book ORDER BY symbol, side, price LIMIT 1)");
     tokio::spawn(async move {
-        let _ = waiter.batch_execute(sql).await;
+        let _ = waiter.batch_execute("UPDATE lock_demo SET id = id").await;
     });
-    drop(waiter2);
     (c, holder)
 }
 
 /// Runs workload rounds until `stop`.
-fn spawn_workload(client: Client, stop: Arc<AtomicBool>, extra_sql: Option<&'static str>) -> tokio::task::JoinHandle<()> {
+fn spawn_workload(
+    client: Client,
+    stop: Arc<AtomicBool>,
+    extra_sql: Option<&'static str>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let stats = pgpulse::demo::workload::WorkloadStats::default();
         let mut i = 0;
@@ -767,7 +1147,10 @@ fn spawn_workload(client: Client, stop: Arc<AtomicBool>, extra_sql: Option<&'sta
 
 /// Whether the exposition has a sample of `name`.
 fn has_sample(body: &str, name: &str) -> bool {
-    body.lines().any(|l| !l.starts_with('#') && (l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))))
+    body.lines().any(|l| {
+        !l.starts_with('#')
+            && (l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+    })
 }
 
 /// Against a live pgpulse on the trade database (with the repository's queries.yaml), every
@@ -780,22 +1163,22 @@ async fn every_metric_used_by_dashboards_and_alerts_is_emitted_by_a_live_pgpulse
     let load = spawn_workload(client, stop.clone(), None);
     let svc = start(&db.url, &test_catalog(), fast).await;
     let wanted: Vec<String> = used_metrics().into_iter().filter(|m| m != "up").collect();
-    let mut missing = wanted.clone();
-    let done = eventually(Duration::from_secs(60), || {
-        let svc = &svc;
-        let wanted = &wanted;
-        let missing = &mut missing;
-        async move {
-            let body = svc.metrics().await;
-            *missing = wanted.iter().filter(|m| !has_sample(&body, m)).cloned().collect();
-            missing.is_empty().then_some(())
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let missing = loop {
+        let body = svc.metrics().await;
+        let missing: Vec<&String> = wanted.iter().filter(|m| !has_sample(&body, m)).collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break missing;
         }
-    })
-    .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     stop.store(true, Ordering::Relaxed);
     let _ = load.await;
     svc.stop().await;
-    assert!(done.is_some(), "used by dashboards or alerts but not emitted by pgpulse with queries.yaml: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "used by dashboards or alerts but not emitted by pgpulse with queries.yaml: {missing:?}"
+    );
 }
 
 // ------------------------------------------------------------------------------------------
@@ -809,33 +1192,52 @@ struct Webhook(Arc<Mutex<Vec<String>>>);
 impl Webhook {
     /// Serves the receiver on 127.0.0.1:0; returns its URL.
     async fn serve(&self) -> (String, tokio::task::JoinHandle<()>) {
-        async fn receive(axum::extract::State(h): axum::extract::State<Webhook>, body: String) -> &'static str {
+        async fn receive(
+            axum::extract::State(h): axum::extract::State<Webhook>,
+            body: String,
+        ) -> &'static str {
             h.0.lock().unwrap().push(body);
             "ok"
         }
-        let app = axum::Router::new().route("/", axum::routing::post(receive)).with_state(self.clone());
+        let app = axum::Router::new()
+            .route("/", axum::routing::post(receive))
+            .with_state(self.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
-        (url, tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        }))
+        (
+            url,
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            }),
+        )
     }
 
     fn received(&self, alertname: &str) -> bool {
-        self.0.lock().unwrap().iter().any(|b| b.contains(&format!("\"alertname\":\"{alertname}\"")))
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|b| b.contains(&format!("\"alertname\":\"{alertname}\"")))
     }
 }
 
 /// Our rules with every `for:` shortened to 1s and the cache traffic guard lowered.
 fn fast_rules() -> String {
     let text = read("alerts/pgpulse.rules.yml");
-    assert!(text.contains(CACHE_GUARD), "the cache alert's traffic guard changed; update CACHE_GUARD");
+    assert!(
+        text.contains(CACHE_GUARD),
+        "the cache alert's traffic guard changed; update CACHE_GUARD"
+    );
     let text = text.replace(CACHE_GUARD, ">= 1 # traffic guard (lowered for the test)");
     let lines: Vec<String> = text
         .lines()
         .map(|l| {
             let t = l.trim_start();
-            if t.starts_with("for:") { format!("{}for: 1s", &l[..l.len() - t.len()]) } else { l.to_owned() }
+            if t.starts_with("for:") {
+                format!("{}for: 1s", &l[..l.len() - t.len()])
+            } else {
+                l.to_owned()
+            }
         })
         .collect();
     lines.join("\n")
@@ -843,8 +1245,14 @@ fn fast_rules() -> String {
 
 /// One Prometheus instant query: Ok(number of series) or Err(message).
 async fn query(prometheus: &str, expr: &str) -> Result<usize, String> {
-    let r = reqwest::Client::new().post(format!("http://{prometheus}/api/v1/query")).form(&[("query", expr)]).send().await.map_err(|e| e.to_string())?;
-    let body: Value = serde_json::from_str(&r.text().await.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let r = reqwest::Client::new()
+        .post(format!("http://{prometheus}/api/v1/query"))
+        .form(&[("query", expr)])
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let body: Value = serde_json::from_str(&r.text().await.map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
     match (body["status"].as_str(), body["data"]["resultType"].as_str()) {
         (Some("success"), Some("scalar" | "string")) => Ok(1),
         (Some("success"), _) => Ok(body["data"]["result"].as_array().map(Vec::len).unwrap_or(0)),
@@ -858,26 +1266,37 @@ async fn query(prometheus: &str, expr: &str) -> Result<usize, String> {
 /// Alertmanager to the test's webhook, and that every dashboard query returns data.
 #[tokio::test(flavor = "multi_thread")]
 async fn alerts_reach_alertmanager_and_dashboard_queries_return_data_end_to_end() {
-    let cluster = own_cluster(ClusterOptions { shared_buffers: "128kB".into(), ..Default::default() });
+    let cluster = own_cluster(ClusterOptions {
+        shared_buffers: "128kB".into(),
+        ..Default::default()
+    });
     let db = TestDb::on(&cluster.url("postgres")).await;
     let c = db.client().await;
-    pgpulse::demo::schema::install(&c).await.expect("trade-engine schema");
+    pgpulse::demo::schema::install(&c)
+        .await
+        .expect("trade-engine schema");
     db.migrate().await;
     // Bloat: never read again after the DELETE, so no scan prunes the dead tuples away.
-    c.batch_execute(
-        "CREATE TABLE bloat_demo (id int, pad text) WITH (autovacuum_enabled = false);
-         INSERT INTO bloat_demo SELECT g, repeat('x', 100) FROM generate_series(1, 200000) g;
-         CREATE TABLE cache_demo (id int, pad text) WITH (autovacuum_enabled = false);
-         INSERT INTO cache_demo SELECT g, repeat('y', 100) FROM generate_series(1, 200000) g;
-         DELETE FROM bloat_demo WHERE id % 2 = 0;
-         SELECT pg_stat_force_next_flush();",
-    )
-    .await
-    .expect("induce bloat");
-    c.batch_execute("SELECT 1").await.unwrap(); // the flush happens when the session goes idle
+    // One transaction per statement; the stats flush when the session goes idle after the last.
+    for sql in [
+        "CREATE TABLE bloat_demo (id int, pad text) WITH (autovacuum_enabled = false)",
+        "INSERT INTO bloat_demo SELECT g, repeat('x', 100) FROM generate_series(1, 200000) g",
+        "CREATE TABLE cache_demo (id int, pad text) WITH (autovacuum_enabled = false)",
+        "INSERT INTO cache_demo SELECT g, repeat('y', 100) FROM generate_series(1, 200000) g",
+        "DELETE FROM bloat_demo WHERE id % 2 = 0",
+        "SELECT pg_stat_force_next_flush()",
+    ] {
+        c.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
     let (client, _holder) = induce_activity(&db).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let load = spawn_workload(client, stop.clone(), Some("SELECT count(*) FROM cache_demo"));
+    let load = spawn_workload(
+        client,
+        stop.clone(),
+        Some("SELECT count(*) FROM cache_demo"),
+    );
     let svc = start(&db.url, &test_catalog(), fast).await;
 
     let dir = tempfile::tempdir().unwrap();
@@ -893,7 +1312,7 @@ async fn alerts_reach_alertmanager_and_dashboard_queries_return_data_end_to_end(
     std::fs::write(
         dir.path().join("prometheus.yml"),
         format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [rules.yml]\n\
+            "global: {{scrape_interval: 1s, scrape_timeout: 900ms, evaluation_interval: 1s}}\nrule_files: [rules.yml]\n\
              alerting: {{alertmanagers: [{{static_configs: [{{targets: ['{am_addr}']}}]}}]}}\n\
              scrape_configs: [{{job_name: pgpulse, static_configs: [{{targets: ['{}']}}]}}]\n",
             svc.addr
@@ -903,7 +1322,10 @@ async fn alerts_reach_alertmanager_and_dashboard_queries_return_data_end_to_end(
     let prom = Server::spawn(
         "/usr/bin/prometheus",
         &[
-            format!("--config.file={}", dir.path().join("prometheus.yml").display()),
+            format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ),
             format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()),
             format!("--web.listen-address={prom_addr}"),
         ],
@@ -913,21 +1335,37 @@ async fn alerts_reach_alertmanager_and_dashboard_queries_return_data_end_to_end(
 
     let mut problems = Vec::new();
     let wanted = ["PgTableBloatHigh", "PgCacheHitRatioLow"];
-    let delivered = eventually(Duration::from_secs(180), || async { wanted.iter().all(|a| hook.received(a)).then_some(()) }).await;
+    let delivered = eventually(Duration::from_secs(180), || async {
+        wanted.iter().all(|a| hook.received(a)).then_some(())
+    })
+    .await;
     if delivered.is_none() {
         let body = svc.metrics().await;
-        let missing: Vec<&str> = ["pg_table_dead_tuple_ratio", "pg_table_size_bytes", "pg_database_blocks_hit_total", "pg_database_blocks_read_total"]
-            .into_iter()
-            .filter(|m| !has_sample(&body, m))
-            .collect();
-        let firing = reqwest::get(format!("http://{prom_addr}/api/v1/alerts")).await.unwrap().text().await.unwrap();
+        let missing: Vec<&str> = [
+            "pg_table_dead_tuple_ratio",
+            "pg_table_size_bytes",
+            "pg_database_blocks_hit_total",
+            "pg_database_blocks_read_total",
+        ]
+        .into_iter()
+        .filter(|m| !has_sample(&body, m))
+        .collect();
+        let firing = reqwest::get(format!("http://{prom_addr}/api/v1/alerts"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         for a in wanted.iter().filter(|a| !hook.received(a)) {
             problems.push(format!("{a} was not delivered (metrics pgpulse lacks: {missing:?}); Prometheus alerts: {firing}"));
         }
     }
     let instance = svc.addr.to_string();
     for t in targets() {
-        if MAY_BE_EMPTY.iter().any(|(uid, panel, _)| *uid == t.uid && *panel == t.panel) {
+        if MAY_BE_EMPTY
+            .iter()
+            .any(|(uid, panel, _)| *uid == t.uid && *panel == t.panel)
+        {
             continue;
         }
         match query(&prom_addr, &substitute(&t.expr, &instance, &db.name)).await {
@@ -940,5 +1378,11 @@ async fn alerts_reach_alertmanager_and_dashboard_queries_return_data_end_to_end(
     let _ = load.await;
     hook_task.abort();
     svc.stop().await;
-    assert!(problems.is_empty(), "{}\n--- prometheus log:\n{}\n--- alertmanager log:\n{}", problems.join("\n"), prom.log_tail(), am.log_tail());
+    assert!(
+        problems.is_empty(),
+        "{}\n--- prometheus log:\n{}\n--- alertmanager log:\n{}",
+        problems.join("\n"),
+        prom.log_tail(),
+        am.log_tail()
+    );
 }

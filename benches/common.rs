@@ -1,0 +1,63 @@
+//! Shared setup of the benchmarks: a throwaway cluster and pgpulse served in-process.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pgpulse::catalog::{Catalog, Defaults};
+use pgpulse::demo::{ClusterOptions, TempCluster};
+use tokio_postgres::{Client, NoTls};
+
+/// Connects to `url` (panics on failure: benchmarks have no error path worth keeping).
+pub async fn connect(url: &str) -> Client {
+    let (c, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    c
+}
+
+/// A cluster with database `bench`, migrated.
+pub async fn cluster() -> (TempCluster, String) {
+    let cluster = tokio::task::spawn_blocking(|| TempCluster::start(&ClusterOptions::default()))
+        .await
+        .unwrap()
+        .expect("start cluster");
+    connect(&cluster.url("postgres")).await.batch_execute("CREATE DATABASE bench").await.unwrap();
+    let url = cluster.url("bench");
+    let mut c = connect(&url).await;
+    pgpulse::db::migrate::migrate(&mut c).await.expect("migrate");
+    (cluster, url)
+}
+
+/// Serves pgpulse in-process on 127.0.0.1:0 for `url` with `catalog` (YAML text).
+pub async fn serve(url: &str, catalog: &str) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let dir = std::env::temp_dir().join(format!("pgpulse-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("queries.yaml");
+    std::fs::write(&path, catalog).unwrap();
+    let mut s = pgpulse::config::Settings::default();
+    s.database.url = Some(url.to_owned().into());
+    s.web.listen_address = "127.0.0.1:0".into();
+    let cfg = s.validate().unwrap();
+    let cat = Catalog::load(&path, Defaults { interval: Duration::from_secs(15), timeout: Duration::from_secs(5) }).unwrap();
+    let app = pgpulse::app::App::build(cfg, cat).await.unwrap();
+    let addr = app.local_addr();
+    let reloader = app.reloader();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(reloader, async {
+        let _ = rx.await;
+    }));
+    (addr, tx)
+}
+
+/// GET /metrics as text.
+pub async fn metrics(addr: SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap()
+}
+
+/// The value of the series `series` in `body`.
+pub fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
