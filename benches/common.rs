@@ -22,10 +22,16 @@ pub async fn cluster() -> (TempCluster, String) {
         .await
         .unwrap()
         .expect("start cluster");
-    connect(&cluster.url("postgres")).await.batch_execute("CREATE DATABASE bench").await.unwrap();
+    connect(&cluster.url("postgres"))
+        .await
+        .batch_execute("CREATE DATABASE bench")
+        .await
+        .unwrap();
     let url = cluster.url("bench");
     let mut c = connect(&url).await;
-    pgpulse::db::migrate::migrate(&mut c).await.expect("migrate");
+    pgpulse::db::migrate::migrate(&mut c)
+        .await
+        .expect("migrate");
     (cluster, url)
 }
 
@@ -39,7 +45,14 @@ pub async fn serve(url: &str, catalog: &str) -> (SocketAddr, tokio::sync::onesho
     s.database.url = Some(url.to_owned().into());
     s.web.listen_address = "127.0.0.1:0".into();
     let cfg = s.validate().unwrap();
-    let cat = Catalog::load(&path, Defaults { interval: Duration::from_secs(15), timeout: Duration::from_secs(5) }).unwrap();
+    let cat = Catalog::load(
+        &path,
+        Defaults {
+            interval: Duration::from_secs(15),
+            timeout: Duration::from_secs(5),
+        },
+    )
+    .unwrap();
     let app = pgpulse::app::App::build(cfg, cat).await.unwrap();
     let addr = app.local_addr();
     let reloader = app.reloader();
@@ -52,7 +65,12 @@ pub async fn serve(url: &str, catalog: &str) -> (SocketAddr, tokio::sync::onesho
 
 /// GET /metrics as text.
 pub async fn metrics(addr: SocketAddr) -> String {
-    reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap()
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// The value of the series `series` in `body`.

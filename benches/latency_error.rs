@@ -31,7 +31,11 @@ fn buckets(body: &str) -> Vec<(f64, f64)> {
         .filter_map(|l| l.strip_prefix("pg_statement_latency_seconds_bucket{le=\""))
         .filter_map(|r| {
             let (le, v) = r.split_once("\"} ")?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
             Some((le, v.trim().parse().ok()?))
         })
         .collect()
@@ -62,7 +66,10 @@ fn true_quantile(sorted: &[f64], q: f64) -> f64 {
 async fn wait_runs(addr: std::net::SocketAddr, at_least: f64) -> String {
     loop {
         let b = common::metrics(addr).await;
-        if common::sample(&b, "pgpulse_query_runs_total{query=\"statement_latency\"}").unwrap_or(0.0) >= at_least {
+        if common::sample(&b, "pgpulse_query_runs_total{query=\"statement_latency\"}")
+            .unwrap_or(0.0)
+            >= at_least
+        {
             return b;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -70,7 +77,12 @@ async fn wait_runs(addr: std::net::SocketAddr, at_least: f64) -> String {
 }
 
 /// Runs `calls` of the mixture (sleep ms, weight, distinct shape?) and returns client timings.
-async fn workload(c: &tokio_postgres::Client, mix: &[(f64, f64)], calls: usize, distinct: bool) -> Vec<f64> {
+async fn workload(
+    c: &tokio_postgres::Client,
+    mix: &[(f64, f64)],
+    calls: usize,
+    distinct: bool,
+) -> Vec<f64> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let total: f64 = mix.iter().map(|m| m.1).sum();
     let mut timings = Vec::with_capacity(calls);
@@ -87,7 +99,11 @@ async fn workload(c: &tokio_postgres::Client, mix: &[(f64, f64)], calls: usize, 
         let ms = mix[pick].0;
         // Distinct shapes get distinct queryids (one column more each); the same shape with
         // another constant shares one queryid.
-        let cols: String = if distinct { (0..=pick).map(|i| format!("{i} AS c{i}, ")).collect() } else { String::new() };
+        let cols: String = if distinct {
+            (0..=pick).map(|i| format!("{i} AS c{i}, ")).collect()
+        } else {
+            String::new()
+        };
         let sql = format!("SELECT {cols}pg_sleep({})", ms / 1000.0);
         let t = Instant::now();
         c.simple_query(&sql).await.unwrap();
@@ -97,23 +113,51 @@ async fn workload(c: &tokio_postgres::Client, mix: &[(f64, f64)], calls: usize, 
     timings
 }
 
-async fn scenario(name: &str, url: &str, addr: std::net::SocketAddr, mix: &[(f64, f64)], calls: usize, distinct: bool) {
+async fn scenario(
+    name: &str,
+    url: &str,
+    addr: std::net::SocketAddr,
+    mix: &[(f64, f64)],
+    calls: usize,
+    distinct: bool,
+) {
     let c = common::connect(url).await;
-    let runs = common::sample(&wait_runs(addr, 2.0).await, "pgpulse_query_runs_total{query=\"statement_latency\"}").unwrap();
+    let runs = common::sample(
+        &wait_runs(addr, 2.0).await,
+        "pgpulse_query_runs_total{query=\"statement_latency\"}",
+    )
+    .unwrap();
     let before = buckets(&wait_runs(addr, runs + 1.0).await);
     let timings = workload(&c, mix, calls, distinct).await;
-    let runs = common::sample(&common::metrics(addr).await, "pgpulse_query_runs_total{query=\"statement_latency\"}").unwrap();
+    let runs = common::sample(
+        &common::metrics(addr).await,
+        "pgpulse_query_runs_total{query=\"statement_latency\"}",
+    )
+    .unwrap();
     let after = buckets(&wait_runs(addr, runs + 2.0).await);
-    let delta: Vec<(f64, f64)> = after.iter().zip(&before).map(|(a, b)| (a.0, a.1 - b.1)).collect();
+    let delta: Vec<(f64, f64)> = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| (a.0, a.1 - b.1))
+        .collect();
     println!("\n### {name} ({calls} calls, client-timed)\n");
     println!("| quantile | true (client) | pgpulse histogram_quantile | error |");
     println!("| --- | --- | --- | --- |");
     for q in [0.5, 0.9, 0.99] {
         let t = true_quantile(&timings, q);
         let h = histogram_quantile(q, &delta);
-        println!("| p{} | {:.1} ms | {:.1} ms | {:+.1} % |", (q * 100.0) as u32, t * 1000.0, h * 1000.0, (h - t) / t * 100.0);
+        println!(
+            "| p{} | {:.1} ms | {:.1} ms | {:+.1} % |",
+            (q * 100.0) as u32,
+            t * 1000.0,
+            h * 1000.0,
+            (h - t) / t * 100.0
+        );
     }
-    println!("\nobserved calls: {} (pgpulse's own sampling statements included)", delta.last().map(|d| d.1).unwrap_or(0.0));
+    println!(
+        "\nobserved calls: {} (pgpulse's own sampling statements included)",
+        delta.last().map(|d| d.1).unwrap_or(0.0)
+    );
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -124,11 +168,33 @@ async fn main() {
     let (cluster, url) = common::cluster().await;
     let (addr, stop) = common::serve(&url, CATALOG).await;
     // Distinct statements with fixed latencies: 60% 1 ms, 25% 5 ms, 10% 20 ms, 4% 60 ms, 1% 150 ms.
-    let mix = [(1.0, 60.0), (5.0, 25.0), (20.0, 10.0), (60.0, 4.0), (150.0, 1.0)];
-    scenario("distinct statements, each with a fixed latency", &url, addr, &mix, 2000, true).await;
+    let mix = [
+        (1.0, 60.0),
+        (5.0, 25.0),
+        (20.0, 10.0),
+        (60.0, 4.0),
+        (150.0, 1.0),
+    ];
+    scenario(
+        "distinct statements, each with a fixed latency",
+        &url,
+        addr,
+        &mix,
+        2000,
+        true,
+    )
+    .await;
     // One statement whose latency varies: 97% 2 ms, 3% 200 ms (the method's known limit).
     let mix = [(2.0, 97.0), (200.0, 3.0)];
-    scenario("one statement with a bimodal latency (known limit)", &url, addr, &mix, 2000, false).await;
+    scenario(
+        "one statement with a bimodal latency (known limit)",
+        &url,
+        addr,
+        &mix,
+        2000,
+        false,
+    )
+    .await;
     let _ = stop.send(());
     drop(cluster);
 }

@@ -36,10 +36,13 @@ fn rss_kb(pid: u32, key: &str) -> u64 {
 }
 
 async fn commits(c: &tokio_postgres::Client) -> i64 {
-    c.query_one("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'bench'", &[])
-        .await
-        .unwrap()
-        .get(0)
+    c.query_one(
+        "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'bench'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -60,12 +63,22 @@ async fn main() {
         .await
         .unwrap();
     }
-    let relations: i64 = c.query_one("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace", &[]).await.unwrap().get(0);
+    let relations: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     let port = pgpulse::demo::cluster::free_port().unwrap();
     let listen = format!("127.0.0.1:{port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_pgpulse"))
         .args(["serve", "--database-url", &url, "--listen-address", &listen])
-        .args(["--queries", concat!(env!("CARGO_MANIFEST_DIR"), "/queries.yaml")])
+        .args([
+            "--queries",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/queries.yaml"),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -74,17 +87,39 @@ async fn main() {
     let metrics_url = format!("http://{listen}/metrics");
     // Ready, then one more minute so every query (intervals up to 300s start at once) has run.
     loop {
-        if reqwest::get(format!("http://{listen}/ready")).await.is_ok_and(|r| r.status() == 200) {
+        if reqwest::get(format!("http://{listen}/ready"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let body = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
-    let gz = reqwest::Client::new().get(&metrics_url).header("Accept-Encoding", "gzip").send().await.unwrap().bytes().await.unwrap();
+    let body = reqwest::get(&metrics_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gz = reqwest::Client::new()
+        .get(&metrics_url)
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     let series = body.lines().filter(|l| !l.starts_with('#')).count();
-    println!("\n### /metrics under load ({relations} relations in public, {series} series, body {} bytes plain, {} gzip)\n", body.len(), gz.len());
-    println!("| encoding | scrapes/s | p50 | p90 | p99 | max | database statements during the run |");
+    println!(
+        "\n### /metrics under load ({relations} relations in public, {series} series, body {} bytes plain, {} gzip)\n",
+        body.len(),
+        gz.len()
+    );
+    println!(
+        "| encoding | scrapes/s | p50 | p90 | p99 | max | database statements during the run |"
+    );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     for gzip in [false, true] {
         let before = commits(&c).await;
@@ -97,11 +132,18 @@ async fn main() {
             field(&out, "50%"),
             field(&out, "90%"),
             field(&out, "99%"),
-            out.lines().find(|l| l.trim().starts_with("Latency")).and_then(|l| l.split_whitespace().nth(3)).unwrap_or("?"),
+            out.lines()
+                .find(|l| l.trim().starts_with("Latency"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .unwrap_or("?"),
             after - before - 2
         );
     }
-    println!("\nexporter memory: VmRSS {} kB, VmHWM (peak) {} kB", rss_kb(pid, "VmRSS:"), rss_kb(pid, "VmHWM:"));
+    println!(
+        "\nexporter memory: VmRSS {} kB, VmHWM (peak) {} kB",
+        rss_kb(pid, "VmRSS:"),
+        rss_kb(pid, "VmHWM:")
+    );
     let _ = child.kill();
     let _ = child.wait();
     drop(cluster);

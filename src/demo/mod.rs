@@ -3,6 +3,7 @@
 
 pub mod cluster;
 mod run;
+pub mod scenario;
 pub mod schema;
 pub mod workload;
 

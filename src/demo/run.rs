@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::cluster::{ClusterOptions, TempCluster};
+use super::scenario::{self, Scenario};
 use super::workload::{self, WorkloadStats};
 use crate::catalog::{Catalog, Defaults};
 use crate::cli::CliError;
@@ -24,12 +25,24 @@ pub struct DemoArgs {
     /// Stop by itself after this long (e.g. 30s); runs until Ctrl-C when unset.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
+    /// Make an alert condition true within a minute.
+    #[arg(long, value_enum)]
+    pub scenario: Option<Scenario>,
 }
 
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     eprintln!("pgpulse demo: starting a throwaway PostgreSQL ...");
-    let cluster = tokio::task::spawn_blocking(|| TempCluster::start(&ClusterOptions::default()))
+    let opts = ClusterOptions {
+        // Cache misses need shared_buffers smaller than the table the scenario scans.
+        shared_buffers: if args.scenario == Some(Scenario::CacheMiss) {
+            "128kB".into()
+        } else {
+            "128MB".into()
+        },
+        ..ClusterOptions::default()
+    };
+    let cluster = tokio::task::spawn_blocking(move || TempCluster::start(&opts))
         .await
         .map_err(|e| CliError::Runtime(e.to_string()))?
         .map_err(|e| CliError::Runtime(e.to_string()))?;
@@ -60,6 +73,12 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         stats.clone(),
         stop.clone(),
     ));
+    let scenario_task = match args.scenario {
+        Some(s) => scenario::apply(s, &client, &target, stop.clone())
+            .await
+            .map_err(|e| CliError::Runtime(format!("scenario {s:?}: {e}")))?,
+        None => None,
+    };
 
     let overrides = crate::config::CliOverrides {
         database_url: Some(cluster.url("trade_engine")),
@@ -89,6 +108,9 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     println!("  metrics:   http://{addr}/metrics");
     println!("  status:    http://{addr}/");
     println!("  database:  psql \"{}\"", cluster.url("trade_engine"));
+    if let Some(s) = args.scenario {
+        println!("  scenario:  {s:?}: watch {}", s.watch());
+    }
     println!("Press Ctrl-C to stop; the throwaway cluster is removed on exit.");
     let status_stats = stats.clone();
     let status_stop = stop.clone();
@@ -120,6 +142,9 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let served = app.run_until_stopped(reloader, shutdown).await;
     stop.cancel();
     let _ = workload.await;
+    if let Some(t) = scenario_task {
+        let _ = t.await;
+    }
     drop(client);
     tokio::task::spawn_blocking(move || drop(cluster))
         .await

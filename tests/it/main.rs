@@ -1,10 +1,12 @@
 //! pgpulse's integration tests: real PostgreSQL (a throwaway cluster from the system's
 //! binaries), real HTTP, the real binary.
 
+mod alerts;
 mod cardinality;
 mod catalog;
 mod commands;
 mod config;
+mod demo;
 mod exporter;
 mod golden;
 mod harness;

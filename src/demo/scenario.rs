@@ -1,0 +1,166 @@
+//! Demo scenarios: each makes one alert condition true within a minute, so a user can watch
+//! the metric move. Setup happens before sampling starts; conditions that need ongoing load
+//! (slow statements, lock waits, cache misses) keep a background task running until stop.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::DatabaseTarget;
+
+/// The conditions the demo can induce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// A 20 MB table with half its rows dead (autovacuum off): dead-tuple ratio above 30 %.
+    Bloat,
+    /// Statements taking 150–400 ms: statement p99 above 100 ms, slow statements counted.
+    Slow,
+    /// A session holding a row lock of the order book while another waits: blocked sessions.
+    Locks,
+    /// Tiny shared_buffers and repeated scans of a larger table: cache hit ratio below 95 %.
+    CacheMiss,
+    /// Future trade partitions dropped and a row in the default partition: runway below 2 days.
+    PartitionGap,
+}
+
+impl Scenario {
+    /// The metric to watch, for the demo's banner.
+    pub fn watch(self) -> &'static str {
+        match self {
+            Self::Bloat => "pg_table_dead_tuple_ratio{relname=\"demo_bloat\"} (above 0.3)",
+            Self::Slow => {
+                "histogram_quantile(0.99, rate(pg_statement_latency_seconds_bucket[1m])) (above 0.1) and pg_slow_statements"
+            }
+            Self::Locks => "pg_blocked_sessions (1) and pg_lock_wait_longest_seconds (growing)",
+            Self::CacheMiss => {
+                "pg_cache_hit_ratio{kind=\"heap\"} and pg_database_cache_hit_ratio (below 0.95)"
+            }
+            Self::PartitionGap => {
+                "pg_partition_runway_seconds{parent=\"trades\"} (below 172800) and pg_partition_default_rows"
+            }
+        }
+    }
+}
+
+/// Errors are reported by the caller as one line.
+pub type Result<T> = std::result::Result<T, tokio_postgres::Error>;
+
+/// Prepares the condition; returns a task that keeps it true until `stop`, if one is needed.
+pub async fn apply(
+    scenario: Scenario,
+    client: &Client,
+    target: &DatabaseTarget,
+    stop: CancellationToken,
+) -> std::result::Result<Option<tokio::task::JoinHandle<()>>, String> {
+    let e = |e: tokio_postgres::Error| crate::db::connect::describe(&e);
+    match scenario {
+        Scenario::Bloat => {
+            client
+                .batch_execute(
+                    "CREATE TABLE demo_bloat (id int, pad text) WITH (autovacuum_enabled = false);
+                     INSERT INTO demo_bloat SELECT g, repeat('x', 80) FROM generate_series(1, 200000) g;
+                     DELETE FROM demo_bloat WHERE id % 2 = 0;
+                     SELECT pg_stat_force_next_flush();",
+                )
+                .await
+                .map_err(e)?;
+            Ok(None)
+        }
+        Scenario::PartitionGap => {
+            client
+                .batch_execute(
+                    "DO $$ DECLARE r record; BEGIN
+                       FOR r IN SELECT partition_relname FROM monitoring.partition_bounds('trades'::regclass)
+                                 WHERE NOT is_default AND range_start >= date_trunc('day', now()) + interval '1 day'
+                       LOOP EXECUTE format('DROP TABLE %I', r.partition_relname); END LOOP;
+                     END $$;
+                     INSERT INTO trades (symbol, price, quantity, maker_order_id, taker_order_id, maker_user_id, taker_user_id, executed_at)
+                       VALUES ('BTC-USD', 100, 1, 1, 2, 1, 2, now() + interval '3 days');",
+                )
+                .await
+                .map_err(e)?;
+            Ok(None)
+        }
+        Scenario::CacheMiss => {
+            client
+                .batch_execute(
+                    "CREATE TABLE demo_cold (id int, pad text);
+                     INSERT INTO demo_cold SELECT g, repeat('c', 200) FROM generate_series(1, 60000) g;",
+                )
+                .await
+                .map_err(e)?;
+            Ok(Some(
+                loop_task(
+                    target,
+                    stop,
+                    "SELECT count(*) FROM demo_cold WHERE pad LIKE 'z%'",
+                    Duration::from_millis(200),
+                )
+                .await?,
+            ))
+        }
+        Scenario::Slow => Ok(Some(
+            loop_task(
+                target,
+                stop,
+                "SELECT 1 AS slow, pg_sleep(0.15 + random() * 0.25)",
+                Duration::from_millis(50),
+            )
+            .await?,
+        )),
+        Scenario::Locks => {
+            let holder = crate::db::connect(target)
+                .await
+                .map_err(|e| e.to_string())?;
+            for sql in [
+                "INSERT INTO order_book (symbol, side, price, quantity, order_count) \
+                 VALUES ('LOCK-USD', 'buy', 1, 1, 1) ON CONFLICT DO NOTHING",
+                "BEGIN",
+                "UPDATE order_book SET quantity = quantity + 1 WHERE symbol = 'LOCK-USD'",
+            ] {
+                holder.batch_execute(sql).await.map_err(e)?;
+            }
+            let waiter = crate::db::connect(target)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Some(tokio::spawn(async move {
+                let wait = waiter.batch_execute(
+                    "UPDATE order_book SET quantity = quantity + 1 WHERE symbol = 'LOCK-USD'",
+                );
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    r = wait => tracing::warn!(result = ?r, "lock waiter finished before stop"),
+                }
+                let _ = holder.batch_execute("ROLLBACK").await;
+            })))
+        }
+    }
+}
+
+async fn loop_task(
+    target: &DatabaseTarget,
+    stop: CancellationToken,
+    sql: &'static str,
+    pause: Duration,
+) -> std::result::Result<tokio::task::JoinHandle<()>, String> {
+    let client = crate::db::connect(target)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = client.batch_execute(sql) => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "scenario statement failed");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }))
+}

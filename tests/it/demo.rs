@@ -1,0 +1,204 @@
+//! `pgpulse demo`: it starts, serves metrics while the workload moves counters, each
+//! scenario makes its condition true, and it leaves no process or temp dir behind.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::service::sample;
+
+struct Demo {
+    child: Child,
+    url: String,
+}
+
+impl Demo {
+    fn start(scenario: Option<&str>) -> Self {
+        let port = pgpulse::demo::cluster::free_port().unwrap();
+        let listen = format!("127.0.0.1:{port}");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgpulse"));
+        cmd.args([
+            "demo",
+            "--listen-address",
+            &listen,
+            "--rate",
+            "20",
+            "--duration",
+            "120s",
+        ]);
+        if let Some(s) = scenario {
+            cmd.args(["--scenario", s]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            url: format!("http://{listen}/metrics"),
+        }
+    }
+
+    async fn wait_for(&mut self, what: &str, f: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + Duration::from_secs(75);
+        let mut last = String::new();
+        while Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("demo exited early with {status}");
+            }
+            if let Ok(r) = reqwest::get(&self.url).await
+                && let Ok(b) = r.text().await
+            {
+                if f(&b) {
+                    return b;
+                }
+                last = b;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        panic!("demo: timed out waiting for {what}; last body:\n{last}");
+    }
+
+    /// Ctrl-C, then checks the exit and that the cluster and its directory are gone.
+    fn stop(mut self) {
+        let pid = self.child.id();
+        Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .unwrap();
+        let end = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < end, "demo did not stop on Ctrl-C");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(status.success(), "demo exit: {status}");
+        let prefix = format!("pgpulse-pg-{pid}-");
+        let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "temp cluster directory left behind: {left:?}"
+        );
+        // The cluster's watchdog notices the demo's exit within a second and then exits too.
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let procs = Command::new("pgrep")
+                .args(["-f", &prefix])
+                .output()
+                .unwrap();
+            if procs.stdout.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "processes left behind: {}",
+                String::from_utf8_lossy(&procs.stdout)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.child.id().to_string()])
+                .status();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn total(body: &str, prefix: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn the_demo_serves_metrics_while_the_workload_moves_counters_and_cleans_up() {
+    let mut demo = Demo::start(None);
+    let first = demo
+        .wait_for("the first sample", |b| {
+            sample(b, "pg_up") == Some(1.0) && b.contains("pg_database_blocks_hit_total")
+        })
+        .await;
+    let hits = total(&first, "pg_database_blocks_hit_total");
+    demo.wait_for("the workload to move counters", |b| {
+        total(b, "pg_database_blocks_hit_total") > hits
+    })
+    .await;
+    demo.stop();
+}
+
+#[tokio::test]
+async fn the_bloat_scenario_pushes_a_dead_tuple_ratio_above_0_3() {
+    let mut demo = Demo::start(Some("bloat"));
+    demo.wait_for("dead tuple ratio above 0.3", |b| {
+        sample(
+            b,
+            "pg_table_dead_tuple_ratio{schemaname=\"public\",relname=\"demo_bloat\"}",
+        )
+        .is_some_and(|v| v > 0.3)
+            && sample(
+                b,
+                "pg_table_size_bytes{schemaname=\"public\",relname=\"demo_bloat\"}",
+            )
+            .is_some_and(|v| v > 10.0 * 1024.0 * 1024.0)
+    })
+    .await;
+    demo.stop();
+}
+
+#[tokio::test]
+async fn the_locks_scenario_shows_a_blocked_session() {
+    let mut demo = Demo::start(Some("locks"));
+    demo.wait_for("a blocked session", |b| {
+        sample(b, "pg_blocked_sessions").is_some_and(|v| v >= 1.0)
+            && sample(b, "pg_lock_wait_longest_seconds").is_some_and(|v| v > 0.0)
+    })
+    .await;
+    demo.stop();
+}
+
+#[tokio::test]
+async fn the_partition_gap_scenario_cuts_the_runway_below_two_days_and_fills_the_default() {
+    let mut demo = Demo::start(Some("partition-gap"));
+    demo.wait_for("runway below 2 days and a default row", |b| {
+        sample(b, "pg_partition_runway_seconds{parent=\"trades\"}")
+            .is_some_and(|v| v < 2.0 * 86400.0)
+            && sample(b, "pg_partition_default_rows{parent=\"trades\"}").is_some_and(|v| v >= 1.0)
+    })
+    .await;
+    demo.stop();
+}
+
+#[tokio::test]
+async fn the_cache_miss_scenario_drops_the_hit_ratio_below_0_95() {
+    let mut demo = Demo::start(Some("cache-miss"));
+    demo.wait_for("heap hit ratio below 0.95", |b| {
+        sample(b, "pg_cache_hit_ratio{kind=\"heap\"}").is_some_and(|v| v < 0.95)
+    })
+    .await;
+    demo.stop();
+}
+
+#[tokio::test]
+async fn the_slow_scenario_counts_slow_statements_and_fills_the_slow_buckets() {
+    let mut demo = Demo::start(Some("slow"));
+    demo.wait_for("slow statements and latencies above 100 ms", |b| {
+        let above = total(b, "pg_statement_latency_seconds_count")
+            - sample(b, "pg_statement_latency_seconds_bucket{le=\"0.1\"}").unwrap_or(f64::MAX);
+        sample(b, "pg_slow_statements").is_some_and(|v| v >= 1.0) && above >= 5.0
+    })
+    .await;
+    demo.stop();
+}
