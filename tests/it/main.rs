@@ -7,6 +7,7 @@ mod catalog;
 mod commands;
 mod config;
 mod demo;
+mod docker;
 mod exporter;
 mod golden;
 mod harness;

@@ -1,0 +1,42 @@
+//! The metric contract: every metric pgpulse promises, and the check that the rules and
+//! dashboards use no other. That a live pgpulse emits them is checked in `live`.
+
+use std::collections::BTreeSet;
+
+use super::promql::used_metrics;
+
+/// Every metric pgpulse promises (the metric contract), plus Prometheus' own `up`.
+const CONTRACT: &str = "up pg_up pg_server_version_num pgpulse_build_info
+    pgpulse_query_errors_total pgpulse_query_runs_total pgpulse_query_duration_seconds_bucket
+    pgpulse_query_duration_seconds_sum pgpulse_query_duration_seconds_count
+    pgpulse_query_last_success_timestamp_seconds pgpulse_query_series
+    pgpulse_query_series_dropped_total pgpulse_config_last_reload_successful
+    pg_database_blocks_hit_total pg_database_blocks_read_total pg_database_cache_hit_ratio
+    pg_cache_hit_ratio pg_cache_blocks_hit_total pg_cache_blocks_read_total
+    pg_table_live_tuples pg_table_dead_tuples pg_table_dead_tuple_ratio pg_table_size_bytes
+    pg_table_seq_scans_total pg_table_index_scans_total pg_table_index_usage_ratio
+    pg_table_last_vacuum_age_seconds pg_table_last_analyze_age_seconds
+    pg_index_scans_total pg_index_size_bytes pg_unused_indexes pg_unused_indexes_size_bytes
+    pg_connections pg_settings_max_connections pg_settings_superuser_reserved_connections
+    pg_connections_usage_ratio pg_oldest_transaction_age_seconds
+    pg_longest_idle_in_transaction_seconds
+    pg_blocked_sessions pg_lock_wait_longest_seconds pg_lock_blocking_pair_wait_seconds
+    pg_partition_count pg_partition_size_bytes pg_partition_rows pg_partition_default_rows
+    pg_partition_runway_seconds
+    pg_stat_statements_available pg_statement_calls_total pg_statement_exec_seconds_total
+    pg_slow_statements pg_statement_latency_seconds_bucket pg_statement_latency_seconds_sum
+    pg_statement_latency_seconds_count pg_health_check_status";
+
+/// Nothing in a rule or dashboard refers to a metric pgpulse does not promise.
+#[test]
+fn every_metric_used_by_dashboards_and_alerts_is_in_the_contract() {
+    let contract: BTreeSet<&str> = CONTRACT.split_whitespace().collect();
+    let unknown: Vec<String> = used_metrics()
+        .into_iter()
+        .filter(|m| !contract.contains(m.as_str()))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "not in the metric contract: {unknown:?}"
+    );
+}
