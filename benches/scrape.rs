@@ -139,6 +139,55 @@ async fn main() {
             after - before - 2
         );
     }
+    // Latency at a fixed rate (oha corrects for coordinated omission): the p99 a scraper sees
+    // at 20,000 scrapes/s, as opposed to wrk's saturated run above.
+    let oha = std::env::var("HOME")
+        .map(|h| format!("{h}/.cargo/bin/oha"))
+        .unwrap_or_default();
+    if std::path::Path::new(&oha).exists() {
+        println!("\n| encoding | offered rate | achieved scrapes/s | p50 | p99 | p99.9 | errors |");
+        println!("| --- | --- | --- | --- | --- | --- | --- |");
+        for gzip in [false, true] {
+            let mut cmd = Command::new(&oha);
+            cmd.args([
+                "-z",
+                "10s",
+                "-c",
+                "50",
+                "-q",
+                "20000",
+                "--latency-correction",
+                "--no-tui",
+                "--output-format",
+                "json",
+            ]);
+            if gzip {
+                cmd.args(["-H", "Accept-Encoding: gzip"]);
+            } else {
+                cmd.arg("--disable-compression");
+            }
+            let out = cmd.arg(&metrics_url).output().expect("oha");
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let ms = |k: &str| {
+                v["latencyPercentiles"][k]
+                    .as_f64()
+                    .map(|s| format!("{:.2} ms", s * 1000.0))
+                    .unwrap_or("?".into())
+            };
+            let errors = v["errorDistribution"].to_string();
+            println!(
+                "| {} | 20000/s | {:.0} | {} | {} | {} | {} |",
+                if gzip { "gzip" } else { "plain" },
+                v["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
+                ms("p50"),
+                ms("p99"),
+                ms("p99.9"),
+                errors
+            );
+        }
+    } else {
+        println!("\n(oha not installed: `cargo install oha` for the fixed-rate latency table)");
+    }
     println!(
         "\nexporter memory: VmRSS {} kB, VmHWM (peak) {} kB",
         rss_kb(pid, "VmRSS:"),
