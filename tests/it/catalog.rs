@@ -384,3 +384,42 @@ async fn a_workload_of_pg_sleep_statements_moves_the_latency_buckets_as_the_late
     svc.stop().await;
     drop(db);
 }
+
+#[tokio::test]
+async fn health_db_serves_the_last_health_sample_and_turns_503_on_a_critical_check() {
+    let db = TestDb::trade_migrated().await;
+    let svc = start(&db.url, &fast_catalog(), |_| {}).await;
+    wait_for(&svc, "a health sample", |b| {
+        b.contains("pg_health_check_status{check=\"Table Bloat\"}")
+    })
+    .await;
+    let (status, _, body) = svc.get_with("/health/db", &[]).await;
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 200, "{json}");
+    let checks = json["checks"].as_array().unwrap();
+    let bloat = checks
+        .iter()
+        .find(|c| c["check"] == "Table Bloat")
+        .expect("Table Bloat check");
+    for key in ["status", "value", "threshold", "recommendation"] {
+        assert!(bloat.get(key).is_some(), "{key} in {bloat}");
+    }
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE rotten (id int, pad text) WITH (autovacuum_enabled = false);
+         INSERT INTO rotten SELECT g, repeat('r', 50) FROM generate_series(1, 5000) g;
+         DELETE FROM rotten WHERE id % 2 = 0;
+         SELECT pg_stat_force_next_flush();",
+    )
+    .await
+    .unwrap();
+    wait_for(&svc, "Table Bloat critical", |b| {
+        sample(b, "pg_health_check_status{check=\"Table Bloat\"}") == Some(2.0)
+    })
+    .await;
+    let (status, _, body) = svc.get_with("/health/db", &[]).await;
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 503, "{json}");
+    assert_eq!(json["status"], "critical");
+    svc.stop().await;
+}
