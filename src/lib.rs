@@ -14,6 +14,7 @@
 //! - [`sampler`]: scheduling, running a query, rows → series, budgets.
 //! - [`exposition`]: snapshot → text/OpenMetrics, gzip, atomic swap; self-metrics.
 //! - [`http`]: router and handlers.
+//! - [`maintenance`]: the job runner (leader lock, schedule, client-side VACUUM).
 //! - [`demo`]: throwaway cluster, reference trade-engine schema and workload.
 //! - [`cli`]: the command line and the commands besides `serve`.
 
@@ -25,5 +26,6 @@ pub mod db;
 pub mod demo;
 pub mod exposition;
 pub mod http;
+pub mod maintenance;
 pub mod sampler;
 pub mod yaml;

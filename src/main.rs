@@ -68,6 +68,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let target = pgpulse::cli::target(config_file, &db)?;
             pgpulse::cli::verify(&target).await
         }
+        Command::Maintain { db, run_now } => {
+            let target = pgpulse::cli::target(config_file, &db)?;
+            pgpulse::cli::maintain(&target, run_now).await
+        }
         Command::Demo(args) => pgpulse::demo::run(args).await,
         Command::Catalog { markdown, queries } => {
             pgpulse::cli::serve::print_catalog(&queries, markdown)

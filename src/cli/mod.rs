@@ -77,6 +77,15 @@ pub enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Run the scheduled maintenance jobs (partitions, statistics, vacuum) as the leader.
+    Maintain {
+        /// Database (a role that owns the trade tables and is granted pgpulse_maintainer).
+        #[command(flatten)]
+        db: DbArgs,
+        /// Run this job once now and exit, instead of following the schedule.
+        #[arg(long, value_name = "JOB")]
+        run_now: Option<String>,
+    },
     /// Start a throwaway PostgreSQL with a synthetic trade workload and serve its metrics.
     Demo(crate::demo::DemoArgs),
     /// Print the metric catalog.
@@ -184,6 +193,40 @@ pub async fn uninstall(target: &crate::db::DatabaseTarget) -> Result<(), CliErro
         }
         Err(e) => Err(CliError::Runtime(e.to_string())),
     }
+}
+
+/// `pgpulse maintain [--run-now JOB]`.
+pub async fn maintain(
+    target: &crate::db::DatabaseTarget,
+    run_now: Option<String>,
+) -> Result<(), CliError> {
+    let client = crate::db::connect(target).await?;
+    let rt = |e: crate::maintenance::MaintenanceError| CliError::Runtime(e.to_string());
+    if let Some(job) = run_now {
+        let o = crate::maintenance::run_job(&client, &job)
+            .await
+            .map_err(rt)?;
+        println!(
+            "job {job}: {} (log id {}, {} client statements, {} failed){}",
+            o.status,
+            o.log_id,
+            o.client_statements,
+            o.client_failures,
+            o.error.map(|e| format!(": {e}")).unwrap_or_default()
+        );
+        return if o.status == "success" && o.client_failures == 0 {
+            Ok(())
+        } else {
+            Err(CliError::Runtime(format!("job {job} did not succeed")))
+        };
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        serve::shutdown_signal().await;
+        s.cancel();
+    });
+    crate::maintenance::run(&client, stop).await.map_err(rt)
 }
 
 /// `pgpulse verify`: prints one line per check; fails when a check FAILs.

@@ -11,6 +11,7 @@ mod docker;
 mod exporter;
 mod golden;
 mod harness;
+mod maintenance;
 mod migrations;
 mod partitions;
 mod schema_objects;

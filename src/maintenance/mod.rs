@@ -1,0 +1,254 @@
+//! The maintenance runner: executes the jobs of `monitoring.maintenance_schedule` at their
+//! cron times (UTC), as the only leader among concurrent runners (a session-level
+//! `pg_try_advisory_lock` held on a dedicated connection), and logs every run in
+//! `monitoring.maintenance_log` (the SQL function does the logging).
+//!
+//! `VACUUM` cannot run inside a function (DESIGN §8): for the weekly vacuum job the function
+//! returns the statements, and this runner issues them one by one from the client, outside
+//! any transaction, then records how many ran in the job's log row.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::connect::describe;
+
+/// Advisory lock key of the runner's leadership ("pgpmain" in ASCII).
+pub const LEADER_KEY: i64 = 0x0070_6770_6d61_696e;
+
+/// Errors of the maintenance runner.
+#[derive(Debug, thiserror::Error)]
+pub enum MaintenanceError {
+    /// A statement failed.
+    #[error("{step}: {reason}")]
+    Database {
+        /// What was being done.
+        step: String,
+        /// The server's message.
+        reason: String,
+    },
+    /// A job's cron expression does not parse.
+    #[error("job \"{job}\": bad cron expression `{expr}`: {reason}")]
+    Cron {
+        /// The job.
+        job: String,
+        /// The expression.
+        expr: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn db(step: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> MaintenanceError {
+    let step = step.into();
+    move |e| MaintenanceError::Database {
+        step,
+        reason: describe(&e),
+    }
+}
+
+/// One scheduled job.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Its name (`job_name`).
+    pub name: String,
+    /// When it runs (UTC).
+    pub cron: croner::Cron,
+}
+
+/// What one run of a job did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobOutcome {
+    /// The `maintenance_log` row.
+    pub log_id: i64,
+    /// `success` or `failed`.
+    pub status: String,
+    /// Client-side statements (VACUUM) that ran.
+    pub client_statements: usize,
+    /// Client-side statements that failed.
+    pub client_failures: usize,
+    /// The function's error, when it failed.
+    pub error: Option<String>,
+}
+
+/// Reads the enabled jobs of the schedule.
+pub async fn schedule(client: &Client) -> Result<Vec<Job>, MaintenanceError> {
+    let rows = client
+        .query(
+            "SELECT job_name, cron_expression FROM monitoring.maintenance_schedule WHERE enabled ORDER BY job_name",
+            &[],
+        )
+        .await
+        .map_err(db("read the maintenance schedule"))?;
+    rows.iter()
+        .map(|r| {
+            let (name, expr): (String, String) = (r.get(0), r.get(1));
+            let cron = croner::Cron::from_str(&expr).map_err(|e| MaintenanceError::Cron {
+                job: name.clone(),
+                expr: expr.clone(),
+                reason: e.to_string(),
+            })?;
+            Ok(Job { name, cron })
+        })
+        .collect()
+}
+
+/// Runs one job now: the SQL function, then any statements it leaves to the client.
+pub async fn run_job(client: &Client, job: &str) -> Result<JobOutcome, MaintenanceError> {
+    let row = client
+        .query_one(
+            "SELECT log_id, status, coalesce(details, '{}'::jsonb)::text, error \
+             FROM monitoring.run_scheduled_maintenance($1)",
+            &[&job],
+        )
+        .await
+        .map_err(db(format!("run job \"{job}\"")))?;
+    let mut outcome = JobOutcome {
+        log_id: row.get(0),
+        status: row.get(1),
+        client_statements: 0,
+        client_failures: 0,
+        error: row.get(3),
+    };
+    let details: serde_json::Value =
+        serde_json::from_str(&row.get::<_, String>(2)).unwrap_or_default();
+    if details["client_must_run"] == "true" || details["client_must_run"] == true {
+        let statements: Vec<String> = details["statements"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for sql in &statements {
+            // Only the maintenance statements the function produced are run, one at a time.
+            if !sql.trim_start().to_ascii_uppercase().starts_with("VACUUM") {
+                outcome.client_failures += 1;
+                tracing::warn!(job, statement = %sql, "refusing a client statement that is not VACUUM");
+                continue;
+            }
+            match client.batch_execute(sql).await {
+                Ok(()) => outcome.client_statements += 1,
+                Err(e) => {
+                    outcome.client_failures += 1;
+                    tracing::warn!(job, statement = %sql, error = %describe(&e), "maintenance statement failed");
+                }
+            }
+        }
+        client
+            .execute(
+                "UPDATE monitoring.maintenance_log SET details = coalesce(details, '{}'::jsonb) \
+                 || jsonb_build_object('client_ran', $2::int, 'client_failed', $3::int) WHERE id = $1",
+                &[
+                    &outcome.log_id,
+                    &(outcome.client_statements as i32),
+                    &(outcome.client_failures as i32),
+                ],
+            )
+            .await
+            .map_err(db("record the client statements in the log"))?;
+    }
+    tracing::info!(job, status = %outcome.status, log_id = outcome.log_id, vacuumed = outcome.client_statements, "maintenance job finished");
+    Ok(outcome)
+}
+
+/// Tries to become the leader on this connection (held until it closes).
+pub async fn try_lead(client: &Client) -> Result<bool, MaintenanceError> {
+    Ok(client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_KEY])
+        .await
+        .map_err(db("take the leader lock"))?
+        .get(0))
+}
+
+/// The job due next and when, after `now`.
+pub fn next_due(
+    jobs: &[Job],
+    now: chrono::DateTime<Utc>,
+) -> Option<(chrono::DateTime<Utc>, Vec<String>)> {
+    let mut best: Option<(chrono::DateTime<Utc>, Vec<String>)> = None;
+    for j in jobs {
+        let Ok(at) = j.cron.find_next_occurrence(&now, false) else {
+            continue;
+        };
+        match &mut best {
+            Some((t, names)) if at == *t => names.push(j.name.clone()),
+            Some((t, _)) if at > *t => {}
+            _ => best = Some((at, vec![j.name.clone()])),
+        }
+    }
+    best
+}
+
+/// Runs the schedule until `stop`: waits for leadership, then runs each job when due.
+pub async fn run(client: &Client, stop: CancellationToken) -> Result<(), MaintenanceError> {
+    while !try_lead(client).await? {
+        tracing::info!("another maintenance runner leads; retrying in 30s");
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
+    }
+    tracing::info!("maintenance runner is the leader");
+    loop {
+        // Re-read the schedule each time: operators may enable, disable or reschedule jobs.
+        let jobs = schedule(client).await?;
+        let Some((at, names)) = next_due(&jobs, Utc::now()) else {
+            tracing::warn!("no enabled maintenance job; checking again in 5 minutes");
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_secs(300)) => continue,
+            }
+        };
+        let wait = (at - Utc::now()).to_std().unwrap_or_default();
+        tracing::info!(jobs = ?names, at = %at, "next maintenance");
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        for name in names {
+            if let Err(e) = run_job(client, &name).await {
+                tracing::error!(job = %name, error = %e, "maintenance job could not run");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn job(name: &str, expr: &str) -> Job {
+        Job {
+            name: name.into(),
+            cron: croner::Cron::from_str(expr).unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_next_due_job_follows_the_seed_schedule() {
+        let jobs = [
+            job("daily_partition_creation", "0 1 * * *"),
+            job("daily_statistics_update", "0 2 * * *"),
+            job("weekly_vacuum", "0 3 * * 0"),
+            job("hourly_query_stats", "0 * * * *"),
+        ];
+        // Saturday 2026-11-28 00:30 UTC: the hourly job at 01:00 coincides with partitions.
+        let now = Utc.with_ymd_and_hms(2026, 11, 28, 0, 30, 0).unwrap();
+        let (at, names) = next_due(&jobs, now).unwrap();
+        assert_eq!(at, Utc.with_ymd_and_hms(2026, 11, 28, 1, 0, 0).unwrap());
+        assert_eq!(
+            names,
+            vec!["daily_partition_creation", "hourly_query_stats"]
+        );
+        // Sunday 02:30: the weekly vacuum (and the hourly job) at 03:00.
+        let now = Utc.with_ymd_and_hms(2026, 11, 29, 2, 30, 0).unwrap();
+        let (_, names) = next_due(&jobs, now).unwrap();
+        assert_eq!(names, vec!["weekly_vacuum", "hourly_query_stats"]);
+    }
+}
