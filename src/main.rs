@@ -54,7 +54,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 .await
         }
         Command::CheckConfig { db, queries } => {
-            pgpulse::cli::serve::check_config(config_file, cli.log_format, db, queries)
+            pgpulse::cli::serve::check_config(config_file, cli.log_format, db, queries).await
         }
         Command::Migrate { db, status } => {
             let target = pgpulse::cli::target(config_file, &db)?;

@@ -98,6 +98,22 @@ impl Catalog {
     }
 }
 
+impl QuerySpec {
+    /// Every column the spec reads from the result: labels, values, histogram inputs.
+    pub fn columns(&self) -> Vec<&str> {
+        let mut cols: Vec<&str> = self.labels.iter().map(String::as_str).collect();
+        cols.extend(self.metrics.iter().map(|m| m.column.as_str()));
+        if let Some(h) = &self.histogram {
+            cols.extend([
+                h.key_column.as_str(),
+                h.calls_column.as_str(),
+                h.time_ms_column.as_str(),
+            ]);
+        }
+        cols
+    }
+}
+
 /// The Markdown metrics reference (docs/metrics.md), generated from the catalog.
 pub fn markdown(catalog: &Catalog) -> String {
     use std::fmt::Write;

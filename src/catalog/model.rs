@@ -163,4 +163,6 @@ pub struct QuerySpec {
     pub requires_extension: Option<String>,
     /// Runs only when this library is in `shared_preload_libraries`.
     pub requires_preload: Option<String>,
+    /// Line and column of the query in its file, for messages.
+    pub location: (u64, u64),
 }

@@ -255,6 +255,7 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
             max_server_version: q.max_server_version,
             requires_extension: q.requires_extension,
             requires_preload: q.requires_preload,
+            location: qloc,
             name,
         });
     }

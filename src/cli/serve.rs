@@ -38,22 +38,63 @@ fn load_config(
     Ok((config, catalog))
 }
 
-/// `pgpulse check-config`: validates config and catalog without contacting the database.
-pub fn check_config(
+/// `pgpulse check-config`: validates config and catalog. With a database given explicitly
+/// (`--database-url` or `PGPULSE_DATABASE_URL`), also prepares every query there (nothing is
+/// executed) and checks that each declared column is in its result.
+pub async fn check_config(
     config_file: Option<&Path>,
     log_format: Option<LogFormat>,
     db: DbArgs,
     queries: Option<PathBuf>,
 ) -> Result<(), CliError> {
+    let explicit_db = db.database_url.is_some();
     let (config, catalog) = load_config(config_file, log_format, db, None, queries)?;
+    if explicit_db {
+        check_columns(&config, &catalog).await?;
+    }
     println!(
-        "configuration ok: database {}, listen {}, {} queries from {}",
+        "configuration ok: database {}, listen {}, {} queries from {}{}",
         config.target,
         config.listen,
         catalog.queries.len(),
-        catalog.source.display()
+        catalog.source.display(),
+        if explicit_db {
+            ", every query prepared on the database"
+        } else {
+            ""
+        }
     );
     Ok(())
+}
+
+/// Prepares each query and compares its result columns with the declared ones.
+async fn check_columns(config: &Config, catalog: &Catalog) -> Result<(), CliError> {
+    let client = crate::db::connect(&config.target).await?;
+    let mut problems = Vec::new();
+    for q in &catalog.queries {
+        let at = format!(
+            "{}:{}:{}: query \"{}\"",
+            catalog.source.display(),
+            q.location.0,
+            q.location.1,
+            q.name
+        );
+        match client.prepare(&q.sql).await {
+            Err(e) => problems.push(format!("{at}: {}", crate::db::connect::describe(&e))),
+            Ok(stmt) => {
+                for col in q.columns() {
+                    if !stmt.columns().iter().any(|c| c.name() == col) {
+                        problems.push(format!("{at}: column \"{col}\" is not in the result"));
+                    }
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Config(problems.join("\n")))
+    }
 }
 
 /// `pgpulse serve`.

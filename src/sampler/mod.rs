@@ -333,9 +333,7 @@ impl Sampler {
                     })
                     .inc();
                 self.store.fail(spec, e.to_string(), SystemTime::now());
-                if e.kind == ErrorKind::Connection
-                    && !e.message.contains("waiting for a pooled connection")
-                {
+                if e.maybe_down {
                     // Let the probe confirm and take over reconnecting.
                     self.probe_once().await;
                 }

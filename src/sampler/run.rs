@@ -48,6 +48,9 @@ pub struct RunError {
     pub kind: ErrorKind,
     /// A one-line description (no secrets).
     pub message: String,
+    /// The database may be unreachable (a connection failed or closed), as opposed to the
+    /// pool's budget being busy: the probe should check.
+    pub maybe_down: bool,
 }
 
 impl RunError {
@@ -55,6 +58,7 @@ impl RunError {
         Self {
             kind,
             message: message.into(),
+            maybe_down: kind == ErrorKind::Connection,
         }
     }
 }
@@ -87,7 +91,10 @@ fn pool_error(e: PoolError) -> RunError {
         PoolError::Timeout(_) => "timed out waiting for a pooled connection".to_owned(),
         other => other.to_string(),
     };
-    RunError::new(ErrorKind::Connection, msg)
+    let mut err = RunError::new(ErrorKind::Connection, msg);
+    // Every connection busy: the database answers, the budget is in use.
+    err.maybe_down = !matches!(e, PoolError::Timeout(_));
+    err
 }
 
 fn millis(d: Duration) -> u128 {
