@@ -219,3 +219,29 @@ pub fn to_prometheus_text(om: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_named_with_total_in_the_prometheus_text_format() {
+        let om = "# HELP req Requests.\n# TYPE req counter\nreq_total 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n# UNIT g seconds\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP req_total Requests.\n# TYPE req_total counter\nreq_total 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n"
+        );
+    }
+
+    #[test]
+    fn gzip_round_trips() {
+        let body = b"pg_up 1\n".repeat(100);
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(&gzip(&body)[..]),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out, body);
+    }
+}

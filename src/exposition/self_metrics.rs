@@ -157,7 +157,11 @@ impl SelfMetrics {
             "NULL values returned in value columns (the series is omitted)",
             m.nulls.clone(),
         );
-        r.register("pgpulse_query_skipped_ticks", "Ticks skipped because the previous run of the query was still in flight or the database was down", m.skipped.clone());
+        r.register(
+            "pgpulse_query_skipped_ticks",
+            "Ticks skipped: the database was unreachable, or the previous run of the query was still in flight",
+            m.skipped.clone(),
+        );
         r.register(
             "pgpulse_query_enabled",
             "Whether a query runs on this server (version, extension and preload gating)",

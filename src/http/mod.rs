@@ -109,3 +109,92 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
 async fn not_found() -> (StatusCode, &'static str) {
     (StatusCode::NOT_FOUND, "not found; try /metrics\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    fn state() -> AppState {
+        let mut s = crate::config::Settings::default();
+        s.database.url = Some("postgres://u@127.0.0.1:1/db".to_owned().into());
+        let cfg = s.validate().unwrap();
+        let pool = crate::db::pool::build(&cfg).unwrap();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Arc::new(crate::exposition::SelfMetrics::register(&mut registry));
+        let store = Arc::new(Store::default());
+        let renderer = crate::exposition::Renderer::new(registry, store.clone());
+        renderer.render();
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let sampler = Sampler::new(
+            pool,
+            store.clone(),
+            metrics,
+            notify,
+            cfg.lock_timeout,
+            cfg.reconnect_max_backoff,
+        );
+        AppState {
+            exposition: renderer.handle(),
+            sampler,
+            store,
+            config_summary: Arc::new(String::new()),
+        }
+    }
+
+    async fn call(method: &str, uri: &str, headers: &[(&str, &str)]) -> Response {
+        let mut req = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        router(state(), Duration::from_secs(5))
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn metrics_negotiate_the_format_and_the_encoding() {
+        let r = call("GET", "/metrics", &[]).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], PROMETHEUS_TEXT);
+        assert_eq!(r.headers()[header::VARY], "Accept, Accept-Encoding");
+        let r = call(
+            "GET",
+            "/metrics",
+            &[(
+                "accept",
+                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+            )],
+        )
+        .await;
+        assert_eq!(r.headers()[header::CONTENT_TYPE], OPENMETRICS);
+        let r = call("GET", "/metrics", &[("accept-encoding", "br, gzip;q=0.8")]).await;
+        assert_eq!(r.headers()[header::CONTENT_ENCODING], "gzip");
+        let r = call("GET", "/metrics", &[("accept-encoding", "gzip;q=0")]).await;
+        assert!(r.headers().get(header::CONTENT_ENCODING).is_none());
+    }
+
+    #[tokio::test]
+    async fn bad_requests_get_clear_statuses() {
+        assert_eq!(
+            call("POST", "/metrics", &[]).await.status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            call("GET", "/nope", &[]).await.status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(call("GET", "/health", &[]).await.status(), StatusCode::OK);
+        assert_eq!(
+            call("GET", "/ready", &[]).await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            call("GET", "/health/db", &[]).await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}

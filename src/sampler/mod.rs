@@ -294,10 +294,16 @@ impl Sampler {
         self.store.set_enabled(&spec.name, true, None);
         let started = tokio::time::Instant::now();
         let outcome = sample_once(&self.pool, spec, self.lock_timeout).await;
+        let elapsed = started.elapsed();
         self.metrics
             .duration
             .get_or_create(&label)
-            .observe(started.elapsed().as_secs_f64());
+            .observe(elapsed.as_secs_f64());
+        // A run longer than the interval makes the ticker skip the ticks it overran.
+        let overran = (elapsed.as_secs_f64() / spec.interval.as_secs_f64()).floor() as u64;
+        if overran > 0 {
+            self.metrics.skipped.get_or_create(&label).inc_by(overran);
+        }
         self.metrics.runs.get_or_create(&label).inc();
         match outcome {
             Ok((mut result, stats)) => {

@@ -256,12 +256,37 @@ async fn sighup_reloads_the_catalog_of_a_running_binary() {
 async fn check_config_with_a_database_prepares_every_query_and_names_a_missing_column() {
     let db = TestDb::trade_migrated().await;
     let root = env!("CARGO_MANIFEST_DIR");
-    let (code, msg) = check(&["check-config", "--queries", &format!("{root}/queries.yaml"), "--database-url", &db.url], &[]);
-    assert_eq!(code, Some(0), "the shipped catalog fits the migrated schema: {msg}");
+    let (code, msg) = check(
+        &[
+            "check-config",
+            "--queries",
+            &format!("{root}/queries.yaml"),
+            "--database-url",
+            &db.url,
+        ],
+        &[],
+    );
+    assert_eq!(
+        code,
+        Some(0),
+        "the shipped catalog fits the migrated schema: {msg}"
+    );
     assert!(msg.contains("every query prepared"), "{msg}");
     let dir = tempfile::tempdir().unwrap();
-    let q = write(&dir, "queries.yaml", &GOOD.replace("SELECT 1 AS v", "SELECT 1 AS w"));
-    let (code, msg) = check(&["check-config", "--queries", &q, "--database-url", &db.url], &[]);
+    let q = write(
+        &dir,
+        "queries.yaml",
+        &GOOD.replace("SELECT 1 AS v", "SELECT 1 AS w"),
+    );
+    let (code, msg) = check(
+        &["check-config", "--queries", &q, "--database-url", &db.url],
+        &[],
+    );
     assert_eq!(code, Some(2), "{msg}");
-    assert!(msg.contains(&format!("{q}:2:")) && msg.contains("query \"one\"") && msg.contains("column \"v\""), "{msg}");
+    assert!(
+        msg.contains(&format!("{q}:2:"))
+            && msg.contains("query \"one\"")
+            && msg.contains("column \"v\""),
+        "{msg}"
+    );
 }
