@@ -36,10 +36,17 @@ pub async fn cluster() -> (TempCluster, String) {
 }
 
 /// Serves pgpulse in-process on 127.0.0.1:0 for `url` with `catalog` (YAML text).
-pub async fn serve(url: &str, catalog: &str) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let dir = std::env::temp_dir().join(format!("pgpulse-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("queries.yaml");
+/// The temp dir holding the catalog is removed when the returned guard drops.
+pub async fn serve(
+    url: &str,
+    catalog: &str,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("queries.yaml");
     std::fs::write(&path, catalog).unwrap();
     let mut s = pgpulse::config::Settings::default();
     s.database.url = Some(url.to_owned().into());
@@ -60,7 +67,7 @@ pub async fn serve(url: &str, catalog: &str) -> (SocketAddr, tokio::sync::onesho
     tokio::spawn(app.run_until_stopped(reloader, async {
         let _ = rx.await;
     }));
-    (addr, tx)
+    (addr, tx, dir)
 }
 
 /// GET /metrics as text.

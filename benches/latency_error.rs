@@ -166,7 +166,7 @@ async fn main() {
         return;
     }
     let (cluster, url) = common::cluster().await;
-    let (addr, stop) = common::serve(&url, CATALOG).await;
+    let (addr, stop, _dir) = common::serve(&url, CATALOG).await;
     // Distinct statements with fixed latencies: 60% 1 ms, 25% 5 ms, 10% 20 ms, 4% 60 ms, 1% 150 ms.
     let mix = [
         (1.0, 60.0),
