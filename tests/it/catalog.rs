@@ -275,12 +275,7 @@ async fn without_pg_stat_statements_its_series_are_absent_a_gauge_says_so_and_th
         preload_pg_stat_statements: false,
         ..Default::default()
     });
-    let db = TestDb::on(&cluster.url("postgres")).await;
-    {
-        let c = db.client().await;
-        pgpulse::demo::schema::install(&c).await.unwrap();
-    }
-    db.migrate().await;
+    let db = TestDb::trade_migrated_on(&cluster.url("postgres")).await;
     let svc = start(&db.url, &fast_catalog(), |_| {}).await;
     let body = wait_for(&svc, "the availability gauge at 0 and table metrics", |b| {
         sample(b, "pg_stat_statements_available") == Some(0.0)

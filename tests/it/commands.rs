@@ -61,12 +61,7 @@ async fn verify_warns_with_the_fix_when_pg_stat_statements_is_not_preloaded() {
         preload_pg_stat_statements: false,
         ..Default::default()
     });
-    let db = TestDb::on(&cluster.url("postgres")).await;
-    {
-        let c = db.client().await;
-        pgpulse::demo::schema::install(&c).await.unwrap();
-    }
-    db.migrate().await;
+    let db = TestDb::trade_migrated_on(&cluster.url("postgres")).await;
     let out = pgpulse(&["verify", "--database-url", &db.url], &[]);
     let (stdout, stderr) = text(&out);
     assert!(

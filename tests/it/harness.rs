@@ -89,7 +89,16 @@ impl TestDb {
 
     /// The trade-engine database with the monitoring schema migrated.
     pub async fn trade_migrated() -> Self {
-        let db = Self::trade().await;
+        Self::trade_migrated_on(&admin_url()).await
+    }
+
+    /// The migrated trade-engine database on the server of `admin` (another cluster).
+    pub async fn trade_migrated_on(admin: &str) -> Self {
+        let db = Self::on(admin).await;
+        let c = db.client().await;
+        pgpulse::demo::schema::install(&c)
+            .await
+            .expect("install trade-engine schema");
         db.migrate().await;
         db
     }
