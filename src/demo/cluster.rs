@@ -80,9 +80,21 @@ pub struct TempCluster {
     stopped: bool,
 }
 
-/// Finds the directory holding `initdb` and `pg_ctl`.
+/// Finds the directory holding `initdb` and `pg_ctl`: PATH, `pg_config --bindir`, then
+/// the newest `/usr/lib/postgresql/*/bin`.
+///
+/// `PGPULSE_PG_BINDIR` picks the directory explicitly (e.g. another PostgreSQL version);
+/// when set, it is the only place looked at.
 pub fn find_bindir() -> Result<PathBuf, ClusterError> {
     let has_both = |d: &Path| d.join("initdb").is_file() && d.join("pg_ctl").is_file();
+    if let Some(dir) = std::env::var_os("PGPULSE_PG_BINDIR") {
+        let dir = PathBuf::from(dir);
+        return if has_both(&dir) {
+            Ok(dir)
+        } else {
+            Err(ClusterError::BinariesNotFound)
+        };
+    }
     if let Some(path) = std::env::var_os("PATH") {
         for d in std::env::split_paths(&path) {
             if has_both(&d) {

@@ -202,3 +202,14 @@ async fn the_slow_scenario_counts_slow_statements_and_fills_the_slow_buckets() {
     .await;
     demo.stop();
 }
+
+#[test]
+fn without_postgresql_binaries_the_demo_names_the_package_to_install() {
+    let out = crate::harness::pgpulse(
+        &["demo", "--duration", "1s"],
+        &[("PGPULSE_PG_BINDIR", "/nonexistent")],
+    );
+    let (_, stderr) = crate::harness::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("apt-get install postgresql"), "{stderr}");
+}

@@ -142,3 +142,26 @@ async fn uninstall_then_migrate_again_works_and_leaves_trade_data_untouched() {
     assert_eq!(text(&out).0.matches("applied V").count(), 3);
     assert_eq!(trade_counts(&db).await, before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uninstall_drops_the_roles_the_migrations_created_on_a_cluster_of_its_own() {
+    let cluster = crate::harness::own_cluster(Default::default());
+    let db = TestDb::trade_migrated_on(&cluster.url("postgres")).await;
+    let c = db.client().await;
+    let roles = || async {
+        c.query_one("SELECT count(*) FROM pg_roles WHERE rolname IN ('pgpulse_monitor', 'pgpulse_maintainer')", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(roles().await, 2);
+    let out = pgpulse(&["uninstall", "--database-url", &db.url], &[]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(
+        roles().await,
+        0,
+        "roles created by the migrations are dropped"
+    );
+    drop(c);
+    drop(db);
+}
