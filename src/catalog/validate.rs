@@ -202,6 +202,24 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
                     format!("metric name \"{n}\" is used twice in the catalog"),
                 );
             }
+            if m.help.contains(['\n', '\r', '\\']) {
+                return err(
+                    mloc,
+                    format!("metric \"{n}\" help must be one line without backslashes"),
+                );
+            }
+            let family = n.strip_suffix("_total").unwrap_or(n);
+            let other = if m.kind == MetricKind::Counter {
+                family.to_owned()
+            } else {
+                format!("{n}_total")
+            };
+            if metric_names.contains(&other) {
+                return err(
+                    nloc,
+                    format!("metric \"{n}\" and \"{other}\" would expose the same family"),
+                );
+            }
             if m.help.trim().is_empty() {
                 return err(mloc, format!("metric \"{n}\" has no help"));
             }

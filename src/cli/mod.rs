@@ -138,7 +138,7 @@ pub fn target(
         database_url: db.database_url.clone(),
         ..Default::default()
     };
-    let settings = crate::config::load(cli_config, crate::config::env(), &overrides)
+    let settings = crate::config::load(cli_config, true, &overrides)
         .map_err(|e| CliError::Config(e.to_string()))?;
     if settings.database.url.is_none() && settings.database.host.is_none() {
         return Err(CliError::Config(

@@ -24,7 +24,7 @@ fn load_config(
         queries_file: queries,
         log_format,
     };
-    let settings = crate::config::load(config_file, crate::config::env(), &overrides)
+    let settings = crate::config::load(config_file, true, &overrides)
         .map_err(|e| CliError::Config(e.to_string()))?;
     let config = settings
         .validate()

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized};
+
 use secrecy::ExposeSecret;
 use serde_saphyr::figment::Yaml;
 
@@ -109,8 +110,20 @@ pub struct CliOverrides {
     pub log_format: Option<LogFormat>,
 }
 
-/// Loads settings: defaults < `file` < environment (`PGPULSE_` with `__` nesting) < `cli`.
-pub fn load(file: Option<&Path>, env: Env, cli: &CliOverrides) -> Result<Settings, ConfigError> {
+/// Environment variables holding secrets: read verbatim, never parsed by figment (whose
+/// errors would quote the value, e.g. a numeric password).
+const SECRET_ENV: &[(&str, &str)] = &[
+    ("DATABASE__PASSWORD", "PGPULSE_DATABASE__PASSWORD"),
+    ("DATABASE__URL", "PGPULSE_DATABASE__URL"),
+];
+
+/// Loads settings: defaults < `file` < the `PGPULSE_*` environment (when `use_env`; nested
+/// with `__`) < `cli`.
+pub fn load(
+    file: Option<&Path>,
+    use_env: bool,
+    cli: &CliOverrides,
+) -> Result<Settings, ConfigError> {
     let mut fig = Figment::from(Serialized::defaults(Settings::default()));
     if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
@@ -127,10 +140,25 @@ pub fn load(file: Option<&Path>, env: Env, cli: &CliOverrides) -> Result<Setting
         })?;
         fig = fig.merge(Yaml::file_exact(path));
     }
-    fig = fig.merge(env.ignore(CLI_ONLY_ENV).split("__"));
+    if use_env {
+        let ignored: Vec<&str> = CLI_ONLY_ENV
+            .iter()
+            .copied()
+            .chain(SECRET_ENV.iter().map(|(k, _)| *k))
+            .collect();
+        fig = fig.merge(Env::prefixed("PGPULSE_").ignore(&ignored).split("__"));
+    }
     let mut settings: Settings = fig
         .extract()
         .map_err(|e| ConfigError::Layered(flatten(e)))?;
+    if use_env {
+        if let Ok(pw) = std::env::var(SECRET_ENV[0].1) {
+            settings.database.password = Some(pw.into());
+        }
+        if let Ok(url) = std::env::var(SECRET_ENV[1].1) {
+            settings.database.url = Some(url.into());
+        }
+    }
     if let Some(url) = &cli.database_url {
         settings.database.url = Some(url.clone().into());
     }
@@ -144,11 +172,6 @@ pub fn load(file: Option<&Path>, env: Env, cli: &CliOverrides) -> Result<Setting
         settings.log_format = f;
     }
     Ok(settings)
-}
-
-/// The standard environment provider (`PGPULSE_` prefix).
-pub fn env() -> Env {
-    Env::prefixed("PGPULSE_")
 }
 
 /// One message per error; a value from the environment names its variable.

@@ -85,7 +85,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         listen_address: Some(args.listen_address.clone()),
         ..Default::default()
     };
-    let settings = crate::config::load(None, figment::providers::Env::raw().only(&[]), &overrides)
+    let settings = crate::config::load(None, false, &overrides)
         .map_err(|e| CliError::Config(e.to_string()))?;
     let mut config = settings
         .validate()

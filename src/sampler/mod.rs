@@ -54,6 +54,27 @@ pub struct Sampler {
     max_backoff: Duration,
 }
 
+/// The first value of the first row of a simple-query result.
+fn first_value(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Option<&str> {
+    msgs.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0),
+        _ => None,
+    })
+}
+
+/// Splits a comma-separated setting; library entries are normalised to their bare name
+/// (`$libdir/pg_stat_statements.so` → `pg_stat_statements`).
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(|x| {
+            let x = x.trim().trim_matches('"');
+            let x = x.rsplit('/').next().unwrap_or(x);
+            x.strip_suffix(".so").unwrap_or(x).to_owned()
+        })
+        .filter(|x| !x.is_empty())
+        .collect()
+}
+
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -105,8 +126,7 @@ impl Sampler {
         tracker: &TaskTracker,
         generation: CancellationToken,
     ) {
-        let names: Vec<String> = catalog.queries.iter().map(|q| q.name.clone()).collect();
-        self.store.set_catalog(&names);
+        self.store.set_catalog(&catalog.queries);
         for q in &catalog.queries {
             self.metrics.init_query(&q.name);
             let me = self.clone();
@@ -129,7 +149,10 @@ impl Sampler {
     async fn probe_loop(self: Arc<Self>, stop: CancellationToken) {
         let mut failures: u32 = 0;
         loop {
-            let ok = self.probe_once().await;
+            let ok = tokio::select! {
+                _ = stop.cancelled() => return,
+                ok = self.probe_once() => ok,
+            };
             let pause = if ok {
                 failures = 0;
                 Duration::from_secs(5)
@@ -146,64 +169,83 @@ impl Sampler {
         }
     }
 
-    /// One probe: a round trip that also reads version, extensions and preloaded libraries.
+    /// One probe: a read-only round trip with a statement timeout (liveness and version),
+    /// then, best effort, the installed extensions and preloaded libraries for gating. A
+    /// role that may not read `shared_preload_libraries` keeps the last known features: the
+    /// database is up all the same.
     pub async fn probe_once(&self) -> bool {
-        const SQL: &str = "SELECT current_setting('server_version_num')::int, \
-            current_setting('shared_preload_libraries'), \
-            coalesce((SELECT string_agg(extname, ',') FROM pg_extension), '')";
-        let client = match self.pool.get().await {
+        let timeout = Duration::from_secs(5);
+        let checkout = match self.pool.get().await {
             // Every connection is busy: the database answers, the budget is just in use.
-            Err(deadpool_postgres::PoolError::Timeout(_)) => return self.is_up(),
+            Err(e) if run::is_pool_busy(&e) => return self.is_up(),
             Err(_) => None,
             Ok(c) => Some(c),
         };
-        let result = async {
-            let client = client?;
-            let row = tokio::time::timeout(Duration::from_secs(10), client.query_one(SQL, &[]))
+        let live = async {
+            let client = checkout.as_ref()?;
+            let batch = run::read_only_batch(
+                "SELECT current_setting('server_version_num')",
+                timeout,
+                timeout,
+            );
+            let msgs = tokio::time::timeout(timeout * 2, client.simple_query(&batch))
                 .await
                 .ok()?
                 .ok()?;
-            Some((
-                row.get::<_, i32>(0),
-                row.get::<_, String>(1),
-                row.get::<_, String>(2),
-            ))
+            first_value(&msgs)?.parse::<i64>().ok()
         }
         .await;
         let was_up = self.is_up();
-        match result {
-            Some((version, preload, extensions)) => {
-                self.server
-                    .version_num
-                    .store(version as i64, Ordering::Relaxed);
-                let split = |s: &str| {
-                    s.split(',')
-                        .map(|x| x.trim().trim_matches('"').to_owned())
-                        .filter(|x| !x.is_empty())
-                        .collect::<Vec<_>>()
-                };
-                if let Ok(mut f) = self.server.features.lock() {
-                    *f = (split(&extensions), split(&preload));
-                }
-                self.server.up.store(true, Ordering::Relaxed);
-                self.metrics.up.set(1);
-                self.metrics.server_version.set(version as i64);
-                if !was_up {
-                    tracing::info!(version, "database reachable");
-                    self.changed.notify_one();
-                }
-                true
+        let Some(version) = live else {
+            if let Some(c) = checkout {
+                // Its state is unknown after a failure: do not hand it to a query.
+                let _ = deadpool_postgres::Object::take(c);
             }
-            None => {
-                self.server.up.store(false, Ordering::Relaxed);
-                self.metrics.up.set(0);
-                if was_up {
-                    tracing::warn!("database unreachable");
+            self.server.up.store(false, Ordering::Relaxed);
+            self.metrics.up.set(0);
+            if was_up {
+                tracing::warn!("database unreachable");
+            }
+            self.changed.notify_one();
+            return false;
+        };
+        if let Some(client) = &checkout {
+            let sql = "SELECT coalesce((SELECT string_agg(extname, ',') FROM pg_extension), '') || '|' || \
+                       current_setting('shared_preload_libraries')";
+            let batch = run::read_only_batch(sql, timeout, timeout);
+            match tokio::time::timeout(timeout * 2, client.simple_query(&batch)).await {
+                Ok(Ok(msgs)) => {
+                    if let Some((exts, preload)) =
+                        first_value(&msgs).and_then(|v| v.split_once('|'))
+                        && let Ok(mut f) = self.server.features.lock()
+                    {
+                        *f = (split_list(exts), split_list(preload));
+                    }
                 }
-                self.changed.notify_one();
-                false
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "cannot read extensions or preloaded libraries; keeping the last known");
+                    if client.batch_execute("ROLLBACK").await.is_err()
+                        && let Some(c) = checkout
+                    {
+                        let _ = deadpool_postgres::Object::take(c);
+                    }
+                }
+                Err(_) => {
+                    if let Some(c) = checkout {
+                        let _ = deadpool_postgres::Object::take(c);
+                    }
+                }
             }
         }
+        self.server.version_num.store(version, Ordering::Relaxed);
+        self.server.up.store(true, Ordering::Relaxed);
+        self.metrics.up.set(1);
+        self.metrics.server_version.set(version);
+        if !was_up {
+            tracing::info!(version, "database reachable");
+            self.changed.notify_one();
+        }
+        true
     }
 
     /// Why `spec` cannot run on this server, if it cannot.
@@ -233,7 +275,7 @@ impl Sampler {
             ));
         }
         if let Some(p) = &spec.requires_preload
-            && !preload.contains(p)
+            && !preload.iter().any(|l| l == p)
         {
             return Some(format!(
                 "{p} is not in shared_preload_libraries (add it and restart PostgreSQL)"
@@ -276,6 +318,9 @@ impl Sampler {
         let label = QueryLabel {
             query: spec.name.clone(),
         };
+        if !self.store.is_current(spec) {
+            return;
+        }
         if !self.is_up() {
             self.metrics.skipped.get_or_create(&label).inc();
             self.store
@@ -294,6 +339,10 @@ impl Sampler {
         self.store.set_enabled(&spec.name, true, None);
         let started = tokio::time::Instant::now();
         let outcome = sample_once(&self.pool, spec, self.lock_timeout).await;
+        if !self.store.is_current(spec) {
+            // A reload replaced this query while it ran: its result and counts are stale.
+            return;
+        }
         let elapsed = started.elapsed();
         self.metrics
             .duration
@@ -360,5 +409,19 @@ impl Sampler {
             .unwrap_or(0);
         self.metrics.series.get_or_create(label).set(still as i64);
         self.changed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_list;
+
+    #[test]
+    fn preloaded_libraries_are_matched_by_their_bare_name() {
+        assert_eq!(
+            split_list("\"$libdir/pg_stat_statements.so\", auto_explain"),
+            vec!["pg_stat_statements", "auto_explain"]
+        );
+        assert!(split_list("").is_empty());
     }
 }

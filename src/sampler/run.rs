@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use deadpool_postgres::{Object, Pool, PoolError};
+use deadpool_postgres::{Object, Pool, PoolError, TimeoutType};
 use tokio_postgres::SimpleQueryMessage;
 use tokio_postgres::error::SqlState;
 
@@ -88,13 +88,58 @@ fn classify(e: &tokio_postgres::Error) -> RunError {
 fn pool_error(e: PoolError) -> RunError {
     let msg = match &e {
         PoolError::Backend(be) => crate::db::connect::describe(be),
-        PoolError::Timeout(_) => "timed out waiting for a pooled connection".to_owned(),
+        PoolError::Timeout(TimeoutType::Wait) => {
+            "timed out waiting for a pooled connection".to_owned()
+        }
+        PoolError::Timeout(_) => "timed out connecting to the database".to_owned(),
         other => other.to_string(),
     };
     let mut err = RunError::new(ErrorKind::Connection, msg);
-    // Every connection busy: the database answers, the budget is in use.
-    err.maybe_down = !matches!(e, PoolError::Timeout(_));
+    // Only a wait for a pooled connection means the budget is busy; a connect that timed
+    // out means the database may be down.
+    err.maybe_down = !is_pool_busy(&e);
     err
+}
+
+/// Whether a pool error only means every connection of the budget is in use.
+pub fn is_pool_busy(e: &PoolError) -> bool {
+    matches!(e, PoolError::Timeout(TimeoutType::Wait))
+}
+
+/// A checked-out connection that is dropped, not returned to the pool, unless released:
+/// a run cancelled mid-batch (reload, shutdown) leaves the connection in an unknown state.
+struct Checkout(Option<Object>);
+
+impl Checkout {
+    fn client(&self) -> &Object {
+        // Set at construction and only taken by `release`/`discard`, which consume self.
+        self.0
+            .as_ref()
+            .expect("checkout holds a connection until released")
+    }
+
+    fn release(mut self) -> Option<Object> {
+        self.0.take()
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(obj) = self.0.take() {
+            let _ = Object::take(obj);
+        }
+    }
+}
+
+/// The batch that runs `sql` read-only with server-side timeouts, in one round trip. The
+/// newline before `COMMIT` keeps a trailing `--` comment of `sql` from swallowing it.
+pub fn read_only_batch(sql: &str, timeout: Duration, lock_timeout: Duration) -> String {
+    format!(
+        "BEGIN READ ONLY; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}; {}\n; COMMIT",
+        millis(timeout),
+        millis(lock_timeout.min(timeout)),
+        sql.trim().trim_end_matches(';')
+    )
 }
 
 fn millis(d: Duration) -> u128 {
@@ -107,27 +152,25 @@ pub async fn sample_once(
     spec: &Arc<QuerySpec>,
     lock_timeout: Duration,
 ) -> Result<(QueryResult, RunStats), RunError> {
-    let client = pool.get().await.map_err(pool_error)?;
-    let lock_timeout = lock_timeout.min(spec.timeout);
-    let batch = format!(
-        "BEGIN READ ONLY; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}; {}; COMMIT",
-        millis(spec.timeout),
-        millis(lock_timeout),
-        spec.sql.trim().trim_end_matches(';')
-    );
+    let checkout = Checkout(Some(pool.get().await.map_err(pool_error)?));
+    let batch = read_only_batch(&spec.sql, spec.timeout, lock_timeout);
     // The server enforces the timeout; this guard only catches a dead network.
     let guard = spec.timeout + Duration::from_secs(5);
-    let outcome = tokio::time::timeout(guard, client.simple_query(&batch)).await;
+    let outcome = tokio::time::timeout(guard, checkout.client().simple_query(&batch)).await;
     let messages = match outcome {
-        Ok(Ok(m)) => m,
+        Ok(Ok(m)) => {
+            drop(checkout.release());
+            m
+        }
         Ok(Err(e)) => {
             let err = classify(&e);
-            release_after_error(client).await;
+            if let Some(client) = checkout.release() {
+                release_after_error(client).await;
+            }
             return Err(err);
         }
+        // Dropping the checkout drops the connection: its state is unknown.
         Err(_) => {
-            // Drop the connection: its state is unknown.
-            let _ = Object::take(client);
             return Err(RunError::new(
                 ErrorKind::Timeout,
                 format!("no answer within {}s; connection dropped", guard.as_secs()),

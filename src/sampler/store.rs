@@ -59,6 +59,7 @@ pub struct QueryStatus {
 #[derive(Debug, Default)]
 struct Inner {
     order: Vec<String>,
+    specs: HashMap<String, Arc<QuerySpec>>,
     results: HashMap<String, Arc<QueryResult>>,
     status: HashMap<String, QueryStatus>,
 }
@@ -76,21 +77,38 @@ impl Store {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sets the query order (the catalog's) and forgets queries no longer in it.
-    pub fn set_catalog(&self, names: &[String]) {
+    /// Installs a catalog: its query order and specs. Results of queries that left it, or
+    /// whose exposed shape (metric names, types, labels) changed, are dropped at once, so
+    /// two queries never expose the same family; the others stay until their next run.
+    pub fn set_catalog(&self, specs: &[Arc<QuerySpec>]) {
         let mut g = self.lock();
-        g.order = names.to_vec();
-        g.results.retain(|k, _| names.contains(k));
-        g.status.retain(|k, _| names.contains(k));
-        for n in names {
-            g.status.entry(n.clone()).or_default();
+        g.order = specs.iter().map(|q| q.name.clone()).collect();
+        g.specs = specs.iter().map(|q| (q.name.clone(), q.clone())).collect();
+        let Inner {
+            specs,
+            results,
+            status,
+            ..
+        } = &mut *g;
+        results.retain(|k, r| specs.get(k).is_some_and(|new| same_shape(&r.spec, new)));
+        status.retain(|k, _| specs.contains_key(k));
+        for n in specs.keys() {
+            status.entry(n.clone()).or_default();
         }
     }
 
-    /// Publishes a successful result, replacing that query's series wholesale.
+    /// Publishes a successful result, replacing that query's series wholesale. A result of
+    /// a spec that is no longer current (a run that finished after a reload) is discarded.
     pub fn publish(&self, result: Arc<QueryResult>) {
         let mut g = self.lock();
         let name = result.spec.name.clone();
+        if !g
+            .specs
+            .get(&name)
+            .is_some_and(|s| Arc::ptr_eq(s, &result.spec))
+        {
+            return;
+        }
         let st = g.status.entry(name.clone()).or_default();
         st.last_success = Some(result.at);
         st.attempted = true;
@@ -143,6 +161,14 @@ impl Store {
         self.lock().results.get(name).cloned()
     }
 
+    /// Whether `spec` is the current spec of its query (not one replaced by a reload).
+    pub fn is_current(&self, spec: &Arc<QuerySpec>) -> bool {
+        self.lock()
+            .specs
+            .get(&spec.name)
+            .is_some_and(|s| Arc::ptr_eq(s, spec))
+    }
+
     /// Statuses in catalog order.
     pub fn statuses(&self) -> Vec<(String, QueryStatus)> {
         let g = self.lock();
@@ -159,4 +185,15 @@ impl Store {
             .iter()
             .all(|n| g.status.get(n).is_some_and(|s| s.attempted))
     }
+}
+
+/// Whether two specs expose the same families with the same labels.
+fn same_shape(a: &QuerySpec, b: &QuerySpec) -> bool {
+    a.labels == b.labels
+        && a.metrics.len() == b.metrics.len()
+        && a.metrics
+            .iter()
+            .zip(&b.metrics)
+            .all(|(x, y)| x.name == y.name && x.kind == y.kind)
+        && a.histogram.as_ref().map(|h| &h.name) == b.histogram.as_ref().map(|h| &h.name)
 }

@@ -137,6 +137,19 @@ fn catalog_errors_name_file_line_column_query_and_key() {
             "le",
             5,
         ),
+        (
+            GOOD.replace("help: One.", "help: \"One\\\\two\""),
+            "help must be one line",
+            6,
+        ),
+        (
+            GOOD.replace("SELECT 1 AS v", "SELECT 1 AS v, 2 AS w").replace(
+                "        help: One.\n",
+                "        help: One.\n      - {column: w, name: pg_test_one_total, type: counter, help: Two.}\n",
+            ),
+            "would expose the same family",
+            10,
+        ),
     ];
     for (text, needle, line) in cases {
         let q = write(&dir, "queries.yaml", &text);

@@ -407,3 +407,32 @@ async fn the_pool_never_holds_more_connections_than_configured_even_when_every_q
     locker.batch_execute("ROLLBACK").await.unwrap();
     svc.stop().await;
 }
+
+#[tokio::test]
+async fn a_role_without_monitoring_privileges_still_shows_pg_up_1() {
+    let db = TestDb::new().await;
+    let admin = db.client().await;
+    let role = format!("plain_{}", rand::random::<u32>());
+    admin
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
+        .await
+        .unwrap();
+    // shared_preload_libraries is unreadable without pg_read_all_settings: gating data is
+    // unknown, but the database answers, so pg_up must be 1 and queries must run.
+    let url = db
+        .url
+        .replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+    let svc = start(&url, ONE_QUERY, |_| {}).await;
+    let body = eventually(Duration::from_secs(20), || async {
+        let b = svc.metrics().await;
+        (sample(&b, "pg_test_answer") == Some(42.0)).then_some(b)
+    })
+    .await
+    .expect("sampled as an unprivileged role");
+    assert_eq!(sample(&body, "pg_up"), Some(1.0));
+    svc.stop().await;
+    admin
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .await
+        .unwrap();
+}

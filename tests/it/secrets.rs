@@ -116,3 +116,14 @@ fn debug_and_display_of_the_config_redact_the_password() {
     let printed = format!("{c:?} {}", c.target);
     assert!(!printed.contains(PASSWORD), "{printed}");
 }
+
+#[test]
+fn a_numeric_password_in_the_environment_is_never_echoed() {
+    let out = crate::harness::pgpulse(
+        &["check-config"],
+        &[("PGPULSE_DATABASE__PASSWORD", "12345678")],
+    );
+    let (stdout, stderr) = crate::harness::text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(!format!("{stdout}{stderr}").contains("12345678"));
+}
