@@ -29,6 +29,30 @@ pub fn is_label_name(s: &str) -> bool {
         && !s.starts_with("__")
 }
 
+/// Whether `sql` holds a `;` before its end, outside quotes and comments.
+fn has_inner_semicolon(sql: &str) -> bool {
+    let body = sql.trim().trim_end_matches(';');
+    let (mut quote, mut chars) = (None::<char>, body.chars().peekable());
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '-') if chars.peek() == Some(&'-') => {
+                // A line comment runs to the end of the line.
+                for n in chars.by_ref() {
+                    if n == '\n' {
+                        break;
+                    }
+                }
+            }
+            (None, ';') => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Names the exporter itself exposes; a catalog may not reuse them.
 const RESERVED: &[&str] = &["pg_up", "pg_server_version_num"];
 
@@ -55,6 +79,13 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
         }
         if q.sql.value.trim().is_empty() {
             return err(at(&q.sql.referenced), "sql is empty".into());
+        }
+        if has_inner_semicolon(&q.sql.value) {
+            return err(
+                at(&q.sql.referenced),
+                "sql must be a single statement (it runs inside pgpulse's read-only transaction)"
+                    .into(),
+            );
         }
         let interval = q.interval.as_ref().map(|s| s.value).unwrap_or(d.interval);
         let timeout = q.timeout.as_ref().map(|s| s.value).unwrap_or(d.timeout);

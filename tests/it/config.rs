@@ -150,6 +150,11 @@ fn catalog_errors_name_file_line_column_query_and_key() {
             "would expose the same family",
             10,
         ),
+        (
+            GOOD.replace("sql: SELECT 1 AS v", "sql: SELECT 1 AS v; DELETE FROM t"),
+            "single statement",
+            4,
+        ),
     ];
     for (text, needle, line) in cases {
         let q = write(&dir, "queries.yaml", &text);
