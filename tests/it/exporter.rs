@@ -436,3 +436,57 @@ async fn a_role_without_monitoring_privileges_still_shows_pg_up_1() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_failing_querys_last_good_series_stay_until_expire_after_then_vanish() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute("CREATE TABLE fleeting (v int); INSERT INTO fleeting VALUES (7);")
+        .await
+        .unwrap();
+    let catalog = "queries:
+  - name: fleeting
+    help: reads a table that goes away
+    interval: 1s
+    timeout: 900ms
+    expire_after: 4s
+    sql: SELECT max(v) AS v FROM fleeting
+    metrics:
+      - {column: v, name: pg_test_fleeting, type: gauge, help: The value.}
+";
+    let svc = start(&db.url, catalog, |_| {}).await;
+    eventually(Duration::from_secs(20), || async {
+        (sample(&svc.metrics().await, "pg_test_fleeting") == Some(7.0)).then_some(())
+    })
+    .await
+    .expect("sampled");
+    c.batch_execute("DROP TABLE fleeting").await.unwrap();
+    let failing = "pgpulse_query_errors_total{query=\"fleeting\",kind=\"sql\"}";
+    let first_failure = eventually(Duration::from_secs(10), || async {
+        let b = svc.metrics().await;
+        (sample(&b, failing).unwrap_or(0.0) >= 1.0).then_some(b)
+    })
+    .await
+    .expect("the failure is counted");
+    let failed_at = std::time::Instant::now();
+    assert_eq!(
+        sample(&first_failure, "pg_test_fleeting"),
+        Some(7.0),
+        "the last good series stays"
+    );
+    eventually(Duration::from_secs(15), || async {
+        (!has_family(&svc.metrics().await, "pg_test_fleeting")).then_some(())
+    })
+    .await
+    .expect("the series vanish after expire_after");
+    assert!(
+        failed_at.elapsed() >= Duration::from_secs(2),
+        "not before expire_after"
+    );
+    let landing = svc.get("/").await.1;
+    assert!(
+        landing.contains("fleeting") && landing.contains("does not exist"),
+        "the landing page says why"
+    );
+    svc.stop().await;
+}
