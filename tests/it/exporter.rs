@@ -73,24 +73,18 @@ async fn metrics_have_every_configured_family_and_promtool_reports_nothing() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/queries.yaml")).unwrap();
     let svc = start(&db.url, &catalog, |_| {}).await;
     let cat = pgpulse::catalog::Catalog::parse(&catalog, "q".as_ref(), Default::default()).unwrap();
-    let expected: Vec<String> = cat
-        .metric_names()
-        .filter(|(q, _)| {
-            q.requires_preload.is_none()
-                || q.requires_preload.as_deref() == Some("pg_stat_statements")
-        })
-        .map(|(_, m)| m.name.clone())
-        .collect();
-    let body = eventually(Duration::from_secs(30), || async {
-        let (s, _) = svc.get("/ready").await;
-        if s != 200 {
-            return None;
-        }
-        let b = svc.metrics().await;
-        expected.iter().all(|f| has_family(&b, f)).then_some(b)
+    // The test cluster preloads pg_stat_statements, so every query of the catalog runs.
+    let mut expected: Vec<String> = cat.metric_names().map(|(_, m)| m.name.clone()).collect();
+    expected.extend(
+        cat.queries
+            .iter()
+            .filter_map(|q| q.histogram.as_ref().map(|h| h.name.clone())),
+    );
+    svc.wait_ready().await;
+    let body = crate::catalog::wait_for(&svc, "every configured family", |b| {
+        expected.iter().all(|f| has_family(b, f))
     })
-    .await
-    .unwrap_or_else(|| panic!("families missing: {}", svc_missing(&expected)));
+    .await;
     promtool_check(&body).unwrap_or_else(|e| panic!("promtool check metrics:\n{e}\n---\n{body}"));
     let (_, headers, om) = svc
         .get_with(
@@ -108,19 +102,11 @@ async fn metrics_have_every_configured_family_and_promtool_reports_nothing() {
     svc.stop().await;
 }
 
-fn svc_missing(expected: &[String]) -> String {
-    expected.join(", ")
-}
-
 #[tokio::test]
 async fn gzip_is_negotiated_and_vary_is_set() {
     let db = TestDb::new().await;
     let svc = start(&db.url, ONE_QUERY, |_| {}).await;
-    eventually(Duration::from_secs(20), || async {
-        (svc.get("/ready").await.0 == 200).then_some(())
-    })
-    .await
-    .expect("ready");
+    svc.wait_ready().await;
     let (_, h, gz) = svc
         .get_with("/metrics", &[("Accept-Encoding", "gzip")])
         .await;
@@ -257,11 +243,7 @@ async fn metrics_still_answer_when_the_database_is_down_and_recover_without_rest
         c.reconnect_max_backoff = Duration::from_secs(1)
     })
     .await;
-    eventually(Duration::from_secs(20), || async {
-        (svc.get("/ready").await.0 == 200).then_some(())
-    })
-    .await
-    .expect("ready");
+    svc.wait_ready().await;
     tokio::task::block_in_place(|| cluster.stop()).expect("stop cluster");
     let body = eventually(Duration::from_secs(30), || async {
         let b = svc.metrics().await;
@@ -298,11 +280,7 @@ async fn metrics_still_answer_when_the_database_is_down_and_recover_without_rest
 async fn many_concurrent_scrapes_during_sampling_never_see_a_partial_body() {
     let db = TestDb::new().await;
     let svc = start(&db.url, ONE_QUERY, |_| {}).await;
-    eventually(Duration::from_secs(20), || async {
-        (svc.get("/ready").await.0 == 200).then_some(())
-    })
-    .await
-    .expect("ready");
+    svc.wait_ready().await;
     let families = |b: &str| b.lines().filter(|l| l.starts_with("# TYPE ")).count();
     let reference = families(&svc.metrics().await);
     let addr = svc.addr;

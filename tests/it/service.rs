@@ -96,6 +96,15 @@ impl Running {
         (s, String::from_utf8_lossy(&b).into_owned())
     }
 
+    /// Waits until /ready answers 200 (panics after 20 s).
+    pub async fn wait_ready(&self) {
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while self.get("/ready").await.0 != 200 {
+            assert!(std::time::Instant::now() < end, "not ready within 20 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The /metrics body.
     pub async fn metrics(&self) -> String {
         self.get("/metrics").await.1
