@@ -32,6 +32,7 @@ pub(crate) struct RawQuery {
     pub histogram: Option<Spanned<RawHistogram>>,
     #[serde(default)]
     pub publish_rows: bool,
+    pub rollup_key: Option<Spanned<String>>,
     pub max_series: Option<usize>,
     pub min_server_version: Option<i32>,
     pub max_server_version: Option<i32>,
@@ -150,6 +151,10 @@ pub struct QuerySpec {
     pub metrics: Vec<MetricSpec>,
     /// A latency histogram the query feeds, if any.
     pub histogram: Option<HistogramSpec>,
+    /// A column identifying the object behind each row (e.g. a partition) when several rows
+    /// share one label set: gauges are summed, counters accumulate each object's increase,
+    /// so a detached partition does not make a counter go down.
+    pub rollup_key: Option<String>,
     /// Keep every row (all columns, as text) with the result, for JSON endpoints
     /// (`database_health` feeds `/health/db`).
     pub publish_rows: bool,

@@ -285,6 +285,17 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
                 unit: m.unit,
             });
         }
+        if let Some(k) = &q.rollup_key
+            && (!is_label_name(&k.value) || !columns.insert(k.value.clone()))
+        {
+            return err(
+                at(&k.referenced),
+                format!(
+                    "rollup_key \"{}\" must be a plain column not used as label or value",
+                    k.value
+                ),
+            );
+        }
         let max_series = q.max_series.unwrap_or(DEFAULT_MAX_SERIES);
         if max_series == 0 {
             return err(qloc, "max_series must be at least 1".into());
@@ -299,6 +310,7 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
             metrics,
             histogram,
             publish_rows: q.publish_rows,
+            rollup_key: q.rollup_key.map(|k| k.value),
             max_series,
             min_server_version: q.min_server_version,
             max_server_version: q.max_server_version,

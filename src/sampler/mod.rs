@@ -11,6 +11,7 @@
 //! tasks and starts new ones.
 
 pub mod latency;
+pub mod rollup;
 pub mod run;
 pub mod store;
 
@@ -295,6 +296,7 @@ impl Sampler {
             .histogram
             .as_ref()
             .map(|h| latency::LatencyHistogram::new(&h.buckets));
+        let mut rollup = spec.rollup_key.as_ref().map(|_| rollup::Rollup::default());
         let mut ticker = tokio::time::interval(spec.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
         loop {
@@ -304,7 +306,7 @@ impl Sampler {
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = self.tick(&spec, histogram.as_mut()) => {}
+                _ = self.tick(&spec, histogram.as_mut(), rollup.as_mut()) => {}
             }
         }
     }
@@ -314,6 +316,7 @@ impl Sampler {
         &self,
         spec: &Arc<QuerySpec>,
         histogram: Option<&mut latency::LatencyHistogram>,
+        rollup: Option<&mut rollup::Rollup>,
     ) {
         let label = QueryLabel {
             query: spec.name.clone(),
@@ -355,7 +358,10 @@ impl Sampler {
         }
         self.metrics.runs.get_or_create(&label).inc();
         match outcome {
-            Ok((mut result, stats)) => {
+            Ok((mut result, mut stats)) => {
+                if let Some(r) = rollup {
+                    stats.dropped += r.apply(&mut result);
+                }
                 if let Some(h) = histogram {
                     h.update(&stats.statements);
                     result.histogram = Some(h.snapshot());

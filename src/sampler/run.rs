@@ -12,6 +12,9 @@ use tokio_postgres::error::SqlState;
 use super::store::{QueryResult, Series};
 use crate::catalog::QuerySpec;
 
+/// The most rows a roll-up query may return (its series are budgeted after the roll-up).
+pub const ROLLUP_ROW_LIMIT: usize = 200_000;
+
 /// The kinds of failure counted in `pgpulse_query_errors_total{kind}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -218,9 +221,11 @@ pub fn decode(
                         )
                     })
                 };
+                // A roll-up key is carried as a last, hidden label until the roll-up.
                 let labels = spec
                     .labels
                     .iter()
+                    .chain(spec.rollup_key.as_ref())
                     .map(|l| find(l))
                     .collect::<Result<_, _>>()?;
                 let values = spec
@@ -288,7 +293,13 @@ pub fn decode(
                         }
                     }
                 }
-                if total + row_series.len() > spec.max_series {
+                // Rolled-up rows are budgeted after the roll-up, by label set.
+                let budget = if spec.rollup_key.is_some() {
+                    ROLLUP_ROW_LIMIT
+                } else {
+                    spec.max_series
+                };
+                if total + row_series.len() > budget {
                     stats.dropped += row_series.len() as u64;
                     continue;
                 }

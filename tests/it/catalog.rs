@@ -418,3 +418,41 @@ async fn health_db_serves_the_last_health_sample_and_turns_503_on_a_critical_che
     assert_eq!(json["status"], "critical");
     svc.stop().await;
 }
+
+#[tokio::test]
+async fn detaching_a_scanned_partition_does_not_lower_the_rolled_up_scan_counter() {
+    let db = TestDb::trade_migrated().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "SELECT count(*) FROM orders; SELECT count(*) FROM orders; SELECT count(*) FROM orders;
+         SELECT pg_stat_force_next_flush();",
+    )
+    .await
+    .unwrap();
+    let svc = start(&db.url, &fast_catalog(), |_| {}).await;
+    let series = "pg_table_seq_scans_total{schemaname=\"public\",relname=\"orders\"}";
+    let runs =
+        |b: &str| sample(b, "pgpulse_query_runs_total{query=\"table_scans\"}").unwrap_or(0.0);
+    let body = wait_for(&svc, "orders scans", |b| {
+        sample(b, series).is_some_and(|v| v >= 3.0)
+    })
+    .await;
+    let before = sample(&body, series).unwrap();
+    let detached: i64 = c
+        .query_one(
+            "SELECT count(*) FROM monitoring.archive_old_partitions(1) WHERE parent = 'orders'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(detached, 2, "months -3 and -2 detached");
+    let base = runs(&body);
+    let after = wait_for(&svc, "two more samples", |b| runs(b) >= base + 2.0).await;
+    let now = sample(&after, series).unwrap();
+    assert!(
+        now >= before,
+        "the rolled-up counter went down from {before} to {now}"
+    );
+    svc.stop().await;
+}
