@@ -326,8 +326,12 @@ impl Sampler {
         }
         if !self.is_up() {
             self.metrics.skipped.get_or_create(&label).inc();
-            self.store
-                .fail(spec, "database unreachable".to_owned(), SystemTime::now());
+            self.store.fail(
+                spec,
+                "database unreachable".to_owned(),
+                SystemTime::now(),
+                false,
+            );
             self.after_failure(spec, &label);
             return;
         }
@@ -393,7 +397,8 @@ impl Sampler {
                         kind: e.kind.as_str().to_owned(),
                     })
                     .inc();
-                self.store.fail(spec, e.to_string(), SystemTime::now());
+                self.store
+                    .fail(spec, e.to_string(), SystemTime::now(), true);
                 if e.maybe_down {
                     // Let the probe confirm and take over reconnecting.
                     self.probe_once().await;

@@ -48,7 +48,8 @@ pub struct QueryStatus {
     pub last_success: Option<SystemTime>,
     /// The last error and when it happened.
     pub last_error: Option<(SystemTime, String)>,
-    /// Whether it ran at least once (success or failure) since start or reload.
+    /// Whether it ran at least once (success or failure) with the database answering, since
+    /// start or reload.
     pub attempted: bool,
     /// Whether gating (version, extension, preload) lets it run.
     pub enabled: bool,
@@ -116,12 +117,14 @@ impl Store {
     }
 
     /// Records a failure; the last good series stay until `expire_after`, then go.
-    /// Returns true when the series were removed by this call.
-    pub fn fail(&self, spec: &QuerySpec, error: String, now: SystemTime) -> bool {
+    /// `ran` says whether the query reached the database (a tick skipped while the database
+    /// is unreachable does not count towards readiness). Returns true when the series were
+    /// removed by this call.
+    pub fn fail(&self, spec: &QuerySpec, error: String, now: SystemTime, ran: bool) -> bool {
         let mut g = self.lock();
         let st = g.status.entry(spec.name.clone()).or_default();
         st.last_error = Some((now, error));
-        st.attempted = true;
+        st.attempted |= ran;
         let expired = match g.results.get(&spec.name) {
             Some(r) => now
                 .duration_since(r.at)

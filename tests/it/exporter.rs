@@ -282,7 +282,12 @@ async fn many_concurrent_scrapes_during_sampling_never_see_a_partial_body() {
     let svc = start(&db.url, ONE_QUERY, |_| {}).await;
     svc.wait_ready().await;
     let families = |b: &str| b.lines().filter(|l| l.starts_with("# TYPE ")).count();
-    let reference = families(&svc.metrics().await);
+    // The reference is a complete body: both queries have published.
+    let complete = crate::catalog::wait_for(&svc, "both queries sampled", |b| {
+        sample(b, "pg_test_answer") == Some(42.0) && has_family(b, "pg_test_table_rows")
+    })
+    .await;
+    let reference = families(&complete);
     let addr = svc.addr;
     let mut tasks = Vec::new();
     for _ in 0..50 {
@@ -475,5 +480,32 @@ async fn a_failing_querys_last_good_series_stay_until_expire_after_then_vanish()
         landing.contains("fleeting") && landing.contains("does not exist"),
         "the landing page says why"
     );
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_waits_for_a_real_sample_after_the_database_comes_up() {
+    let mut cluster = own_cluster(ClusterOptions::default());
+    tokio::task::block_in_place(|| cluster.stop()).expect("stop cluster");
+    let url = cluster.url("postgres");
+    let svc = start(&url, ONE_QUERY, |c| {
+        c.reconnect_max_backoff = Duration::from_millis(500)
+    })
+    .await;
+    // Ticks are skipped while the database is down; they must not make pgpulse ready.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(svc.get("/ready").await.0, 503);
+    tokio::task::block_in_place(|| cluster.start_again()).expect("start cluster");
+    eventually(Duration::from_secs(30), || async {
+        (svc.get("/ready").await.0 == 200).then_some(())
+    })
+    .await
+    .expect("ready once the database answers");
+    // Ready means every query ran: its result is in the body (allowing the render a moment).
+    let sampled = eventually(Duration::from_millis(100), || async {
+        sample(&svc.metrics().await, "pg_test_answer").map(|_| ())
+    })
+    .await;
+    assert!(sampled.is_some(), "ready before the first real sample");
     svc.stop().await;
 }
