@@ -413,9 +413,7 @@ impl Sampler {
     fn after_failure(&self, spec: &QuerySpec, label: &QueryLabel) {
         let still = self
             .store
-            .results()
-            .iter()
-            .find(|r| r.spec.name == spec.name)
+            .result(&spec.name)
             .map(|r| r.series_count())
             .unwrap_or(0);
         self.metrics.series.get_or_create(label).set(still as i64);

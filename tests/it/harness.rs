@@ -48,6 +48,24 @@ pub async fn connect(url: &str) -> Client {
     client
 }
 
+/// The single `bigint` a query returns (test helper; panics on failure).
+pub async fn scalar(c: &Client, sql: &str) -> i64 {
+    c.query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+/// The first column of every row, as text (test helper; panics on failure).
+pub async fn strings(c: &Client, sql: &str) -> Vec<String> {
+    c.query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// A database of its own for one test; dropped (WITH FORCE) on drop.
 pub struct TestDb {
     /// Its name.

@@ -1,7 +1,7 @@
 //! Migrations: apply to empty and trade-engine databases, idempotence, concurrency,
 //! uninstall and reinstall without touching trade data.
 
-use crate::harness::{TestDb, pgpulse, text};
+use crate::harness::{TestDb, pgpulse, scalar, text};
 use pgpulse::db::migrate::{MIGRATIONS, migrate, status};
 
 async fn history(db: &TestDb) -> Vec<(i32, String)> {
@@ -44,14 +44,11 @@ async fn migrations_apply_to_the_trade_engine_database() {
     let mut c = db.client().await;
     let applied = migrate(&mut c).await.expect("migrate");
     assert_eq!(applied.len(), 3);
-    let n: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_views WHERE schemaname = 'monitoring'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let n = scalar(
+        &c,
+        "SELECT count(*) FROM pg_views WHERE schemaname = 'monitoring'",
+    )
+    .await;
     assert!(n >= 13, "{n} views");
 }
 

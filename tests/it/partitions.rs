@@ -1,7 +1,7 @@
 //! Partition management on the real thing: exact names and bounds, idempotence, the
 //! default-partition conflict refused without losing a row, archive detaching only old ones.
 
-use crate::harness::TestDb;
+use crate::harness::{TestDb, strings};
 
 async fn partitions(c: &tokio_postgres::Client, parent: &str) -> Vec<String> {
     c.query(
@@ -88,17 +88,8 @@ async fn trade_partitions_continue_the_daily_scheme() {
         .await
         .unwrap();
     let got: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    let want: Vec<String> = c
-        .query(
-            "SELECT 'trades_' || to_char(d, 'YYYY_MM_DD') FROM generate_series(date_trunc('day', now() AT TIME ZONE 'UTC') + interval '15 days', \
-                    date_trunc('day', now() AT TIME ZONE 'UTC') + interval '20 days', interval '1 day') d",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let want: Vec<String> = strings(&c, "SELECT 'trades_' || to_char(d, 'YYYY_MM_DD') FROM generate_series(date_trunc('day', now() AT TIME ZONE 'UTC') + interval '15 days', \
+                    date_trunc('day', now() AT TIME ZONE 'UTC') + interval '20 days', interval '1 day') d").await;
     assert_eq!(got, want);
     assert!(
         c.query(
@@ -175,16 +166,7 @@ async fn archive_detaches_only_partitions_older_than_the_retention_and_never_dro
         .await
         .unwrap();
     let detached: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let old_orders: Vec<String> = c
-        .query(
-            "SELECT 'orders_' || to_char(date_trunc('month', now() AT TIME ZONE 'UTC') - make_interval(months => m), 'YYYY_MM') FROM generate_series(2, 3) m ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let old_orders: Vec<String> = strings(&c, "SELECT 'orders_' || to_char(date_trunc('month', now() AT TIME ZONE 'UTC') - make_interval(months => m), 'YYYY_MM') FROM generate_series(2, 3) m ORDER BY 1").await;
     let got_orders: Vec<String> = detached
         .iter()
         .filter(|(p, _)| p == "orders")

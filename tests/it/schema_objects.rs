@@ -23,14 +23,11 @@ async fn after_migrating_the_13_views_and_14_functions_exist_and_every_view_answ
         .unwrap()
         .get(0);
     assert_eq!(n, 14);
-    let n: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_views WHERE schemaname = 'monitoring'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let n = crate::harness::scalar(
+        &c,
+        "SELECT count(*) FROM pg_views WHERE schemaname = 'monitoring'",
+    )
+    .await;
     assert_eq!(n, 13);
 }
 
