@@ -1,5 +1,6 @@
 //! Shared setup of the benchmarks: a throwaway cluster and pgpulse served in-process.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -62,9 +63,8 @@ pub async fn serve(
     .unwrap();
     let app = pgpulse::app::App::build(cfg, cat).await.unwrap();
     let addr = app.local_addr();
-    let reloader = app.reloader();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(reloader, async {
+    tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
     (addr, tx, dir)

@@ -3,6 +3,8 @@
 //! the true quantiles of the client timings. Figures go to BENCHMARKS.md and
 //! docs/statement-latency.md. Run: `cargo bench --bench latency_error`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::time::{Duration, Instant};

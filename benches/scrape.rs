@@ -4,6 +4,8 @@
 //! percentiles, the exporter's resident memory, and the database statements a scrape costs.
 //! Run: `cargo bench --bench scrape` (needs `wrk`: apt-get install wrk).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::process::{Command, Stdio};

@@ -1,12 +1,13 @@
 //! `App::build` / `App::run_until_stopped`: the one seam used by `main` and by the tests.
+//! It wires the flow: catalog → sampler → snapshot → exposition → http.
 //!
 //! Following mini-redis, the service takes a bound listener and a shutdown future; background
 //! tasks (probe, query loops, renderer) stop through a [`CancellationToken`] and are awaited
-//! through a [`TaskTracker`] before `run_until_stopped` returns.
+//! through a [`TaskTracker`] before `run_until_stopped` returns. The [`Reloader`] is created
+//! once, in `build`; every clone of it drives the same sampler.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::registry::Registry;
@@ -15,14 +16,14 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::catalog::{Catalog, Defaults};
+use crate::catalog::{Catalog, CatalogError, Defaults, Source};
 use crate::config::Config;
-use crate::exposition::self_metrics::ResultLabel;
-use crate::exposition::{Renderer, SelfMetrics};
+use crate::exposition::Renderer;
 use crate::http::{AppState, router};
-use crate::sampler::{Sampler, Store};
+use crate::sampler::{Applied, Sampler, SamplerMetrics, SamplerSettings};
+use crate::snapshot::Snapshot;
 
-/// Errors of building the service.
+/// Errors of building and running the service.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// The listen address could not be bound.
@@ -41,6 +42,24 @@ pub enum AppError {
     Serve(std::io::Error),
 }
 
+/// Why a reload was refused (the running catalog stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new catalog does not load.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The new catalog names another health query than the running service serves.
+    #[error(
+        "health_query changed from {running:?} to {new:?}; /health/db keeps its query until a restart"
+    )]
+    HealthQueryChanged {
+        /// The running service's health query.
+        running: Option<String>,
+        /// The new catalog's.
+        new: Option<String>,
+    },
+}
+
 /// Reloads the catalog on request (SIGHUP): a bad file keeps the running catalog.
 #[derive(Debug, Clone)]
 pub struct Reloader {
@@ -49,53 +68,54 @@ pub struct Reloader {
 
 #[derive(Debug)]
 struct ReloaderInner {
-    path: PathBuf,
+    source: Source,
     defaults: Defaults,
-    current: Mutex<(Catalog, CancellationToken)>,
+    health_query: Option<String>,
+    current: Mutex<Catalog>,
     sampler: Arc<Sampler>,
-    metrics: Arc<SelfMetrics>,
-    tracker: TaskTracker,
-    stop: CancellationToken,
+    metrics: Arc<SamplerMetrics>,
     changed: Arc<Notify>,
 }
 
 impl Reloader {
-    /// Reads the catalog file again; on success switches to it, on failure keeps the old one.
-    /// Returns the error message when the new file was refused.
-    pub fn reload(&self) -> Result<usize, String> {
+    /// Reads the catalog again and applies it as a diff; on failure keeps the running one.
+    pub fn reload(&self) -> Result<Applied, ReloadError> {
         let r = &self.inner;
-        match Catalog::load(&r.path, r.defaults) {
-            Ok(new) => {
-                let count = new.queries.len();
-                let mut cur = r.current.lock().unwrap_or_else(|p| p.into_inner());
-                cur.1.cancel();
-                let token = r.stop.child_token();
-                r.sampler.forget(&cur.0, &new);
-                r.sampler.start(&new, &r.tracker, token.clone());
-                *cur = (new, token);
-                r.metrics
-                    .reloads
-                    .get_or_create(&ResultLabel {
-                        result: "success".into(),
+        let outcome = Catalog::from_source(&r.source, r.defaults)
+            .map_err(ReloadError::from)
+            .and_then(|new| {
+                if new.health_query == r.health_query {
+                    Ok(new)
+                } else {
+                    Err(ReloadError::HealthQueryChanged {
+                        running: r.health_query.clone(),
+                        new: new.health_query,
                     })
-                    .inc();
-                r.metrics.reload_ok.set(1);
-                r.metrics.reload_time.set(now());
-                tracing::info!(queries = count, file = %r.path.display(), "catalog reloaded");
+                }
+            });
+        match outcome {
+            Ok(new) => {
+                let mut cur = r.current.lock().unwrap_or_else(|p| p.into_inner());
+                let applied = r.sampler.apply(&new);
+                *cur = new;
+                r.metrics.record_reload(true);
+                tracing::info!(
+                    queries = cur.queries.len(),
+                    started = applied.started,
+                    restarted = applied.restarted,
+                    kept = applied.kept,
+                    stopped = applied.stopped,
+                    source = %r.source,
+                    "catalog reloaded"
+                );
                 r.changed.notify_one();
-                Ok(count)
+                Ok(applied)
             }
             Err(e) => {
-                r.metrics
-                    .reloads
-                    .get_or_create(&ResultLabel {
-                        result: "failure".into(),
-                    })
-                    .inc();
-                r.metrics.reload_ok.set(0);
+                r.metrics.record_reload(false);
                 tracing::error!(error = %e, "catalog reload failed; keeping the running catalog");
                 r.changed.notify_one();
-                Err(e.to_string())
+                Err(e)
             }
         }
     }
@@ -103,15 +123,16 @@ impl Reloader {
     /// Names of the queries of the running catalog.
     pub fn query_names(&self) -> Vec<String> {
         let cur = self.inner.current.lock().unwrap_or_else(|p| p.into_inner());
-        cur.0.queries.iter().map(|q| q.name.clone()).collect()
+        cur.queries.iter().map(|q| q.name.clone()).collect()
     }
-}
 
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    fn current(&self) -> Catalog {
+        self.inner
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// The assembled service, bound and ready to run.
@@ -120,10 +141,9 @@ pub struct App {
     listener: TcpListener,
     state: AppState,
     config: Config,
-    catalog: Catalog,
     renderer: Arc<Renderer>,
     sampler: Arc<Sampler>,
-    metrics: Arc<SelfMetrics>,
+    reloader: Reloader,
     changed: Arc<Notify>,
     stop: CancellationToken,
     tracker: TaskTracker,
@@ -138,47 +158,62 @@ impl App {
                 addr: config.listen,
                 source,
             })?;
-        let pool = crate::db::pool::build(&config)?;
+        let pool = crate::db::pool::build(&config.pool_settings())?;
         let mut registry = Registry::default();
-        let metrics = Arc::new(SelfMetrics::register(&mut registry));
-        metrics.reload_time.set(now());
-        let store = Arc::new(Store::default());
-        let renderer = Arc::new(Renderer::new(registry, store.clone()));
+        let metrics = Arc::new(SamplerMetrics::register(&mut registry));
+        let snapshot = Arc::new(Snapshot::default());
+        let renderer = Arc::new(Renderer::new(registry, snapshot.clone()));
         let changed = Arc::new(Notify::new());
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
         let sampler = Sampler::new(
             pool,
-            store.clone(),
+            snapshot.clone(),
             metrics.clone(),
             changed.clone(),
-            config.lock_timeout,
-            config.reconnect_max_backoff,
+            SamplerSettings {
+                lock_timeout: config.lock_timeout,
+                max_backoff: config.reconnect_max_backoff,
+            },
+            tracker.clone(),
+            stop.clone(),
         );
         let summary = format!(
-            "database: {}\npool_size: {}\nqueries_file: {} ({} queries)\n{}",
+            "database: {}\npool_size: {}\ncatalog: {} ({} queries)\n{}",
             config.target,
             config.pool_size,
-            config.queries_file.display(),
+            catalog.source,
             catalog.queries.len(),
             serde_json::to_string_pretty(&config.settings).unwrap_or_default()
         );
         let state = AppState {
             exposition: renderer.handle(),
-            sampler: sampler.clone(),
-            store,
+            snapshot,
+            health_query: catalog.health_query.as_deref().map(Arc::from),
             config_summary: Arc::new(summary),
+        };
+        let reloader = Reloader {
+            inner: Arc::new(ReloaderInner {
+                source: catalog.source.clone(),
+                defaults: config.catalog_defaults(),
+                health_query: catalog.health_query.clone(),
+                current: Mutex::new(catalog),
+                sampler: sampler.clone(),
+                metrics,
+                changed: changed.clone(),
+            }),
         };
         renderer.render();
         Ok(Self {
             listener,
             state,
             config,
-            catalog,
             renderer,
             sampler,
-            metrics,
+            reloader,
             changed,
-            stop: CancellationToken::new(),
-            tracker: TaskTracker::new(),
+            stop,
+            tracker,
         })
     }
 
@@ -187,23 +222,9 @@ impl App {
         self.listener.local_addr().unwrap_or(self.config.listen)
     }
 
-    /// The handle that reloads the catalog (what SIGHUP calls).
+    /// The handle that reloads the catalog (what SIGHUP calls); always the same reloader.
     pub fn reloader(&self) -> Reloader {
-        Reloader {
-            inner: Arc::new(ReloaderInner {
-                path: self.catalog.source.clone(),
-                defaults: Defaults {
-                    interval: self.config.default_interval,
-                    timeout: self.config.default_timeout,
-                },
-                current: Mutex::new((self.catalog.clone(), self.stop.child_token())),
-                sampler: self.sampler.clone(),
-                metrics: self.metrics.clone(),
-                tracker: self.tracker.clone(),
-                stop: self.stop.clone(),
-                changed: self.changed.clone(),
-            }),
-        }
+        self.reloader.clone()
     }
 
     /// The state the router serves (for tests that drive the router without a socket).
@@ -211,22 +232,19 @@ impl App {
         self.state.clone()
     }
 
-    /// Starts sampling with `reloader`'s catalog and serves HTTP until `shutdown` completes;
-    /// then stops every background task and waits for them.
+    /// The sampler (for tests that drive ticks directly).
+    pub fn sampler(&self) -> Arc<Sampler> {
+        self.sampler.clone()
+    }
+
+    /// Starts the probe and the catalog's queries and serves HTTP until `shutdown`
+    /// completes; then stops every background task and waits for them.
     pub async fn run_until_stopped(
         self,
-        reloader: Reloader,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
-        self.sampler.start_probe(&self.tracker, self.stop.clone());
-        {
-            let cur = reloader
-                .inner
-                .current
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            self.sampler.start(&cur.0, &self.tracker, cur.1.clone());
-        }
+        self.sampler.start_probe();
+        self.sampler.apply(&self.reloader.current());
         let renderer = self.renderer.clone();
         let changed = self.changed.clone();
         let stop = self.stop.clone();

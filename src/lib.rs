@@ -7,20 +7,29 @@
 //!
 //! # Layout
 //!
-//! - [`app`]: `App::build` / `run_until_stopped`, the seam used by `main` and tests.
+//! The modules follow the data flow of DESIGN.md §1, and a module imports only from the
+//! modules listed before it (the architecture test in `tests/it/architecture.rs` keeps it so):
+//!
+//! - [`clock`], [`yaml`], [`shutdown`]: small shared helpers.
+//! - [`catalog`]: the `queries.yaml` model, parsing, validation, the built-in catalog.
+//! - [`db`]: connection settings, the pool (its own [`db::pool::PoolSettings`]), migrations,
+//!   `verify`, `uninstall`.
 //! - [`config`]: settings layered by figment, validated into [`config::Config`].
-//! - [`catalog`]: the `queries.yaml` model, parsing and validation.
-//! - [`db`]: connections, the pool, migrations, `verify`, `uninstall`.
-//! - [`sampler`]: scheduling, running a query, rows → series, budgets.
-//! - [`exposition`]: snapshot → text/OpenMetrics, gzip, atomic swap; self-metrics.
-//! - [`http`]: router and handlers.
+//! - [`snapshot`]: the latest result of every query, statuses, and the counter state that
+//!   outlives a reload (roll-ups, histograms). The sampler writes it; the exposition reads it.
+//! - [`sampler`]: probe, gating, scheduling, running a query, rows → series, budgets, its own
+//!   self-metrics, reload as a diff (`Sampler::apply`).
+//! - [`exposition`]: snapshot + self-metrics → text/OpenMetrics, gzip, atomic swap.
+//! - [`http`]: router, handlers, content negotiation.
 //! - [`maintenance`]: the job runner (leader lock, schedule, client-side VACUUM).
+//! - [`app`]: `App::build` / `run_until_stopped` and the reloader: the wiring.
 //! - [`demo`]: throwaway cluster, reference trade-engine schema and workload.
-//! - [`cli`]: the command line and the commands besides `serve`.
+//! - [`cli`]: the command line and the commands besides `serve`'s service loop.
 
 pub mod app;
 pub mod catalog;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod demo;
@@ -28,4 +37,6 @@ pub mod exposition;
 pub mod http;
 pub mod maintenance;
 pub mod sampler;
+pub mod shutdown;
+pub mod snapshot;
 pub mod yaml;

@@ -21,7 +21,16 @@ fn init_tracing(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format.unwrap_or(LogFormat::Text));
+    // Flag or PGPULSE_LOG_FORMAT first, then the config file's `log_format`.
+    let format = cli
+        .log_format
+        .or_else(|| {
+            cli.config
+                .as_deref()
+                .and_then(pgpulse::config::peek_log_format)
+        })
+        .unwrap_or(LogFormat::Text);
+    init_tracing(format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -72,9 +81,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let target = pgpulse::cli::target(config_file, &db)?;
             pgpulse::cli::maintain(&target, run_now).await
         }
-        Command::Demo(args) => pgpulse::demo::run(args).await,
+        Command::Demo(args) => Ok(pgpulse::demo::run(args).await?),
         Command::Catalog { markdown, queries } => {
-            pgpulse::cli::serve::print_catalog(&queries, markdown)
+            pgpulse::cli::serve::print_catalog(queries.as_deref(), markdown)
         }
     }
 }

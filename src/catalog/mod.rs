@@ -8,24 +8,73 @@ mod model;
 mod validate;
 
 pub use model::{HistogramSpec, MetricKind, MetricSpec, QuerySpec};
-pub use validate::{is_label_name, is_metric_name};
+pub use validate::{Invalid, Loc, Problem, is_label_name, is_metric_name};
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A catalog error, ready to print.
+/// The built-in catalog (the shipped `queries.yaml`), embedded so the binary works without a
+/// catalog file next to it.
+pub const BUILTIN: &str = include_str!("../../queries.yaml");
+
+/// Where a catalog comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A file, read again on reload.
+    File(PathBuf),
+    /// The catalog embedded in the binary.
+    Builtin,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "{}", p.display()),
+            Self::Builtin => f.write_str("queries.yaml (built in)"),
+        }
+    }
+}
+
+/// A catalog error, ready to print: every variant names the file, and where it can, the
+/// line, column, query and key.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}:{column}: {message}")]
-pub struct CatalogError {
-    /// The file.
-    pub file: PathBuf,
-    /// 1-based line (0 when unknown).
-    pub line: u64,
-    /// 1-based column (0 when unknown).
-    pub column: u64,
-    /// What is wrong, naming the query and key.
-    pub message: String,
+pub enum CatalogError {
+    /// The file could not be read.
+    #[error("{source_name}: cannot read: {error}")]
+    Read {
+        /// The file.
+        source_name: Source,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The file is not valid YAML for the catalog (syntax, unknown key, wrong type).
+    #[error("{source_name}:{line}:{column}: {message}")]
+    Syntax {
+        /// The file.
+        source_name: Source,
+        /// 1-based line (0 when unknown).
+        line: u64,
+        /// 1-based column (0 when unknown).
+        column: u64,
+        /// The parser's message.
+        message: String,
+    },
+    /// An entry breaks a rule of the catalog.
+    #[error("{source_name}:{}:{}: {}{}", invalid.at.0, invalid.at.1, query_prefix(invalid.query.as_deref()), invalid.problem)]
+    Invalid {
+        /// The file.
+        source_name: Source,
+        /// Where, which query and what is wrong.
+        invalid: Box<Invalid>,
+    },
+}
+
+fn query_prefix(query: Option<&str>) -> String {
+    query
+        .map(|q| format!("query \"{q}\": "))
+        .unwrap_or_default()
 }
 
 /// The validated, immutable metric catalog.
@@ -33,12 +82,14 @@ pub struct CatalogError {
 pub struct Catalog {
     /// The queries, in file order.
     pub queries: Vec<Arc<QuerySpec>>,
+    /// The query whose rows `/health/db` serves, when the catalog names one.
+    pub health_query: Option<String>,
     /// Where it came from.
-    pub source: PathBuf,
+    pub source: Source,
 }
 
 /// Defaults applied to queries that leave a setting out.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Defaults {
     /// Interval of queries that set none.
     pub interval: Duration,
@@ -58,35 +109,51 @@ impl Default for Defaults {
 impl Catalog {
     /// Reads and validates a catalog file.
     pub fn load(path: &Path, defaults: Defaults) -> Result<Self, CatalogError> {
-        let text = std::fs::read_to_string(path).map_err(|e| CatalogError {
-            file: path.to_owned(),
-            line: 0,
-            column: 0,
-            message: format!("cannot read: {e}"),
+        let source = Source::File(path.to_owned());
+        let text = std::fs::read_to_string(path).map_err(|error| CatalogError::Read {
+            source_name: source.clone(),
+            error,
         })?;
-        Self::parse(&text, path, defaults)
+        Self::parse_from(&text, source, defaults)
+    }
+
+    /// The built-in catalog.
+    pub fn builtin(defaults: Defaults) -> Result<Self, CatalogError> {
+        Self::parse_from(BUILTIN, Source::Builtin, defaults)
+    }
+
+    /// Loads `source`: the file, or the built-in catalog.
+    pub fn from_source(source: &Source, defaults: Defaults) -> Result<Self, CatalogError> {
+        match source {
+            Source::File(p) => Self::load(p, defaults),
+            Source::Builtin => Self::builtin(defaults),
+        }
     }
 
     /// Parses and validates catalog text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path, defaults: Defaults) -> Result<Self, CatalogError> {
+        Self::parse_from(text, Source::File(path.to_owned()), defaults)
+    }
+
+    fn parse_from(text: &str, source: Source, defaults: Defaults) -> Result<Self, CatalogError> {
         let raw: model::RawCatalog = serde_saphyr::from_str(text).map_err(|e| {
             let (line, column, message) = crate::yaml::describe(text, &e);
-            CatalogError {
-                file: path.to_owned(),
+            CatalogError::Syntax {
+                source_name: source.clone(),
                 line,
                 column,
                 message,
             }
         })?;
-        let queries = validate::validate(raw, defaults).map_err(|(loc, message)| CatalogError {
-            file: path.to_owned(),
-            line: loc.0,
-            column: loc.1,
-            message,
-        })?;
+        let validated =
+            validate::validate(raw, defaults).map_err(|invalid| CatalogError::Invalid {
+                source_name: source.clone(),
+                invalid: Box::new(invalid),
+            })?;
         Ok(Self {
-            queries: queries.into_iter().map(Arc::new).collect(),
-            source: path.to_owned(),
+            queries: validated.queries.into_iter().map(Arc::new).collect(),
+            health_query: validated.health_query,
+            source,
         })
     }
 

@@ -10,6 +10,8 @@ use serde_saphyr::Spanned;
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawCatalog {
     pub queries: Vec<Spanned<RawQuery>>,
+    /// The query whose rows `/health/db` serves.
+    pub health_query: Option<Spanned<String>>,
 }
 
 /// One query as written.
@@ -98,7 +100,7 @@ pub enum MetricKind {
 }
 
 /// One metric of a query: a value column and how it is exposed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MetricSpec {
     /// The result column holding the value.
     pub column: String,
@@ -114,7 +116,7 @@ pub struct MetricSpec {
 
 /// A latency histogram built from cumulative (calls, total time) pairs per statement:
 /// between two samples, each statement's added calls are observed at their mean latency.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HistogramSpec {
     /// Exposed name (ends in `_seconds`).
     pub name: String,
@@ -170,4 +172,26 @@ pub struct QuerySpec {
     pub requires_preload: Option<String>,
     /// Line and column of the query in its file, for messages.
     pub location: (u64, u64),
+}
+
+impl QuerySpec {
+    /// Whether `other` defines the same query (everything but its place in the file).
+    pub fn same_definition(&self, other: &QuerySpec) -> bool {
+        self.name == other.name
+            && self.help == other.help
+            && self.sql == other.sql
+            && self.interval == other.interval
+            && self.timeout == other.timeout
+            && self.expire_after == other.expire_after
+            && self.labels == other.labels
+            && self.metrics == other.metrics
+            && self.histogram == other.histogram
+            && self.rollup_key == other.rollup_key
+            && self.publish_rows == other.publish_rows
+            && self.max_series == other.max_series
+            && self.min_server_version == other.min_server_version
+            && self.max_server_version == other.max_server_version
+            && self.requires_extension == other.requires_extension
+            && self.requires_preload == other.requires_preload
+    }
 }

@@ -8,7 +8,8 @@ use serde_saphyr::Location;
 use super::Defaults;
 use super::model::{HistogramSpec, MetricKind, MetricSpec, QuerySpec, RawCatalog};
 
-type Loc = (u64, u64);
+/// Line and column (1-based).
+pub type Loc = (u64, u64);
 
 fn at(l: &Location) -> Loc {
     (l.line(), l.column())
@@ -29,28 +30,122 @@ pub fn is_label_name(s: &str) -> bool {
         && !s.starts_with("__")
 }
 
-/// Whether `sql` holds a `;` before its end, outside quotes and comments.
-fn has_inner_semicolon(sql: &str) -> bool {
-    let body = sql.trim().trim_end_matches(';');
-    let (mut quote, mut chars) = (None::<char>, body.chars().peekable());
-    while let Some(c) = chars.next() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '\'' | '"') => quote = Some(c),
-            (None, '-') if chars.peek() == Some(&'-') => {
-                // A line comment runs to the end of the line.
-                for n in chars.by_ref() {
-                    if n == '\n' {
-                        break;
-                    }
-                }
-            }
-            (None, ';') => return true,
-            _ => {}
-        }
-    }
-    false
+/// What is wrong with a catalog entry; each variant names the object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    /// The query name is not a valid identifier.
+    #[error("name must match [a-zA-Z_][a-zA-Z0-9_]*")]
+    BadQueryName,
+    /// Two queries share a name.
+    #[error("duplicate query name")]
+    DuplicateQuery,
+    /// The SQL is blank.
+    #[error("sql is empty")]
+    EmptySql,
+    /// The interval is below one second.
+    #[error("interval must be at least 1s")]
+    IntervalTooShort,
+    /// The timeout is zero or not below the interval.
+    #[error("timeout ({timeout}) must be above zero and below the interval ({interval})")]
+    Timeout {
+        /// The timeout as written.
+        timeout: String,
+        /// The interval.
+        interval: String,
+    },
+    /// `expire_after` is below the interval.
+    #[error("expire_after must be at least the interval")]
+    ExpireTooShort,
+    /// A label name is invalid or reserved.
+    #[error("label \"{0}\" is not a valid label name (or is reserved: le, quantile)")]
+    BadLabel(String),
+    /// A label is listed twice.
+    #[error("label \"{0}\" is listed twice")]
+    DuplicateLabel(String),
+    /// Neither metrics nor a histogram.
+    #[error("metrics is empty")]
+    NoMetrics,
+    /// The histogram's name breaks the naming rules.
+    #[error("histogram name \"{0}\" must be a pg_ name ending in _seconds")]
+    BadHistogramName(String),
+    /// A metric name is used twice in the catalog.
+    #[error("metric name \"{0}\" is used twice in the catalog")]
+    DuplicateMetric(String),
+    /// The histogram's buckets are not positive, finite and increasing.
+    #[error("histogram buckets must be positive, finite and increasing")]
+    BadBuckets,
+    /// A metric name is not a Prometheus name.
+    #[error("metric name \"{0}\" is not a valid Prometheus name")]
+    BadMetricName(String),
+    /// A metric name lacks the `pg_` prefix or is the exporter's own.
+    #[error("metric name \"{0}\" must start with pg_ and not be one of {RESERVED:?}")]
+    ReservedMetricName(String),
+    /// A metric name ends in a suffix of histograms, summaries or info metrics.
+    #[error(
+        "metric name \"{0}\" ends in a suffix reserved for histograms, summaries and info metrics"
+    )]
+    ReservedSuffix(String),
+    /// A counter's name does not end in `_total`.
+    #[error("counter \"{0}\" must end in _total")]
+    CounterWithoutTotal(String),
+    /// A gauge's name ends in `_total`.
+    #[error("gauge \"{0}\" must not end in _total")]
+    GaugeWithTotal(String),
+    /// A help text spans lines or holds backslashes.
+    #[error("metric \"{0}\" help must be one line without backslashes")]
+    BadHelp(String),
+    /// A gauge and a counter would expose the same family.
+    #[error("metric \"{metric}\" and \"{other}\" would expose the same family")]
+    FamilyClash {
+        /// The metric.
+        metric: String,
+        /// The other metric.
+        other: String,
+    },
+    /// A metric has no help.
+    #[error("metric \"{0}\" has no help")]
+    NoHelp(String),
+    /// A metric's unit is not in its name.
+    #[error("metric \"{metric}\" has unit {unit} but its name does not say so")]
+    UnitNotInName {
+        /// The metric.
+        metric: String,
+        /// The unit.
+        unit: String,
+    },
+    /// A value column is not a plain column name.
+    #[error("column \"{0}\" is not a plain column name")]
+    BadColumn(String),
+    /// A column is used twice.
+    #[error("column \"{0}\" is used twice (as label or value)")]
+    DuplicateColumn(String),
+    /// The roll-up key is not a free plain column.
+    #[error("rollup_key \"{0}\" must be a plain column not used as label or value")]
+    BadRollupKey(String),
+    /// The series budget is zero.
+    #[error("max_series must be at least 1")]
+    ZeroBudget,
+    /// `health_query` names no query of the catalog.
+    #[error("health_query \"{0}\" is not a query of this catalog")]
+    UnknownHealthQuery(String),
+}
+
+/// A validation failure: where, which query, what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// Line and column.
+    pub at: Loc,
+    /// The query, when the problem is inside one.
+    pub query: Option<String>,
+    /// What is wrong.
+    pub problem: Problem,
+}
+
+/// A validated catalog's parts.
+#[derive(Debug)]
+pub(crate) struct Validated {
+    pub queries: Vec<QuerySpec>,
+    pub health_query: Option<String>,
 }
 
 /// Names the exporter itself exposes; a catalog may not reuse them.
@@ -59,7 +154,7 @@ const RESERVED: &[&str] = &["pg_up", "pg_server_version_num"];
 /// Default series budget of a query.
 pub const DEFAULT_MAX_SERIES: usize = 1000;
 
-pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (Loc, String)> {
+pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Validated, Invalid> {
     let mut query_names = HashSet::new();
     let mut metric_names = HashSet::new();
     let mut out = Vec::new();
@@ -67,25 +162,21 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
         let qloc = at(&q.referenced);
         let q = q.value;
         let name = q.name.value.clone();
-        let err = |loc: Loc, msg: String| Err((loc, format!("query \"{name}\": {msg}")));
+        let err = |at: Loc, problem: Problem| {
+            Err(Invalid {
+                at,
+                query: Some(name.clone()),
+                problem,
+            })
+        };
         if !is_label_name(&name) {
-            return err(
-                at(&q.name.referenced),
-                "name must match [a-zA-Z_][a-zA-Z0-9_]*".into(),
-            );
+            return err(at(&q.name.referenced), Problem::BadQueryName);
         }
         if !query_names.insert(name.clone()) {
-            return err(at(&q.name.referenced), "duplicate query name".into());
+            return err(at(&q.name.referenced), Problem::DuplicateQuery);
         }
         if q.sql.value.trim().is_empty() {
-            return err(at(&q.sql.referenced), "sql is empty".into());
-        }
-        if has_inner_semicolon(&q.sql.value) {
-            return err(
-                at(&q.sql.referenced),
-                "sql must be a single statement (it runs inside pgpulse's read-only transaction)"
-                    .into(),
-            );
+            return err(at(&q.sql.referenced), Problem::EmptySql);
         }
         let interval = q.interval.as_ref().map(|s| s.value).unwrap_or(d.interval);
         let timeout = q.timeout.as_ref().map(|s| s.value).unwrap_or(d.timeout);
@@ -100,16 +191,15 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
                 .as_ref()
                 .map(|s| at(&s.referenced))
                 .unwrap_or(qloc);
-            return err(l, "interval must be at least 1s".into());
+            return err(l, Problem::IntervalTooShort);
         }
         if timeout.is_zero() || timeout >= interval {
             return err(
                 tloc,
-                format!(
-                    "timeout ({}) must be above zero and below the interval ({})",
-                    humantime::format_duration(timeout),
-                    humantime::format_duration(interval)
-                ),
+                Problem::Timeout {
+                    timeout: humantime::format_duration(timeout).to_string(),
+                    interval: humantime::format_duration(interval).to_string(),
+                },
             );
         }
         let expire_after = q
@@ -123,29 +213,20 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
                 .as_ref()
                 .map(|s| at(&s.referenced))
                 .unwrap_or(qloc);
-            return err(l, "expire_after must be at least the interval".into());
+            return err(l, Problem::ExpireTooShort);
         }
         let mut labels = Vec::new();
         for l in &q.labels {
             if !is_label_name(&l.value) || l.value == "le" || l.value == "quantile" {
-                return err(
-                    at(&l.referenced),
-                    format!(
-                        "label \"{}\" is not a valid label name (or is reserved: le, quantile)",
-                        l.value
-                    ),
-                );
+                return err(at(&l.referenced), Problem::BadLabel(l.value.clone()));
             }
             if labels.contains(&l.value) {
-                return err(
-                    at(&l.referenced),
-                    format!("label \"{}\" is listed twice", l.value),
-                );
+                return err(at(&l.referenced), Problem::DuplicateLabel(l.value.clone()));
             }
             labels.push(l.value.clone());
         }
         if q.metrics.is_empty() && q.histogram.is_none() {
-            return err(qloc, "metrics is empty".into());
+            return err(qloc, Problem::NoMetrics);
         }
         let histogram = match q.histogram {
             None => None,
@@ -154,26 +235,21 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
                 let h = h.value;
                 let n = &h.name.value;
                 if !is_metric_name(n) || !n.starts_with("pg_") || !n.ends_with("_seconds") {
-                    return err(
-                        at(&h.name.referenced),
-                        format!("histogram name \"{n}\" must be a pg_ name ending in _seconds"),
-                    );
+                    return err(at(&h.name.referenced), Problem::BadHistogramName(n.clone()));
                 }
                 if !metric_names.insert(n.clone()) {
-                    return err(
-                        at(&h.name.referenced),
-                        format!("metric name \"{n}\" is used twice in the catalog"),
-                    );
+                    return err(at(&h.name.referenced), Problem::DuplicateMetric(n.clone()));
                 }
-                let increasing = h.buckets.windows(2).all(|w| w[0] < w[1]);
+                let increasing = h
+                    .buckets
+                    .iter()
+                    .zip(h.buckets.iter().skip(1))
+                    .all(|(a, b)| a < b);
                 if h.buckets.is_empty()
                     || !increasing
                     || h.buckets.iter().any(|b| !b.is_finite() || *b <= 0.0)
                 {
-                    return err(
-                        hloc,
-                        "histogram buckets must be positive, finite and increasing".into(),
-                    );
+                    return err(hloc, Problem::BadBuckets);
                 }
                 Some(HistogramSpec {
                     name: n.clone(),
@@ -193,51 +269,32 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
             let n = &m.name.value;
             let nloc = at(&m.name.referenced);
             if !is_metric_name(n) {
-                return err(
-                    nloc,
-                    format!("metric name \"{n}\" is not a valid Prometheus name"),
-                );
+                return err(nloc, Problem::BadMetricName(n.clone()));
             }
             if !n.starts_with("pg_") || n.starts_with("pgpulse_") || RESERVED.contains(&n.as_str())
             {
-                return err(
-                    nloc,
-                    format!(
-                        "metric name \"{n}\" must start with pg_ and not be one of {RESERVED:?}"
-                    ),
-                );
+                return err(nloc, Problem::ReservedMetricName(n.clone()));
             }
             if ["_count", "_sum", "_bucket", "_info"]
                 .iter()
                 .any(|s| n.ends_with(s))
             {
-                return err(
-                    nloc,
-                    format!(
-                        "metric name \"{n}\" ends in a suffix reserved for histograms, summaries and info metrics"
-                    ),
-                );
+                return err(nloc, Problem::ReservedSuffix(n.clone()));
             }
             match m.kind {
                 MetricKind::Counter if !n.ends_with("_total") => {
-                    return err(nloc, format!("counter \"{n}\" must end in _total"));
+                    return err(nloc, Problem::CounterWithoutTotal(n.clone()));
                 }
                 MetricKind::Gauge if n.ends_with("_total") => {
-                    return err(nloc, format!("gauge \"{n}\" must not end in _total"));
+                    return err(nloc, Problem::GaugeWithTotal(n.clone()));
                 }
                 _ => {}
             }
             if !metric_names.insert(n.clone()) {
-                return err(
-                    nloc,
-                    format!("metric name \"{n}\" is used twice in the catalog"),
-                );
+                return err(nloc, Problem::DuplicateMetric(n.clone()));
             }
             if m.help.contains(['\n', '\r', '\\']) {
-                return err(
-                    mloc,
-                    format!("metric \"{n}\" help must be one line without backslashes"),
-                );
+                return err(mloc, Problem::BadHelp(n.clone()));
             }
             let family = n.strip_suffix("_total").unwrap_or(n);
             let other = if m.kind == MetricKind::Counter {
@@ -248,33 +305,36 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
             if metric_names.contains(&other) {
                 return err(
                     nloc,
-                    format!("metric \"{n}\" and \"{other}\" would expose the same family"),
+                    Problem::FamilyClash {
+                        metric: n.clone(),
+                        other: other.clone(),
+                    },
                 );
             }
             if m.help.trim().is_empty() {
-                return err(mloc, format!("metric \"{n}\" has no help"));
+                return err(mloc, Problem::NoHelp(n.clone()));
             }
             if let Some(u) = &m.unit
                 && !n.contains(&format!("_{u}"))
             {
                 return err(
                     mloc,
-                    format!("metric \"{n}\" has unit {u} but its name does not say so"),
+                    Problem::UnitNotInName {
+                        metric: n.clone(),
+                        unit: u.clone(),
+                    },
                 );
             }
             if !is_label_name(&m.column.value) {
                 return err(
                     at(&m.column.referenced),
-                    format!("column \"{}\" is not a plain column name", m.column.value),
+                    Problem::BadColumn(m.column.value.clone()),
                 );
             }
             if !columns.insert(m.column.value.clone()) {
                 return err(
                     at(&m.column.referenced),
-                    format!(
-                        "column \"{}\" is used twice (as label or value)",
-                        m.column.value
-                    ),
+                    Problem::DuplicateColumn(m.column.value.clone()),
                 );
             }
             metrics.push(MetricSpec {
@@ -288,17 +348,11 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
         if let Some(k) = &q.rollup_key
             && (!is_label_name(&k.value) || !columns.insert(k.value.clone()))
         {
-            return err(
-                at(&k.referenced),
-                format!(
-                    "rollup_key \"{}\" must be a plain column not used as label or value",
-                    k.value
-                ),
-            );
+            return err(at(&k.referenced), Problem::BadRollupKey(k.value.clone()));
         }
         let max_series = q.max_series.unwrap_or(DEFAULT_MAX_SERIES);
         if max_series == 0 {
-            return err(qloc, "max_series must be at least 1".into());
+            return err(qloc, Problem::ZeroBudget);
         }
         out.push(QuerySpec {
             help: q.help.unwrap_or_default(),
@@ -320,5 +374,23 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
             name,
         });
     }
-    Ok(out)
+    let health_query = match raw.health_query {
+        None => None,
+        Some(h) => {
+            let Some(q) = out.iter_mut().find(|q| q.name == h.value) else {
+                return Err(Invalid {
+                    at: at(&h.referenced),
+                    query: None,
+                    problem: Problem::UnknownHealthQuery(h.value),
+                });
+            };
+            // The endpoint serves the query's rows.
+            q.publish_rows = true;
+            Some(h.value)
+        }
+    };
+    Ok(Validated {
+        queries: out,
+        health_query,
+    })
 }

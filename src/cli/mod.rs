@@ -43,7 +43,7 @@ pub enum Command {
         /// host:port to listen on.
         #[arg(long)]
         listen_address: Option<String>,
-        /// The metric catalog.
+        /// The metric catalog file (default: the configured one, else the built-in catalog).
         #[arg(long)]
         queries: Option<PathBuf>,
     },
@@ -52,7 +52,7 @@ pub enum Command {
         /// Database (optional; not contacted).
         #[command(flatten)]
         db: DbArgs,
-        /// The metric catalog.
+        /// The metric catalog file (default: the configured one, else the built-in catalog).
         #[arg(long)]
         queries: Option<PathBuf>,
     },
@@ -93,38 +93,75 @@ pub enum Command {
         /// As the Markdown metrics reference (docs/metrics.md).
         #[arg(long)]
         markdown: bool,
-        /// The metric catalog.
-        #[arg(long, default_value = "queries.yaml")]
-        queries: PathBuf,
+        /// The metric catalog (the built-in one when unset).
+        #[arg(long)]
+        queries: Option<PathBuf>,
     },
 }
 
-/// A command's failure and its exit code.
+/// A command's failure and its exit code; each variant names what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    /// Bad configuration or usage: exit 2.
-    #[error("{0}")]
-    Config(String),
-    /// A runtime failure: exit 1.
-    #[error("{0}")]
-    Runtime(String),
+    /// The configuration is wrong (exit 2).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The catalog is wrong (exit 2).
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
+    /// A command that connects was given no database (exit 2).
+    #[error("no database given: pass --database-url or set PGPULSE_DATABASE_URL")]
+    NoDatabase,
+    /// The URL is invalid (exit 2) or the server unreachable (exit 1).
+    #[error(transparent)]
+    Connect(#[from] crate::db::ConnectError),
+    /// `check-config` found queries that do not fit the database (exit 2).
+    #[error("{}", problems.join("\n"))]
+    Queries {
+        /// One line per problem, each naming file, line, column and query.
+        problems: Vec<String>,
+    },
+    /// The service failed (exit 1).
+    #[error(transparent)]
+    App(#[from] crate::app::AppError),
+    /// Migrating or uninstalling failed (exit 1).
+    #[error(transparent)]
+    Migrate(#[from] crate::db::migrate::MigrateError),
+    /// The maintenance runner failed (exit 1).
+    #[error(transparent)]
+    Maintenance(#[from] crate::maintenance::MaintenanceError),
+    /// A maintenance job ran but did not succeed (exit 1).
+    #[error("job {job} did not succeed")]
+    JobFailed {
+        /// The job.
+        job: String,
+    },
+    /// `verify` had failing checks (exit 1).
+    #[error("{failed} check(s) failed")]
+    VerifyFailed {
+        /// How many.
+        failed: usize,
+    },
+    /// The demo failed (exit 1).
+    #[error(transparent)]
+    Demo(#[from] crate::demo::DemoError),
+    /// A signal handler could not be installed (exit 1).
+    #[error("cannot install the {signal} handler: {source}")]
+    Signal {
+        /// Which signal.
+        signal: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 impl CliError {
-    /// The process exit code.
+    /// The process exit code: 2 for bad configuration or usage, 1 for runtime failures.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Config(_) => 2,
-            Self::Runtime(_) => 1,
-        }
-    }
-}
-
-impl From<crate::db::ConnectError> for CliError {
-    fn from(e: crate::db::ConnectError) -> Self {
-        match e {
-            crate::db::ConnectError::InvalidUrl(_) => Self::Config(e.to_string()),
-            crate::db::ConnectError::Unreachable { .. } => Self::Runtime(e.to_string()),
+            Self::Config(_) | Self::Catalog(_) | Self::NoDatabase | Self::Queries { .. } => 2,
+            Self::Connect(crate::db::ConnectError::InvalidUrl(_)) => 2,
+            Self::Demo(e) if e.is_config() => 2,
+            _ => 1,
         }
     }
 }
@@ -138,25 +175,18 @@ pub fn target(
         database_url: db.database_url.clone(),
         ..Default::default()
     };
-    let settings = crate::config::load(cli_config, true, &overrides)
-        .map_err(|e| CliError::Config(e.to_string()))?;
+    let settings = crate::config::load(cli_config, true, &overrides)?;
     if settings.database.url.is_none() && settings.database.host.is_none() {
-        return Err(CliError::Config(
-            "no database given: pass --database-url or set PGPULSE_DATABASE_URL".to_owned(),
-        ));
+        return Err(CliError::NoDatabase);
     }
-    let config = settings
-        .validate()
-        .map_err(|e| CliError::Config(e.to_string()))?;
-    Ok(config.target)
+    Ok(settings.validate()?.target)
 }
 
 /// `pgpulse migrate [--status]`.
 pub async fn migrate(target: &crate::db::DatabaseTarget, status: bool) -> Result<(), CliError> {
     let mut client = crate::db::connect(target).await?;
-    let rt = |e: crate::db::migrate::MigrateError| CliError::Runtime(e.to_string());
     if status {
-        for s in crate::db::migrate::status(&client).await.map_err(rt)? {
+        for s in crate::db::migrate::status(&client).await? {
             match s.applied_at {
                 Some(at) => println!(
                     "applied  V{:03} {}  {at}",
@@ -167,7 +197,7 @@ pub async fn migrate(target: &crate::db::DatabaseTarget, status: bool) -> Result
         }
         return Ok(());
     }
-    let applied = crate::db::migrate::migrate(&mut client).await.map_err(rt)?;
+    let applied = crate::db::migrate::migrate(&mut client).await?;
     for m in &applied {
         println!("applied V{:03} {}", m.version, m.name);
     }
@@ -180,19 +210,14 @@ pub async fn migrate(target: &crate::db::DatabaseTarget, status: bool) -> Result
 /// `pgpulse uninstall`.
 pub async fn uninstall(target: &crate::db::DatabaseTarget) -> Result<(), CliError> {
     let mut client = crate::db::connect(target).await?;
-    match crate::db::uninstall::uninstall(&mut client).await {
-        Ok(true) => {
-            println!(
-                "removed the monitoring schema, its roles and autovacuum settings; trade data untouched"
-            );
-            Ok(())
-        }
-        Ok(false) => {
-            println!("nothing to remove: the monitoring schema is not installed");
-            Ok(())
-        }
-        Err(e) => Err(CliError::Runtime(e.to_string())),
+    if crate::db::uninstall::uninstall(&mut client).await? {
+        println!(
+            "removed the monitoring schema, its roles and autovacuum settings; trade data untouched"
+        );
+    } else {
+        println!("nothing to remove: the monitoring schema is not installed");
     }
+    Ok(())
 }
 
 /// `pgpulse maintain [--run-now JOB]`.
@@ -201,11 +226,8 @@ pub async fn maintain(
     run_now: Option<String>,
 ) -> Result<(), CliError> {
     let client = crate::db::connect(target).await?;
-    let rt = |e: crate::maintenance::MaintenanceError| CliError::Runtime(e.to_string());
     if let Some(job) = run_now {
-        let o = crate::maintenance::run_job(&client, &job)
-            .await
-            .map_err(rt)?;
+        let o = crate::maintenance::run_job(&client, &job).await?;
         println!(
             "job {job}: {} (log id {}, {} client statements, {} failed){}",
             o.status,
@@ -217,16 +239,16 @@ pub async fn maintain(
         return if o.status == "success" && o.client_failures == 0 {
             Ok(())
         } else {
-            Err(CliError::Runtime(format!("job {job} did not succeed")))
+            Err(CliError::JobFailed { job })
         };
     }
     let stop = tokio_util::sync::CancellationToken::new();
     let s = stop.clone();
     tokio::spawn(async move {
-        serve::shutdown_signal().await;
+        crate::shutdown::signal().await;
         s.cancel();
     });
-    crate::maintenance::run(&client, stop).await.map_err(rt)
+    Ok(crate::maintenance::run(&client, stop).await?)
 }
 
 /// `pgpulse verify`: prints one line per check; fails when a check FAILs.
@@ -241,7 +263,7 @@ pub async fn verify(target: &crate::db::DatabaseTarget) -> Result<(), CliError> 
         }
     }
     if failed > 0 {
-        Err(CliError::Runtime(format!("{failed} check(s) failed")))
+        Err(CliError::VerifyFailed { failed })
     } else {
         Ok(())
     }

@@ -5,11 +5,8 @@ use std::path::{Path, PathBuf};
 
 use super::{CliError, DbArgs};
 use crate::app::App;
-use crate::catalog::{Catalog, Defaults};
+use crate::catalog::{Catalog, Defaults, Source};
 use crate::config::{CliOverrides, Config, LogFormat};
-
-/// The default catalog, embedded so the binary works without a queries.yaml next to it.
-pub const DEFAULT_CATALOG: &str = include_str!("../../queries.yaml");
 
 fn load_config(
     config_file: Option<&Path>,
@@ -24,17 +21,8 @@ fn load_config(
         queries_file: queries,
         log_format,
     };
-    let settings = crate::config::load(config_file, true, &overrides)
-        .map_err(|e| CliError::Config(e.to_string()))?;
-    let config = settings
-        .validate()
-        .map_err(|e| CliError::Config(e.to_string()))?;
-    let defaults = Defaults {
-        interval: config.default_interval,
-        timeout: config.default_timeout,
-    };
-    let catalog = Catalog::load(&config.queries_file, defaults)
-        .map_err(|e| CliError::Config(e.to_string()))?;
+    let config = crate::config::load(config_file, true, &overrides)?.validate()?;
+    let catalog = Catalog::from_source(&config.catalog_source, config.catalog_defaults())?;
     Ok((config, catalog))
 }
 
@@ -57,7 +45,7 @@ pub async fn check_config(
         config.target,
         config.listen,
         catalog.queries.len(),
-        catalog.source.display(),
+        catalog.source,
         if explicit_db {
             ", every query prepared on the database"
         } else {
@@ -74,10 +62,7 @@ async fn check_columns(config: &Config, catalog: &Catalog) -> Result<(), CliErro
     for q in &catalog.queries {
         let at = format!(
             "{}:{}:{}: query \"{}\"",
-            catalog.source.display(),
-            q.location.0,
-            q.location.1,
-            q.name
+            catalog.source, q.location.0, q.location.1, q.name
         );
         match client.prepare(&q.sql).await {
             Err(e) => problems.push(format!("{at}: {}", crate::db::connect::describe(&e))),
@@ -93,7 +78,7 @@ async fn check_columns(config: &Config, catalog: &Catalog) -> Result<(), CliErro
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(CliError::Config(problems.join("\n")))
+        Err(CliError::Queries { problems })
     }
 }
 
@@ -111,20 +96,17 @@ pub async fn serve(
 
 /// Builds and runs the service with signal handling until SIGTERM or SIGINT.
 pub async fn run_service(config: Config, catalog: Catalog) -> Result<(), CliError> {
-    let app = App::build(config, catalog)
-        .await
-        .map_err(|e| CliError::Runtime(e.to_string()))?;
-    let reloader = app.reloader();
-    spawn_sighup(reloader.clone())?;
-    app.run_until_stopped(reloader, shutdown_signal())
-        .await
-        .map_err(|e| CliError::Runtime(e.to_string()))
+    let app = App::build(config, catalog).await?;
+    spawn_sighup(app.reloader())?;
+    Ok(app.run_until_stopped(crate::shutdown::signal()).await?)
 }
 
 fn spawn_sighup(reloader: crate::app::Reloader) -> Result<(), CliError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup())
-        .map_err(|e| CliError::Runtime(format!("cannot install the SIGHUP handler: {e}")))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|source| CliError::Signal {
+        signal: "SIGHUP",
+        source,
+    })?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             let _ = reloader.reload();
@@ -133,28 +115,10 @@ fn spawn_sighup(reloader: crate::app::Reloader) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-    tracing::info!("shutdown requested");
-}
-
 /// `pgpulse catalog [--markdown]`.
-pub fn print_catalog(path: &Path, markdown: bool) -> Result<(), CliError> {
-    let catalog =
-        Catalog::load(path, Defaults::default()).map_err(|e| CliError::Config(e.to_string()))?;
+pub fn print_catalog(path: Option<&Path>, markdown: bool) -> Result<(), CliError> {
+    let source = path.map_or(Source::Builtin, |p| Source::File(p.to_owned()));
+    let catalog = Catalog::from_source(&source, Defaults::default())?;
     if markdown {
         print!("{}", crate::catalog::markdown(&catalog));
     } else {

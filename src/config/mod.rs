@@ -19,7 +19,9 @@ use figment::providers::{Env, Format, Serialized};
 use secrecy::ExposeSecret;
 use serde_saphyr::figment::Yaml;
 
+use crate::catalog::{Defaults, Source};
 use crate::db::DatabaseTarget;
+use crate::db::pool::PoolSettings;
 
 /// The default listen address: loopback and a port of our own (not 9187, the usual
 /// postgres_exporter port, so both can run side by side).
@@ -83,8 +85,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// HTTP request timeout.
     pub request_timeout: Duration,
-    /// The metric catalog file.
-    pub queries_file: PathBuf,
+    /// The metric catalog: a file, or the built-in catalog when none is configured.
+    pub catalog_source: Source,
     /// Interval of queries that set none.
     pub default_interval: Duration,
     /// Timeout of queries that set none.
@@ -111,11 +113,12 @@ pub struct CliOverrides {
 }
 
 /// Environment variables holding secrets: read verbatim, never parsed by figment (whose
-/// errors would quote the value, e.g. a numeric password).
-const SECRET_ENV: &[(&str, &str)] = &[
-    ("DATABASE__PASSWORD", "PGPULSE_DATABASE__PASSWORD"),
-    ("DATABASE__URL", "PGPULSE_DATABASE__URL"),
-];
+/// errors would quote the value, e.g. a numeric password). Figment ignores them by their
+/// key without the prefix.
+const PASSWORD_ENV: &str = "PGPULSE_DATABASE__PASSWORD";
+/// See [`PASSWORD_ENV`].
+const URL_ENV: &str = "PGPULSE_DATABASE__URL";
+const SECRET_KEYS: [&str; 2] = ["DATABASE__PASSWORD", "DATABASE__URL"];
 
 /// Loads settings: defaults < `file` < the `PGPULSE_*` environment (when `use_env`; nested
 /// with `__`) < `cli`.
@@ -141,21 +144,17 @@ pub fn load(
         fig = fig.merge(Yaml::file_exact(path));
     }
     if use_env {
-        let ignored: Vec<&str> = CLI_ONLY_ENV
-            .iter()
-            .copied()
-            .chain(SECRET_ENV.iter().map(|(k, _)| *k))
-            .collect();
+        let ignored: Vec<&str> = CLI_ONLY_ENV.iter().copied().chain(SECRET_KEYS).collect();
         fig = fig.merge(Env::prefixed("PGPULSE_").ignore(&ignored).split("__"));
     }
     let mut settings: Settings = fig
         .extract()
         .map_err(|e| ConfigError::Layered(flatten(e)))?;
     if use_env {
-        if let Ok(pw) = std::env::var(SECRET_ENV[0].1) {
+        if let Ok(pw) = std::env::var(PASSWORD_ENV) {
             settings.database.password = Some(pw.into());
         }
-        if let Ok(url) = std::env::var(SECRET_ENV[1].1) {
+        if let Ok(url) = std::env::var(URL_ENV) {
             settings.database.url = Some(url.into());
         }
     }
@@ -166,7 +165,7 @@ pub fn load(
         settings.web.listen_address = l.clone();
     }
     if let Some(q) = &cli.queries_file {
-        settings.queries_file = q.clone();
+        settings.queries_file = Some(q.clone());
     }
     if let Some(f) = cli.log_format {
         settings.log_format = f;
@@ -197,6 +196,50 @@ fn flatten(e: figment::Error) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Refuses an `sslmode` this build cannot honour (every mode that needs TLS).
+fn check_sslmode(key: &'static str, mode: Option<&str>) -> Result<(), ConfigError> {
+    match mode {
+        None | Some("disable") | Some("prefer") | Some("allow") => Ok(()),
+        Some(other) => Err(ConfigError::Invalid {
+            key,
+            reason: format!(
+                "sslmode `{other}` needs TLS, which this build does not support yet; use disable or prefer"
+            ),
+        }),
+    }
+}
+
+impl Config {
+    /// What the sampling pool needs.
+    pub fn pool_settings(&self) -> PoolSettings {
+        PoolSettings {
+            target: self.target.clone(),
+            size: self.pool_size,
+            wait_timeout: self.pool_wait_timeout,
+            connect_timeout: self.connect_timeout,
+        }
+    }
+
+    /// Defaults for queries of the catalog that set no interval or timeout.
+    pub fn catalog_defaults(&self) -> Defaults {
+        Defaults {
+            interval: self.default_interval,
+            timeout: self.default_timeout,
+        }
+    }
+}
+
+/// The log format set in a config file, if the file sets one; read before logging starts,
+/// so errors are ignored here (loading the configuration reports them properly).
+pub fn peek_log_format(file: &Path) -> Option<LogFormat> {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        log_format: Option<LogFormat>,
+    }
+    let text = std::fs::read_to_string(file).ok()?;
+    serde_saphyr::from_str::<Peek>(&text).ok()?.log_format
 }
 
 fn positive(key: &'static str, d: Duration) -> Result<Duration, ConfigError> {
@@ -241,17 +284,11 @@ impl Settings {
             })?;
             target.set_password(pw.trim_end_matches(['\n', '\r']));
         }
-        match db.sslmode.as_deref() {
-            None | Some("disable") | Some("prefer") | Some("allow") => {}
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    key: "database.sslmode",
-                    reason: format!(
-                        "`{other}` needs TLS, which this build does not support yet; use disable or prefer"
-                    ),
-                });
-            }
+        check_sslmode("database.sslmode", db.sslmode.as_deref())?;
+        if target.config().get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            check_sslmode("database.url", Some("require"))?;
         }
+        check_sslmode("PGSSLMODE", std::env::var("PGSSLMODE").ok().as_deref())?;
         let connect_timeout = positive("database.connect_timeout", db.connect_timeout)?;
         target.set_connect_timeout(connect_timeout);
         if !(1..=20).contains(&db.pool_size) {
@@ -288,7 +325,10 @@ impl Settings {
             )?,
             listen,
             request_timeout: positive("web.request_timeout", self.web.request_timeout)?,
-            queries_file: self.queries_file.clone(),
+            catalog_source: match &self.queries_file {
+                Some(p) => Source::File(p.clone()),
+                None => Source::Builtin,
+            },
             default_interval,
             default_timeout,
             lock_timeout: positive("sampling.lock_timeout", s.lock_timeout)?,

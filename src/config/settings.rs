@@ -16,8 +16,8 @@ pub struct Settings {
     pub web: WebSettings,
     /// Sampling defaults.
     pub sampling: SamplingSettings,
-    /// The metric catalog file.
-    pub queries_file: PathBuf,
+    /// The metric catalog file; the built-in catalog when unset.
+    pub queries_file: Option<PathBuf>,
     /// `text` or `json`.
     pub log_format: LogFormat,
 }
@@ -28,7 +28,7 @@ impl Default for Settings {
             database: DatabaseSettings::default(),
             web: WebSettings::default(),
             sampling: SamplingSettings::default(),
-            queries_file: PathBuf::from("queries.yaml"),
+            queries_file: None,
             log_format: LogFormat::Text,
         }
     }

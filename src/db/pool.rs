@@ -1,11 +1,31 @@
 //! The sampling pool: deadpool-postgres with a hard connection budget, a wait timeout and a
-//! connect timeout, so that a slow or down database never gets more than `pool_size`
-//! connections from pgpulse, however many queries are due.
+//! connect timeout, so that a slow or down database never gets more than `size` connections
+//! from pgpulse, however many queries are due. Sampling sessions start with
+//! `default_transaction_read_only = on`, so even a statement outside pgpulse's read-only
+//! transaction cannot write.
+
+use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use tokio_postgres::NoTls;
 
-use crate::config::Config;
+use super::DatabaseTarget;
+
+/// Session options of every sampling connection.
+pub const SESSION_OPTIONS: &str = "-c default_transaction_read_only=on";
+
+/// What the pool needs to know.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Where the database is.
+    pub target: DatabaseTarget,
+    /// Hard connection budget.
+    pub size: usize,
+    /// How long a caller waits for a pooled connection by default.
+    pub wait_timeout: Duration,
+    /// Connect (and recycle) timeout of one connection.
+    pub connect_timeout: Duration,
+}
 
 /// Errors of building the pool (a configuration problem, not a connection failure).
 #[derive(Debug, thiserror::Error)]
@@ -13,21 +33,27 @@ use crate::config::Config;
 pub struct PoolError(String);
 
 /// Builds the pool; no connection is opened until a query needs one.
-pub fn build(config: &Config) -> Result<Pool, PoolError> {
+pub fn build(settings: &PoolSettings) -> Result<Pool, PoolError> {
+    let mut config = settings.target.config().clone();
+    let options = match config.get_options() {
+        Some(o) if !o.trim().is_empty() => format!("{o} {SESSION_OPTIONS}"),
+        _ => SESSION_OPTIONS.to_owned(),
+    };
+    config.options(&options);
     let manager = Manager::from_config(
-        config.target.config().clone(),
+        config,
         NoTls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
     );
     Pool::builder(manager)
-        .max_size(config.pool_size)
+        .max_size(settings.size)
         .runtime(Runtime::Tokio1)
         .timeouts(Timeouts {
-            wait: Some(config.pool_wait_timeout),
-            create: Some(config.connect_timeout),
-            recycle: Some(config.connect_timeout),
+            wait: Some(settings.wait_timeout),
+            create: Some(settings.connect_timeout),
+            recycle: Some(settings.connect_timeout),
         })
         .build()
         .map_err(|e| PoolError(e.to_string()))

@@ -140,19 +140,12 @@ pub fn free_port() -> Result<u16, ClusterError> {
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+    nix::unistd::Uid::effective().is_root()
 }
 
 fn user_ids(user: &str) -> Option<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() > 3 && f[0] == user).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
-    })
+    let u = nix::unistd::User::from_name(user).ok()??;
+    Some((u.uid.as_raw(), u.gid.as_raw()))
 }
 
 impl TempCluster {
@@ -164,13 +157,13 @@ impl TempCluster {
         } else {
             None
         };
-        let dir = std::env::temp_dir().join(format!(
-            "pgpulse-pg-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
         let io = |step| move |source| ClusterError::Io { step, source };
-        std::fs::create_dir_all(&dir).map_err(io("create the cluster directory"))?;
+        // Removed by Drop or, if this process dies first, by the watchdog.
+        let dir = tempfile::Builder::new()
+            .prefix("pgpulse-pg-")
+            .tempdir()
+            .map_err(io("create the cluster directory"))?
+            .keep();
         let mut cluster = Self {
             bindir,
             dir,
@@ -271,22 +264,22 @@ impl TempCluster {
     /// Starts a process that stops the cluster and removes its directory once this process
     /// is gone, whatever way it ended.
     fn spawn_watchdog(&self) -> Result<(), ClusterError> {
-        let script = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
-             if [ -f '{dir}/data/postmaster.pid' ]; then {su}'{bin}/pg_ctl' stop -m immediate -D '{dir}/data' >/dev/null 2>&1; fi; \
-             rm -rf '{dir}'",
-            pid = std::process::id(),
-            dir = self.dir.display(),
-            bin = self.bindir.display(),
-            su = self
-                .run_as
-                .as_ref()
-                .map(|u| format!("runuser -u {u} -- "))
-                .unwrap_or_default(),
-        );
+        // Paths travel as positional arguments, never inside the script's text.
+        const SCRIPT: &str = "pid=$1 dir=$2 pg_ctl=$3 user=$4; \
+             while kill -0 \"$pid\" 2>/dev/null; do sleep 1; done; \
+             if [ -f \"$dir/data/postmaster.pid\" ]; then \
+               if [ -n \"$user\" ]; then runuser -u \"$user\" -- \"$pg_ctl\" stop -m immediate -D \"$dir/data\"; \
+               else \"$pg_ctl\" stop -m immediate -D \"$dir/data\"; fi >/dev/null 2>&1; \
+             fi; \
+             rm -rf \"$dir\"";
         Command::new("sh")
             .arg("-c")
-            .arg(script)
+            .arg(SCRIPT)
+            .arg("pgpulse-watchdog")
+            .arg(std::process::id().to_string())
+            .arg(&self.dir)
+            .arg(self.bindir.join("pg_ctl"))
+            .arg(self.run_as.as_deref().unwrap_or(""))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -8,4 +8,4 @@ pub mod schema;
 pub mod workload;
 
 pub use cluster::{ClusterOptions, TempCluster};
-pub use run::{DemoArgs, run};
+pub use run::{DemoArgs, DemoError, run};

@@ -7,11 +7,65 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::cluster::{ClusterOptions, TempCluster};
+use super::cluster::{ClusterError, ClusterOptions, TempCluster};
 use super::scenario::{self, Scenario};
 use super::workload::{self, WorkloadStats};
 use crate::catalog::{Catalog, Defaults};
-use crate::cli::CliError;
+use crate::db::connect::describe;
+
+/// Interval and timeout of the demo's queries: short, so a newcomer sees values move.
+const DEMO_DEFAULTS: Defaults = Defaults {
+    interval: Duration::from_secs(5),
+    timeout: Duration::from_secs(4),
+};
+
+/// Why the demo stopped early; each variant names the step.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The throwaway cluster could not start.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// A connection failed.
+    #[error(transparent)]
+    Connect(#[from] crate::db::ConnectError),
+    /// A statement of a setup step failed.
+    #[error("{step}: {reason}")]
+    Database {
+        /// The step.
+        step: &'static str,
+        /// The server's message.
+        reason: String,
+    },
+    /// The migrations failed.
+    #[error(transparent)]
+    Migrate(#[from] crate::db::migrate::MigrateError),
+    /// The demo's configuration is invalid (e.g. a bad listen address).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The built-in catalog does not load.
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
+    /// The exporter failed.
+    #[error(transparent)]
+    App(#[from] crate::app::AppError),
+    /// A background task panicked.
+    #[error("{0}")]
+    Task(String),
+}
+
+impl DemoError {
+    /// Whether the failure is a configuration or usage error.
+    pub fn is_config(&self) -> bool {
+        matches!(self, Self::Config(_) | Self::Catalog(_))
+    }
+}
+
+fn step(step: &'static str) -> impl FnOnce(tokio_postgres::Error) -> DemoError {
+    move |e| DemoError::Database {
+        step,
+        reason: describe(&e),
+    }
+}
 
 /// Options of `pgpulse demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -31,7 +85,7 @@ pub struct DemoArgs {
 }
 
 /// Runs the demo.
-pub async fn run(args: DemoArgs) -> Result<(), CliError> {
+pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     eprintln!("pgpulse demo: starting a throwaway PostgreSQL ...");
     let opts = ClusterOptions {
         // Cache misses need shared_buffers smaller than the table the scenario scans.
@@ -44,26 +98,20 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     };
     let cluster = tokio::task::spawn_blocking(move || TempCluster::start(&opts))
         .await
-        .map_err(|e| CliError::Runtime(e.to_string()))?
-        .map_err(|e| CliError::Runtime(e.to_string()))?;
+        .map_err(|e| DemoError::Task(e.to_string()))??;
     let admin = crate::db::DatabaseTarget::parse(&cluster.url("postgres"))?;
     let client = crate::db::connect(&admin).await?;
     client
         .batch_execute("CREATE DATABASE trade_engine")
         .await
-        .map_err(|e| CliError::Runtime(crate::db::connect::describe(&e)))?;
+        .map_err(step("create the demo database"))?;
     drop(client);
     let target = crate::db::DatabaseTarget::parse(&cluster.url("trade_engine"))?;
     let mut client = crate::db::connect(&target).await?;
-    super::schema::install(&client).await.map_err(|e| {
-        CliError::Runtime(format!(
-            "trade-engine schema: {}",
-            crate::db::connect::describe(&e)
-        ))
-    })?;
-    crate::db::migrate::migrate(&mut client)
+    super::schema::install(&client)
         .await
-        .map_err(|e| CliError::Runtime(e.to_string()))?;
+        .map_err(step("trade-engine schema"))?;
+    crate::db::migrate::migrate(&mut client).await?;
     let stop = CancellationToken::new();
     let stats = Arc::new(WorkloadStats::default());
     let work_client = crate::db::connect(&target).await?;
@@ -76,7 +124,10 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let scenario_task = match args.scenario {
         Some(s) => scenario::apply(s, &client, &target, stop.clone())
             .await
-            .map_err(|e| CliError::Runtime(format!("scenario {s:?}: {e}")))?,
+            .map_err(|reason| DemoError::Database {
+                step: "start the scenario",
+                reason,
+            })?,
         None => None,
     };
 
@@ -85,24 +136,11 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         listen_address: Some(args.listen_address.clone()),
         ..Default::default()
     };
-    let settings = crate::config::load(None, false, &overrides)
-        .map_err(|e| CliError::Config(e.to_string()))?;
-    let mut config = settings
-        .validate()
-        .map_err(|e| CliError::Config(e.to_string()))?;
-    config.default_interval = Duration::from_secs(5);
-    let catalog = Catalog::parse(
-        crate::cli::serve::DEFAULT_CATALOG,
-        std::path::Path::new("queries.yaml (built in)"),
-        Defaults {
-            interval: Duration::from_secs(5),
-            timeout: Duration::from_secs(4),
-        },
-    )
-    .map_err(|e| CliError::Config(e.to_string()))?;
-    let app = crate::app::App::build(config, catalog)
-        .await
-        .map_err(|e| CliError::Runtime(e.to_string()))?;
+    let mut config = crate::config::load(None, false, &overrides)?.validate()?;
+    config.default_interval = DEMO_DEFAULTS.interval;
+    config.default_timeout = DEMO_DEFAULTS.timeout;
+    let catalog = Catalog::builtin(DEMO_DEFAULTS)?;
+    let app = crate::app::App::build(config, catalog).await?;
     let addr = app.local_addr();
     println!("pgpulse demo is running:");
     println!("  metrics:   http://{addr}/metrics");
@@ -128,18 +166,17 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
             }
         }
     });
-    let reloader = app.reloader();
     let limit = args.duration;
     let shutdown = async move {
         match limit {
             Some(d) => tokio::select! {
-                _ = crate::cli::serve::shutdown_signal() => {}
+                _ = crate::shutdown::signal() => {}
                 _ = tokio::time::sleep(d) => {}
             },
-            None => crate::cli::serve::shutdown_signal().await,
+            None => crate::shutdown::signal().await,
         }
     };
-    let served = app.run_until_stopped(reloader, shutdown).await;
+    let served = app.run_until_stopped(shutdown).await;
     stop.cancel();
     let _ = workload.await;
     if let Some(t) = scenario_task {
@@ -150,5 +187,5 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         .await
         .ok();
     eprintln!("pgpulse demo: stopped; throwaway cluster removed");
-    served.map_err(|e| CliError::Runtime(e.to_string()))
+    Ok(served?)
 }

@@ -23,7 +23,10 @@ const SYMBOLS: [&str; 5] = ["BTC-USD", "ETH-USD", "SOL-USD", "ADA-USD", "DOT-USD
 
 /// One round of the workload: a handful of statements of every kind.
 pub async fn round(client: &Client, i: u64, stats: &WorkloadStats) {
-    let symbol = SYMBOLS[(i % SYMBOLS.len() as u64) as usize];
+    let symbol = SYMBOLS
+        .get((i % SYMBOLS.len() as u64) as usize)
+        .copied()
+        .unwrap_or("BTC-USD");
     let price = 100.0 + (i % 50) as f64;
     let user = (i % 100) as i64 + 1;
     let sql = format!(

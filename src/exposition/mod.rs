@@ -3,10 +3,9 @@
 //! a reference-counted buffer: its cost does not depend on the database or on the number of
 //! scrapers.
 //!
-//! Rendering uses prometheus-client's encoder (OpenMetrics text); the Prometheus 0.0.4 text
+//! Rendering uses prometheus-client's encoder (OpenMetrics text) over a registry that holds
+//! the sampler's self-metrics and a collector of the [`Snapshot`]; the Prometheus 0.0.4 text
 //! form is derived from it (counter families named with `_total`, no `# UNIT`/`# EOF`).
-
-pub mod self_metrics;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -21,9 +20,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::catalog::MetricKind;
-use crate::sampler::store::Store;
-
-pub use self_metrics::SelfMetrics;
+use crate::snapshot::Snapshot;
+use crate::snapshot::histogram::HistogramSnapshot;
 
 /// Content type of the OpenMetrics text format.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -41,12 +39,18 @@ pub struct Exposition {
     pub openmetrics: Bytes,
     /// OpenMetrics text format, gzip.
     pub openmetrics_gzip: Bytes,
+    /// Whether the database answered and every query had its first run when this body was
+    /// rendered: readiness follows the body, so a ready service never serves a body without
+    /// its first round.
+    pub ready: bool,
+    /// Whether the database answered when this body was rendered.
+    pub up: bool,
 }
 
-/// Encodes the store's latest results as metric families.
+/// Encodes the snapshot's latest results as metric families.
 #[derive(Debug)]
 struct SnapshotCollector {
-    store: Arc<Store>,
+    snapshot: Arc<Snapshot>,
 }
 
 struct Value(f64, MetricKind);
@@ -59,7 +63,7 @@ impl std::fmt::Debug for Value {
 
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        for result in self.store.results() {
+        for result in self.snapshot.results() {
             if let (Some(spec), Some(h)) = (&result.spec.histogram, &result.histogram) {
                 let family = encoder.encode_descriptor(
                     &spec.name,
@@ -103,7 +107,7 @@ impl Collector for SnapshotCollector {
 
 fn encode_histogram(
     mut encoder: prometheus_client::encoding::MetricEncoder,
-    h: &crate::sampler::latency::HistogramSnapshot,
+    h: &HistogramSnapshot,
 ) -> Result<(), std::fmt::Error> {
     encoder.encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)
 }
@@ -139,15 +143,19 @@ impl EncodeMetric for Value {
 #[derive(Debug)]
 pub struct Renderer {
     registry: Registry,
+    snapshot: Arc<Snapshot>,
     current: Arc<ArcSwap<Exposition>>,
 }
 
 impl Renderer {
-    /// Creates a renderer over the self-metrics registry and the store.
-    pub fn new(mut registry: Registry, store: Arc<Store>) -> Self {
-        registry.register_collector(Box::new(SnapshotCollector { store }));
+    /// Creates a renderer over a registry (holding the self-metrics) and the snapshot.
+    pub fn new(mut registry: Registry, snapshot: Arc<Snapshot>) -> Self {
+        registry.register_collector(Box::new(SnapshotCollector {
+            snapshot: snapshot.clone(),
+        }));
         Self {
             registry,
+            snapshot,
             current: Arc::new(ArcSwap::from_pointee(Exposition::default())),
         }
     }
@@ -159,6 +167,9 @@ impl Renderer {
 
     /// Renders the current snapshot and swaps it in.
     pub fn render(&self) {
+        // Read before encoding: a state reached during the encoding shows in the next render.
+        let up = self.snapshot.is_up();
+        let ready = up && self.snapshot.first_round_done();
         let mut om = String::with_capacity(64 * 1024);
         if let Err(e) = prometheus_client::encoding::text::encode(&mut om, &self.registry) {
             // Only a formatting error of a value can get here; keep serving the last body.
@@ -171,6 +182,8 @@ impl Renderer {
             text: Bytes::from(text),
             openmetrics_gzip: gzip(om.as_bytes()),
             openmetrics: Bytes::from(om),
+            ready,
+            up,
         };
         self.current.store(Arc::new(exposition));
     }

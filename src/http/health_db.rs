@@ -1,6 +1,7 @@
-//! `/health/db`: the rows of `monitoring.database_health_check()` as JSON, from the last
-//! sample of the `database_health` query (never queried per request). 200 when no check is
-//! CRITICAL, 503 when one is or when there is no sample.
+//! `/health/db`: the rows of the catalog's `health_query` (the shipped catalog names
+//! `database_health`, over `monitoring.database_health_check()`) as JSON, from its last
+//! sample (never queried per request). 200 when no check is CRITICAL, 503 when one is or when
+//! there is no sample, 404 when the catalog names no health query.
 
 use axum::Json;
 use axum::extract::State;
@@ -9,15 +10,18 @@ use serde_json::{Map, Value, json};
 
 use super::AppState;
 
-/// The catalog query whose rows this endpoint serves.
-pub const HEALTH_QUERY: &str = "database_health";
-
 pub(super) async fn health_db(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let Some(result) = state.store.result(HEALTH_QUERY) else {
+    let Some(query) = state.health_query.as_deref() else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "the catalog names no health_query"})),
+        );
+    };
+    let Some(result) = state.snapshot.result(query) else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(
-                json!({"error": "no health sample yet (or the database_health query is failing or not in the catalog)"}),
+                json!({"error": "no health sample yet (or the health query is failing)", "query": query}),
             ),
         );
     };
@@ -44,11 +48,7 @@ pub(super) async fn health_db(State(state): State<AppState>) -> (StatusCode, Jso
             Value::Object(m)
         })
         .collect();
-    let sampled_at = result
-        .at
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let sampled_at = crate::clock::unix_seconds(result.at) as u64;
     let status = if critical {
         StatusCode::SERVICE_UNAVAILABLE
     } else {

@@ -2,7 +2,7 @@
 //! configuration without secrets.
 
 use std::fmt::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use axum::extract::State;
 use axum::response::Html;
@@ -24,14 +24,12 @@ fn ago(t: SystemTime) -> String {
 }
 
 fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::clock::unix_seconds(t) as u64
 }
 
 pub(super) async fn page(State(state): State<AppState>) -> Html<String> {
     let mut rows = String::new();
-    for (name, st) in state.store.statuses() {
+    for (name, st) in state.snapshot.statuses() {
         let success = st
             .last_success
             .map(|t| format!("{} (unix {})", ago(t), unix(t)))
@@ -54,7 +52,7 @@ pub(super) async fn page(State(state): State<AppState>) -> Html<String> {
             escape(&name)
         );
     }
-    let up = if state.sampler.is_up() { 1 } else { 0 };
+    let up = if state.snapshot.is_up() { 1 } else { 0 };
     Html(format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>pgpulse</title></head><body>\
          <h1>pgpulse {version}</h1>\

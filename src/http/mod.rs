@@ -5,8 +5,7 @@
 
 mod health_db;
 mod landing;
-
-pub use health_db::HEALTH_QUERY;
+mod negotiate;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,17 +19,17 @@ use axum::routing::get;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::exposition::{Exposition, OPENMETRICS, PROMETHEUS_TEXT};
-use crate::sampler::{Sampler, Store};
+use crate::snapshot::Snapshot;
 
 /// What the handlers share; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AppState {
     /// The current pre-rendered exposition.
     pub exposition: Arc<ArcSwap<Exposition>>,
-    /// The sampler (readiness).
-    pub sampler: Arc<Sampler>,
-    /// Query statuses (landing page).
-    pub store: Arc<Store>,
+    /// Query statuses, readiness and the health query's rows.
+    pub snapshot: Arc<Snapshot>,
+    /// The catalog query whose rows `/health/db` serves, when the catalog names one.
+    pub health_query: Option<Arc<str>>,
     /// The configuration without secrets, as shown on the landing page.
     pub config_summary: Arc<String>,
 }
@@ -51,25 +50,10 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .with_state(state)
 }
 
-/// Whether a header lists `token` (case-insensitive) without `q=0`.
-fn accepts(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str().unwrap_or("").split(',').any(|part| {
-            let mut it = part.split(';');
-            let item = it.next().unwrap_or("").trim();
-            let zero = it.any(|p| {
-                let p = p.trim().replace(' ', "");
-                p == "q=0" || p == "q=0.0" || p == "q=0.00" || p == "q=0.000"
-            });
-            item.eq_ignore_ascii_case(token) && !zero
-        })
-    })
-}
-
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let current = state.exposition.load();
-    let openmetrics = accepts(&headers, header::ACCEPT, "application/openmetrics-text");
-    let gzip = accepts(&headers, header::ACCEPT_ENCODING, "gzip");
+    let openmetrics = negotiate::wants_openmetrics(&headers);
+    let gzip = negotiate::wants_gzip(&headers);
     let (body, ctype) = match (openmetrics, gzip) {
         (true, true) => (current.openmetrics_gzip.clone(), OPENMETRICS),
         (true, false) => (current.openmetrics.clone(), OPENMETRICS),
@@ -94,9 +78,10 @@ async fn health() -> &'static str {
 }
 
 async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    if !state.sampler.is_up() {
+    let current = state.exposition.load();
+    if !current.up {
         (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n")
-    } else if !state.store.first_round_done() {
+    } else if !current.ready {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "first sampling round not finished\n",
@@ -118,28 +103,16 @@ mod tests {
     use tower::ServiceExt;
 
     fn state() -> AppState {
-        let mut s = crate::config::Settings::default();
-        s.database.url = Some("postgres://u@127.0.0.1:1/db".to_owned().into());
-        let cfg = s.validate().unwrap();
-        let pool = crate::db::pool::build(&cfg).unwrap();
-        let mut registry = prometheus_client::registry::Registry::default();
-        let metrics = Arc::new(crate::exposition::SelfMetrics::register(&mut registry));
-        let store = Arc::new(Store::default());
-        let renderer = crate::exposition::Renderer::new(registry, store.clone());
-        renderer.render();
-        let notify = Arc::new(tokio::sync::Notify::new());
-        let sampler = Sampler::new(
-            pool,
-            store.clone(),
-            metrics,
-            notify,
-            cfg.lock_timeout,
-            cfg.reconnect_max_backoff,
+        let snapshot = Arc::new(Snapshot::default());
+        let renderer = crate::exposition::Renderer::new(
+            prometheus_client::registry::Registry::default(),
+            snapshot.clone(),
         );
+        renderer.render();
         AppState {
             exposition: renderer.handle(),
-            sampler,
-            store,
+            snapshot,
+            health_query: Some("database_health".into()),
             config_summary: Arc::new(String::new()),
         }
     }

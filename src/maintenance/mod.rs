@@ -115,9 +115,11 @@ pub async fn run_job(client: &Client, job: &str) -> Result<JobOutcome, Maintenan
     };
     let details: serde_json::Value =
         serde_json::from_str(&row.get::<_, String>(2)).unwrap_or_default();
-    if details["client_must_run"] == "true" || details["client_must_run"] == true {
-        let statements: Vec<String> = details["statements"]
-            .as_array()
+    let must_run = details.get("client_must_run");
+    if must_run == Some(&serde_json::json!("true")) || must_run == Some(&serde_json::json!(true)) {
+        let statements: Vec<String> = details
+            .get("statements")
+            .and_then(|s| s.as_array())
             .map(|a| {
                 a.iter()
                     .filter_map(|s| s.as_str().map(str::to_owned))

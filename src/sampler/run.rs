@@ -1,28 +1,41 @@
-//! Running one query: a read-only transaction with `SET LOCAL statement_timeout` and
-//! `lock_timeout`, sent as one simple-protocol batch (one round trip; values arrive as text
-//! and are parsed here), then rows → series within the query's budget.
+//! Running one query. The catalog's SQL is sent over the extended protocol, so the server
+//! accepts exactly one statement (a `;`-separated second statement is a parse error, whatever
+//! quotes or comments hide it), inside a transaction that is read-only with server-side
+//! `statement_timeout` and `lock_timeout`, on a session whose `default_transaction_read_only`
+//! is on. Rows are streamed through a portal in batches of [`ROW_BATCH`] and decoded one at a
+//! time, so memory is bounded by the query's budget.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use deadpool_postgres::{Object, Pool, PoolError, TimeoutType};
-use tokio_postgres::SimpleQueryMessage;
+use deadpool_postgres::{Object, Pool, PoolError, TimeoutType, Timeouts};
+use futures_util::{StreamExt, pin_mut};
 use tokio_postgres::error::SqlState;
 
-use super::store::{QueryResult, Series};
+use super::decode::{Decoder, RunStats};
 use crate::catalog::QuerySpec;
+use crate::snapshot::QueryResult;
 
-/// The most rows a roll-up query may return (its series are budgeted after the roll-up).
-pub const ROLLUP_ROW_LIMIT: usize = 200_000;
+/// Rows fetched per round trip from the query's portal.
+pub const ROW_BATCH: i32 = 1000;
+
+/// Extra time past the statement timeout before the client gives up on the connection: the
+/// server cancels the statement itself; this only catches a dead network.
+pub const CLIENT_GRACE: Duration = Duration::from_secs(5);
 
 /// The kinds of failure counted in `pgpulse_query_errors_total{kind}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// The statement or lock timeout fired (server side), or the client-side guard did.
     Timeout,
-    /// No connection: the pool timed out or the database is unreachable.
+    /// Every connection of the budget stayed busy for the query's whole timeout.
+    Pool,
+    /// No connection: the database is unreachable or closed the connection.
     Connection,
-    /// The server rejected the SQL.
+    /// An object the query reads is missing or not readable (undefined table, function,
+    /// schema; insufficient privilege): its series are cleared at once.
+    Unavailable,
+    /// The server rejected the SQL otherwise.
     Sql,
     /// The rows did not fit the spec: a missing column, a non-numeric value.
     Decode,
@@ -30,13 +43,22 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind.
-    pub const ALL: [ErrorKind; 4] = [Self::Timeout, Self::Connection, Self::Sql, Self::Decode];
+    pub const ALL: [ErrorKind; 6] = [
+        Self::Timeout,
+        Self::Pool,
+        Self::Connection,
+        Self::Unavailable,
+        Self::Sql,
+        Self::Decode,
+    ];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Timeout => "timeout",
+            Self::Pool => "pool",
             Self::Connection => "connection",
+            Self::Unavailable => "unavailable",
             Self::Sql => "sql",
             Self::Decode => "decode",
         }
@@ -51,57 +73,60 @@ pub struct RunError {
     pub kind: ErrorKind,
     /// A one-line description (no secrets).
     pub message: String,
-    /// The database may be unreachable (a connection failed or closed), as opposed to the
-    /// pool's budget being busy: the probe should check.
-    pub maybe_down: bool,
 }
 
 impl RunError {
-    fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+    /// A failure of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
             message: message.into(),
-            maybe_down: kind == ErrorKind::Connection,
         }
+    }
+
+    /// Whether the database may be unreachable, so the probe should check.
+    pub fn maybe_down(&self) -> bool {
+        self.kind == ErrorKind::Connection
     }
 }
 
-/// Counters of one successful run besides its series.
-#[derive(Debug, Default, Clone)]
-pub struct RunStats {
-    /// Rows for the query's latency histogram, if it declares one.
-    pub statements: Vec<super::latency::StatementSample>,
-    /// NULL values met (series omitted).
-    pub nulls: u64,
-    /// Series dropped over the budget or as duplicates.
-    pub dropped: u64,
-}
+/// SQLSTATEs that mean an object the query reads is missing or not readable.
+const UNAVAILABLE: [SqlState; 5] = [
+    SqlState::UNDEFINED_TABLE,
+    SqlState::UNDEFINED_FUNCTION,
+    SqlState::INSUFFICIENT_PRIVILEGE,
+    SqlState::INVALID_SCHEMA_NAME,
+    SqlState::UNDEFINED_OBJECT,
+];
 
-fn classify(e: &tokio_postgres::Error) -> RunError {
+/// Classifies a driver error.
+pub fn classify(e: &tokio_postgres::Error) -> RunError {
     let msg = crate::db::connect::describe(e);
     match e.code() {
         Some(c) if *c == SqlState::QUERY_CANCELED || *c == SqlState::LOCK_NOT_AVAILABLE => {
             RunError::new(ErrorKind::Timeout, msg)
         }
+        Some(c) if UNAVAILABLE.contains(c) => RunError::new(ErrorKind::Unavailable, msg),
         Some(_) => RunError::new(ErrorKind::Sql, msg),
         None => RunError::new(ErrorKind::Connection, msg),
     }
 }
 
 fn pool_error(e: PoolError) -> RunError {
-    let msg = match &e {
-        PoolError::Backend(be) => crate::db::connect::describe(be),
-        PoolError::Timeout(TimeoutType::Wait) => {
-            "timed out waiting for a pooled connection".to_owned()
+    match &e {
+        PoolError::Timeout(TimeoutType::Wait) => RunError::new(
+            ErrorKind::Pool,
+            "every pooled connection stayed busy for the query's timeout",
+        ),
+        PoolError::Backend(be) => {
+            RunError::new(ErrorKind::Connection, crate::db::connect::describe(be))
         }
-        PoolError::Timeout(_) => "timed out connecting to the database".to_owned(),
-        other => other.to_string(),
-    };
-    let mut err = RunError::new(ErrorKind::Connection, msg);
-    // Only a wait for a pooled connection means the budget is busy; a connect that timed
-    // out means the database may be down.
-    err.maybe_down = !is_pool_busy(&e);
-    err
+        PoolError::Timeout(_) => RunError::new(
+            ErrorKind::Connection,
+            "timed out connecting to the database",
+        ),
+        other => RunError::new(ErrorKind::Connection, other.to_string()),
+    }
 }
 
 /// Whether a pool error only means every connection of the budget is in use.
@@ -110,19 +135,27 @@ pub fn is_pool_busy(e: &PoolError) -> bool {
 }
 
 /// A checked-out connection that is dropped, not returned to the pool, unless released:
-/// a run cancelled mid-batch (reload, shutdown) leaves the connection in an unknown state.
-struct Checkout(Option<Object>);
+/// a run cancelled mid-transaction (reload, shutdown) leaves it in an unknown state.
+pub struct Checkout(Option<Object>);
 
 impl Checkout {
-    fn client(&self) -> &Object {
-        // Set at construction and only taken by `release`/`discard`, which consume self.
-        self.0
-            .as_ref()
-            .expect("checkout holds a connection until released")
+    /// Takes a connection from `pool`, waiting at most `wait`.
+    pub async fn get(pool: &Pool, wait: Duration) -> Result<Self, PoolError> {
+        let timeouts = Timeouts {
+            wait: Some(wait),
+            ..pool.timeouts()
+        };
+        pool.timeout_get(&timeouts).await.map(|o| Self(Some(o)))
     }
 
-    fn release(mut self) -> Option<Object> {
-        self.0.take()
+    /// The connection (present until released or discarded).
+    pub fn client(&mut self) -> Option<&mut Object> {
+        self.0.as_mut()
+    }
+
+    /// Hands the connection back to the pool.
+    pub fn release(mut self) {
+        drop(self.0.take());
     }
 }
 
@@ -134,14 +167,12 @@ impl Drop for Checkout {
     }
 }
 
-/// The batch that runs `sql` read-only with server-side timeouts, in one round trip. The
-/// newline before `COMMIT` keeps a trailing `--` comment of `sql` from swallowing it.
-pub fn read_only_batch(sql: &str, timeout: Duration, lock_timeout: Duration) -> String {
+/// The `SET LOCAL` statements that bound a transaction by server-side timeouts.
+pub fn timeouts_sql(timeout: Duration, lock_timeout: Duration) -> String {
     format!(
-        "BEGIN READ ONLY; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}; {}\n; COMMIT",
+        "SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}",
         millis(timeout),
-        millis(lock_timeout.min(timeout)),
-        sql.trim().trim_end_matches(';')
+        millis(lock_timeout.min(timeout))
     )
 }
 
@@ -149,200 +180,99 @@ fn millis(d: Duration) -> u128 {
     d.as_millis().max(1)
 }
 
+/// What one successful run produced.
+#[derive(Debug)]
+pub struct Sampled {
+    /// The series (per object, before any roll-up).
+    pub result: QueryResult,
+    /// Counters of the run and the histogram's statement samples.
+    pub stats: RunStats,
+}
+
 /// Runs `spec` once on a pooled connection and turns its rows into a result.
 pub async fn sample_once(
     pool: &Pool,
     spec: &Arc<QuerySpec>,
     lock_timeout: Duration,
-) -> Result<(QueryResult, RunStats), RunError> {
-    let checkout = Checkout(Some(pool.get().await.map_err(pool_error)?));
-    let batch = read_only_batch(&spec.sql, spec.timeout, lock_timeout);
-    // The server enforces the timeout; this guard only catches a dead network.
-    let guard = spec.timeout + Duration::from_secs(5);
-    let outcome = tokio::time::timeout(guard, checkout.client().simple_query(&batch)).await;
-    let messages = match outcome {
-        Ok(Ok(m)) => {
-            drop(checkout.release());
-            m
+) -> Result<Sampled, RunError> {
+    let mut checkout = Checkout::get(pool, spec.timeout)
+        .await
+        .map_err(pool_error)?;
+    let guard = spec.timeout + CLIENT_GRACE;
+    let Some(client) = checkout.client() else {
+        return Err(RunError::new(ErrorKind::Connection, "no connection"));
+    };
+    match tokio::time::timeout(guard, run_in_transaction(client, spec, lock_timeout)).await {
+        Ok(Ok(sampled)) => {
+            checkout.release();
+            Ok(sampled)
         }
-        Ok(Err(e)) => {
-            let err = classify(&e);
-            if let Some(client) = checkout.release() {
-                release_after_error(client).await;
+        Ok(Err(err)) => {
+            // A failed transaction was rolled back by the driver when it was dropped; a
+            // connection that closed or failed otherwise is discarded with the checkout.
+            if matches!(
+                err.kind,
+                ErrorKind::Timeout | ErrorKind::Sql | ErrorKind::Unavailable | ErrorKind::Decode
+            ) && checkout.client().is_some_and(|c| !c.is_closed())
+            {
+                checkout.release();
             }
-            return Err(err);
+            Err(err)
         }
         // Dropping the checkout drops the connection: its state is unknown.
-        Err(_) => {
-            return Err(RunError::new(
-                ErrorKind::Timeout,
-                format!("no answer within {}s; connection dropped", guard.as_secs()),
-            ));
-        }
-    };
-    decode(spec, &messages)
-}
-
-async fn release_after_error(client: Object) {
-    if client.is_closed() {
-        let _ = Object::take(client);
-        return;
-    }
-    if client.batch_execute("ROLLBACK").await.is_err() {
-        let _ = Object::take(client);
+        Err(_) => Err(RunError::new(
+            ErrorKind::Timeout,
+            format!("no answer within {}s; connection dropped", guard.as_secs()),
+        )),
     }
 }
 
-/// Turns the rows of the query (the batch's fourth statement) into series.
-pub fn decode(
+async fn run_in_transaction(
+    client: &mut Object,
     spec: &Arc<QuerySpec>,
-    messages: &[SimpleQueryMessage],
-) -> Result<(QueryResult, RunStats), RunError> {
-    let mut stats = RunStats::default();
-    let mut families: Vec<Vec<Series>> = vec![Vec::new(); spec.metrics.len()];
-    let mut seen = std::collections::HashSet::new();
-    let mut total = 0usize;
-    let mut columns: Option<(Vec<usize>, Vec<usize>, Vec<usize>)> = None;
-    let mut rows: Option<Vec<super::store::Row>> = spec.publish_rows.then(Vec::new);
-    // Statements before the query (BEGIN, 2 × SET) complete with CommandComplete.
-    let mut completed = 0;
-    for msg in messages {
-        match msg {
-            SimpleQueryMessage::CommandComplete(_) => completed += 1,
-            SimpleQueryMessage::RowDescription(desc) if completed == 3 => {
-                let find = |name: &str| {
-                    desc.iter().position(|c| c.name() == name).ok_or_else(|| {
-                        RunError::new(
-                            ErrorKind::Decode,
-                            format!(
-                                "column \"{name}\" is not in the result of query \"{}\"",
-                                spec.name
-                            ),
-                        )
-                    })
-                };
-                // A roll-up key is carried as a last, hidden label until the roll-up.
-                let labels = spec
-                    .labels
-                    .iter()
-                    .chain(spec.rollup_key.as_ref())
-                    .map(|l| find(l))
-                    .collect::<Result<_, _>>()?;
-                let values = spec
-                    .metrics
-                    .iter()
-                    .map(|m| find(&m.column))
-                    .collect::<Result<_, _>>()?;
-                let hist = match &spec.histogram {
-                    Some(h) => vec![
-                        find(&h.key_column)?,
-                        find(&h.calls_column)?,
-                        find(&h.time_ms_column)?,
-                    ],
-                    None => Vec::new(),
-                };
-                columns = Some((labels, values, hist));
-            }
-            SimpleQueryMessage::Row(row) if completed == 3 => {
-                let Some((label_idx, value_idx, hist_idx)) = &columns else {
-                    continue;
-                };
-                if let Some(rows) = rows.as_mut() {
-                    rows.push(
-                        row.columns()
-                            .iter()
-                            .enumerate()
-                            .map(|(i, c)| (c.name().to_owned(), row.get(i).map(str::to_owned)))
-                            .collect(),
-                    );
-                }
-                if let [k, c, t] = hist_idx[..] {
-                    let num = |i: usize| row.get(i).and_then(parse_value);
-                    if let (Some(key), Some(calls), Some(total_ms)) = (row.get(k), num(c), num(t)) {
-                        stats.statements.push(super::latency::StatementSample {
-                            key: key.to_owned(),
-                            calls,
-                            total_ms,
-                        });
-                    }
-                }
-                let labels: Vec<String> = label_idx
-                    .iter()
-                    .map(|&i| row.get(i).unwrap_or("").to_owned())
-                    .collect();
-                if !seen.insert(labels.clone()) {
-                    stats.dropped += spec.metrics.len() as u64;
-                    continue;
-                }
-                let mut row_series = Vec::new();
-                for (m, &i) in value_idx.iter().enumerate() {
-                    match row.get(i) {
-                        None => stats.nulls += 1,
-                        Some(text) => {
-                            let value = parse_value(text).ok_or_else(|| {
-                                RunError::new(
-                                    ErrorKind::Decode,
-                                    format!(
-                                        "column \"{}\" holds \"{}\", not a number",
-                                        spec.metrics[m].column,
-                                        text.chars().take(40).collect::<String>()
-                                    ),
-                                )
-                            })?;
-                            row_series.push((m, value));
-                        }
-                    }
-                }
-                // Rolled-up rows are budgeted after the roll-up, by label set.
-                let budget = if spec.rollup_key.is_some() {
-                    ROLLUP_ROW_LIMIT
-                } else {
-                    spec.max_series
-                };
-                if total + row_series.len() > budget {
-                    stats.dropped += row_series.len() as u64;
-                    continue;
-                }
-                total += row_series.len();
-                for (m, value) in row_series {
-                    families[m].push(Series {
-                        labels: labels.clone(),
-                        value,
-                    });
-                }
-            }
-            _ => {}
-        }
-    }
-    if columns.is_none() {
+    lock_timeout: Duration,
+) -> Result<Sampled, RunError> {
+    let client: &mut tokio_postgres::Client = client;
+    let txn = client
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| classify(&e))?;
+    txn.batch_execute(&timeouts_sql(spec.timeout, lock_timeout))
+        .await
+        .map_err(|e| classify(&e))?;
+    let statement = txn.prepare(&spec.sql).await.map_err(|e| classify(&e))?;
+    let columns: Vec<(String, tokio_postgres::types::Type)> = statement
+        .columns()
+        .iter()
+        .map(|c| (c.name().to_owned(), c.type_().clone()))
+        .collect();
+    if columns.is_empty() {
         return Err(RunError::new(
             ErrorKind::Decode,
-            format!(
-                "query \"{}\" returned no result set (is it a SELECT?)",
-                spec.name
-            ),
+            format!("query \"{}\" returns no rows (is it a SELECT?)", spec.name),
         ));
     }
-    Ok((
-        QueryResult {
-            spec: spec.clone(),
-            families,
-            histogram: None,
-            rows,
-            at: SystemTime::now(),
-        },
-        stats,
-    ))
-}
-
-/// Parses a text value as a number: integers, floats, NaN/Infinity, booleans (t/f).
-pub fn parse_value(text: &str) -> Option<f64> {
-    match text {
-        "t" | "true" => Some(1.0),
-        "f" | "false" => Some(0.0),
-        "Infinity" => Some(f64::INFINITY),
-        "-Infinity" => Some(f64::NEG_INFINITY),
-        "NaN" => Some(f64::NAN),
-        _ => text.parse::<f64>().ok().filter(|v| v.is_finite()),
+    let mut decoder = Decoder::new(spec, &columns)?;
+    let portal = txn.bind(&statement, &[]).await.map_err(|e| classify(&e))?;
+    loop {
+        let rows = txn
+            .query_portal_raw(&portal, ROW_BATCH)
+            .await
+            .map_err(|e| classify(&e))?;
+        pin_mut!(rows);
+        let mut n = 0;
+        while let Some(row) = rows.next().await {
+            let row = row.map_err(|e| classify(&e))?;
+            n += 1;
+            decoder.push(&row)?;
+        }
+        if n < ROW_BATCH {
+            break;
+        }
     }
+    txn.commit().await.map_err(|e| classify(&e))?;
+    let (result, stats) = decoder.finish();
+    Ok(Sampled { result, stats })
 }

@@ -1,13 +1,16 @@
 //! The trade-engine catalog against real PostgreSQL: induce the condition, assert the metric.
 
-use std::time::Duration;
-
 use crate::harness::{TestDb, connect, own_cluster};
 use crate::service::{Running, has_family, sample, start};
 use pgpulse::demo::ClusterOptions;
 
-/// The shipped catalog with every interval at 1s (timeouts just below), for tests.
+/// The shipped catalog with every interval at 2s (timeouts just below), for tests.
 pub fn fast_catalog() -> String {
+    catalog_every(2)
+}
+
+/// The shipped catalog with every interval at `secs` seconds (timeouts 100 ms below).
+pub fn catalog_every(secs: u64) -> String {
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/queries.yaml")).unwrap();
     text.lines()
@@ -15,11 +18,11 @@ pub fn fast_catalog() -> String {
             let t = l.trim_start();
             let indent = &l[..l.len() - t.len()];
             if t.starts_with("interval: ") {
-                format!("{indent}interval: 2s")
+                format!("{indent}interval: {secs}s")
             } else if t.starts_with("timeout: ") {
-                format!("{indent}timeout: 1900ms")
+                format!("{indent}timeout: {}ms", secs * 1000 - 100)
             } else if t.starts_with("expire_after: ") {
-                format!("{indent}expire_after: 2s")
+                format!("{indent}expire_after: {secs}s")
             } else {
                 l.to_owned()
             }
@@ -30,17 +33,7 @@ pub fn fast_catalog() -> String {
 
 /// Waits until `f` holds for the /metrics body; panics with `what` and the body otherwise.
 pub async fn wait_for(svc: &Running, what: &str, f: impl Fn(&str) -> bool) -> String {
-    let end = std::time::Instant::now() + Duration::from_secs(40);
-    loop {
-        let b = svc.metrics().await;
-        if f(&b) {
-            return b;
-        }
-        if std::time::Instant::now() > end {
-            panic!("timed out waiting for {what}; last body:\n{b}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    svc.wait_for(what, f).await
 }
 
 #[tokio::test]
@@ -280,6 +273,7 @@ async fn without_pg_stat_statements_its_series_are_absent_a_gauge_says_so_and_th
     let body = wait_for(&svc, "the availability gauge at 0 and table metrics", |b| {
         sample(b, "pg_stat_statements_available") == Some(0.0)
             && has_family(b, "pg_table_size_bytes")
+            && sample(b, "pgpulse_query_enabled{query=\"top_statements\"}").is_some()
     })
     .await;
     for family in [

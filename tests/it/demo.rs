@@ -40,7 +40,7 @@ impl Demo {
     }
 
     async fn wait_for(&mut self, what: &str, f: impl Fn(&str) -> bool) -> String {
-        let end = Instant::now() + Duration::from_secs(75);
+        let end = Instant::now() + crate::harness::PATIENCE;
         let mut last = String::new();
         while Instant::now() < end {
             if let Ok(Some(status)) = self.child.try_wait() {

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use pgpulse::demo::ClusterOptions;
 use pgpulse::demo::cluster::{find_bindir, free_port};
@@ -454,7 +453,7 @@ async fn the_stack_samples_every_query_as_the_read_only_login_its_init_scripts_c
 
     let http = &reqwest::Client::new();
     let metrics_url = &format!("http://{listen}/metrics");
-    let body = eventually(Duration::from_secs(60), || async move {
+    let body = eventually(crate::harness::PATIENCE, || async move {
         let resp = http.get(metrics_url).send().await.ok()?;
         let body = resp.text().await.ok()?;
         let names = |family: &str, value: &str| -> Vec<String> {

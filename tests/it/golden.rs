@@ -37,19 +37,24 @@ fn golden(path: &str, actual: &str, how: &str) {
 
 /// Self-metric families as rendered, every per-query series touched once.
 fn self_metric_families() -> Vec<String> {
-    use pgpulse::exposition::self_metrics::{QueryLabel, ResultLabel};
+    use pgpulse::sampler::metrics::RunOutcome;
     let mut registry = prometheus_client::registry::Registry::default();
-    let m = pgpulse::exposition::SelfMetrics::register(&mut registry);
-    m.init_query("q");
-    let q = QueryLabel { query: "q".into() };
-    m.duration.get_or_create(&q).observe(0.1);
-    m.last_success.get_or_create(&q).set(1.0);
-    m.enabled.get_or_create(&q).set(1);
-    m.reloads
-        .get_or_create(&ResultLabel {
-            result: "success".into(),
-        })
-        .inc();
+    let m = pgpulse::sampler::SamplerMetrics::register(&mut registry);
+    let yaml = "queries:\n  - name: q\n    sql: SELECT 1 AS v\n    metrics:\n      - {column: v, name: pg_v, type: gauge, help: v}\n";
+    let spec = Catalog::parse(yaml, "q.yaml".as_ref(), Default::default())
+        .unwrap()
+        .queries[0]
+        .clone();
+    m.init_query(&spec);
+    drop(m.start_run(&spec));
+    let outcome = RunOutcome::Published {
+        series: 1,
+        dropped: 0,
+        nulls: 0,
+    };
+    m.record_run(&spec, 0, &outcome);
+    m.record_gate(&spec, true);
+    m.record_reload(true);
     let mut om = String::new();
     prometheus_client::encoding::text::encode(&mut om, &registry).unwrap();
     let body = pgpulse::exposition::to_prometheus_text(&om);

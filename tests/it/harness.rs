@@ -185,6 +185,10 @@ pub fn text(o: &Output) -> (String, String) {
     )
 }
 
+/// How long a test waits for a condition before failing: generous, because CI runs on two
+/// loaded cores; it only bounds how long a real failure takes to report.
+pub const PATIENCE: Duration = Duration::from_secs(180);
+
 /// Polls `f` until it returns `Some` or `deadline` passes.
 pub async fn eventually<T, F, Fut>(deadline: Duration, mut f: F) -> Option<T>
 where

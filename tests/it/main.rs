@@ -1,7 +1,10 @@
 //! pgpulse's integration tests: real PostgreSQL (a throwaway cluster from the system's
 //! binaries), real HTTP, the real binary.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod alerts;
+mod architecture;
 mod cardinality;
 mod catalog;
 mod commands;

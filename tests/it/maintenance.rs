@@ -1,8 +1,6 @@
 //! The maintenance runner: jobs run from the schedule's functions, VACUUM issued from the
 //! client, every run logged, and one leader among concurrent runners.
 
-use std::time::Duration;
-
 use crate::harness::{TestDb, eventually, pgpulse, text};
 
 #[tokio::test]
@@ -30,7 +28,7 @@ async fn the_weekly_vacuum_runs_its_statements_from_the_client_and_logs_them() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("weekly_vacuum: success"), "{stdout}");
-    let vacuumed = eventually(Duration::from_secs(10), || async {
+    let vacuumed = eventually(crate::harness::PATIENCE, || async {
         let r = c
             .query_one("SELECT last_vacuum IS NOT NULL, n_dead_tup FROM pg_stat_user_tables WHERE relname = 'stale'", &[])
             .await
@@ -125,7 +123,7 @@ async fn only_one_runner_leads_until_it_goes_away() {
     assert!(pgpulse::maintenance::try_lead(&first).await.unwrap());
     assert!(!pgpulse::maintenance::try_lead(&second).await.unwrap());
     drop(first);
-    let took_over = eventually(Duration::from_secs(10), || async {
+    let took_over = eventually(crate::harness::PATIENCE, || async {
         pgpulse::maintenance::try_lead(&second)
             .await
             .unwrap()

@@ -1,8 +1,6 @@
 //! Secrets stay secret: the password never appears in logs, the landing page, error
 //! messages, /metrics or `Debug` output.
 
-use std::time::Duration;
-
 use crate::harness::{TestDb, eventually, with_db};
 
 const PASSWORD: &str = "Sup3r-S3cret-pw";
@@ -45,7 +43,7 @@ async fn the_password_never_appears_in_logs_landing_page_errors_or_metrics() {
         .spawn()
         .unwrap();
     let base = format!("http://{listen}");
-    let body = eventually(Duration::from_secs(20), || async {
+    let body = eventually(crate::harness::PATIENCE, || async {
         let b = reqwest::get(format!("{base}/metrics"))
             .await
             .ok()?

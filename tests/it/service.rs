@@ -29,7 +29,7 @@ pub fn config(url: &str, catalog_path: &std::path::Path) -> Config {
     let mut s = Settings::default();
     s.database.url = Some(url.to_owned().into());
     s.web.listen_address = "127.0.0.1:0".into();
-    s.queries_file = catalog_path.to_owned();
+    s.queries_file = Some(catalog_path.to_owned());
     s.validate().expect("valid test config")
 }
 
@@ -52,10 +52,9 @@ pub async fn start(url: &str, catalog: &str, tweak: impl FnOnce(&mut Config)) ->
     let addr = app.local_addr();
     let reloader = app.reloader();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let r = reloader.clone();
     let task = tokio::spawn(async move {
         let _ = app
-            .run_until_stopped(r, async {
+            .run_until_stopped(async {
                 let _ = rx.await;
             })
             .await;
@@ -96,12 +95,27 @@ impl Running {
         (s, String::from_utf8_lossy(&b).into_owned())
     }
 
-    /// Waits until /ready answers 200 (panics after 20 s).
+    /// Waits until /ready answers 200 (a generous deadline: it only bounds a failure).
     pub async fn wait_ready(&self) {
-        let end = std::time::Instant::now() + Duration::from_secs(20);
-        while self.get("/ready").await.0 != 200 {
-            assert!(std::time::Instant::now() < end, "not ready within 20 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        crate::harness::eventually(crate::harness::PATIENCE, || async {
+            (self.get("/ready").await.0 == 200).then_some(())
+        })
+        .await
+        .expect("ready within the test patience");
+    }
+
+    /// Waits until `f` holds for the /metrics body; panics with `what` and the last body.
+    pub async fn wait_for(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
+        let end = std::time::Instant::now() + crate::harness::PATIENCE;
+        loop {
+            let b = self.metrics().await;
+            if f(&b) {
+                return b;
+            }
+            if std::time::Instant::now() > end {
+                panic!("timed out waiting for {what}; last body:\n{b}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

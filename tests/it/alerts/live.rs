@@ -275,7 +275,7 @@ async fn alerts_reach_alertmanager_and_dashboard_queries_return_data_end_to_end(
     let mut problems = Vec::new();
     let wanted = ["PgTableBloatHigh", "PgCacheHitRatioLow"];
     let all_delivered = || async { wanted.iter().all(|a| hook.received(a)).then_some(()) };
-    if eventually(Duration::from_secs(180), all_delivered)
+    if eventually(crate::harness::PATIENCE, all_delivered)
         .await
         .is_none()
     {

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use crate::harness::eventually;
 
@@ -50,7 +49,7 @@ fn local_addr() -> String {
 /// Waits until `http://addr/-/ready` answers 200.
 async fn ready(server: &Server, addr: &str) {
     let url = format!("http://{addr}/-/ready");
-    let ok = eventually(Duration::from_secs(30), || async {
+    let ok = eventually(crate::harness::PATIENCE, || async {
         reqwest::get(&url)
             .await
             .ok()?

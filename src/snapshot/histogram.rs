@@ -64,7 +64,9 @@ impl LatencyHistogram {
             .iter()
             .position(|b| seconds <= *b)
             .unwrap_or(self.bounds.len());
-        self.counts[i] += calls;
+        if let Some(c) = self.counts.get_mut(i) {
+            *c += calls;
+        }
         self.count += calls;
         self.sum += seconds * calls as f64;
     }
@@ -104,7 +106,8 @@ impl LatencyHistogram {
             .copied()
             .zip(self.counts.iter().copied())
             .collect();
-        buckets.push((f64::INFINITY, self.counts[self.bounds.len()]));
+        let overflow = self.counts.last().copied().unwrap_or(0);
+        buckets.push((f64::INFINITY, overflow));
         HistogramSnapshot {
             buckets,
             sum: self.sum,

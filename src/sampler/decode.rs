@@ -1,0 +1,205 @@
+//! Rows → series, one row at a time: the decoder is built from the statement's columns
+//! (every declared column must be there), then fed the streamed rows. It keeps at most the
+//! query's budget of series (roll-up queries: at most [`ROLLUP_ROW_LIMIT`] objects, budgeted
+//! after the roll-up) and only counts what is past it, so memory is bounded by the budget,
+//! not by the size of the result.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tokio_postgres::Row;
+use tokio_postgres::types::Type;
+
+use super::cell::{Cell, parse_value};
+use super::run::{ErrorKind, RunError};
+use crate::catalog::QuerySpec;
+use crate::snapshot::histogram::StatementSample;
+use crate::snapshot::{QueryResult, Series};
+
+/// The most rows a roll-up query may return (its series are budgeted after the roll-up).
+pub const ROLLUP_ROW_LIMIT: usize = 200_000;
+
+/// Counters of one run besides its series.
+#[derive(Debug, Default, Clone)]
+pub struct RunStats {
+    /// Rows for the query's latency histogram, if it declares one.
+    pub statements: Vec<StatementSample>,
+    /// NULL values met (series omitted).
+    pub nulls: u64,
+    /// Series dropped over the budget or as duplicates.
+    pub dropped: u64,
+}
+
+/// Column positions of what the spec reads.
+#[derive(Debug)]
+struct Columns {
+    labels: Vec<usize>,
+    values: Vec<usize>,
+    histogram: Option<[usize; 3]>,
+}
+
+/// Turns streamed rows of one run into a result.
+#[derive(Debug)]
+pub struct Decoder {
+    spec: Arc<QuerySpec>,
+    columns: Columns,
+    names: Vec<String>,
+    result: QueryResult,
+    stats: RunStats,
+    seen: HashSet<Vec<String>>,
+    kept: usize,
+    budget: usize,
+}
+
+fn decode_error(message: String) -> RunError {
+    RunError::new(ErrorKind::Decode, message)
+}
+
+impl Decoder {
+    /// A decoder for `spec` over a statement with `columns` (name, type).
+    pub fn new(spec: &Arc<QuerySpec>, columns: &[(String, Type)]) -> Result<Self, RunError> {
+        let find = |name: &str| {
+            columns.iter().position(|(c, _)| c == name).ok_or_else(|| {
+                decode_error(format!(
+                    "column \"{name}\" is not in the result of query \"{}\"",
+                    spec.name
+                ))
+            })
+        };
+        // A roll-up key is carried as a last, hidden label until the roll-up.
+        let labels = spec
+            .labels
+            .iter()
+            .chain(spec.rollup_key.as_ref())
+            .map(|l| find(l))
+            .collect::<Result<_, _>>()?;
+        let values = spec
+            .metrics
+            .iter()
+            .map(|m| find(&m.column))
+            .collect::<Result<_, _>>()?;
+        let histogram = match &spec.histogram {
+            Some(h) => Some([
+                find(&h.key_column)?,
+                find(&h.calls_column)?,
+                find(&h.time_ms_column)?,
+            ]),
+            None => None,
+        };
+        let budget = if spec.rollup_key.is_some() {
+            ROLLUP_ROW_LIMIT
+        } else {
+            spec.max_series
+        };
+        Ok(Self {
+            spec: spec.clone(),
+            columns: Columns {
+                labels,
+                values,
+                histogram,
+            },
+            names: columns.iter().map(|(n, _)| n.clone()).collect(),
+            result: QueryResult::empty(spec),
+            stats: RunStats::default(),
+            seen: HashSet::new(),
+            kept: 0,
+            budget,
+        })
+    }
+
+    /// Whether the budget is used up: later rows are only counted.
+    pub fn full(&self) -> bool {
+        self.kept >= self.budget
+    }
+
+    /// Counts `n` rows that were not decoded because the budget was used up.
+    pub fn skip_rows(&mut self, n: u64) {
+        self.stats.dropped += n * self.spec.metrics.len() as u64;
+    }
+
+    /// Decodes one row.
+    pub fn push(&mut self, row: &Row) -> Result<(), RunError> {
+        if self.full() && self.spec.histogram.is_none() && !self.spec.publish_rows {
+            self.skip_rows(1);
+            return Ok(());
+        }
+        let cell = |i: usize| -> Result<Option<String>, RunError> {
+            row.try_get::<_, Cell>(i).map(|c| c.0).map_err(|e| {
+                let col = row.columns().get(i).map(|c| c.name()).unwrap_or("?");
+                decode_error(format!("column \"{col}\": {e}"))
+            })
+        };
+        if let Some(rows) = self.result.rows.as_mut() {
+            let mut out = Vec::with_capacity(self.names.len());
+            for (i, name) in self.names.iter().enumerate() {
+                out.push((name.clone(), cell(i)?));
+            }
+            rows.push(out);
+        }
+        if let Some([k, c, t]) = self.columns.histogram {
+            let num = |i| cell(i).map(|v| v.as_deref().and_then(parse_value));
+            if let (Some(key), Some(calls), Some(total_ms)) = (cell(k)?, num(c)?, num(t)?) {
+                self.stats.statements.push(StatementSample {
+                    key,
+                    calls,
+                    total_ms,
+                });
+            }
+        }
+        if self.spec.metrics.is_empty() {
+            return Ok(());
+        }
+        let labels = self
+            .columns
+            .labels
+            .iter()
+            .map(|&i| cell(i).map(Option::unwrap_or_default))
+            .collect::<Result<Vec<String>, _>>()?;
+        if self.seen.contains(&labels) {
+            self.stats.dropped += self.spec.metrics.len() as u64;
+            return Ok(());
+        }
+        let mut series = Vec::with_capacity(self.columns.values.len());
+        for (m, &i) in self.columns.values.iter().enumerate() {
+            match cell(i)? {
+                None => self.stats.nulls += 1,
+                Some(text) => {
+                    let value = parse_value(&text).ok_or_else(|| {
+                        let column = self
+                            .spec
+                            .metrics
+                            .get(m)
+                            .map(|s| s.column.as_str())
+                            .unwrap_or("?");
+                        decode_error(format!(
+                            "column \"{column}\" holds \"{}\", not a number",
+                            text.chars().take(40).collect::<String>()
+                        ))
+                    })?;
+                    series.push((m, value));
+                }
+            }
+        }
+        if self.kept + series.len() > self.budget {
+            self.stats.dropped += series.len() as u64;
+            return Ok(());
+        }
+        self.kept += series.len();
+        self.seen.insert(labels.clone());
+        for (m, value) in series {
+            if let Some(family) = self.result.families.get_mut(m) {
+                family.push(Series {
+                    labels: labels.clone(),
+                    value,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The result and the run's counters.
+    pub fn finish(mut self) -> (QueryResult, RunStats) {
+        self.result.at = std::time::SystemTime::now();
+        (self.result, self.stats)
+    }
+}

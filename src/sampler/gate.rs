@@ -1,0 +1,38 @@
+//! Gating: whether a query of the catalog runs on this server, from what the probe learnt
+//! (server version, installed extensions, preloaded libraries). A gated query is disabled,
+//! not failing: its series go and `pgpulse_query_enabled` says 0.
+
+use crate::catalog::QuerySpec;
+
+use super::probe::ServerInfo;
+
+/// Why `spec` cannot run on the server described by `server`, if it cannot.
+pub fn check(spec: &QuerySpec, server: &ServerInfo) -> Option<String> {
+    let v = i32::try_from(server.version_num()).unwrap_or(i32::MAX);
+    if let Some(min) = spec.min_server_version
+        && v < min
+    {
+        return Some(format!("server version {v} is below {min}"));
+    }
+    if let Some(max) = spec.max_server_version
+        && v > max
+    {
+        return Some(format!("server version {v} is above {max}"));
+    }
+    let (exts, preload) = server.features();
+    if let Some(e) = &spec.requires_extension
+        && !exts.contains(e)
+    {
+        return Some(format!(
+            "extension {e} is not installed (CREATE EXTENSION {e})"
+        ));
+    }
+    if let Some(p) = &spec.requires_preload
+        && !preload.iter().any(|l| l == p)
+    {
+        return Some(format!(
+            "{p} is not in shared_preload_libraries (add it and restart PostgreSQL)"
+        ));
+    }
+    None
+}

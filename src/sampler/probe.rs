@@ -1,0 +1,208 @@
+//! The probe: keeps `pg_up` truthful and learns what gating needs (server version,
+//! extensions, preloaded libraries). While the database is down, only the probe tries to
+//! connect, with capped exponential backoff, so an outage costs the database one connection
+//! attempt per backoff step however many queries are due.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use tokio_postgres::SimpleQueryMessage;
+use tokio_util::sync::CancellationToken;
+
+use super::Sampler;
+use super::run::{Checkout, is_pool_busy, timeouts_sql};
+
+/// Pause between probes while the database answers: short enough that `pg_up` follows an
+/// outage within seconds, long enough to cost nothing.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Server-side statement timeout of a probe, and the client's wait for a connection.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// First reconnect pause after a failed probe; it doubles per failure up to the configured
+/// maximum.
+pub const BACKOFF_BASE: Duration = Duration::from_millis(250);
+
+/// What the probe learnt about the server.
+#[derive(Debug, Default)]
+pub struct ServerInfo {
+    version_num: AtomicI64,
+    features: std::sync::Mutex<(Vec<String>, Vec<String>)>,
+}
+
+impl ServerInfo {
+    /// `server_version_num`, 0 before the first connection.
+    pub fn version_num(&self) -> i64 {
+        self.version_num.load(Ordering::Relaxed)
+    }
+
+    /// Installed extensions and preloaded libraries (bare names), from the last probe that
+    /// could read them.
+    pub fn features(&self) -> (Vec<String>, Vec<String>) {
+        self.features.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+}
+
+/// The first value of the first row of a simple-query result.
+fn first_value(msgs: &[SimpleQueryMessage]) -> Option<&str> {
+    msgs.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => r.get(0),
+        _ => None,
+    })
+}
+
+/// Splits a comma-separated setting; library entries are normalised to their bare name
+/// (`$libdir/pg_stat_statements.so` → `pg_stat_statements`).
+pub fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(|x| {
+            let x = x.trim().trim_matches('"');
+            let x = x.rsplit('/').next().unwrap_or(x);
+            x.strip_suffix(".so").unwrap_or(x).to_owned()
+        })
+        .filter(|x| !x.is_empty())
+        .collect()
+}
+
+/// A fixed statement of pgpulse's own, read-only with server-side timeouts, one round trip.
+fn guarded(sql: &str) -> String {
+    format!(
+        "BEGIN READ ONLY; {}; {sql}; COMMIT",
+        timeouts_sql(PROBE_TIMEOUT, PROBE_TIMEOUT)
+    )
+}
+
+/// The pause after `failures` consecutive failed probes (at least one).
+pub fn backoff(failures: u32, max: Duration) -> Duration {
+    BACKOFF_BASE
+        .saturating_mul(2u32.saturating_pow(failures.min(16)))
+        .min(max)
+}
+
+impl Sampler {
+    /// Starts the probe, which keeps running across reloads until the service stops.
+    pub fn start_probe(self: &Arc<Self>) {
+        let me = self.clone();
+        let stop = self.stop.clone();
+        self.tracker.spawn(async move { me.probe_loop(stop).await });
+    }
+
+    async fn probe_loop(self: Arc<Self>, stop: CancellationToken) {
+        let mut failures: u32 = 0;
+        loop {
+            let ok = tokio::select! {
+                _ = stop.cancelled() => return,
+                ok = self.probe_once() => ok,
+            };
+            let pause = if ok {
+                failures = 0;
+                PROBE_INTERVAL
+            } else {
+                failures = failures.saturating_add(1);
+                self.metrics.record_connect_failure();
+                backoff(failures, self.settings.max_backoff)
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// One probe: a read-only round trip with a statement timeout (liveness and version),
+    /// then, best effort, the installed extensions and preloaded libraries for gating. A
+    /// role that may not read `shared_preload_libraries` keeps the last known features: the
+    /// database is up all the same.
+    pub async fn probe_once(&self) -> bool {
+        let mut checkout = match Checkout::get(&self.pool, PROBE_TIMEOUT).await {
+            // Every connection is busy: the database answers, the budget is just in use.
+            Err(e) if is_pool_busy(&e) => return self.snapshot.is_up(),
+            Err(_) => None,
+            Ok(c) => Some(c),
+        };
+        let guard = PROBE_TIMEOUT + super::run::CLIENT_GRACE;
+        let mut version = None;
+        if let Some(client) = checkout.as_mut().and_then(Checkout::client) {
+            let batch = guarded("SELECT current_setting('server_version_num')");
+            version = match tokio::time::timeout(guard, client.simple_query(&batch)).await {
+                Ok(Ok(msgs)) => first_value(&msgs).and_then(|v| v.parse::<i64>().ok()),
+                _ => None,
+            };
+        }
+        let was_up = self.snapshot.is_up();
+        let Some(version) = version else {
+            // Dropping the checkout discards the connection: its state is unknown.
+            drop(checkout);
+            self.snapshot.set_up(false);
+            self.metrics.record_probe(false, None);
+            if was_up {
+                tracing::warn!("database unreachable");
+            }
+            self.changed.notify_one();
+            return false;
+        };
+        if let Some(mut checkout) = checkout {
+            let sql = "SELECT coalesce((SELECT string_agg(extname, ',') FROM pg_extension), '') || '|' || \
+                       current_setting('shared_preload_libraries')";
+            let outcome = match checkout.client() {
+                Some(client) => {
+                    tokio::time::timeout(guard, client.simple_query(&guarded(sql))).await
+                }
+                None => Ok(Ok(Vec::new())),
+            };
+            match outcome {
+                Ok(Ok(msgs)) => {
+                    if let Some((exts, preload)) =
+                        first_value(&msgs).and_then(|v| v.split_once('|'))
+                        && let Ok(mut f) = self.server.features.lock()
+                    {
+                        *f = (split_list(exts), split_list(preload));
+                    }
+                    checkout.release();
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "cannot read extensions or preloaded libraries; keeping the last known");
+                    let rolled_back = match checkout.client() {
+                        Some(c) => c.batch_execute("ROLLBACK").await.is_ok(),
+                        None => false,
+                    };
+                    if rolled_back {
+                        checkout.release();
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        self.server.version_num.store(version, Ordering::Relaxed);
+        self.snapshot.set_up(true);
+        self.metrics.record_probe(true, Some(version));
+        if !was_up {
+            tracing::info!(version, "database reachable");
+            self.changed.notify_one();
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preloaded_libraries_are_matched_by_their_bare_name() {
+        assert_eq!(
+            split_list("\"$libdir/pg_stat_statements.so\", auto_explain"),
+            vec!["pg_stat_statements", "auto_explain"]
+        );
+        assert!(split_list("").is_empty());
+    }
+
+    #[test]
+    fn backoff_doubles_from_its_base_up_to_the_maximum() {
+        let max = Duration::from_secs(30);
+        assert_eq!(backoff(1, max), Duration::from_millis(500));
+        assert_eq!(backoff(2, max), Duration::from_secs(1));
+        assert_eq!(backoff(40, max), max);
+    }
+}

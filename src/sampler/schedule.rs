@@ -1,0 +1,120 @@
+//! Scheduling: the loop of one query (first run at its offset, then every interval; a run
+//! still in flight when the next tick comes skips that tick) and what one tick does: skip
+//! while the database is down, gate, run, then record the outcome under the roster's
+//! generation check.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use super::metrics::RunOutcome;
+use super::run::ErrorKind;
+use super::{Sampler, gate, run};
+use crate::catalog::QuerySpec;
+
+impl Sampler {
+    pub(super) async fn query_loop(
+        self: Arc<Self>,
+        spec: Arc<QuerySpec>,
+        offset: Duration,
+        stop: CancellationToken,
+    ) {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(offset) => {}
+        }
+        let mut ticker = tokio::time::interval(spec.interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.tick(&spec) => {}
+            }
+        }
+    }
+
+    /// One tick of a query: gate, run, publish or record the failure, wake the renderer.
+    pub async fn tick(&self, spec: &Arc<QuerySpec>) {
+        if !self.snapshot.is_up() {
+            self.commit(spec, || {
+                let series = self.snapshot.fail(
+                    spec,
+                    "database unreachable".to_owned(),
+                    SystemTime::now(),
+                    false,
+                );
+                self.metrics.record_skip(spec, series);
+            });
+            self.changed.notify_one();
+            return;
+        }
+        let reason = gate::check(spec, &self.server);
+        let enabled = reason.is_none();
+        self.commit(spec, || {
+            self.metrics.record_gate(spec, enabled);
+            self.snapshot.set_enabled(&spec.name, enabled, reason);
+        });
+        if !enabled {
+            self.changed.notify_one();
+            return;
+        }
+        let timer = self.metrics.start_run(spec);
+        let outcome = run::sample_once(&self.pool, spec, self.settings.lock_timeout).await;
+        // A run longer than the interval makes the ticker skip the ticks it overran.
+        let overran = (timer.elapsed().as_secs_f64() / spec.interval.as_secs_f64()).floor() as u64;
+        let mut maybe_down = false;
+        self.commit(spec, || match outcome {
+            Ok(sampled) => {
+                let (nulls, dropped) = (sampled.stats.nulls, sampled.stats.dropped);
+                let published = self
+                    .snapshot
+                    .publish(sampled.result, &sampled.stats.statements);
+                let (series, rolled_dropped) =
+                    published.map(|p| (p.series, p.dropped)).unwrap_or((0, 0));
+                let dropped = dropped + rolled_dropped;
+                if dropped > 0 {
+                    tracing::warn!(query = %spec.name, dropped, budget = spec.max_series, "series over budget dropped");
+                }
+                self.metrics.record_run(
+                    spec,
+                    overran,
+                    &RunOutcome::Published {
+                        series,
+                        dropped,
+                        nulls,
+                    },
+                );
+            }
+            Err(e) => {
+                tracing::warn!(query = %spec.name, kind = e.kind.as_str(), error = %e.message, "query failed");
+                if e.kind == ErrorKind::Unavailable {
+                    self.snapshot.clear(&spec.name);
+                }
+                let series = self
+                    .snapshot
+                    .fail(spec, e.to_string(), SystemTime::now(), true);
+                self.metrics.record_run(
+                    spec,
+                    overran,
+                    &RunOutcome::Failed {
+                        kind: e.kind,
+                        series,
+                    },
+                );
+                maybe_down = e.maybe_down();
+            }
+        });
+        drop(timer);
+        if maybe_down {
+            // Let the probe confirm and take over reconnecting.
+            self.probe_once().await;
+        }
+        self.changed.notify_one();
+    }
+}

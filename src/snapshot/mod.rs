@@ -1,0 +1,306 @@
+//! The snapshot: the latest complete result of every query, each query's status, whether the
+//! database answers, and the state that must outlive a reload (counter roll-ups, histogram
+//! accumulators).
+//!
+//! The sampler writes it, the exposition and the HTTP layer read it; neither of those imports
+//! the other, this module is their whole contract. Scrapes never read it (they copy bytes the
+//! exposition pre-rendered from it).
+//!
+//! Concurrency: one `std::sync::Mutex` around plain maps, held for a few map operations and
+//! never across an `.await`. Counter state is keyed by query name and kept as long as the
+//! query's SQL and exposed shape stay the same, so a reload that changes only an interval or
+//! a timeout never makes a counter go back.
+
+pub mod histogram;
+pub mod rollup;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use crate::catalog::QuerySpec;
+use histogram::{HistogramSnapshot, LatencyHistogram, StatementSample};
+use rollup::Rollup;
+
+/// One exposed series: label values (in the query's label order) and a value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// Label values, in the order of [`QuerySpec::labels`] (plus the roll-up key, last,
+    /// until the roll-up).
+    pub labels: Vec<String>,
+    /// The sample value.
+    pub value: f64,
+}
+
+/// One row kept as column name → text value (`None` for NULL).
+pub type Row = Vec<(String, Option<String>)>;
+
+/// The complete result of one successful run of a query; immutable once published.
+#[derive(Debug, Clone)]
+pub struct QueryResult {
+    /// The query that produced it.
+    pub spec: Arc<QuerySpec>,
+    /// Per metric of the spec (same order), its series.
+    pub families: Vec<Vec<Series>>,
+    /// The latency histogram the query feeds, if it declares one.
+    pub histogram: Option<HistogramSnapshot>,
+    /// Every row as column → text (NULL as `None`), when the spec asks for it.
+    pub rows: Option<Vec<Row>>,
+    /// When it was produced.
+    pub at: SystemTime,
+}
+
+impl QueryResult {
+    /// An empty result of `spec`, produced now.
+    pub fn empty(spec: &Arc<QuerySpec>) -> Self {
+        Self {
+            spec: spec.clone(),
+            families: vec![Vec::new(); spec.metrics.len()],
+            histogram: None,
+            rows: spec.publish_rows.then(Vec::new),
+            at: SystemTime::now(),
+        }
+    }
+
+    /// Total number of series across its metrics.
+    pub fn series_count(&self) -> usize {
+        self.families.iter().map(Vec::len).sum::<usize>() + usize::from(self.histogram.is_some())
+    }
+}
+
+/// What the landing page and readiness know of a query.
+#[derive(Debug, Clone, Default)]
+pub struct QueryStatus {
+    /// When it last succeeded.
+    pub last_success: Option<SystemTime>,
+    /// The last error and when it happened.
+    pub last_error: Option<(SystemTime, String)>,
+    /// Whether it ran at least once (success or failure) with the database answering, since
+    /// start or reload.
+    pub attempted: bool,
+    /// Whether gating (version, extension, preload) lets it run.
+    pub enabled: bool,
+    /// Why it is disabled, when it is.
+    pub disabled_reason: Option<String>,
+}
+
+/// What publishing a result did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// Series now exposed by the query.
+    pub series: usize,
+    /// Series dropped by the roll-up's budget.
+    pub dropped: u64,
+}
+
+/// State of one query that outlives its runs and reloads.
+#[derive(Debug)]
+struct Carried {
+    spec: Arc<QuerySpec>,
+    rollup: Option<Rollup>,
+    histogram: Option<LatencyHistogram>,
+}
+
+impl Carried {
+    fn new(spec: &Arc<QuerySpec>) -> Self {
+        Self {
+            spec: spec.clone(),
+            rollup: spec.rollup_key.as_ref().map(|_| Rollup::default()),
+            histogram: spec
+                .histogram
+                .as_ref()
+                .map(|h| LatencyHistogram::new(&h.buckets)),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    order: Vec<String>,
+    specs: HashMap<String, Arc<QuerySpec>>,
+    results: HashMap<String, Arc<QueryResult>>,
+    status: HashMap<String, QueryStatus>,
+    carried: HashMap<String, Carried>,
+}
+
+/// Latest results, statuses and carried state, keyed by query name.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    inner: Mutex<Inner>,
+    up: AtomicBool,
+}
+
+impl Snapshot {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock only means a writer panicked mid-update of plain maps; the data
+        // is still consistent enough to serve, so recover instead of propagating the panic.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Installs a catalog: its query order and specs. Results of queries that left it, or
+    /// whose exposed shape changed, are dropped at once (two queries never expose the same
+    /// family); counter state is kept only where the SQL and the shape are unchanged.
+    pub fn install(&self, specs: &[Arc<QuerySpec>]) {
+        let mut g = self.lock();
+        g.order = specs.iter().map(|q| q.name.clone()).collect();
+        g.specs = specs.iter().map(|q| (q.name.clone(), q.clone())).collect();
+        let Inner {
+            specs,
+            results,
+            status,
+            carried,
+            ..
+        } = &mut *g;
+        results.retain(|k, r| specs.get(k).is_some_and(|new| same_shape(&r.spec, new)));
+        status.retain(|k, _| specs.contains_key(k));
+        carried.retain(|k, c| specs.get(k).is_some_and(|new| same_state(&c.spec, new)));
+        for (name, spec) in specs.iter() {
+            status.entry(name.clone()).or_default();
+            if let Some(c) = carried.get_mut(name) {
+                c.spec = spec.clone();
+            }
+        }
+    }
+
+    /// Publishes a successful run, replacing that query's series wholesale: per-object
+    /// series are rolled up and statement samples accumulated into the query's histogram
+    /// first. A result of a spec that is no longer current (a run that finished after a
+    /// reload) is discarded and `None` returned.
+    pub fn publish(
+        &self,
+        mut result: QueryResult,
+        statements: &[StatementSample],
+    ) -> Option<Published> {
+        let mut g = self.lock();
+        let name = result.spec.name.clone();
+        if !g
+            .specs
+            .get(&name)
+            .is_some_and(|s| Arc::ptr_eq(s, &result.spec))
+        {
+            return None;
+        }
+        let carried = g
+            .carried
+            .entry(name.clone())
+            .or_insert_with(|| Carried::new(&result.spec));
+        let mut dropped = 0;
+        if let Some(r) = carried.rollup.as_mut() {
+            dropped = r.apply(&mut result);
+        }
+        if let Some(h) = carried.histogram.as_mut() {
+            h.update(statements);
+            result.histogram = Some(h.snapshot());
+        }
+        let st = g.status.entry(name.clone()).or_default();
+        st.last_success = Some(result.at);
+        st.attempted = true;
+        let series = result.series_count();
+        g.results.insert(name, Arc::new(result));
+        Some(Published { series, dropped })
+    }
+
+    /// Records a failure; the last good series stay until `expire_after`, then go. `ran`
+    /// says whether the query reached the database (a tick skipped while the database is
+    /// unreachable does not count towards readiness). Returns the series still exposed.
+    pub fn fail(&self, spec: &QuerySpec, error: String, now: SystemTime, ran: bool) -> usize {
+        let mut g = self.lock();
+        let st = g.status.entry(spec.name.clone()).or_default();
+        st.last_error = Some((now, error));
+        st.attempted |= ran;
+        let expired = g.results.get(&spec.name).is_some_and(|r| {
+            now.duration_since(r.at)
+                .is_ok_and(|age| age > spec.expire_after)
+        });
+        if expired {
+            g.results.remove(&spec.name);
+        }
+        g.results
+            .get(&spec.name)
+            .map(|r| r.series_count())
+            .unwrap_or(0)
+    }
+
+    /// Removes a query's series at once (the object it reads is gone or not readable).
+    pub fn clear(&self, name: &str) {
+        self.lock().results.remove(name);
+    }
+
+    /// Marks a query enabled or disabled by gating; a disabled query's series go at once.
+    pub fn set_enabled(&self, name: &str, enabled: bool, reason: Option<String>) {
+        let mut g = self.lock();
+        let st = g.status.entry(name.to_owned()).or_default();
+        st.enabled = enabled;
+        st.disabled_reason = reason;
+        if !enabled {
+            st.attempted = true;
+            g.results.remove(name);
+        }
+    }
+
+    /// Records whether the database answered the last probe.
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Relaxed);
+    }
+
+    /// Whether the database answered the last probe.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// The current results in catalog order.
+    pub fn results(&self) -> Vec<Arc<QueryResult>> {
+        let g = self.lock();
+        g.order
+            .iter()
+            .filter_map(|n| g.results.get(n).cloned())
+            .collect()
+    }
+
+    /// The latest result of the query named `name`.
+    pub fn result(&self, name: &str) -> Option<Arc<QueryResult>> {
+        self.lock().results.get(name).cloned()
+    }
+
+    /// Statuses in catalog order.
+    pub fn statuses(&self) -> Vec<(String, QueryStatus)> {
+        let g = self.lock();
+        g.order
+            .iter()
+            .map(|n| (n.clone(), g.status.get(n).cloned().unwrap_or_default()))
+            .collect()
+    }
+
+    /// Whether every query has been attempted (or is disabled) since start or reload.
+    pub fn first_round_done(&self) -> bool {
+        let g = self.lock();
+        g.order
+            .iter()
+            .all(|n| g.status.get(n).is_some_and(|s| s.attempted))
+    }
+}
+
+/// Whether two specs expose the same families with the same labels.
+fn same_shape(a: &QuerySpec, b: &QuerySpec) -> bool {
+    a.labels == b.labels
+        && a.metrics.len() == b.metrics.len()
+        && a.metrics
+            .iter()
+            .zip(&b.metrics)
+            .all(|(x, y)| x.name == y.name && x.kind == y.kind)
+        && a.histogram.as_ref().map(|h| (&h.name, &h.buckets))
+            == b.histogram.as_ref().map(|h| (&h.name, &h.buckets))
+}
+
+/// Whether counter state built from `a`'s rows is valid for `b`: same SQL, same shape,
+/// same roll-up key and value columns.
+fn same_state(a: &QuerySpec, b: &QuerySpec) -> bool {
+    same_shape(a, b)
+        && a.sql == b.sql
+        && a.rollup_key == b.rollup_key
+        && a.metrics
+            .iter()
+            .zip(&b.metrics)
+            .all(|(x, y)| x.column == y.column)
+}

@@ -1,0 +1,255 @@
+//! Roll-ups: several rows (e.g. one per partition) share one label set (their parent).
+//!
+//! Gauges are summed. Counters never go down unless their source really reset: each object
+//! (a partition: its parent's labels plus the roll-up key) contributes its increase since
+//! its previous sample. The first sample of an object only sets its baseline, so a new
+//! partition, a partition detached into a table of its own, or pgpulse's own start never
+//! makes a series jump; a rolled-up counter therefore counts from when pgpulse first saw the
+//! object (use `rate()`/`increase()`, as with any counter). An object that disappears (a
+//! detached or dropped partition) freezes its contribution. An object whose value went down
+//! was reset (`pg_stat_reset`): its current value is counted as new.
+//!
+//! State of objects and parents absent from a result (a parent that left the top N for a
+//! while) is kept for [`RETENTION`], so they continue where they stopped when they come
+//! back; the state stays bounded by what was seen within that time.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+use super::{QueryResult, Series};
+use crate::catalog::MetricKind;
+
+/// How long the state of an object or parent absent from the results is kept.
+pub const RETENTION: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    value: f64,
+    at: SystemTime,
+}
+
+fn fresh(now: SystemTime, s: &Seen) -> bool {
+    now.duration_since(s.at)
+        .map_or(true, |age| age <= RETENTION)
+}
+
+/// Per-query roll-up state, kept in the snapshot across samples and reloads.
+#[derive(Debug, Default, Clone)]
+pub struct Rollup {
+    /// Per metric: the last value of each object (label set + key).
+    objects: Vec<HashMap<Vec<String>, Seen>>,
+    /// Per metric: the accumulated total of each parent label set.
+    totals: Vec<HashMap<Vec<String>, Seen>>,
+}
+
+impl Rollup {
+    /// Replaces the per-object series of `result` (whose last label is the roll-up key) by
+    /// one series per parent label set, keeping at most `max_series`; returns how many were
+    /// dropped.
+    pub fn apply(&mut self, result: &mut QueryResult) -> u64 {
+        let n = result.families.len();
+        self.objects.resize_with(n, HashMap::new);
+        self.totals.resize_with(n, HashMap::new);
+        let now = result.at;
+        let mut order: Vec<Vec<String>> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut rolled: Vec<HashMap<Vec<String>, f64>> = vec![HashMap::new(); n];
+        let state = self.objects.iter_mut().zip(self.totals.iter_mut());
+        for (m, ((family, out), (objects, totals))) in result
+            .families
+            .iter()
+            .zip(rolled.iter_mut())
+            .zip(state)
+            .enumerate()
+        {
+            let kind = result
+                .spec
+                .metrics
+                .get(m)
+                .map_or(MetricKind::Gauge, |s| s.kind);
+            for Series { labels, value } in family {
+                let Some((_, parent)) = labels.split_last() else {
+                    continue;
+                };
+                let parent = parent.to_vec();
+                if seen.insert(parent.clone()) {
+                    order.push(parent.clone());
+                }
+                match kind {
+                    MetricKind::Gauge => *out.entry(parent).or_insert(0.0) += value,
+                    MetricKind::Counter => {
+                        let delta = match objects.get(labels) {
+                            Some(prev) if *value >= prev.value => value - prev.value,
+                            Some(_) => *value,
+                            None => 0.0,
+                        };
+                        objects.insert(
+                            labels.clone(),
+                            Seen {
+                                value: *value,
+                                at: now,
+                            },
+                        );
+                        let total = totals.entry(parent.clone()).or_insert(Seen {
+                            value: 0.0,
+                            at: now,
+                        });
+                        total.value += delta;
+                        total.at = now;
+                        out.insert(parent, total.value);
+                    }
+                }
+            }
+            objects.retain(|_, s| fresh(now, s));
+            totals.retain(|_, s| fresh(now, s));
+        }
+        let max = result.spec.max_series;
+        let mut kept = 0usize;
+        let mut dropped = 0u64;
+        let mut families = vec![Vec::new(); n];
+        for parent in order {
+            let series: Vec<(usize, f64)> = rolled
+                .iter()
+                .enumerate()
+                .filter_map(|(m, r)| r.get(&parent).map(|v| (m, *v)))
+                .collect();
+            if kept + series.len() > max {
+                dropped += series.len() as u64;
+                continue;
+            }
+            kept += series.len();
+            for (m, value) in series {
+                if let Some(f) = families.get_mut(m) {
+                    f.push(Series {
+                        labels: parent.clone(),
+                        value,
+                    });
+                }
+            }
+        }
+        result.families = families;
+        dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Catalog, Defaults};
+    use std::sync::Arc;
+
+    fn result_at(at: SystemTime, rows: &[(&str, &str, f64, f64)]) -> QueryResult {
+        let yaml = "queries:\n  - name: q\n    sql: SELECT 1\n    labels: [parent]\n    rollup_key: part\n    max_series: 4\n    metrics:\n      - {column: scans, name: pg_scans_total, type: counter, help: s}\n      - {column: bytes, name: pg_bytes, type: gauge, help: b}\n";
+        let cat = Catalog::parse(yaml, "q.yaml".as_ref(), Defaults::default()).unwrap();
+        let spec = cat.queries[0].clone();
+        let mut families = vec![Vec::new(), Vec::new()];
+        for (parent, part, scans, bytes) in rows {
+            let labels = vec![parent.to_string(), part.to_string()];
+            families[0].push(Series {
+                labels: labels.clone(),
+                value: *scans,
+            });
+            families[1].push(Series {
+                labels,
+                value: *bytes,
+            });
+        }
+        QueryResult {
+            spec: Arc::clone(&spec),
+            families,
+            histogram: None,
+            rows: None,
+            at,
+        }
+    }
+
+    fn result(rows: &[(&str, &str, f64, f64)]) -> QueryResult {
+        result_at(SystemTime::now(), rows)
+    }
+
+    fn values(r: &QueryResult, m: usize) -> Vec<(String, f64)> {
+        r.families[m]
+            .iter()
+            .map(|s| (s.labels[0].clone(), s.value))
+            .collect()
+    }
+
+    #[test]
+    fn gauges_sum_and_counters_start_at_their_baseline_and_never_go_down() {
+        let mut rollup = Rollup::default();
+        let mut r = result(&[
+            ("orders", "a", 10.0, 100.0),
+            ("orders", "b", 5.0, 50.0),
+            ("trades", "c", 1.0, 1.0),
+        ]);
+        assert_eq!(rollup.apply(&mut r), 0);
+        // The first sample is the baseline: counters start at 0, gauges are summed.
+        assert_eq!(
+            values(&r, 0),
+            vec![("orders".into(), 0.0), ("trades".into(), 0.0)]
+        );
+        assert_eq!(
+            values(&r, 1),
+            vec![("orders".into(), 150.0), ("trades".into(), 1.0)]
+        );
+        // a is detached (gone), b scanned twice more; d is new with 3 scans (baseline).
+        let mut r = result(&[
+            ("orders", "b", 7.0, 50.0),
+            ("orders", "d", 3.0, 10.0),
+            ("trades", "c", 1.0, 1.0),
+        ]);
+        rollup.apply(&mut r);
+        assert_eq!(
+            values(&r, 0),
+            vec![("orders".into(), 2.0), ("trades".into(), 0.0)]
+        );
+        assert_eq!(
+            values(&r, 1),
+            vec![("orders".into(), 60.0), ("trades".into(), 1.0)]
+        );
+        // d scanned once; a statistics reset of b counts its new value as new scans.
+        let mut r = result(&[("orders", "b", 2.0, 50.0), ("orders", "d", 4.0, 10.0)]);
+        rollup.apply(&mut r);
+        assert_eq!(values(&r, 0), vec![("orders".into(), 5.0)]);
+    }
+
+    #[test]
+    fn a_parent_absent_for_a_while_continues_where_it_stopped() {
+        let mut rollup = Rollup::default();
+        let t0 = SystemTime::now();
+        rollup.apply(&mut result_at(t0, &[("p", "a", 10.0, 0.0)]));
+        let mut r = result_at(t0 + Duration::from_secs(60), &[("p", "a", 12.0, 0.0)]);
+        rollup.apply(&mut r);
+        assert_eq!(values(&r, 0), vec![("p".into(), 2.0)]);
+        // p leaves the top N for ten minutes, then comes back after 5 more scans.
+        rollup.apply(&mut result_at(
+            t0 + Duration::from_secs(120),
+            &[("q", "b", 1.0, 0.0)],
+        ));
+        let mut r = result_at(t0 + Duration::from_secs(720), &[("p", "a", 17.0, 0.0)]);
+        rollup.apply(&mut r);
+        assert_eq!(values(&r, 0), vec![("p".into(), 7.0)]);
+        // After the retention, the state is forgotten: a new baseline.
+        let later = t0 + Duration::from_secs(720) + RETENTION + Duration::from_secs(60);
+        rollup.apply(&mut result_at(later, &[("q", "b", 2.0, 0.0)]));
+        let mut r = result_at(later + Duration::from_secs(60), &[("p", "a", 30.0, 0.0)]);
+        rollup.apply(&mut r);
+        assert_eq!(values(&r, 0), vec![("p".into(), 0.0)]);
+    }
+
+    #[test]
+    fn the_budget_applies_to_rolled_up_series() {
+        let mut rollup = Rollup::default();
+        let mut r = result(&[
+            ("p1", "a", 1.0, 1.0),
+            ("p2", "b", 1.0, 1.0),
+            ("p3", "c", 1.0, 1.0),
+        ]);
+        assert_eq!(
+            rollup.apply(&mut r),
+            2,
+            "max_series 4 keeps two parents of two series"
+        );
+        assert_eq!(r.families[0].len(), 2);
+    }
+}
