@@ -517,3 +517,45 @@ async fn ready_waits_for_a_real_sample_after_the_database_comes_up() {
     );
     svc.stop().await;
 }
+
+#[tokio::test]
+async fn a_dropped_object_is_unavailable_and_its_series_go_at_once() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute("CREATE TABLE vanishing (v int); INSERT INTO vanishing VALUES (3);")
+        .await
+        .unwrap();
+    let catalog = "queries:
+  - name: vanishing
+    interval: 1s
+    timeout: 900ms
+    expire_after: 1h
+    sql: SELECT max(v) AS v FROM vanishing
+    metrics:
+      - {column: v, name: pg_test_vanishing, type: gauge, help: The value.}
+";
+    let svc = start(&db.url, catalog, |_| {}).await;
+    svc.wait_for("sampled", |b| sample(b, "pg_test_vanishing") == Some(3.0))
+        .await;
+    c.batch_execute("DROP TABLE vanishing").await.unwrap();
+    let unavailable = "pgpulse_query_errors_total{query=\"vanishing\",kind=\"unavailable\"}";
+    let body = svc
+        .wait_for("the missing table counted as unavailable", |b| {
+            sample(b, unavailable).unwrap_or(0.0) >= 1.0
+        })
+        .await;
+    // Cleared at once, although expire_after is an hour.
+    assert!(!has_family(&body, "pg_test_vanishing"), "{body}");
+    assert_eq!(
+        sample(&body, "pgpulse_query_series{query=\"vanishing\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "pgpulse_query_errors_total{query=\"vanishing\",kind=\"sql\"}"
+        ),
+        Some(0.0)
+    );
+    svc.stop().await;
+}

@@ -17,6 +17,7 @@ mod harness;
 mod maintenance;
 mod migrations;
 mod partitions;
+mod readonly;
 mod schema_objects;
 mod secrets;
 mod service;

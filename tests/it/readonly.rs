@@ -1,0 +1,147 @@
+//! Read-only is enforced by the server, not by parsing SQL: hostile catalog entries are each
+//! refused by `check-config` or fail at run time with a counted error, and nothing in the
+//! database changes.
+
+use crate::harness::{TestDb, pgpulse, scalar, text};
+use crate::service::{sample, start};
+
+/// Hostile entries: (query name, SQL, refused by check-config because it is not one statement).
+const HOSTILE: &[(&str, &str, bool)] = &[
+    (
+        "comment_hides_quote",
+        "SELECT 1 AS v /* ' */ ; COMMIT; DELETE FROM trades",
+        true,
+    ),
+    ("plain_second", "SELECT 1 AS v; DELETE FROM trades", true),
+    (
+        "dollar_quote",
+        "SELECT $q$;$q$ AS s, 1 AS v; DELETE FROM trades",
+        true,
+    ),
+    (
+        "e_string",
+        "SELECT E'\\';' AS s, 1 AS v; DELETE FROM trades",
+        true,
+    ),
+    (
+        "line_comment",
+        "SELECT 1 AS v -- ;\n; DELETE FROM trades",
+        true,
+    ),
+    ("read_write", "SET transaction_read_only = off", false),
+    ("for_update", "SELECT 1 AS v FROM trades FOR UPDATE", false),
+    ("sequence", "SELECT nextval('hostile_seq') AS v", false),
+    (
+        "cte_delete",
+        "WITH d AS (DELETE FROM trades RETURNING 1) SELECT count(*) AS v FROM d",
+        false,
+    ),
+    ("do_block", "DO $$ BEGIN DELETE FROM trades; END $$", false),
+];
+
+fn catalog() -> String {
+    let mut s = String::from("queries:\n");
+    for (i, (name, sql, _)) in HOSTILE.iter().enumerate() {
+        let sql = sql.replace('\n', "\n      ");
+        s.push_str(&format!(
+            "  - name: {name}\n    interval: 1s\n    timeout: 900ms\n    sql: |\n      {sql}\n    metrics:\n      - {{column: v, name: pg_hostile_{i}, type: gauge, help: Hostile.}}\n"
+        ));
+    }
+    s
+}
+
+#[tokio::test]
+async fn hostile_catalog_entries_are_refused_or_fail_and_nothing_changes() {
+    let db = TestDb::trade_migrated().await;
+    let c = db.client().await;
+    c.batch_execute("CREATE SEQUENCE hostile_seq")
+        .await
+        .unwrap();
+    let trades = scalar(&c, "SELECT count(*) FROM trades").await;
+    assert!(trades > 0, "the reference data has trades");
+
+    // check-config prepares each entry on the database: the multi-statement ones are refused.
+    let dir = tempfile::tempdir().unwrap();
+    for (name, sql, multi) in HOSTILE {
+        let one = format!(
+            "queries:\n  - name: {name}\n    sql: |\n      {}\n    metrics:\n      - {{column: v, name: pg_hostile, type: gauge, help: Hostile.}}\n",
+            sql.replace('\n', "\n      ")
+        );
+        let path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, one).unwrap();
+        let out = pgpulse(
+            &[
+                "check-config",
+                "--queries",
+                path.to_str().unwrap(),
+                "--database-url",
+                &db.url,
+            ],
+            &[],
+        );
+        if *multi {
+            let (_, err) = text(&out);
+            assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+            assert!(
+                err.contains(name),
+                "{name}: the error names the query: {err}"
+            );
+        }
+    }
+
+    // At run time every entry fails with a counted error.
+    let svc = start(&db.url, &catalog(), |_| {}).await;
+    let body = svc
+        .wait_for("every hostile entry failed at least once", |b| {
+            HOSTILE.iter().all(|(name, _, _)| {
+                ["sql", "decode", "unavailable", "timeout"].iter().any(|k| {
+                    sample(
+                        b,
+                        &format!("pgpulse_query_errors_total{{query=\"{name}\",kind=\"{k}\"}}"),
+                    )
+                    .unwrap_or(0.0)
+                        >= 1.0
+                })
+            })
+        })
+        .await;
+    for i in 0..HOSTILE.len() {
+        assert!(
+            sample(&body, &format!("pg_hostile_{i}")).is_none(),
+            "hostile entry {i} produced a series"
+        );
+    }
+    svc.stop().await;
+    assert_eq!(
+        scalar(&c, "SELECT count(*) FROM trades").await,
+        trades,
+        "no trade deleted"
+    );
+    let called: bool = c
+        .query_one("SELECT is_called FROM hostile_seq", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!called, "the sequence never advanced");
+}
+
+#[tokio::test]
+async fn sampling_sessions_are_read_only_by_default() {
+    let db = TestDb::new().await;
+    let catalog = "queries:
+  - name: session
+    interval: 1s
+    timeout: 900ms
+    sql: SELECT (current_setting('default_transaction_read_only') = 'on')::int AS ro, (current_setting('transaction_read_only') = 'on')::int AS tro
+    metrics:
+      - {column: ro, name: pg_test_session_read_only, type: gauge, help: Session default.}
+      - {column: tro, name: pg_test_transaction_read_only, type: gauge, help: Transaction.}
+";
+    let svc = start(&db.url, catalog, |_| {}).await;
+    svc.wait_for("both read-only flags at 1", |b| {
+        sample(b, "pg_test_session_read_only") == Some(1.0)
+            && sample(b, "pg_test_transaction_read_only") == Some(1.0)
+    })
+    .await;
+    svc.stop().await;
+}
