@@ -78,8 +78,14 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             pgpulse::cli::verify(&target).await
         }
         Command::Maintain { db, run_now } => {
-            let target = pgpulse::cli::target(config_file, &db)?;
-            pgpulse::cli::maintain(&target, run_now).await
+            let config = pgpulse::cli::config_for(config_file, &db)?;
+            let m = &config.maintenance;
+            let settings = pgpulse::maintenance::MaintenanceSettings {
+                lock_timeout: m.lock_timeout,
+                statement_timeout: m.statement_timeout,
+                max_backoff: m.max_backoff,
+            };
+            pgpulse::cli::maintain(&config.target, &settings, run_now).await
         }
         Command::Demo(args) => Ok(pgpulse::demo::run(args).await?),
         Command::Catalog { markdown, queries } => {

@@ -171,6 +171,15 @@ pub fn target(
     cli_config: Option<&std::path::Path>,
     db: &DbArgs,
 ) -> Result<crate::db::DatabaseTarget, CliError> {
+    Ok(config_for(cli_config, db)?.target)
+}
+
+/// The validated configuration of a command that connects: `--database-url`, else the
+/// config's database.
+pub fn config_for(
+    cli_config: Option<&std::path::Path>,
+    db: &DbArgs,
+) -> Result<crate::config::Config, CliError> {
     let overrides = crate::config::CliOverrides {
         database_url: db.database_url.clone(),
         ..Default::default()
@@ -179,7 +188,7 @@ pub fn target(
     if settings.database.url.is_none() && settings.database.host.is_none() {
         return Err(CliError::NoDatabase);
     }
-    Ok(settings.validate()?.target)
+    Ok(settings.validate()?)
 }
 
 /// `pgpulse migrate [--status]`.
@@ -223,10 +232,12 @@ pub async fn uninstall(target: &crate::db::DatabaseTarget) -> Result<(), CliErro
 /// `pgpulse maintain [--run-now JOB]`.
 pub async fn maintain(
     target: &crate::db::DatabaseTarget,
+    settings: &crate::maintenance::MaintenanceSettings,
     run_now: Option<String>,
 ) -> Result<(), CliError> {
-    let client = crate::db::connect(target).await?;
     if let Some(job) = run_now {
+        let client = crate::db::connect(target).await?;
+        crate::maintenance::prepare_session(&client, settings).await?;
         let o = crate::maintenance::run_job(&client, &job).await?;
         println!(
             "job {job}: {} (log id {}, {} client statements, {} failed){}",
@@ -248,7 +259,8 @@ pub async fn maintain(
         crate::shutdown::signal().await;
         s.cancel();
     });
-    Ok(crate::maintenance::run(&client, stop).await?)
+    crate::maintenance::serve(target, settings, stop).await;
+    Ok(())
 }
 
 /// `pgpulse verify`: prints one line per check; fails when a check FAILs.

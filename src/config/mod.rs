@@ -7,7 +7,9 @@
 
 mod settings;
 
-pub use settings::{DatabaseSettings, LogFormat, SamplingSettings, Settings, WebSettings};
+pub use settings::{
+    DatabaseSettings, LogFormat, MaintenanceRunnerSettings, SamplingSettings, Settings, WebSettings,
+};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -95,6 +97,8 @@ pub struct Config {
     pub lock_timeout: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// The maintenance runner's timeouts and backoff (validated: all above zero).
+    pub maintenance: MaintenanceRunnerSettings,
     /// The settings the configuration came from, for the landing page (no secrets).
     pub settings: Settings,
 }
@@ -333,6 +337,14 @@ impl Settings {
             default_timeout,
             lock_timeout: positive("sampling.lock_timeout", s.lock_timeout)?,
             log_format: self.log_format,
+            maintenance: MaintenanceRunnerSettings {
+                lock_timeout: positive("maintenance.lock_timeout", self.maintenance.lock_timeout)?,
+                statement_timeout: positive(
+                    "maintenance.statement_timeout",
+                    self.maintenance.statement_timeout,
+                )?,
+                max_backoff: positive("maintenance.max_backoff", self.maintenance.max_backoff)?,
+            },
             settings: self,
         })
     }

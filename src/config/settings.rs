@@ -20,6 +20,33 @@ pub struct Settings {
     pub queries_file: Option<PathBuf>,
     /// `text` or `json`.
     pub log_format: LogFormat,
+    /// The maintenance runner (`pgpulse maintain`).
+    pub maintenance: MaintenanceRunnerSettings,
+}
+
+/// How the maintenance runner treats the database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceRunnerSettings {
+    /// `lock_timeout` of every maintenance statement (DDL, ANALYZE, VACUUM).
+    #[serde(with = "humantime_serde")]
+    pub lock_timeout: Duration,
+    /// `statement_timeout` of every maintenance statement but VACUUM.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// Longest pause between retries of a failed job and between reconnects.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for MaintenanceRunnerSettings {
+    fn default() -> Self {
+        Self {
+            lock_timeout: Duration::from_secs(2),
+            statement_timeout: Duration::from_secs(1800),
+            max_backoff: Duration::from_secs(900),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -30,6 +57,7 @@ impl Default for Settings {
             sampling: SamplingSettings::default(),
             queries_file: None,
             log_format: LogFormat::Text,
+            maintenance: MaintenanceRunnerSettings::default(),
         }
     }
 }

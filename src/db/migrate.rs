@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "automated_maintenance",
         sql: include_str!("../../migrations/V006__automated_maintenance.sql"),
     },
+    Migration {
+        version: 7,
+        name: "maintenance_locks",
+        sql: include_str!("../../migrations/V007__maintenance_locks.sql"),
+    },
 ];
 
 /// Errors of migrating.

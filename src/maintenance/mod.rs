@@ -6,7 +6,14 @@
 //! `VACUUM` cannot run inside a function (DESIGN §8): for the weekly vacuum job the function
 //! returns the statements, and this runner issues them one by one from the client, outside
 //! any transaction, then records how many ran in the job's log row.
+//!
+//! The trading database comes first: the runner's session has a `lock_timeout` and a
+//! `statement_timeout` (VACUUM runs without the statement timeout, still under the lock
+//! timeout), so a job that cannot get its lock in time fails, is logged, leaves nothing
+//! half-made (each job is one transaction) and is retried with capped backoff. The runner is a
+//! service: a lost connection is re-established with capped backoff, never an exit.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -18,6 +25,59 @@ use crate::db::connect::describe;
 
 /// Advisory lock key of the runner's leadership ("pgpmain" in ASCII).
 pub const LEADER_KEY: i64 = 0x0070_6770_6d61_696e;
+
+/// First pause before retrying a failed job or reconnecting; doubles per failure.
+pub const RETRY_BASE: Duration = Duration::from_secs(15);
+
+/// How long a runner that is not the leader waits before trying to lead again.
+pub const LEAD_RETRY: Duration = Duration::from_secs(30);
+
+/// How the runner treats the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaintenanceSettings {
+    /// `lock_timeout` of every statement (DDL, ANALYZE, VACUUM).
+    pub lock_timeout: Duration,
+    /// `statement_timeout` of every statement but VACUUM.
+    pub statement_timeout: Duration,
+    /// Longest pause between retries of a failed job, and between reconnects.
+    pub max_backoff: Duration,
+}
+
+impl Default for MaintenanceSettings {
+    fn default() -> Self {
+        Self {
+            lock_timeout: Duration::from_secs(2),
+            statement_timeout: Duration::from_secs(1800),
+            max_backoff: Duration::from_secs(900),
+        }
+    }
+}
+
+/// The pause after `failures` consecutive failures (at least one), capped at `max`.
+pub fn backoff(failures: u32, max: Duration) -> Duration {
+    RETRY_BASE
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
+        .min(max)
+}
+
+fn millis(d: Duration) -> u128 {
+    d.as_millis().max(1)
+}
+
+/// Sets the runner's session timeouts on `client`.
+pub async fn prepare_session(
+    client: &Client,
+    settings: &MaintenanceSettings,
+) -> Result<(), MaintenanceError> {
+    client
+        .batch_execute(&format!(
+            "SET lock_timeout = {}; SET statement_timeout = {}; SET application_name = 'pgpulse maintain'",
+            millis(settings.lock_timeout),
+            millis(settings.statement_timeout)
+        ))
+        .await
+        .map_err(db("set the session timeouts"))
+}
 
 /// Errors of the maintenance runner.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +186,11 @@ pub async fn run_job(client: &Client, job: &str) -> Result<JobOutcome, Maintenan
                     .collect()
             })
             .unwrap_or_default();
+        // VACUUM may run long; it keeps the lock timeout and drops the statement timeout.
+        client
+            .batch_execute("SET statement_timeout = 0")
+            .await
+            .map_err(db("lift the statement timeout for VACUUM"))?;
         for sql in &statements {
             // Only the maintenance statements the function produced are run, one at a time.
             if !sql.trim_start().to_ascii_uppercase().starts_with("VACUUM") {
@@ -141,6 +206,10 @@ pub async fn run_job(client: &Client, job: &str) -> Result<JobOutcome, Maintenan
                 }
             }
         }
+        client
+            .batch_execute("RESET statement_timeout")
+            .await
+            .map_err(db("restore the statement timeout"))?;
         client
             .execute(
                 "UPDATE monitoring.maintenance_log SET details = coalesce(details, '{}'::jsonb) \
@@ -186,20 +255,45 @@ pub fn next_due(
     best
 }
 
-/// Runs the schedule until `stop`: waits for leadership, then runs each job when due.
-pub async fn run(client: &Client, stop: CancellationToken) -> Result<(), MaintenanceError> {
+/// Whether a job run succeeded as a whole (the function and every client statement).
+fn succeeded(o: &JobOutcome) -> bool {
+    o.status == "success" && o.client_failures == 0
+}
+
+/// Runs the schedule on one connection until `stop` or a database error: waits for
+/// leadership, then runs each job when due; a failed job is retried with capped backoff
+/// (never past its next scheduled run, which takes over).
+pub async fn run(
+    client: &Client,
+    settings: &MaintenanceSettings,
+    stop: CancellationToken,
+) -> Result<(), MaintenanceError> {
+    prepare_session(client, settings).await?;
     while !try_lead(client).await? {
-        tracing::info!("another maintenance runner leads; retrying in 30s");
+        tracing::info!(retry_in = ?LEAD_RETRY, "another maintenance runner leads");
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = tokio::time::sleep(LEAD_RETRY) => {}
         }
     }
     tracing::info!("maintenance runner is the leader");
+    // Failed jobs: consecutive failures and when to retry.
+    let mut retries: HashMap<String, (u32, chrono::DateTime<Utc>)> = HashMap::new();
     loop {
         // Re-read the schedule each time: operators may enable, disable or reschedule jobs.
         let jobs = schedule(client).await?;
-        let Some((at, names)) = next_due(&jobs, Utc::now()) else {
+        let now = Utc::now();
+        let scheduled = next_due(&jobs, now);
+        let retry = retries
+            .iter()
+            .min_by_key(|(_, (_, at))| *at)
+            .map(|(name, (_, at))| (*at, vec![name.clone()]));
+        let due = match (scheduled, retry) {
+            (Some(s), Some(r)) if r.0 < s.0 => Some(r),
+            (Some(s), _) => Some(s),
+            (None, r) => r,
+        };
+        let Some((at, names)) = due else {
             tracing::warn!("no enabled maintenance job; checking again in 5 minutes");
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
@@ -213,8 +307,71 @@ pub async fn run(client: &Client, stop: CancellationToken) -> Result<(), Mainten
             _ = tokio::time::sleep(wait) => {}
         }
         for name in names {
-            if let Err(e) = run_job(client, &name).await {
-                tracing::error!(job = %name, error = %e, "maintenance job could not run");
+            let outcome = run_job(client, &name).await;
+            if client.is_closed() {
+                return outcome.map(|_| ());
+            }
+            match outcome {
+                Ok(o) if succeeded(&o) => {
+                    retries.remove(&name);
+                }
+                other => {
+                    let failures = retries.get(&name).map_or(0, |(n, _)| *n) + 1;
+                    let pause = backoff(failures, settings.max_backoff);
+                    let retry_at = Utc::now()
+                        + chrono::Duration::from_std(pause).unwrap_or(chrono::Duration::zero());
+                    let next = jobs
+                        .iter()
+                        .find(|j| j.name == name)
+                        .and_then(|j| j.cron.find_next_occurrence(&Utc::now(), false).ok());
+                    let error = match &other {
+                        Ok(o) => o
+                            .error
+                            .clone()
+                            .unwrap_or_else(|| "client statements failed".into()),
+                        Err(e) => e.to_string(),
+                    };
+                    if next.is_some_and(|n| n <= retry_at) {
+                        retries.remove(&name);
+                        tracing::warn!(job = %name, error = %error, failures, "maintenance job failed; its next scheduled run retries it");
+                    } else {
+                        retries.insert(name.clone(), (failures, retry_at));
+                        tracing::warn!(job = %name, error = %error, failures, retry_in = ?pause, "maintenance job failed; retrying with backoff");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The runner as a service: connects, runs the schedule, and on a lost connection or a
+/// database error reconnects with capped backoff, until `stop`.
+pub async fn serve(
+    target: &crate::db::DatabaseTarget,
+    settings: &MaintenanceSettings,
+    stop: CancellationToken,
+) {
+    let mut failures = 0u32;
+    loop {
+        let outcome = match crate::db::connect(target).await {
+            Ok(client) => {
+                failures = 0;
+                run(&client, settings, stop.clone())
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(()) => return,
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                let pause = backoff(failures, settings.max_backoff);
+                tracing::error!(error = %error, retry_in = ?pause, "maintenance runner lost the database; reconnecting");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
             }
         }
     }
@@ -230,6 +387,14 @@ mod tests {
             name: name.into(),
             cron: croner::Cron::from_str(expr).unwrap(),
         }
+    }
+
+    #[test]
+    fn retries_back_off_from_fifteen_seconds_up_to_the_maximum() {
+        let max = Duration::from_secs(900);
+        assert_eq!(backoff(1, max), Duration::from_secs(15));
+        assert_eq!(backoff(3, max), Duration::from_secs(60));
+        assert_eq!(backoff(30, max), max);
     }
 
     #[test]
