@@ -8,6 +8,7 @@
 //! queries) and running the tools; each submodule owns one kind of check.
 
 mod contract;
+mod counters;
 mod dashboards;
 mod live;
 mod promql;
