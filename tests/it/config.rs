@@ -304,3 +304,92 @@ async fn check_config_with_a_database_prepares_every_query_and_names_a_missing_c
         "{msg}"
     );
 }
+
+#[test]
+fn an_sslmode_that_needs_tls_is_refused_from_the_key_the_url_and_pgsslmode() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = write(
+        &dir,
+        "key.yaml",
+        "database:\n  url: postgres://u@127.0.0.1:1/db\n  sslmode: require\n",
+    );
+    let cases: [(Vec<&str>, Vec<(&str, &str)>); 3] = [
+        (vec!["check-config", "--config", &key], vec![]),
+        (
+            vec![
+                "check-config",
+                "--database-url",
+                "postgres://u@127.0.0.1:1/db?sslmode=require",
+            ],
+            vec![],
+        ),
+        (
+            vec![
+                "check-config",
+                "--database-url",
+                "postgres://u@127.0.0.1:1/db",
+            ],
+            vec![("PGSSLMODE", "verify-full")],
+        ),
+    ];
+    for (args, env) in cases {
+        let (code, msg) = check(&args, &env);
+        assert_eq!(code, Some(2), "{args:?} {env:?}: {msg}");
+        assert!(msg.contains("sslmode"), "{msg}");
+    }
+}
+
+#[test]
+fn without_a_catalog_file_the_built_in_catalog_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgpulse"))
+        .arg("check-config")
+        .current_dir(dir.path())
+        .env_remove("PGPULSE_QUERIES_FILE")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let shipped = pgpulse::catalog::Catalog::builtin(Default::default()).unwrap();
+    assert!(
+        stdout.contains(&format!(
+            "{} queries from queries.yaml (built in)",
+            shipped.queries.len()
+        )),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn log_format_in_the_config_file_is_honoured() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let port = pgpulse::demo::cluster::free_port().unwrap();
+    let cfg = write(
+        &dir,
+        "json.yaml",
+        &format!(
+            "log_format: json\nweb:\n  listen_address: 127.0.0.1:{port}\ndatabase:\n  url: postgres://u@127.0.0.1:1/db\n"
+        ),
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgpulse"))
+        .args(["serve", "--config", &cfg])
+        .env_remove("PGPULSE_LOG_FORMAT")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let first = std::io::BufReader::new(stderr).lines().next();
+        let _ = tx.send(first);
+    });
+    let line = rx.recv_timeout(crate::harness::PATIENCE);
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("a log line").expect("a line").unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert!(json["fields"]["message"].is_string(), "{json}");
+}
