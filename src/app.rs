@@ -127,6 +127,7 @@ pub struct App {
     changed: Arc<Notify>,
     stop: CancellationToken,
     tracker: TaskTracker,
+    plan_guard: Option<Arc<crate::plans::guard::PlanGuard>>,
 }
 
 impl App {
@@ -142,6 +143,9 @@ impl App {
         let mut registry = Registry::default();
         let metrics = Arc::new(SelfMetrics::register(&mut registry));
         metrics.reload_time.set(now());
+        let plan_guard = config.plans.clone().map(|g| {
+            crate::plans::guard::PlanGuard::new(&mut registry, pool.clone(), g, config.lock_timeout)
+        });
         let store = Arc::new(Store::default());
         let renderer = Arc::new(Renderer::new(registry, store.clone()));
         let changed = Arc::new(Notify::new());
@@ -179,6 +183,7 @@ impl App {
             changed,
             stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            plan_guard,
         })
     }
 
@@ -219,6 +224,9 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
         self.sampler.start_probe(&self.tracker, self.stop.clone());
+        if let Some(g) = &self.plan_guard {
+            g.start(&self.tracker, self.stop.clone(), self.changed.clone());
+        }
         {
             let cur = reloader
                 .inner

@@ -16,6 +16,7 @@
 //! - [`http`]: router and handlers.
 //! - [`maintenance`]: the job runner (leader lock, schedule, client-side VACUUM).
 //! - [`demo`]: throwaway cluster, reference trade-engine schema and workload.
+//! - [`plans`]: the key queries' plan check (`pgpulse explain`, `pg_plan_*` in `serve`).
 //! - [`cli`]: the command line and the commands besides `serve`.
 
 pub mod app;
@@ -27,5 +28,6 @@ pub mod demo;
 pub mod exposition;
 pub mod http;
 pub mod maintenance;
+pub mod plans;
 pub mod sampler;
 pub mod yaml;

@@ -73,6 +73,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             pgpulse::cli::maintain(&target, run_now).await
         }
         Command::Demo(args) => pgpulse::demo::run(args).await,
+        Command::Explain(args) => pgpulse::plans::command::explain(config_file, args).await,
         Command::Catalog { markdown, queries } => {
             pgpulse::cli::serve::print_catalog(&queries, markdown)
         }

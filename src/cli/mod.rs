@@ -88,6 +88,9 @@ pub enum Command {
     },
     /// Start a throwaway PostgreSQL with a synthetic trade workload and serve its metrics.
     Demo(crate::demo::DemoArgs),
+    /// Explain the key queries (plans.yaml): expected index, partitions, latency; exit 1 on a
+    /// failed check.
+    Explain(crate::plans::command::ExplainArgs),
     /// Print the metric catalog.
     Catalog {
         /// As the Markdown metrics reference (docs/metrics.md).

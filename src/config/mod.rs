@@ -7,7 +7,9 @@
 
 mod settings;
 
-pub use settings::{DatabaseSettings, LogFormat, SamplingSettings, Settings, WebSettings};
+pub use settings::{
+    DatabaseSettings, LogFormat, PlanSettings, SamplingSettings, Settings, WebSettings,
+};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -64,6 +66,9 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// The plans file (`plans.file`) is unreadable or invalid; the message has file:line:col.
+    #[error("{0}")]
+    Plans(#[from] crate::plans::PlansError),
 }
 
 /// Validated configuration, in the types the program uses.
@@ -93,6 +98,8 @@ pub struct Config {
     pub lock_timeout: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// The key-query plan check of `serve`; `None` when `plans.enabled` is false.
+    pub plans: Option<crate::plans::GuardConfig>,
     /// The settings the configuration came from, for the landing page (no secrets).
     pub settings: Settings,
 }
@@ -277,6 +284,7 @@ impl Settings {
                 reason: "must be shorter than sampling.default_interval".to_owned(),
             });
         }
+        let plans = self.plans.validate()?;
         Ok(Config {
             target,
             pool_size: db.pool_size,
@@ -293,7 +301,29 @@ impl Settings {
             default_timeout,
             lock_timeout: positive("sampling.lock_timeout", s.lock_timeout)?,
             log_format: self.log_format,
+            plans,
             settings: self,
         })
+    }
+}
+
+impl PlanSettings {
+    /// The plan check's configuration: the plans file loaded and validated, or `None` when
+    /// the check is off.
+    fn validate(&self) -> Result<Option<crate::plans::GuardConfig>, ConfigError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        if self.interval < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                key: "plans.interval",
+                reason: "must be at least 1s (the default is 10m)".to_owned(),
+            });
+        }
+        let plans = crate::plans::PlanSet::load_or_default(self.file.as_deref())?;
+        Ok(Some(crate::plans::GuardConfig {
+            plans: std::sync::Arc::new(plans),
+            interval: self.interval,
+        }))
     }
 }
