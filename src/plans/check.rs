@@ -77,9 +77,12 @@ pub struct IndexVerdict {
     pub index: String,
     /// Every sizeable scan of its table uses it (or its partition's index), and one does.
     pub used: bool,
-    /// When not used: the node that does something else, or why there is none.
+    /// When not used: the plan node that reads the table some other way.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub changed: Option<String>,
+    /// When not used and no node is to blame: why (the index does not exist, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Partitions of the partitioned tables the plan reads.
@@ -335,20 +338,19 @@ async fn judge(
             .map_err(|e| fail(spec, &e))?;
         for (n, index) in spec.indexes.iter().enumerate() {
             let row = rows.iter().find(|r| r.get::<_, i32>(0) as usize == n + 1);
-            let verdict = |used: bool, changed: Option<String>| IndexVerdict {
-                index: index.clone(),
-                used,
-                changed,
-            };
+            let verdict =
+                |used: bool, changed: Option<String>, reason: Option<&str>| IndexVerdict {
+                    index: index.clone(),
+                    used,
+                    changed,
+                    reason: reason.map(str::to_owned),
+                };
             let Some(row) = row.filter(|r| r.get::<_, bool>(1)) else {
-                indexes.push(verdict(
-                    false,
-                    Some(format!("index {index} does not exist")),
-                ));
+                indexes.push(verdict(false, None, Some("it does not exist")));
                 continue;
             };
             if !row.get::<_, bool>(2) {
-                indexes.push(verdict(false, Some(format!("{index} is not an index"))));
+                indexes.push(verdict(false, None, Some("it is not an index")));
                 continue;
             }
             let table: Option<String> = row.get(3);
@@ -368,12 +370,16 @@ async fn judge(
             let v = match (relevant.iter().any(|s| uses(s)), offending) {
                 (_, Some(s)) => {
                     let pages = relation_of(s).map(|r| r.pages).unwrap_or(0);
-                    verdict(false, Some(format!("{s} ({pages} pages)")))
+                    verdict(false, Some(format!("{s} ({pages} pages)")), None)
                 }
-                (true, None) => verdict(true, None),
+                (true, None) => verdict(true, None, None),
                 // Only small relations are read: not held to the index (see SMALL_RELATION_PAGES).
-                (false, None) if !relevant.is_empty() => verdict(true, None),
-                (false, None) => verdict(false, Some(format!("no scan of {table} in the plan"))),
+                (false, None) if !relevant.is_empty() => verdict(true, None, None),
+                (false, None) => verdict(
+                    false,
+                    None,
+                    Some("the plan reads no partition of its table"),
+                ),
             };
             indexes.push(v);
         }

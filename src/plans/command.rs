@@ -146,9 +146,10 @@ pub fn line(r: &Result<Outcome, CheckError>) -> String {
     };
     let mut parts = Vec::new();
     for i in &o.indexes {
-        parts.push(match &i.changed {
-            None => format!("index {} used", i.index),
-            Some(c) => format!("index {} NOT USED, plan has {c}", i.index),
+        parts.push(match (&i.changed, &i.reason) {
+            (Some(c), _) => format!("index {} NOT USED, plan has {c}", i.index),
+            (None, Some(r)) => format!("index {} NOT USED: {r}", i.index),
+            (None, None) => format!("index {} used", i.index),
         });
     }
     if let Some(p) = &o.partitions {

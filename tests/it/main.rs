@@ -14,6 +14,7 @@ mod harness;
 mod maintenance;
 mod migrations;
 mod partitions;
+mod plans;
 mod schema_objects;
 mod secrets;
 mod service;
