@@ -25,7 +25,10 @@ const CONTRACT: &str = "up pg_up pg_server_version_num pgpulse_build_info
     pg_partition_runway_seconds
     pg_stat_statements_available pg_statement_calls_total pg_statement_exec_seconds_total
     pg_slow_statements pg_statement_latency_seconds_bucket pg_statement_latency_seconds_sum
-    pg_statement_latency_seconds_count pg_health_check_status";
+    pg_statement_latency_seconds_count pg_health_check_status
+    pg_plan_expected_index_used pg_plan_partitions_scanned pg_plan_partitions
+    pg_plan_partitions_expected_max pg_plan_estimated_cost pgpulse_plan_check_errors_total
+    pgpulse_plan_check_last_success_timestamp_seconds";
 
 /// Nothing in a rule or dashboard refers to a metric pgpulse does not promise.
 #[test]
