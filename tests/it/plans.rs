@@ -384,3 +384,45 @@ fn the_shipped_plans_file_holds_the_ten_key_queries_with_the_specification_targe
     assert_eq!(targets, want);
     assert_eq!(PlanSet::built_in().unwrap().queries.len(), 10);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_check_that_cannot_run_is_counted_by_kind_and_publishes_no_plan_series() {
+    // No trade tables: every EXPLAIN fails with an SQL error.
+    let db = TestDb::new().await;
+    let svc = start(&db.url, "queries: []\n", |cfg| {
+        cfg.plans = Some(GuardConfig {
+            plans: Arc::new(PlanSet::built_in().unwrap()),
+            interval: Duration::from_secs(2),
+        });
+    })
+    .await;
+    let failing = r#"pgpulse_plan_check_errors_total{query="latest_ticker",kind="sql"}"#;
+    let body = eventually(Duration::from_secs(60), || async {
+        let b = svc.metrics().await;
+        sample(&b, failing).is_some_and(|v| v >= 2.0).then_some(b)
+    })
+    .await
+    .expect("the failed checks are counted");
+    assert_eq!(
+        sample(
+            &body,
+            r#"pgpulse_plan_check_errors_total{query="latest_ticker",kind="timeout"}"#
+        ),
+        Some(0.0),
+        "every kind starts at 0"
+    );
+    assert!(
+        !body.lines().any(|l| l.starts_with("pg_plan_")),
+        "no plan series without a plan:\n{body}"
+    );
+    // The connection of a failed check is dropped, not kept: no prepared statement lingers.
+    let c = db.client().await;
+    let lingering = scalar(
+        &c,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND application_name = 'pgpulse' AND state = 'idle in transaction (aborted)'",
+    )
+    .await;
+    assert_eq!(lingering, 0);
+    svc.stop().await;
+}
