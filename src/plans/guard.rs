@@ -7,7 +7,7 @@
 //! that fails keeps its last values for three intervals, then its series vanish (complete or
 //! absent); failures are counted by kind. A connection whose check failed is dropped, not
 //! returned to the pool (it may hold the prepared statement). While no connection can be had,
-//! the next round comes after 30 seconds instead of a whole interval.
+//! the next round comes sooner than a whole interval, backing off from 30 seconds.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -249,6 +249,7 @@ impl PlanGuard {
     async fn run(self: Arc<Self>, stop: CancellationToken, changed: Arc<Notify>) {
         // A short random delay so the first round does not coincide with the sampler's.
         let mut pause = Duration::from_millis(500 + rand::random::<u64>() % 1500);
+        let mut down_rounds: u32 = 0;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -259,9 +260,14 @@ impl PlanGuard {
                 r = self.check_once() => r,
             };
             changed.notify_one();
+            // Without a connection, retry sooner, backing off: 30s, 1m, 2m, ... up to the interval.
             pause = if round.no_connection {
-                self.config.interval.min(Duration::from_secs(30))
+                down_rounds = down_rounds.saturating_add(1);
+                let backoff =
+                    Duration::from_secs(30) * 2u32.saturating_pow(down_rounds.min(10) - 1);
+                self.config.interval.min(backoff)
             } else {
+                down_rounds = 0;
                 self.config.interval
             };
         }
