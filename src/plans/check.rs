@@ -15,11 +15,8 @@ use tokio_postgres::error::SqlState;
 
 use super::PlanSpec;
 use super::tree::{PlanTree, Scan};
-
-/// Relations with fewer pages than this (64 kB at the default 8 kB block size) are not held
-/// to the expected index: reading a few pages sequentially is the right plan for them (an
-/// empty future partition, today's partition just after midnight).
-pub const SMALL_RELATION_PAGES: i64 = 8;
+use super::verdict::{self, Relation, ResolvedIndex, index_verdict};
+pub use super::verdict::{IndexVerdict, Partitions};
 
 /// The name of the prepared statement of a check.
 const STATEMENT: &str = "pgpulse_plan_check";
@@ -68,34 +65,6 @@ pub struct CheckError {
     pub kind: FailureKind,
     /// One line, no secrets.
     pub message: String,
-}
-
-/// The expected-index verdict of one index.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct IndexVerdict {
-    /// The index as written in the plans file.
-    pub index: String,
-    /// Every sizeable scan of its table uses it (or its partition's index), and one does.
-    pub used: bool,
-    /// When not used: the plan node that reads the table some other way.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub changed: Option<String>,
-    /// When not used and no node is to blame: why (the index does not exist, ...).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-/// Partitions of the partitioned tables the plan reads.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Partitions {
-    /// Leaf partitions the plan scans (after pruning at plan time and executor startup).
-    pub scanned: u64,
-    /// Leaf partitions of those partitioned tables (`pg_partition_tree`).
-    pub total: u64,
-    /// Partitions removed at executor startup (`Subplans Removed`).
-    pub removed_at_startup: u64,
-    /// The partitioned tables.
-    pub tables: Vec<String>,
 }
 
 /// The judged plan of one key query.
@@ -275,14 +244,6 @@ async fn run_inner(
     outcome
 }
 
-/// A scanned relation as the catalog knows it.
-struct Relation {
-    root: String,
-    partitioned: bool,
-    leaves: i64,
-    pages: i64,
-}
-
 async fn judge(
     client: &Client,
     spec: &std::sync::Arc<PlanSpec>,
@@ -291,7 +252,7 @@ async fn judge(
     let rels = tree.relations();
     let nsps: Vec<Option<String>> = rels.iter().map(|r| r.0.clone()).collect();
     let names: Vec<String> = rels.iter().map(|r| r.1.clone()).collect();
-    let mut found: Vec<Option<Relation>> = (0..rels.len()).map(|_| None).collect();
+    let mut found: Vec<Option<Relation>> = vec![None; rels.len()];
     for row in client
         .query(RELATIONS_SQL, &[&nsps, &names])
         .await
@@ -308,28 +269,8 @@ async fn judge(
     let relation_of = |s: &Scan| {
         rels.iter()
             .position(|r| r.0 == s.schema && r.1 == s.relation)
-            .and_then(|i| found[i].as_ref())
+            .and_then(|i| found[i].clone())
     };
-    let root_of = |s: &Scan| {
-        relation_of(s)
-            .map(|r| r.root.clone())
-            .unwrap_or_else(|| s.relation.clone())
-    };
-    // Partitions: distinct leaves per partitioned root, against the root's leaf count.
-    let mut partitions: Option<Partitions> = None;
-    for r in found.iter().flatten().filter(|r| r.partitioned) {
-        let p = partitions.get_or_insert_with(|| Partitions {
-            scanned: 0,
-            total: 0,
-            removed_at_startup: tree.subplans_removed,
-            tables: Vec::new(),
-        });
-        p.scanned += 1;
-        if !p.tables.contains(&r.root) {
-            p.tables.push(r.root.clone());
-            p.total += r.leaves.max(0) as u64;
-        }
-    }
     let mut indexes = Vec::new();
     if !spec.indexes.is_empty() {
         let rows = client
@@ -337,53 +278,23 @@ async fn judge(
             .await
             .map_err(|e| fail(spec, &e))?;
         for (n, index) in spec.indexes.iter().enumerate() {
-            let row = rows.iter().find(|r| r.get::<_, i32>(0) as usize == n + 1);
-            let verdict =
-                |used: bool, changed: Option<String>, reason: Option<&str>| IndexVerdict {
-                    index: index.clone(),
-                    used,
-                    changed,
-                    reason: reason.map(str::to_owned),
-                };
-            let Some(row) = row.filter(|r| r.get::<_, bool>(1)) else {
-                indexes.push(verdict(false, None, Some("it does not exist")));
-                continue;
-            };
-            if !row.get::<_, bool>(2) {
-                indexes.push(verdict(false, None, Some("it is not an index")));
-                continue;
-            }
-            let table: Option<String> = row.get(3);
-            let members: Vec<String> = row.get(4);
-            let table = table.unwrap_or_default();
-            let relevant: Vec<&Scan> = tree.scans.iter().filter(|s| root_of(s) == table).collect();
-            let uses = |s: &Scan| {
-                s.indexes.iter().any(|i| {
-                    let q = format!("{}.{i}", s.schema.as_deref().unwrap_or_default());
-                    members
-                        .iter()
-                        .any(|m| *m == q || (s.schema.is_none() && m.ends_with(&format!(".{i}"))))
-                })
-            };
-            let small = |s: &Scan| relation_of(s).is_some_and(|r| r.pages < SMALL_RELATION_PAGES);
-            let offending = relevant.iter().find(|s| !uses(s) && !small(s));
-            let v = match (relevant.iter().any(|s| uses(s)), offending) {
-                (_, Some(s)) => {
-                    let pages = relation_of(s).map(|r| r.pages).unwrap_or(0);
-                    verdict(false, Some(format!("{s} ({pages} pages)")), None)
-                }
-                (true, None) => verdict(true, None, None),
-                // Only small relations are read: not held to the index (see SMALL_RELATION_PAGES).
-                (false, None) if !relevant.is_empty() => verdict(true, None, None),
-                (false, None) => verdict(
-                    false,
-                    None,
-                    Some("the plan reads no partition of its table"),
-                ),
-            };
-            indexes.push(v);
+            let resolved = rows
+                .iter()
+                .find(|r| r.get::<_, i32>(0) as usize == n + 1 && r.get::<_, bool>(1))
+                .map(|r| ResolvedIndex {
+                    is_index: r.get(2),
+                    table: r.get::<_, Option<String>>(3).unwrap_or_default(),
+                    members: r.get(4),
+                });
+            indexes.push(index_verdict(
+                index,
+                resolved.as_ref(),
+                &tree.scans,
+                relation_of,
+            ));
         }
     }
+    let partitions = verdict::partitions(found.iter().flatten(), tree.subplans_removed);
     Ok(Outcome {
         spec: spec.clone(),
         tree,

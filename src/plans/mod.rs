@@ -5,6 +5,7 @@
 //! - [`model`]: the file's model and validation; [`PlanSet::load`] gives `file:line:col`
 //!   errors like the metric catalog.
 //! - [`tree`]: the JSON plan tree (`EXPLAIN (FORMAT JSON)`) → scans, indexes, partitions.
+//! - [`verdict`]: the rules: expected index used (or the node that changed), partitions.
 //! - [`check`]: running one key query's EXPLAIN on a connection and judging the plan.
 //! - [`command`]: `pgpulse explain`.
 //! - [`guard`]: [`guard::PlanGuard`], the `pg_plan_*` metrics and their loop in `serve`.
@@ -17,6 +18,7 @@ pub mod command;
 pub mod guard;
 pub mod model;
 pub mod tree;
+pub mod verdict;
 
 pub use model::{Param, ParamValue, PlanSpec};
 
