@@ -426,3 +426,106 @@ async fn a_check_that_cannot_run_is_counted_by_kind_and_publishes_no_plan_series
     assert_eq!(lingering, 0);
     svc.stop().await;
 }
+
+/// Two key queries on the seed data: one on market_data with its index, one whose execution
+/// would fail (division by zero) but whose plan is fine.
+const TWO_PLANS: &str = "queries:
+  - name: ticker
+    sql: SELECT ts FROM market_data WHERE symbol = $1 ORDER BY ts DESC LIMIT 1
+    params:
+      - {type: text, value: BTC-USD}
+    expect:
+      indexes: [idx_market_data_symbol_timestamp]
+  - name: never_executed
+    sql: SELECT count(*) FROM candles WHERE symbol = $1 AND 1 / $2 = 1
+    params:
+      - {type: text, value: BTC-USD}
+      - {type: int, value: 0}
+    expect:
+      indexes: [idx_candles_symbol_interval_time]
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_never_executes_a_key_query_and_a_failing_checks_series_vanish_after_three_intervals()
+{
+    let db = TestDb::trade().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plans.yaml");
+    std::fs::write(&path, TWO_PLANS).unwrap();
+    let plans = PlanSet::load(&path).unwrap();
+    let svc = start(&db.url, "queries: []\n", |cfg| {
+        cfg.plans = Some(GuardConfig {
+            plans: Arc::new(plans),
+            interval: Duration::from_secs(3),
+        });
+    })
+    .await;
+    let cost = |q: &str| format!("pg_plan_estimated_cost{{query=\"{q}\"}}");
+    let both = eventually(Duration::from_secs(60), || async {
+        let b = svc.metrics().await;
+        (sample(&b, &cost("ticker")).is_some() && sample(&b, &cost("never_executed")).is_some())
+            .then_some(b)
+    })
+    .await
+    .expect("both plans checked");
+    // Planned, not executed: executing it raises division by zero.
+    let errors = |q: &str| format!("pgpulse_plan_check_errors_total{{query=\"{q}\",kind=\"sql\"}}");
+    assert_eq!(sample(&both, &errors("never_executed")), Some(0.0));
+    let p = path.to_str().unwrap();
+    let analyzed = pgpulse(&["explain", "--plans", p, "--database-url", &db.url], &[]);
+    let (stdout, _) = text(&analyzed);
+    assert_eq!(analyzed.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("ERROR never_executed: sql: ERROR: division by zero"),
+        "{stdout}"
+    );
+    let plain = pgpulse(
+        &[
+            "explain",
+            "--no-analyze",
+            "--plans",
+            p,
+            "--database-url",
+            &db.url,
+        ],
+        &[],
+    );
+    assert_eq!(plain.status.code(), Some(0), "{:?}", text(&plain));
+
+    // The ticker's table goes away: its checks fail. The round that counts the first failure
+    // still shows the last good values (kept for three intervals); then they vanish.
+    db.client()
+        .await
+        .batch_execute("DROP TABLE market_data")
+        .await
+        .unwrap();
+    let first = eventually(Duration::from_secs(60), || async {
+        let b = svc.metrics().await;
+        (sample(&b, &errors("ticker")) == Some(1.0)).then_some(b)
+    })
+    .await
+    .expect("the failed check is counted");
+    assert!(sample(&first, &cost("ticker")).is_some(), "{first}");
+    let gone = eventually(Duration::from_secs(90), || async {
+        let b = svc.metrics().await;
+        sample(&b, &cost("ticker")).is_none().then_some(b)
+    })
+    .await
+    .expect("the ticker's series vanish");
+    assert!(
+        sample(&gone, &errors("ticker")).is_some_and(|n| n >= 3.0),
+        "{gone}"
+    );
+    assert!(
+        sample(&gone, r#"pg_plan_expected_index_used{query="ticker"}"#).is_none(),
+        "{gone}"
+    );
+    assert_eq!(
+        sample(
+            &gone,
+            r#"pg_plan_expected_index_used{query="never_executed"}"#
+        ),
+        Some(1.0)
+    );
+    svc.stop().await;
+}
