@@ -147,6 +147,7 @@ pub struct App {
     changed: Arc<Notify>,
     stop: CancellationToken,
     tracker: TaskTracker,
+    plan_guard: Option<Arc<crate::plans::guard::PlanGuard>>,
 }
 
 impl App {
@@ -161,6 +162,9 @@ impl App {
         let pool = crate::db::pool::build(&config.pool_settings())?;
         let mut registry = Registry::default();
         let metrics = Arc::new(SamplerMetrics::register(&mut registry));
+        let plan_guard = config.plans.clone().map(|g| {
+            crate::plans::guard::PlanGuard::new(&mut registry, pool.clone(), g, config.lock_timeout)
+        });
         let snapshot = Arc::new(Snapshot::default());
         let renderer = Arc::new(Renderer::new(registry, snapshot.clone()));
         let changed = Arc::new(Notify::new());
@@ -214,6 +218,7 @@ impl App {
             changed,
             stop,
             tracker,
+            plan_guard,
         })
     }
 
@@ -244,6 +249,9 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
         self.sampler.start_probe();
+        if let Some(g) = &self.plan_guard {
+            g.start(&self.tracker, self.stop.clone(), self.changed.clone());
+        }
         self.sampler.apply(&self.reloader.current());
         let renderer = self.renderer.clone();
         let changed = self.changed.clone();

@@ -24,6 +24,7 @@
 //! - [`maintenance`]: the job runner (leader lock, schedule, client-side VACUUM).
 //! - [`app`]: `App::build` / `run_until_stopped` and the reloader: the wiring.
 //! - [`demo`]: throwaway cluster, reference trade-engine schema and workload.
+//! - [`plans`]: the key queries' plan check (`pgpulse explain`, `pg_plan_*` in `serve`).
 //! - [`cli`]: the command line and the commands besides `serve`'s service loop.
 
 pub mod app;
@@ -36,6 +37,7 @@ pub mod demo;
 pub mod exposition;
 pub mod http;
 pub mod maintenance;
+pub mod plans;
 pub mod sampler;
 pub mod shutdown;
 pub mod snapshot;

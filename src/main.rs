@@ -88,6 +88,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             pgpulse::cli::maintain(&config.target, &settings, run_now).await
         }
         Command::Demo(args) => Ok(pgpulse::demo::run(args).await?),
+        Command::Explain(args) => pgpulse::cli::explain::explain(config_file, args).await,
         Command::Catalog { markdown, queries } => {
             pgpulse::cli::serve::print_catalog(queries.as_deref(), markdown)
         }

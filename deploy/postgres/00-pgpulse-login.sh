@@ -8,4 +8,7 @@ psql -v ON_ERROR_STOP=1 --no-psqlrc --username "$POSTGRES_USER" --dbname "$POSTG
     -v pw="${PGPULSE_MONITOR_PASSWORD:-pgpulse-monitor}" <<'SQL'
 CREATE ROLE pgpulse_monitor NOLOGIN;
 CREATE ROLE pgpulse LOGIN PASSWORD :'pw' IN ROLE pgpulse_monitor;
+-- The key-query plan check (docs/plans.md) EXPLAINs queries on the trade tables, and EXPLAIN
+-- needs SELECT on them even though nothing is executed: grant it on the tables created next.
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO pgpulse;
 SQL

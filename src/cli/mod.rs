@@ -1,6 +1,7 @@
 //! The command line: clap definitions and the commands besides `serve`'s service loop.
 //! Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.
 
+pub mod explain;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -88,6 +89,9 @@ pub enum Command {
     },
     /// Start a throwaway PostgreSQL with a synthetic trade workload and serve its metrics.
     Demo(crate::demo::DemoArgs),
+    /// Explain the key queries (plans.yaml): expected index, partitions, latency; exit 1 on a
+    /// failed check.
+    Explain(explain::ExplainArgs),
     /// Print the metric catalog.
     Catalog {
         /// As the Markdown metrics reference (docs/metrics.md).
@@ -135,6 +139,22 @@ pub enum CliError {
         /// The job.
         job: String,
     },
+    /// `explain --query` named a query the plans file does not have (exit 2).
+    #[error("{problem}")]
+    UnknownPlanQuery {
+        /// Which name, and the known ones.
+        problem: String,
+    },
+    /// `explain` found key queries whose plan check failed (exit 1).
+    #[error("{failed} of {total} key queries failed their plan check: {queries}")]
+    PlanCheckFailed {
+        /// How many failed.
+        failed: usize,
+        /// How many were checked.
+        total: usize,
+        /// Their names.
+        queries: String,
+    },
     /// `verify` had failing checks (exit 1).
     #[error("{failed} check(s) failed")]
     VerifyFailed {
@@ -158,7 +178,11 @@ impl CliError {
     /// The process exit code: 2 for bad configuration or usage, 1 for runtime failures.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Config(_) | Self::Catalog(_) | Self::NoDatabase | Self::Queries { .. } => 2,
+            Self::Config(_)
+            | Self::Catalog(_)
+            | Self::NoDatabase
+            | Self::Queries { .. }
+            | Self::UnknownPlanQuery { .. } => 2,
             Self::Connect(crate::db::ConnectError::InvalidUrl(_)) => 2,
             Self::Demo(e) if e.is_config() => 2,
             _ => 1,

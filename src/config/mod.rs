@@ -8,7 +8,8 @@
 mod settings;
 
 pub use settings::{
-    DatabaseSettings, LogFormat, MaintenanceRunnerSettings, SamplingSettings, Settings, WebSettings,
+    DatabaseSettings, LogFormat, MaintenanceRunnerSettings, PlanSettings, SamplingSettings,
+    Settings, WebSettings,
 };
 
 use std::net::SocketAddr;
@@ -68,6 +69,9 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// The plans file (`plans.file`) is unreadable or invalid; the message has file:line:col.
+    #[error("{0}")]
+    Plans(#[from] crate::plans::PlansError),
 }
 
 /// Validated configuration, in the types the program uses.
@@ -99,6 +103,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The maintenance runner's timeouts and backoff (validated: all above zero).
     pub maintenance: MaintenanceRunnerSettings,
+    /// The key-query plan check of `serve`; `None` when `plans.enabled` is false.
+    pub plans: Option<crate::plans::GuardConfig>,
     /// The settings the configuration came from, for the landing page (no secrets).
     pub settings: Settings,
 }
@@ -318,6 +324,7 @@ impl Settings {
                 reason: "must be shorter than sampling.default_interval".to_owned(),
             });
         }
+        let plans = self.plans.validate()?;
         Ok(Config {
             target,
             pool_size: db.pool_size,
@@ -345,7 +352,29 @@ impl Settings {
                 )?,
                 max_backoff: positive("maintenance.max_backoff", self.maintenance.max_backoff)?,
             },
+            plans,
             settings: self,
         })
+    }
+}
+
+impl PlanSettings {
+    /// The plan check's configuration: the plans file loaded and validated, or `None` when
+    /// the check is off.
+    fn validate(&self) -> Result<Option<crate::plans::GuardConfig>, ConfigError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        if self.interval < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                key: "plans.interval",
+                reason: "must be at least 1s (the default is 10m)".to_owned(),
+            });
+        }
+        let plans = crate::plans::PlanSet::load_or_default(self.file.as_deref())?;
+        Ok(Some(crate::plans::GuardConfig {
+            plans: std::sync::Arc::new(plans),
+            interval: self.interval,
+        }))
     }
 }

@@ -20,6 +20,8 @@ pub struct Settings {
     pub queries_file: Option<PathBuf>,
     /// `text` or `json`.
     pub log_format: LogFormat,
+    /// The key-query plan check of `serve` (plans.yaml).
+    pub plans: PlanSettings,
     /// The maintenance runner (`pgpulse maintain`).
     pub maintenance: MaintenanceRunnerSettings,
 }
@@ -58,6 +60,30 @@ impl Default for Settings {
             queries_file: None,
             log_format: LogFormat::Text,
             maintenance: MaintenanceRunnerSettings::default(),
+            plans: PlanSettings::default(),
+        }
+    }
+}
+
+/// The key-query plan check of `serve`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlanSettings {
+    /// Whether `serve` checks the key queries' plans.
+    pub enabled: bool,
+    /// The key queries; unset: the plans.yaml built into the binary.
+    pub file: Option<PathBuf>,
+    /// How often the plans are checked (plain EXPLAIN of every key query).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for PlanSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            file: None,
+            interval: Duration::from_secs(600),
         }
     }
 }

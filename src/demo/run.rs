@@ -111,6 +111,10 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     super::schema::install(&client)
         .await
         .map_err(step("trade-engine schema"))?;
+    eprintln!("pgpulse demo: loading production-like volume for the key-query plan checks ...");
+    super::schema::scale(&client)
+        .await
+        .map_err(step("trade-engine volume"))?;
     crate::db::migrate::migrate(&mut client).await?;
     let stop = CancellationToken::new();
     let stats = Arc::new(WorkloadStats::default());

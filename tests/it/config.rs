@@ -313,7 +313,8 @@ fn an_sslmode_that_needs_tls_is_refused_from_the_key_the_url_and_pgsslmode() {
         "key.yaml",
         "database:\n  url: postgres://u@127.0.0.1:1/db\n  sslmode: require\n",
     );
-    let cases: [(Vec<&str>, Vec<(&str, &str)>); 3] = [
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>);
+    let cases: [Case; 3] = [
         (vec!["check-config", "--config", &key], vec![]),
         (
             vec![

@@ -476,4 +476,24 @@ async fn the_stack_samples_every_query_as_the_read_only_login_its_init_scripts_c
         .filter(|l| l.starts_with("pgpulse_query_errors_total{"));
     let failed: Vec<&str> = errors.filter(|l| !l.ends_with(" 0")).collect();
     assert!(failed.is_empty(), "{failed:?}\n{log_text}");
+    // The key-query plan check runs as the same login (SELECT granted by the init script) and
+    // every key query keeps its index on the stack's data.
+    let plans = eventually(crate::harness::PATIENCE, || async move {
+        let body = http.get(metrics_url).send().await.ok()?.text().await.ok()?;
+        let checked = body
+            .lines()
+            .filter(|l| l.starts_with("pgpulse_plan_check_last_success_timestamp_seconds{"))
+            .count();
+        (checked == 10).then_some(body)
+    })
+    .await
+    .unwrap_or_else(|| {
+        let log_text = std::fs::read_to_string(log.path()).unwrap_or_default();
+        panic!("the plan check did not finish in 60s; log:\n{log_text}")
+    });
+    let lost: Vec<&str> = plans
+        .lines()
+        .filter(|l| l.starts_with("pg_plan_expected_index_used{") && !l.ends_with(" 1"))
+        .collect();
+    assert!(lost.is_empty(), "{lost:?}");
 }

@@ -55,8 +55,37 @@ fn self_metric_families() -> Vec<String> {
     m.record_run(&spec, 0, &outcome);
     m.record_gate(&spec, true);
     m.record_reload(true);
+    rendered_families(&registry, "pgpulse")
+}
+
+/// The plan guard's families (`pg_plan_*`, `pgpulse_plan_check_*`), every series touched once.
+fn plan_guard_families() -> Vec<String> {
+    use pgpulse::plans::guard::{PlanErrorLabels, PlanLabel, PlanMetrics};
+    let mut registry = prometheus_client::registry::Registry::default();
+    let m = PlanMetrics::register(&mut registry);
+    let q = PlanLabel { query: "q".into() };
+    m.index_used.get_or_create(&q).set(1);
+    m.partitions_scanned.get_or_create(&q).set(1);
+    m.partitions_total.get_or_create(&q).set(1);
+    m.partitions_expected.get_or_create(&q).set(1);
+    m.cost.get_or_create(&q).set(1.0);
+    m.last_success.get_or_create(&q).set(1.0);
+    m.errors
+        .get_or_create(&PlanErrorLabels {
+            query: "q".into(),
+            kind: "sql".into(),
+        })
+        .inc();
+    rendered_families(&registry, "plans")
+}
+
+/// `name type {labels} (source)` of every family `registry` renders.
+fn rendered_families(
+    registry: &prometheus_client::registry::Registry,
+    source: &str,
+) -> Vec<String> {
     let mut om = String::new();
-    prometheus_client::encoding::text::encode(&mut om, &registry).unwrap();
+    prometheus_client::encoding::text::encode(&mut om, registry).unwrap();
     let body = pgpulse::exposition::to_prometheus_text(&om);
     body.lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -73,7 +102,7 @@ fn self_metric_families() -> Vec<String> {
                         .collect()
                 })
                 .unwrap_or_default();
-            format!("{name} {kind} {{{}}} (pgpulse)", labels.join(","))
+            format!("{name} {kind} {{{}}} ({source})", labels.join(","))
         })
         .collect()
 }
@@ -81,6 +110,7 @@ fn self_metric_families() -> Vec<String> {
 #[test]
 fn metric_names_and_label_sets_match_the_golden_list() {
     let mut lines = self_metric_families();
+    lines.extend(plan_guard_families());
     for q in &catalog().queries {
         for m in &q.metrics {
             let kind = match m.kind {

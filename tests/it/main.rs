@@ -17,6 +17,7 @@ mod harness;
 mod maintenance;
 mod migrations;
 mod partitions;
+mod plans;
 mod readonly;
 mod schema_objects;
 mod secrets;

@@ -27,7 +27,11 @@ const CONTRACT: &str = "up pg_up pg_server_version_num pgpulse_build_info
     pg_slow_statements pg_statement_latency_seconds_bucket pg_statement_latency_seconds_sum
     pg_statement_latency_seconds_count pg_health_check_status
     pg_maintenance_job_since_success_seconds pg_maintenance_job_period_seconds
-    pg_maintenance_job_failures_total";
+    pg_maintenance_job_failures_total
+
+    pg_plan_expected_index_used pg_plan_partitions_scanned pg_plan_partitions
+    pg_plan_partitions_expected_max pg_plan_estimated_cost pgpulse_plan_check_errors_total
+    pgpulse_plan_check_last_success_timestamp_seconds";
 
 /// Nothing in a rule or dashboard refers to a metric pgpulse does not promise.
 #[test]

@@ -1,0 +1,129 @@
+//! The plan guard: the specification's key queries (`plans.yaml`), the analysis of their
+//! PostgreSQL plans, the `pgpulse explain` command and the check `serve` runs on a slow
+//! interval.
+//!
+//! - [`model`]: the file's model and validation; [`PlanSet::load`] gives `file:line:col`
+//!   errors like the metric catalog.
+//! - [`tree`]: the JSON plan tree (`EXPLAIN (FORMAT JSON)`) → scans, indexes, partitions.
+//! - [`verdict`]: the rules: expected index used (or the node that changed), partitions.
+//! - [`check`]: running one key query's EXPLAIN on a connection and judging the plan.
+//! - [`command`]: `pgpulse explain`.
+//! - [`guard`]: [`guard::PlanGuard`], the `pg_plan_*` metrics and their loop in `serve`.
+//!
+//! Every statement runs inside a transaction with `SET LOCAL statement_timeout` and
+//! `lock_timeout`; `serve` only ever sends plain EXPLAIN in a read-only transaction.
+
+pub mod check;
+pub mod guard;
+pub mod model;
+pub mod tree;
+pub mod verdict;
+
+pub use model::{Param, ParamValue, PlanSpec};
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The default key queries, embedded so the binary works without a plans.yaml next to it.
+pub const DEFAULT_PLANS: &str = include_str!("../../plans.yaml");
+
+/// The name under which the embedded default appears in messages.
+pub const BUILT_IN: &str = "plans.yaml (built in)";
+
+/// A plans file error, ready to print: `file:line:column: message`.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct PlansError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line (0 when unknown).
+    pub line: u64,
+    /// 1-based column (0 when unknown).
+    pub column: u64,
+    /// What is wrong, naming the query and key.
+    pub message: String,
+}
+
+/// The validated, immutable set of key queries.
+#[derive(Debug, Clone)]
+pub struct PlanSet {
+    /// The key queries, in file order.
+    pub queries: Vec<Arc<PlanSpec>>,
+    /// Where they came from.
+    pub source: PathBuf,
+}
+
+impl PlanSet {
+    /// Reads and validates a plans file.
+    pub fn load(path: &Path) -> Result<Self, PlansError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PlansError {
+            file: path.to_owned(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// The embedded default (`plans.yaml` of the repository).
+    pub fn built_in() -> Result<Self, PlansError> {
+        Self::parse(DEFAULT_PLANS, Path::new(BUILT_IN))
+    }
+
+    /// `path`, or the embedded default when `None`.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Self, PlansError> {
+        match path {
+            Some(p) => Self::load(p),
+            None => Self::built_in(),
+        }
+    }
+
+    /// Parses and validates plans text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, PlansError> {
+        let err = |line, column, message| PlansError {
+            file: path.to_owned(),
+            line,
+            column,
+            message,
+        };
+        let raw: model::RawPlans = serde_saphyr::from_str(text).map_err(|e| {
+            let (line, column, message) = crate::yaml::describe(text, &e);
+            err(line, column, message)
+        })?;
+        let queries =
+            model::validate(raw).map_err(|((line, column), message)| err(line, column, message))?;
+        Ok(Self {
+            queries: queries.into_iter().map(Arc::new).collect(),
+            source: path.to_owned(),
+        })
+    }
+
+    /// Only the queries named in `names` (all when empty); an unknown name is an error.
+    pub fn select(&self, names: &[String]) -> Result<Self, String> {
+        if names.is_empty() {
+            return Ok(self.clone());
+        }
+        let mut queries = Vec::new();
+        for n in names {
+            match self.queries.iter().find(|q| &q.name == n) {
+                Some(q) => queries.push(q.clone()),
+                None => {
+                    return Err(format!("{}: no query named \"{n}\"", self.source.display()));
+                }
+            }
+        }
+        Ok(Self {
+            queries,
+            source: self.source.clone(),
+        })
+    }
+}
+
+/// Settings of the running check, validated from the `plans` settings.
+#[derive(Debug, Clone)]
+pub struct GuardConfig {
+    /// The key queries.
+    pub plans: Arc<PlanSet>,
+    /// How often they are checked.
+    pub interval: std::time::Duration,
+}

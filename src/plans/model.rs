@@ -1,0 +1,352 @@
+//! The shapes of `plans.yaml` as written ([`RawPlans`]) and as used ([`PlanSpec`]), and the
+//! semantic checks between them (names, parameter types and expressions, expectations).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::{Location, Spanned};
+
+/// Statement timeout of a key query that sets none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The file: a list of key queries.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPlans {
+    pub queries: Vec<Spanned<RawPlan>>,
+}
+
+/// One key query as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPlan {
+    pub name: Spanned<String>,
+    pub help: Option<String>,
+    pub sql: Spanned<String>,
+    #[serde(default)]
+    pub params: Vec<Spanned<RawParam>>,
+    pub expect: Option<Spanned<RawExpect>>,
+    pub target: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+}
+
+/// A parameter as written: a type and exactly one of `value` and `expr`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawParam {
+    #[serde(rename = "type")]
+    pub ty: Spanned<String>,
+    pub value: Option<Scalar>,
+    pub expr: Option<Spanned<String>>,
+}
+
+/// A YAML scalar used as a literal parameter value.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Scalar {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+/// The expectations as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawExpect {
+    #[serde(default)]
+    pub indexes: Vec<Spanned<String>>,
+    pub max_partitions: Option<u32>,
+}
+
+/// How a parameter gets its value when the check runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamValue {
+    /// A literal, sent as a quoted SQL string and cast by the parameter's type.
+    Literal(String),
+    /// An SQL expression evaluated when the check runs, e.g. `now() - interval '1 day'`.
+    Expr(String),
+}
+
+/// One typed parameter of a key query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Param {
+    /// The type given to PREPARE, e.g. `bigint`, `timestamptz`.
+    pub ty: String,
+    /// Its value.
+    pub value: ParamValue,
+}
+
+impl Param {
+    /// The parameter as an argument of EXECUTE.
+    pub fn sql(&self) -> String {
+        match &self.value {
+            ParamValue::Literal(v) => format!("'{}'", v.replace('\'', "''")),
+            ParamValue::Expr(e) => format!("({e})"),
+        }
+    }
+}
+
+/// One validated key query.
+#[derive(Debug, Clone)]
+pub struct PlanSpec {
+    /// Unique name (the `query` label of the pg_plan_* metrics).
+    pub name: String,
+    /// What the query is.
+    pub help: String,
+    /// The SQL text with `$1`.. placeholders.
+    pub sql: String,
+    /// The parameters, in placeholder order.
+    pub params: Vec<Param>,
+    /// Indexes the plan must use, as written (optionally schema-qualified).
+    pub indexes: Vec<String>,
+    /// The most leaf partitions the plan may scan.
+    pub max_partitions: Option<u32>,
+    /// Latency target (planning + execution), checked with ANALYZE only.
+    pub target: Option<Duration>,
+    /// Server-side statement timeout of the check.
+    pub timeout: Duration,
+    /// Line and column of the query in its file.
+    pub location: (u64, u64),
+}
+
+type Loc = (u64, u64);
+
+fn at(l: &Location) -> Loc {
+    (l.line(), l.column())
+}
+
+/// A PREPARE parameter type: letters, digits, `_`, spaces, `.`, `,`, `()`, `[]`, `"`.
+fn is_type_name(s: &str) -> bool {
+    !s.trim().is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || " _.,()[]\"".contains(c))
+}
+
+/// Whether `sql` holds a `;` outside quotes and comments (trailing ones ignored).
+fn has_semicolon(sql: &str) -> bool {
+    let body = sql.trim().trim_end_matches(';');
+    let (mut quote, mut chars) = (None::<char>, body.chars().peekable());
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '-') if chars.peek() == Some(&'-') => {
+                for n in chars.by_ref() {
+                    if n == '\n' {
+                        break;
+                    }
+                }
+            }
+            (None, ';') => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// The highest `$n` placeholder of `sql` outside quotes (0 when none).
+fn max_placeholder(sql: &str) -> usize {
+    let (mut quote, mut max) = (None::<char>, 0);
+    let chars: Vec<char> = sql.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None if c == '$' => {
+                let digits: String = chars
+                    .iter()
+                    .skip(i + 1)
+                    .take_while(|d| d.is_ascii_digit())
+                    .collect();
+                if let Ok(n) = digits.parse::<usize>() {
+                    max = max.max(n);
+                }
+            }
+            None => {}
+        }
+    }
+    max
+}
+
+fn duration(s: &Spanned<String>, key: &str) -> Result<Duration, (Loc, String)> {
+    let d = humantime::parse_duration(s.value.trim()).map_err(|e| {
+        (
+            at(&s.referenced),
+            format!(
+                "{key}: invalid duration `{}`: {e} (write e.g. 50ms, 5s)",
+                s.value
+            ),
+        )
+    })?;
+    if d.is_zero() {
+        return Err((at(&s.referenced), format!("{key} must be above zero")));
+    }
+    Ok(d)
+}
+
+fn param(p: Spanned<RawParam>, n: usize) -> Result<Param, (Loc, String)> {
+    let loc = at(&p.referenced);
+    let p = p.value;
+    let ty = p.ty.value.trim().to_owned();
+    if !is_type_name(&ty) {
+        return Err((
+            at(&p.ty.referenced),
+            format!("parameter ${n}: `{ty}` is not a type name"),
+        ));
+    }
+    let value = match (p.value, p.expr) {
+        (Some(_), Some(e)) => {
+            return Err((
+                at(&e.referenced),
+                format!("parameter ${n}: set either value or expr, not both"),
+            ));
+        }
+        (None, None) => {
+            return Err((loc, format!("parameter ${n}: needs a value or an expr")));
+        }
+        (Some(v), None) => ParamValue::Literal(match v {
+            Scalar::Bool(b) => b.to_string(),
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Text(t) => t,
+        }),
+        (None, Some(e)) => {
+            if e.value.trim().is_empty() || has_semicolon(&e.value) {
+                return Err((
+                    at(&e.referenced),
+                    format!("parameter ${n}: expr must be one SQL expression"),
+                ));
+            }
+            ParamValue::Expr(e.value.trim().to_owned())
+        }
+    };
+    Ok(Param { ty, value })
+}
+
+/// Checks a parsed file into key queries.
+pub(crate) fn validate(raw: RawPlans) -> Result<Vec<PlanSpec>, (Loc, String)> {
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    if raw.queries.is_empty() {
+        return Err(((0, 0), "no queries".to_owned()));
+    }
+    for q in raw.queries {
+        let qloc = at(&q.referenced);
+        let q = q.value;
+        let name = q.name.value.clone();
+        let ctx = |(loc, msg): (Loc, String)| (loc, format!("query \"{name}\": {msg}"));
+        if !crate::catalog::is_label_name(&name) {
+            return Err(ctx((
+                at(&q.name.referenced),
+                "name must match [a-zA-Z_][a-zA-Z0-9_]*".into(),
+            )));
+        }
+        if !names.insert(name.clone()) {
+            return Err(ctx((at(&q.name.referenced), "duplicate query name".into())));
+        }
+        let sql = q.sql.value.trim().trim_end_matches(';').trim().to_owned();
+        if sql.is_empty() || has_semicolon(&sql) {
+            return Err(ctx((
+                at(&q.sql.referenced),
+                "sql must be one statement".into(),
+            )));
+        }
+        let nparams = q.params.len();
+        let used = max_placeholder(&sql);
+        if used != nparams {
+            return Err(ctx((
+                at(&q.sql.referenced),
+                format!(
+                    "sql uses ${used} as its highest placeholder but {nparams} params are given"
+                ),
+            )));
+        }
+        let params = q
+            .params
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| param(p, i + 1))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ctx)?;
+        let (indexes, max_partitions) = match q.expect {
+            Some(e) => {
+                let e = e.value;
+                for i in &e.indexes {
+                    if i.value.trim().is_empty() || !is_type_name(&i.value) {
+                        return Err(ctx((
+                            at(&i.referenced),
+                            format!("`{}` is not an index name", i.value),
+                        )));
+                    }
+                }
+                let idx: Vec<String> = e.indexes.into_iter().map(|i| i.value).collect();
+                (idx, e.max_partitions)
+            }
+            None => (Vec::new(), None),
+        };
+        if indexes.is_empty() && max_partitions.is_none() {
+            return Err(ctx((
+                qloc,
+                "expect needs indexes or max_partitions (there is nothing to check)".into(),
+            )));
+        }
+        let target = q
+            .target
+            .as_ref()
+            .map(|t| duration(t, "target"))
+            .transpose()
+            .map_err(ctx)?;
+        let timeout = q
+            .timeout
+            .as_ref()
+            .map(|t| duration(t, "timeout"))
+            .transpose()
+            .map_err(ctx)?
+            .unwrap_or(DEFAULT_TIMEOUT);
+        out.push(PlanSpec {
+            name,
+            help: q.help.unwrap_or_default().trim().to_owned(),
+            sql,
+            params,
+            indexes,
+            max_partitions,
+            target,
+            timeout,
+            location: qloc,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_inside_quotes_are_not_counted() {
+        assert_eq!(
+            max_placeholder("SELECT $1, '$5', $2 FROM t WHERE a = $10"),
+            10
+        );
+        assert_eq!(max_placeholder("SELECT 1"), 0);
+        assert_eq!(max_placeholder("SELECT '$3'"), 0);
+    }
+
+    #[test]
+    fn literal_parameters_are_quoted_and_expressions_parenthesised() {
+        let p = Param {
+            ty: "text".into(),
+            value: ParamValue::Literal("it's".into()),
+        };
+        assert_eq!(p.sql(), "'it''s'");
+        let e = Param {
+            ty: "timestamptz".into(),
+            value: ParamValue::Expr("now()".into()),
+        };
+        assert_eq!(e.sql(), "(now())");
+    }
+}
