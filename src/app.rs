@@ -19,6 +19,7 @@ use crate::catalog::{Catalog, Defaults};
 use crate::config::Config;
 use crate::exposition::self_metrics::ResultLabel;
 use crate::exposition::{Renderer, SelfMetrics};
+use crate::http::auth::WebSecurity;
 use crate::http::{AppState, router};
 use crate::sampler::{Sampler, Store};
 
@@ -36,6 +37,9 @@ pub enum AppError {
     /// The pool could not be built.
     #[error(transparent)]
     Pool(#[from] crate::db::pool::PoolError),
+    /// The web configuration file (TLS, basic auth) is wrong.
+    #[error(transparent)]
+    Web(#[from] crate::http::auth::AuthError),
     /// Serving failed.
     #[error("http server: {0}")]
     Serve(std::io::Error),
@@ -57,6 +61,7 @@ struct ReloaderInner {
     tracker: TaskTracker,
     stop: CancellationToken,
     changed: Arc<Notify>,
+    web: Arc<WebSecurity>,
 }
 
 impl Reloader {
@@ -64,6 +69,12 @@ impl Reloader {
     /// Returns the error message when the new file was refused.
     pub fn reload(&self) -> Result<usize, String> {
         let r = &self.inner;
+        match r.web.reload() {
+            Ok(()) => tracing::info!("web configuration reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "web configuration reload failed; keeping the running one")
+            }
+        }
         match Catalog::load(&r.path, r.defaults) {
             Ok(new) => {
                 let count = new.queries.len();
@@ -127,6 +138,7 @@ pub struct App {
     changed: Arc<Notify>,
     stop: CancellationToken,
     tracker: TaskTracker,
+    web: Arc<WebSecurity>,
 }
 
 impl App {
@@ -138,6 +150,12 @@ impl App {
                 addr: config.listen,
                 source,
             })?;
+        let w = &config.settings.web;
+        let web = Arc::new(WebSecurity::load(
+            w.config_file.clone(),
+            w.open_health,
+            w.landing_page,
+        )?);
         let pool = crate::db::pool::build(&config)?;
         let mut registry = Registry::default();
         let metrics = Arc::new(SelfMetrics::register(&mut registry));
@@ -154,8 +172,9 @@ impl App {
             config.reconnect_max_backoff,
         );
         let summary = format!(
-            "database: {}\npool_size: {}\nqueries_file: {} ({} queries)\n{}",
+            "database: {} ({})\npool_size: {}\nqueries_file: {} ({} queries)\n{}",
             config.target,
+            config.target.tls(),
             config.pool_size,
             config.queries_file.display(),
             catalog.queries.len(),
@@ -179,6 +198,7 @@ impl App {
             changed,
             stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            web,
         })
     }
 
@@ -202,6 +222,7 @@ impl App {
                 tracker: self.tracker.clone(),
                 stop: self.stop.clone(),
                 changed: self.changed.clone(),
+                web: self.web.clone(),
             }),
         }
     }
@@ -238,17 +259,18 @@ impl App {
                 }
             }
         });
-        tracing::info!(address = %self.local_addr(), "serving /metrics");
+        let tls = self.web.tls();
+        tracing::info!(address = %self.local_addr(), https = tls.is_some(), "serving /metrics");
         let app = router(self.state.clone(), self.config.request_timeout);
+        let app = crate::http::auth::protect(app, self.web.clone());
         let stop = self.stop.clone();
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    _ = shutdown => {}
-                    _ = stop.cancelled() => {}
-                }
-            })
-            .await;
+        let served = crate::http::auth::serve(self.listener, app, tls, async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = stop.cancelled() => {}
+            }
+        })
+        .await;
         self.stop.cancel();
         self.tracker.close();
         self.tracker.wait().await;

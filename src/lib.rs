@@ -10,7 +10,8 @@
 //! - [`app`]: `App::build` / `run_until_stopped`, the seam used by `main` and tests.
 //! - [`config`]: settings layered by figment, validated into [`config::Config`].
 //! - [`catalog`]: the `queries.yaml` model, parsing and validation.
-//! - [`db`]: connections, the pool, migrations, `verify`, `uninstall`.
+//! - [`crypto`]: the one rustls crypto provider and PEM loading.
+//! - [`db`]: connections, TLS, the pool, migrations, `verify`, `uninstall`.
 //! - [`sampler`]: scheduling, running a query, rows → series, budgets.
 //! - [`exposition`]: snapshot → text/OpenMetrics, gzip, atomic swap; self-metrics.
 //! - [`http`]: router and handlers.
@@ -22,6 +23,7 @@ pub mod app;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod db;
 pub mod demo;
 pub mod exposition;

@@ -46,6 +46,10 @@ pub enum Command {
         /// The metric catalog.
         #[arg(long)]
         queries: Option<PathBuf>,
+        /// Web configuration file (TLS, basic auth, headers) in the Prometheus exporter
+        /// toolkit format.
+        #[arg(long = "web.config.file", value_name = "FILE")]
+        web_config_file: Option<PathBuf>,
     },
     /// Validate the configuration and queries.yaml; exit 0 or 2.
     CheckConfig {
@@ -55,6 +59,9 @@ pub enum Command {
         /// The metric catalog.
         #[arg(long)]
         queries: Option<PathBuf>,
+        /// Web configuration file to check as well.
+        #[arg(long = "web.config.file", value_name = "FILE")]
+        web_config_file: Option<PathBuf>,
     },
     /// Apply pending migrations of the monitoring schema.
     Migrate {
@@ -123,7 +130,9 @@ impl CliError {
 impl From<crate::db::ConnectError> for CliError {
     fn from(e: crate::db::ConnectError) -> Self {
         match e {
-            crate::db::ConnectError::InvalidUrl(_) => Self::Config(e.to_string()),
+            crate::db::ConnectError::InvalidUrl(_) | crate::db::ConnectError::Tls(_) => {
+                Self::Config(e.to_string())
+            }
             crate::db::ConnectError::Unreachable { .. } => Self::Runtime(e.to_string()),
         }
     }

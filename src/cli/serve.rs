@@ -11,18 +11,28 @@ use crate::config::{CliOverrides, Config, LogFormat};
 /// The default catalog, embedded so the binary works without a queries.yaml next to it.
 pub const DEFAULT_CATALOG: &str = include_str!("../../queries.yaml");
 
+/// The web flags of `serve` and `check-config`.
+#[derive(Debug, Default, Clone)]
+pub struct WebArgs {
+    /// `--listen-address`.
+    pub listen_address: Option<String>,
+    /// `--web.config.file`.
+    pub web_config_file: Option<PathBuf>,
+}
+
 fn load_config(
     config_file: Option<&Path>,
     log_format: Option<LogFormat>,
     db: DbArgs,
-    listen_address: Option<String>,
+    web: WebArgs,
     queries: Option<PathBuf>,
 ) -> Result<(Config, Catalog), CliError> {
     let overrides = CliOverrides {
         database_url: db.database_url,
-        listen_address,
+        listen_address: web.listen_address,
         queries_file: queries,
         log_format,
+        web_config_file: web.web_config_file,
     };
     let settings = crate::config::load(config_file, true, &overrides)
         .map_err(|e| CliError::Config(e.to_string()))?;
@@ -45,10 +55,15 @@ pub async fn check_config(
     config_file: Option<&Path>,
     log_format: Option<LogFormat>,
     db: DbArgs,
+    web: WebArgs,
     queries: Option<PathBuf>,
 ) -> Result<(), CliError> {
     let explicit_db = db.database_url.is_some();
-    let (config, catalog) = load_config(config_file, log_format, db, None, queries)?;
+    let (config, catalog) = load_config(config_file, log_format, db, web, queries)?;
+    if let Some(file) = &config.settings.web.config_file {
+        crate::http::webconfig::WebConfig::load(file)
+            .map_err(|e| CliError::Config(e.to_string()))?;
+    }
     if explicit_db {
         check_columns(&config, &catalog).await?;
     }
@@ -102,10 +117,10 @@ pub async fn serve(
     config_file: Option<&Path>,
     log_format: Option<LogFormat>,
     db: DbArgs,
-    listen_address: Option<String>,
+    web: WebArgs,
     queries: Option<PathBuf>,
 ) -> Result<(), CliError> {
-    let (config, catalog) = load_config(config_file, log_format, db, listen_address, queries)?;
+    let (config, catalog) = load_config(config_file, log_format, db, web, queries)?;
     run_service(config, catalog).await
 }
 

@@ -1,9 +1,8 @@
 //! The sampling pool: deadpool-postgres with a hard connection budget, a wait timeout and a
-//! connect timeout, so that a slow or down database never gets more than `pool_size`
+//! connect timeout and the TLS settings of the target, so that a slow or down database never gets more than `pool_size`
 //! connections from pgpulse, however many queries are due.
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
-use tokio_postgres::NoTls;
 
 use crate::config::Config;
 
@@ -16,7 +15,7 @@ pub struct PoolError(String);
 pub fn build(config: &Config) -> Result<Pool, PoolError> {
     let manager = Manager::from_config(
         config.target.config().clone(),
-        NoTls,
+        config.target.tls().connector(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
