@@ -380,20 +380,13 @@ fn reason(e: &rustls::Error) -> String {
             C::UnknownIssuer => {
                 "TLS: server certificate signed by an unknown CA (not in sslrootcert)".to_owned()
             }
-            C::NotValidForName => "TLS: server certificate name mismatch".to_owned(),
-            C::NotValidForNameContext {
-                expected,
-                presented,
-            } => format!(
-                "TLS: server certificate name mismatch: connected to {expected:?}, the certificate is for {}",
-                presented.join(", ")
-            ),
-            C::Expired | C::ExpiredContext { .. } => "TLS: server certificate expired".to_owned(),
-            C::NotValidYet | C::NotValidYetContext { .. } => {
-                "TLS: server certificate not valid yet".to_owned()
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                format!("TLS: server certificate name mismatch: {c}")
             }
-            C::Revoked => "TLS: server certificate revoked".to_owned(),
-            other => format!("TLS: invalid server certificate: {other:?}"),
+            C::Expired | C::ExpiredContext { .. } => {
+                format!("TLS: server certificate expired: {c}")
+            }
+            other => format!("TLS: invalid server certificate: {other}"),
         },
         rustls::Error::AlertReceived(a) => format!(
             "TLS: the server refused the handshake ({a:?}); a client certificate may be required or not trusted"

@@ -41,6 +41,8 @@ pub struct ServerInfo {
     pub up: AtomicBool,
     /// Installed extensions and preloaded libraries (from the last probe).
     pub features: std::sync::Mutex<(Vec<String>, Vec<String>)>,
+    /// Why the last connection attempt failed (logged when it changes).
+    pub last_failure: std::sync::Mutex<String>,
 }
 
 /// Shared state of the sampler.
@@ -179,7 +181,16 @@ impl Sampler {
         let checkout = match self.pool.get().await {
             // Every connection is busy: the database answers, the budget is just in use.
             Err(e) if run::is_pool_busy(&e) => return self.is_up(),
-            Err(_) => None,
+            Err(e) => {
+                let reason = run::pool_error(e).message;
+                if let Ok(mut last) = self.server.last_failure.lock()
+                    && *last != reason
+                {
+                    tracing::warn!(error = %reason, "cannot connect to the database");
+                    *last = reason;
+                }
+                None
+            }
             Ok(c) => Some(c),
         };
         let live = async {
@@ -197,6 +208,11 @@ impl Sampler {
         }
         .await;
         let was_up = self.is_up();
+        if live.is_some()
+            && let Ok(mut last) = self.server.last_failure.lock()
+        {
+            last.clear();
+        }
         let Some(version) = live else {
             if let Some(c) = checkout {
                 // Its state is unknown after a failure: do not hand it to a query.
@@ -389,7 +405,9 @@ impl Sampler {
                 self.store.publish(Arc::new(result));
             }
             Err(e) => {
-                tracing::warn!(query = %spec.name, kind = e.kind.as_str(), error = %e.message, "query failed");
+                // The server's message may quote column values: details at debug only.
+                tracing::warn!(query = %spec.name, kind = e.kind.as_str(), "query failed");
+                tracing::debug!(query = %spec.name, kind = e.kind.as_str(), error = %e.message, "query failure detail");
                 self.metrics
                     .errors
                     .get_or_create(&ErrorLabels {
@@ -398,7 +416,7 @@ impl Sampler {
                     })
                     .inc();
                 self.store
-                    .fail(spec, e.to_string(), SystemTime::now(), true);
+                    .fail(spec, e.kind.as_str().to_owned(), SystemTime::now(), true);
                 if e.maybe_down {
                     // Let the probe confirm and take over reconnecting.
                     self.probe_once().await;

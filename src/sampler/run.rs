@@ -88,7 +88,8 @@ fn classify(e: &tokio_postgres::Error) -> RunError {
     }
 }
 
-fn pool_error(e: PoolError) -> RunError {
+/// A pool failure as a counted error (connection kind; the reason says TLS or network).
+pub(crate) fn pool_error(e: PoolError) -> RunError {
     let msg = match &e {
         PoolError::Backend(be) => crate::db::connect::describe(be),
         PoolError::Timeout(TimeoutType::Wait) => {

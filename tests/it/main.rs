@@ -17,3 +17,5 @@ mod partitions;
 mod schema_objects;
 mod secrets;
 mod service;
+mod tls;
+mod web;
