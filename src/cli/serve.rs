@@ -62,6 +62,7 @@ pub async fn check_config(
     let (config, catalog) = load_config(config_file, log_format, db, web, queries)?;
     if let Some(file) = &config.settings.web.config_file {
         crate::http::webconfig::WebConfig::load(file)
+            .and_then(|w| w.server_config())
             .map_err(|e| CliError::Config(e.to_string()))?;
     }
     if explicit_db {
