@@ -149,7 +149,10 @@ pub fn target(
     };
     let settings = crate::config::load(cli_config, true, &overrides)
         .map_err(|e| CliError::Config(e.to_string()))?;
-    if settings.database.url.is_none() && settings.database.host.is_none() {
+    if settings.database.url.is_none()
+        && settings.database.url_file.is_none()
+        && settings.database.host.is_none()
+    {
         return Err(CliError::Config(
             "no database given: pass --database-url or set PGPULSE_DATABASE_URL".to_owned(),
         ));

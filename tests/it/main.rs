@@ -15,6 +15,7 @@ mod maintenance;
 mod migrations;
 mod partitions;
 mod schema_objects;
+mod secret_files;
 mod secrets;
 mod service;
 mod tls;
