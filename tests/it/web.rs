@@ -337,3 +337,117 @@ fn a_bad_web_config_is_a_configuration_error_naming_file_line_and_key() {
     );
     assert!(e.contains("min_version") && e.contains("TLS10"), "{e}");
 }
+
+/// The files of the TLS demo stack (deploy/compose.tls.yml) work together without Docker:
+/// make-certs.sh's certificates serve PostgreSQL (verify-full to `localhost`) and pgpulse's
+/// HTTPS with deploy/tls/web-config.yml, and promtool accepts both the web config and the
+/// Prometheus configuration that scrapes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tls_demo_stack_files_work_together() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = Command::new("sh")
+        .arg(repo.join("deploy/tls/make-certs.sh"))
+        .arg(d)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    std::fs::copy(
+        repo.join("deploy/tls/web-config.yml"),
+        d.join("web-config.yml"),
+    )
+    .unwrap();
+    let check = |args: &[&str]| {
+        let out = Command::new("promtool").args(args).output().unwrap();
+        let (o, e) = text(&out);
+        assert!(out.status.success(), "promtool {args:?}: {o}{e}");
+    };
+    check(&[
+        "check",
+        "web-config",
+        d.join("web-config.yml").to_str().unwrap(),
+    ]);
+    let prom = std::fs::read_to_string(repo.join("deploy/prometheus/prometheus.tls.yml"))
+        .unwrap()
+        .replace(
+            "/etc/pgpulse/tls/ca.crt",
+            d.join("ca.crt").to_str().unwrap(),
+        )
+        .replace(
+            "/etc/prometheus/scrape-password",
+            repo.join("deploy/prometheus/scrape-password")
+                .to_str()
+                .unwrap(),
+        );
+    std::fs::write(d.join("prometheus.yml"), prom).unwrap();
+    check(&[
+        "check",
+        "config",
+        "--syntax-only",
+        d.join("prometheus.yml").to_str().unwrap(),
+    ]);
+
+    // Every file the override mounts exists (certificates: once make-certs.sh ran).
+    let compose: serde_json::Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(repo.join("deploy/compose.tls.yml")).unwrap(),
+    )
+    .unwrap();
+    for (name, svc) in compose["services"].as_object().unwrap() {
+        for v in svc["volumes"].as_array().into_iter().flatten() {
+            let src = v.as_str().unwrap().split(':').next().unwrap();
+            let rel = src.strip_prefix("./").unwrap_or(src);
+            let exists = match rel.strip_prefix("deploy/tls/") {
+                Some(generated) if generated.ends_with(".crt") => d.join(generated).exists(),
+                _ => repo.join(rel).exists(),
+            };
+            assert!(exists, "{name} mounts {src}, which does not exist");
+        }
+    }
+
+    // PostgreSQL with the demo server certificate, reached with verify-full as pgpulse would.
+    let read = |f: &str| std::fs::read(d.join(f)).unwrap();
+    let cluster = crate::harness::own_cluster(pgpulse::demo::ClusterOptions {
+        extra_settings: vec![
+            ("ssl".into(), "on".into()),
+            ("ssl_cert_file".into(), "server.crt".into()),
+            ("ssl_key_file".into(), "server.key".into()),
+        ],
+        hba: Some("local all all trust\nhostssl all all 127.0.0.1/32 trust\n".into()),
+        data_files: vec![
+            ("server.crt".into(), read("postgres.crt")),
+            ("server.key".into(), read("postgres.key")),
+        ],
+        ..Default::default()
+    });
+    let url = format!(
+        "postgres://postgres@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
+        cluster.port(),
+        d.join("ca.crt").display()
+    );
+    let svc = start(&url, CATALOG, |c| {
+        c.settings.web.config_file = Some(d.join("web-config.yml"));
+    })
+    .await;
+    let (https_url, resolve) = https(&svc, "/metrics");
+    let ca = d.join("ca.crt");
+    let right = format!("prometheus:{EXAMPLE_PASSWORD}");
+    let body = crate::harness::eventually(std::time::Duration::from_secs(30), || async {
+        let (_, code, body) = curl(
+            &https_url,
+            &[
+                "--resolve",
+                &resolve,
+                "--cacert",
+                ca.to_str().unwrap(),
+                "-u",
+                &right,
+            ],
+        );
+        (code == 200 && sample(&body, "pg_test_answer") == Some(42.0)).then_some(body)
+    })
+    .await
+    .expect("HTTPS metrics sampled over verify-full");
+    assert_eq!(sample(&body, "pg_up"), Some(1.0));
+    svc.stop().await;
+}
