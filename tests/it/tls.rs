@@ -417,3 +417,46 @@ fn tls_settings_that_cannot_work_are_configuration_errors_naming_the_file() {
         "{out}"
     );
 }
+
+#[test]
+fn an_expired_server_certificate_is_refused_and_the_error_says_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_cert, issuer) = ca("expiring CA");
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    p.distinguished_name.push(DnType::CommonName, "localhost");
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    let ca_file = dir.path().join("ca.crt");
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    let cluster = own_cluster(ClusterOptions {
+        extra_settings: vec![
+            ("ssl".into(), "on".into()),
+            ("ssl_cert_file".into(), "server.crt".into()),
+            ("ssl_key_file".into(), "server.key".into()),
+        ],
+        hba: Some("local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n".into()),
+        data_files: vec![
+            ("server.crt".into(), cert.pem().into_bytes()),
+            ("server.key".into(), key.serialize_pem().into_bytes()),
+        ],
+        ..ClusterOptions::default()
+    });
+    let u = format!(
+        "postgres://postgres:{PASSWORD}@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
+        cluster.port(),
+        ca_file.display()
+    );
+    let (ok, out) = check_config(&u, &[]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("server certificate expired"), "{out}");
+    // require without a root does not look at the certificate at all, as libpq.
+    let u = format!(
+        "postgres://postgres@localhost:{}/postgres?sslmode=require",
+        cluster.port()
+    );
+    let (ok, out) = check_config(&u, &[]);
+    assert!(ok, "{out}");
+}

@@ -451,3 +451,80 @@ async fn the_tls_demo_stack_files_work_together() {
     assert_eq!(sample(&body, "pg_up"), Some(1.0));
     svc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificates_of_a_running_binary_on_the_same_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Pki::new();
+    let yaml = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n";
+    let file = web_config(dir.path(), &first, yaml);
+    let port = pgpulse::demo::cluster::free_port().unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgpulse"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PGPULSE_") {
+            cmd.env_remove(k);
+        }
+    }
+    let q = dir.path().join("queries.yaml");
+    std::fs::write(&q, CATALOG).unwrap();
+    let child = cmd
+        .args([
+            "serve",
+            "--listen-address",
+            &listen,
+            "--queries",
+            q.to_str().unwrap(),
+        ])
+        .args(["--web.config.file", file.to_str().unwrap()])
+        .env("PGPULSE_DATABASE_URL", "postgres://u@127.0.0.1:1/x")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Killed(child);
+    let url = format!("https://localhost:{port}/health");
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let fetch = |ca: &Path| {
+        curl(
+            &url,
+            &["--resolve", &resolve, "--cacert", ca.to_str().unwrap()],
+        )
+    };
+    crate::harness::eventually(std::time::Duration::from_secs(30), || async {
+        (fetch(&first.ca).1 == 200).then_some(())
+    })
+    .await
+    .expect("serving HTTPS with the first certificate");
+    let second = Pki::new();
+    web_config(dir.path(), &second, yaml);
+    let pid = child.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    crate::harness::eventually(std::time::Duration::from_secs(30), || async {
+        (fetch(&second.ca).1 == 200).then_some(())
+    })
+    .await
+    .expect("the second certificate after SIGHUP, on the same port");
+    assert_ne!(fetch(&first.ca).1, 200, "the first certificate is gone");
+    assert!(
+        Command::new("kill")
+            .args(["-0", &pid])
+            .status()
+            .unwrap()
+            .success(),
+        "still running"
+    );
+}
