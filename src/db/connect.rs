@@ -163,7 +163,11 @@ pub async fn connect(target: &DatabaseTarget) -> Result<Client, ConnectError> {
         .await
         .map_err(|e| ConnectError::Unreachable {
             target: target.to_string(),
-            reason: describe(&e),
+            reason: match super::tls::explain(&e) {
+                // Name the settings that decided, e.g. which sslrootcert did not match.
+                Some(tls) => format!("{tls} ({})", target.tls),
+                None => describe(&e),
+            },
         })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
