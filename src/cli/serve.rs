@@ -69,8 +69,9 @@ pub async fn check_config(
         check_columns(&config, &catalog).await?;
     }
     println!(
-        "configuration ok: database {}, listen {}, {} queries from {}{}",
+        "configuration ok: database {} ({}), listen {}, {} queries from {}{}",
         config.target,
+        config.target.tls(),
         config.listen,
         catalog.queries.len(),
         catalog.source.display(),

@@ -394,3 +394,63 @@ fn reason(e: &rustls::Error) -> String {
         other => format!("TLS: {other}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(mode: Option<SslMode>, root: Option<&str>) -> SslParams {
+        SslParams {
+            mode,
+            root_cert: root.map(str::to_owned),
+            ..SslParams::default()
+        }
+    }
+
+    #[test]
+    fn system_roots_imply_verify_full_and_refuse_weaker_modes() {
+        let t = PgTls::build(&params(None, Some("system"))).unwrap();
+        assert_eq!(t.mode(), SslMode::VerifyFull);
+        assert_eq!(t.to_string(), "sslmode=verify-full sslrootcert=system");
+        let e = PgTls::build(&params(Some(SslMode::Require), Some("system"))).unwrap_err();
+        assert!(e.to_string().contains("needs sslmode=verify-full"), "{e}");
+    }
+
+    #[test]
+    fn verify_modes_need_a_root_file_that_exists() {
+        for mode in [SslMode::VerifyCa, SslMode::VerifyFull] {
+            let e = PgTls::build(&params(Some(mode), Some("/nonexistent/ca.pem"))).unwrap_err();
+            assert!(
+                matches!(e, TlsError::MissingRoot { .. })
+                    && e.to_string().contains("/nonexistent/ca.pem"),
+                "{e}"
+            );
+        }
+        // An explicit root file that is missing is an error for the weaker modes too.
+        let e =
+            PgTls::build(&params(Some(SslMode::Require), Some("/nonexistent/ca.pem"))).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("sslrootcert: /nonexistent/ca.pem: does not exist"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key() {
+        let p = SslParams {
+            mode: Some(SslMode::Require),
+            cert: Some(PathBuf::from("/c.pem")),
+            ..SslParams::default()
+        };
+        let e = PgTls::build(&p).unwrap_err();
+        assert!(e.to_string().contains("sslcert and sslkey"), "{e}");
+    }
+
+    #[test]
+    fn disable_reads_no_file_and_tells_the_driver_to_stay_plain() {
+        let t = PgTls::build(&params(Some(SslMode::Disable), Some("/nonexistent/ca.pem"))).unwrap();
+        assert_eq!(t.mode().driver(), tokio_postgres::config::SslMode::Disable);
+        assert_eq!(t.to_string(), "sslmode=disable");
+    }
+}

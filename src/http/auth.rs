@@ -236,3 +236,60 @@ pub async fn serve(
         .serve(router.into_make_service())
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(user: &str, password: &str) -> HeaderValue {
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        HeaderValue::from_str(&format!("Basic {token}")).unwrap()
+    }
+
+    fn security(users: &[(&str, &str)]) -> WebSecurity {
+        let sec = WebSecurity::load(None, false, true).unwrap();
+        let rules = Rules {
+            users: users
+                .iter()
+                .map(|(u, p)| (u.to_string(), bcrypt::hash(p, 4).unwrap()))
+                .collect(),
+            ..Rules::default()
+        };
+        sec.rules.store(Arc::new(rules));
+        sec
+    }
+
+    #[test]
+    fn basic_credentials_are_decoded_and_other_schemes_refused() {
+        assert_eq!(
+            basic_credentials(&header("u", "p:w")),
+            Some(("u".to_owned(), "p:w".to_owned()))
+        );
+        assert_eq!(
+            basic_credentials(&HeaderValue::from_static("Bearer abc")),
+            None
+        );
+        assert_eq!(
+            basic_credentials(&HeaderValue::from_static("Basic !!!")),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn only_the_right_password_of_a_known_user_passes_and_results_are_cached() {
+        let sec = security(&[("prometheus", "right")]);
+        assert!(!sec.authorized(None).await);
+        assert!(!sec.authorized(Some(&header("prometheus", "wrong"))).await);
+        assert!(!sec.authorized(Some(&header("stranger", "right"))).await);
+        assert!(sec.authorized(Some(&header("prometheus", "right"))).await);
+        assert!(sec.authorized(Some(&header("prometheus", "right"))).await);
+        let cached = sec.rules.load().cache.lock().unwrap().len();
+        assert_eq!(cached, 3, "one entry per distinct (user, password, hash)");
+    }
+
+    #[tokio::test]
+    async fn without_users_everything_is_open() {
+        let sec = WebSecurity::load(None, false, true).unwrap();
+        assert!(sec.authorized(None).await);
+    }
+}
