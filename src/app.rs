@@ -70,7 +70,8 @@ impl Reloader {
     pub fn reload(&self) -> Result<usize, String> {
         let r = &self.inner;
         match r.web.reload() {
-            Ok(()) => tracing::info!("web configuration reloaded"),
+            Ok(true) => tracing::info!("web configuration reloaded"),
+            Ok(false) => {}
             Err(e) => {
                 tracing::error!(error = %e, "web configuration reload failed; keeping the running one")
             }

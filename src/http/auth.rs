@@ -102,11 +102,12 @@ impl WebSecurity {
         self.tls.clone()
     }
 
-    /// Reads the file and the certificates again (SIGHUP). On any error the running settings
-    /// stay; open connections and the listener are never dropped.
-    pub fn reload(&self) -> Result<(), AuthError> {
+    /// Reads the file and the certificates again (SIGHUP); `false` when there is no file. On
+    /// any error the running settings stay; open connections and the listener are never
+    /// dropped.
+    pub fn reload(&self) -> Result<bool, AuthError> {
         let Some(file) = &self.file else {
-            return Ok(());
+            return Ok(false);
         };
         let config = WebConfig::load(file)?;
         let server = config.server_config()?;
@@ -116,7 +117,7 @@ impl WebSecurity {
             _ => return Err(AuthError::NeedsRestart { file: file.clone() }),
         }
         self.rules.store(Arc::new(rules(&config)));
-        Ok(())
+        Ok(true)
     }
 
     /// Whether the credentials of an `Authorization` header are valid (always true when no
