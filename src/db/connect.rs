@@ -54,7 +54,7 @@ impl DatabaseTarget {
         let (rest, url_ssl) = super::tls::strip_ssl_params(url)
             .map_err(|e| ConnectError::InvalidUrl(e.to_string()))?;
         let mut config = Config::from_str(&rest)
-            .map_err(|e| ConnectError::InvalidUrl(redact(&e.to_string(), url)))?;
+            .map_err(|e| ConnectError::InvalidUrl(redact(&e.to_string(), &rest)))?;
         if config.get_hosts().is_empty() {
             config.host("localhost");
         }
@@ -89,7 +89,13 @@ impl DatabaseTarget {
     pub fn configure_tls(&mut self, keys: SslParams) -> Result<(), TlsError> {
         let params = self.url_ssl.clone().or(keys).or(SslParams::from_env()?);
         let tls = PgTls::build(&params)?;
-        self.config.ssl_mode(tls.mode().driver());
+        // As libpq: no TLS over a Unix socket, whatever the mode.
+        let unix = matches!(self.config.get_hosts().first(), Some(Host::Unix(_)));
+        self.config.ssl_mode(if unix {
+            tokio_postgres::config::SslMode::Disable
+        } else {
+            tls.mode().driver()
+        });
         self.tls = tls;
         Ok(())
     }

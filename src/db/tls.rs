@@ -170,6 +170,8 @@ impl PgTls {
             },
         };
         let (cert, key) = match (&params.cert, &params.key) {
+            // A plain connection reads no file.
+            _ if mode == SslMode::Disable => (None, None),
             (Some(c), Some(k)) => (Some(c.clone()), Some(k.clone())),
             (Some(_), None) | (None, Some(_)) => {
                 return Err(TlsError::Conflict(
