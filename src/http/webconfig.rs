@@ -134,6 +134,8 @@ pub struct TlsSettings {
     pub client_ca_file: Option<PathBuf>,
     /// Allowed protocol versions (TLS 1.2 and/or 1.3).
     pub versions: Vec<&'static rustls::SupportedProtocolVersion>,
+    /// `prefer_server_cipher_suites` (default true, as in the toolkit).
+    pub prefer_server_order: bool,
 }
 
 /// A validated web configuration.
@@ -292,6 +294,7 @@ impl WebConfig {
             )
         })?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.ignore_client_order = t.prefer_server_order;
         Ok(Some(Arc::new(config)))
     }
 }
@@ -315,7 +318,6 @@ fn tls_settings(
     {
         return Err(invalid(&k("client_allowed_sans"), unsupported.to_owned()));
     }
-    let _ = t.prefer_server_cipher_suites;
     let resolve = |p: PathBuf| if p.is_absolute() { p } else { dir.join(p) };
     let cert_file = t
         .cert_file
@@ -387,5 +389,6 @@ fn tls_settings(
         client_auth,
         client_ca_file,
         versions,
+        prefer_server_order: t.prefer_server_cipher_suites.unwrap_or(true),
     })
 }
