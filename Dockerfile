@@ -32,13 +32,19 @@ RUN apt-get update \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin pgpulse
 COPY --from=builder /usr/local/bin/pgpulse /usr/local/bin/pgpulse
 COPY queries.yaml /etc/pgpulse/queries.yaml
-# Listen on all interfaces inside the container (the binary's default is loopback only).
+# Listen on all interfaces inside the container (the binary's default is loopback only), so
+# protect /metrics: mount a web config file (TLS, basic auth; deploy/web-config.example.yml) and
+# set PGPULSE_WEB__CONFIG_FILE. /health and /ready stay open for the health check and probes.
+# TLS to PostgreSQL: PGPULSE_DATABASE__SSLMODE=verify-full and PGPULSE_DATABASE__SSLROOTCERT
+# (docs/operations.md, "TLS to PostgreSQL"); secrets from files: PGPULSE_DATABASE__PASSWORD_FILE.
 ENV PGPULSE_QUERIES_FILE=/etc/pgpulse/queries.yaml \
-    PGPULSE_WEB__LISTEN_ADDRESS=0.0.0.0:9864
+    PGPULSE_WEB__LISTEN_ADDRESS=0.0.0.0:9864 \
+    PGPULSE_WEB__OPEN_HEALTH=true
 USER 10001:10001
 EXPOSE 9864
-# /health is liveness only: it answers while the database is down (pg_up tells that).
+# /health is liveness only: it answers while the database is down (pg_up tells that). Over
+# HTTPS when a web config enables TLS (-k: the loopback probe does not check the name).
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:9864/health"]
+    CMD ["sh", "-c", "curl -fsS -o /dev/null http://127.0.0.1:9864/health || curl -fsSk -o /dev/null https://127.0.0.1:9864/health"]
 ENTRYPOINT ["pgpulse"]
 CMD ["serve"]

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::catalog::{Catalog, CatalogError, Defaults, Source};
 use crate::config::Config;
 use crate::exposition::Renderer;
+use crate::http::auth::WebSecurity;
 use crate::http::{AppState, router};
 use crate::sampler::{Applied, Sampler, SamplerMetrics, SamplerSettings};
 use crate::snapshot::Snapshot;
@@ -37,6 +38,9 @@ pub enum AppError {
     /// The pool could not be built.
     #[error(transparent)]
     Pool(#[from] crate::db::pool::PoolError),
+    /// The web configuration file (TLS, basic auth) is wrong.
+    #[error(transparent)]
+    Web(#[from] crate::http::auth::AuthError),
     /// Serving failed.
     #[error("http server: {0}")]
     Serve(std::io::Error),
@@ -75,12 +79,20 @@ struct ReloaderInner {
     sampler: Arc<Sampler>,
     metrics: Arc<SamplerMetrics>,
     changed: Arc<Notify>,
+    web: Arc<WebSecurity>,
 }
 
 impl Reloader {
     /// Reads the catalog again and applies it as a diff; on failure keeps the running one.
     pub fn reload(&self) -> Result<Applied, ReloadError> {
         let r = &self.inner;
+        match r.web.reload() {
+            Ok(true) => tracing::info!("web configuration reloaded"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "web configuration reload failed; keeping the running one")
+            }
+        }
         let outcome = Catalog::from_source(&r.source, r.defaults)
             .map_err(ReloadError::from)
             .and_then(|new| {
@@ -148,6 +160,7 @@ pub struct App {
     stop: CancellationToken,
     tracker: TaskTracker,
     plan_guard: Option<Arc<crate::plans::guard::PlanGuard>>,
+    web: Arc<WebSecurity>,
 }
 
 impl App {
@@ -159,6 +172,12 @@ impl App {
                 addr: config.listen,
                 source,
             })?;
+        let w = &config.settings.web;
+        let web = Arc::new(WebSecurity::load(
+            w.config_file.clone(),
+            w.open_health,
+            w.landing_page,
+        )?);
         let pool = crate::db::pool::build(&config.pool_settings())?;
         let mut registry = Registry::default();
         let metrics = Arc::new(SamplerMetrics::register(&mut registry));
@@ -183,8 +202,9 @@ impl App {
             stop.clone(),
         );
         let summary = format!(
-            "database: {}\npool_size: {}\ncatalog: {} ({} queries)\n{}",
+            "database: {} ({})\npool_size: {}\ncatalog: {} ({} queries)\n{}",
             config.target,
+            config.target.tls(),
             config.pool_size,
             catalog.source,
             catalog.queries.len(),
@@ -205,6 +225,7 @@ impl App {
                 sampler: sampler.clone(),
                 metrics,
                 changed: changed.clone(),
+                web: web.clone(),
             }),
         };
         renderer.render();
@@ -219,6 +240,7 @@ impl App {
             stop,
             tracker,
             plan_guard,
+            web,
         })
     }
 
@@ -264,17 +286,18 @@ impl App {
                 }
             }
         });
-        tracing::info!(address = %self.local_addr(), "serving /metrics");
+        let tls = self.web.tls();
+        tracing::info!(address = %self.local_addr(), https = tls.is_some(), "serving /metrics");
         let app = router(self.state.clone(), self.config.request_timeout);
+        let app = crate::http::auth::protect(app, self.web.clone());
         let stop = self.stop.clone();
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    _ = shutdown => {}
-                    _ = stop.cancelled() => {}
-                }
-            })
-            .await;
+        let served = crate::http::auth::serve(self.listener, app, tls, async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = stop.cancelled() => {}
+            }
+        })
+        .await;
         self.stop.cancel();
         self.tracker.close();
         self.tracker.wait().await;

@@ -15,12 +15,13 @@
 //! - [`db`]: connection settings, the pool (its own [`db::pool::PoolSettings`]), migrations,
 //!   `verify`, `uninstall`.
 //! - [`config`]: settings layered by figment, validated into [`config::Config`].
+//! - [`crypto`]: the one rustls crypto provider and PEM loading.
 //! - [`snapshot`]: the latest result of every query, statuses, and the counter state that
 //!   outlives a reload (roll-ups, histograms). The sampler writes it; the exposition reads it.
 //! - [`sampler`]: probe, gating, scheduling, running a query, rows → series, budgets, its own
 //!   self-metrics, reload as a diff (`Sampler::apply`).
 //! - [`exposition`]: snapshot + self-metrics → text/OpenMetrics, gzip, atomic swap.
-//! - [`http`]: router, handlers, content negotiation.
+//! - [`http`]: router, handlers, content negotiation, web config (TLS, basic auth).
 //! - [`maintenance`]: the job runner (leader lock, schedule, client-side VACUUM).
 //! - [`app`]: `App::build` / `run_until_stopped` and the reloader: the wiring.
 //! - [`demo`]: throwaway cluster, reference trade-engine schema and workload.
@@ -32,6 +33,7 @@ pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod crypto;
 pub mod db;
 pub mod demo;
 pub mod exposition;

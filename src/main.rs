@@ -21,6 +21,7 @@ fn init_tracing(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    pgpulse::crypto::install_default_provider();
     // Flag or PGPULSE_LOG_FORMAT first, then the config file's `log_format`.
     let format = cli
         .log_format
@@ -58,12 +59,24 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             db,
             listen_address,
             queries,
+            web_config_file,
         } => {
-            pgpulse::cli::serve::serve(config_file, cli.log_format, db, listen_address, queries)
-                .await
+            let web = pgpulse::cli::serve::WebArgs {
+                listen_address,
+                web_config_file,
+            };
+            pgpulse::cli::serve::serve(config_file, cli.log_format, db, web, queries).await
         }
-        Command::CheckConfig { db, queries } => {
-            pgpulse::cli::serve::check_config(config_file, cli.log_format, db, queries).await
+        Command::CheckConfig {
+            db,
+            queries,
+            web_config_file,
+        } => {
+            let web = pgpulse::cli::serve::WebArgs {
+                listen_address: None,
+                web_config_file,
+            };
+            pgpulse::cli::serve::check_config(config_file, cli.log_format, db, web, queries).await
         }
         Command::Migrate { db, status } => {
             let target = pgpulse::cli::target(config_file, &db)?;

@@ -47,6 +47,10 @@ pub enum Command {
         /// The metric catalog file (default: the configured one, else the built-in catalog).
         #[arg(long)]
         queries: Option<PathBuf>,
+        /// Web configuration file (TLS, basic auth, headers) in the Prometheus exporter
+        /// toolkit format.
+        #[arg(long = "web.config.file", value_name = "FILE")]
+        web_config_file: Option<PathBuf>,
     },
     /// Validate the configuration and queries.yaml; exit 0 or 2.
     CheckConfig {
@@ -56,6 +60,9 @@ pub enum Command {
         /// The metric catalog file (default: the configured one, else the built-in catalog).
         #[arg(long)]
         queries: Option<PathBuf>,
+        /// Web configuration file to check as well.
+        #[arg(long = "web.config.file", value_name = "FILE")]
+        web_config_file: Option<PathBuf>,
     },
     /// Apply pending migrations of the monitoring schema.
     Migrate {
@@ -112,6 +119,9 @@ pub enum CliError {
     /// The catalog is wrong (exit 2).
     #[error(transparent)]
     Catalog(#[from] crate::catalog::CatalogError),
+    /// The web configuration file (TLS, basic auth) is wrong (exit 2).
+    #[error(transparent)]
+    WebConfig(crate::http::webconfig::WebConfigError),
     /// A command that connects was given no database (exit 2).
     #[error("no database given: pass --database-url or set PGPULSE_DATABASE_URL")]
     NoDatabase,
@@ -180,10 +190,13 @@ impl CliError {
         match self {
             Self::Config(_)
             | Self::Catalog(_)
+            | Self::WebConfig(_)
             | Self::NoDatabase
             | Self::Queries { .. }
             | Self::UnknownPlanQuery { .. } => 2,
-            Self::Connect(crate::db::ConnectError::InvalidUrl(_)) => 2,
+            Self::Connect(
+                crate::db::ConnectError::InvalidUrl(_) | crate::db::ConnectError::Tls(_),
+            ) => 2,
             Self::Demo(e) if e.is_config() => 2,
             _ => 1,
         }
@@ -209,7 +222,10 @@ pub fn config_for(
         ..Default::default()
     };
     let settings = crate::config::load(cli_config, true, &overrides)?;
-    if settings.database.url.is_none() && settings.database.host.is_none() {
+    if settings.database.url.is_none()
+        && settings.database.url_file.is_none()
+        && settings.database.host.is_none()
+    {
         return Err(CliError::NoDatabase);
     }
     Ok(settings.validate()?)

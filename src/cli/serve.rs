@@ -8,18 +8,28 @@ use crate::app::App;
 use crate::catalog::{Catalog, Defaults, Source};
 use crate::config::{CliOverrides, Config, LogFormat};
 
+/// The web flags of `serve` and `check-config`.
+#[derive(Debug, Default, Clone)]
+pub struct WebArgs {
+    /// `--listen-address`.
+    pub listen_address: Option<String>,
+    /// `--web.config.file`.
+    pub web_config_file: Option<PathBuf>,
+}
+
 fn load_config(
     config_file: Option<&Path>,
     log_format: Option<LogFormat>,
     db: DbArgs,
-    listen_address: Option<String>,
+    web: WebArgs,
     queries: Option<PathBuf>,
 ) -> Result<(Config, Catalog), CliError> {
     let overrides = CliOverrides {
         database_url: db.database_url,
-        listen_address,
+        listen_address: web.listen_address,
         queries_file: queries,
         log_format,
+        web_config_file: web.web_config_file,
     };
     let config = crate::config::load(config_file, true, &overrides)?.validate()?;
     let catalog = Catalog::from_source(&config.catalog_source, config.catalog_defaults())?;
@@ -33,16 +43,23 @@ pub async fn check_config(
     config_file: Option<&Path>,
     log_format: Option<LogFormat>,
     db: DbArgs,
+    web: WebArgs,
     queries: Option<PathBuf>,
 ) -> Result<(), CliError> {
     let explicit_db = db.database_url.is_some();
-    let (config, catalog) = load_config(config_file, log_format, db, None, queries)?;
+    let (config, catalog) = load_config(config_file, log_format, db, web, queries)?;
+    if let Some(file) = &config.settings.web.config_file {
+        crate::http::webconfig::WebConfig::load(file)
+            .and_then(|w| w.server_config())
+            .map_err(CliError::WebConfig)?;
+    }
     if explicit_db {
         check_columns(&config, &catalog).await?;
     }
     println!(
-        "configuration ok: database {}, listen {}, {} queries from {}{}",
+        "configuration ok: database {} ({}), listen {}, {} queries from {}{}",
         config.target,
+        config.target.tls(),
         config.listen,
         catalog.queries.len(),
         catalog.source,
@@ -87,10 +104,10 @@ pub async fn serve(
     config_file: Option<&Path>,
     log_format: Option<LogFormat>,
     db: DbArgs,
-    listen_address: Option<String>,
+    web: WebArgs,
     queries: Option<PathBuf>,
 ) -> Result<(), CliError> {
-    let (config, catalog) = load_config(config_file, log_format, db, listen_address, queries)?;
+    let (config, catalog) = load_config(config_file, log_format, db, web, queries)?;
     run_service(config, catalog).await
 }
 

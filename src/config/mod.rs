@@ -5,6 +5,7 @@
 //! Unknown keys are errors. A file is first parsed on its own with serde-saphyr so that its
 //! errors carry `file:line:column`; errors of the environment name the variable.
 
+pub mod secrets;
 mod settings;
 
 pub use settings::{
@@ -33,6 +34,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9864";
 /// Environment variables that belong to the command line, not to the settings tree.
 const CLI_ONLY_ENV: &[&str] = &[
     "DATABASE_URL",
+    "DATABASE_URL_FILE",
     "TEST_DATABASE_URL",
     "CONFIG",
     "LOG_FORMAT",
@@ -61,6 +63,9 @@ pub enum ConfigError {
     /// A layered value is wrong; figment's message names the key and its source.
     #[error("configuration: {0}")]
     Layered(String),
+    /// The TLS settings of the database connection are wrong (names the key or file).
+    #[error("configuration of TLS to the database: {0}")]
+    Tls(String),
     /// A value is well-formed but not acceptable.
     #[error("configuration key `{key}`: {reason}")]
     Invalid {
@@ -120,6 +125,8 @@ pub struct CliOverrides {
     pub queries_file: Option<PathBuf>,
     /// `--log-format`.
     pub log_format: Option<LogFormat>,
+    /// `--web.config.file`.
+    pub web_config_file: Option<PathBuf>,
 }
 
 /// Environment variables holding secrets: read verbatim, never parsed by figment (whose
@@ -167,6 +174,10 @@ pub fn load(
         if let Ok(url) = std::env::var(URL_ENV) {
             settings.database.url = Some(url.into());
         }
+        if let Some(file) = std::env::var_os("PGPULSE_DATABASE_URL_FILE").filter(|f| !f.is_empty())
+        {
+            settings.database.url_file = Some(PathBuf::from(file));
+        }
     }
     if let Some(url) = &cli.database_url {
         settings.database.url = Some(url.clone().into());
@@ -179,6 +190,9 @@ pub fn load(
     }
     if let Some(f) = cli.log_format {
         settings.log_format = f;
+    }
+    if let Some(w) = &cli.web_config_file {
+        settings.web.config_file = Some(w.clone());
     }
     Ok(settings)
 }
@@ -206,19 +220,6 @@ fn flatten(e: figment::Error) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-/// Refuses an `sslmode` this build cannot honour (every mode that needs TLS).
-fn check_sslmode(key: &'static str, mode: Option<&str>) -> Result<(), ConfigError> {
-    match mode {
-        None | Some("disable") | Some("prefer") | Some("allow") => Ok(()),
-        Some(other) => Err(ConfigError::Invalid {
-            key,
-            reason: format!(
-                "sslmode `{other}` needs TLS, which this build does not support yet; use disable or prefer"
-            ),
-        }),
-    }
 }
 
 impl Config {
@@ -267,13 +268,28 @@ impl Settings {
     /// Validates the settings into a [`Config`].
     pub fn validate(self) -> Result<Config, ConfigError> {
         let db = &self.database;
-        let mut target = match &db.url {
-            Some(url) => {
-                DatabaseTarget::parse(url.expose_secret()).map_err(|e| ConfigError::Invalid {
-                    key: "database.url",
+        let url_from_file = match (&db.url, &db.url_file) {
+            (None, Some(file)) => Some(secrets::read_secret_file("database.url_file", file)?),
+            _ => None,
+        };
+        let url = db
+            .url
+            .as_ref()
+            .map(|u| u.expose_secret())
+            .or(url_from_file.as_deref());
+        let url_key = if db.url.is_some() {
+            "database.url"
+        } else {
+            "database.url_file"
+        };
+        let mut target = match url {
+            Some(url) => DatabaseTarget::parse(url).map_err(|e| match e {
+                crate::db::ConnectError::Tls(t) => ConfigError::Tls(t.to_string()),
+                e => ConfigError::Invalid {
+                    key: url_key,
                     reason: e.to_string(),
-                })?
-            }
+                },
+            })?,
             None => {
                 let mut c = tokio_postgres::Config::new();
                 c.host(db.host.as_deref().unwrap_or("localhost"));
@@ -288,17 +304,29 @@ impl Settings {
             target.set_password(pw.expose_secret());
         }
         if let Some(file) = &db.password_file {
-            let pw = std::fs::read_to_string(file).map_err(|e| ConfigError::Invalid {
-                key: "database.password_file",
-                reason: format!("{}: {e}", file.display()),
-            })?;
-            target.set_password(pw.trim_end_matches(['\n', '\r']));
+            let pw = secrets::read_secret_file("database.password_file", file)?;
+            target.set_password(&pw);
         }
-        check_sslmode("database.sslmode", db.sslmode.as_deref())?;
-        if target.config().get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            check_sslmode("database.url", Some("require"))?;
+        if target.config().get_password().is_none()
+            && let Some(file) = secrets::pgpass_file()
+            && let Some(pw) = secrets::pgpass_password(&file, target.config())
+        {
+            target.set_password(&pw);
         }
-        check_sslmode("PGSSLMODE", std::env::var("PGSSLMODE").ok().as_deref())?;
+        let keys = crate::db::tls::SslParams {
+            mode: db.sslmode.as_deref().map(str::parse).transpose().map_err(
+                |e: crate::db::tls::TlsError| ConfigError::Invalid {
+                    key: "database.sslmode",
+                    reason: e.to_string(),
+                },
+            )?,
+            root_cert: db.sslrootcert.clone(),
+            cert: db.sslcert.clone(),
+            key: db.sslkey.clone(),
+        };
+        target
+            .configure_tls(keys)
+            .map_err(|e| ConfigError::Tls(e.to_string()))?;
         let connect_timeout = positive("database.connect_timeout", db.connect_timeout)?;
         target.set_connect_timeout(connect_timeout);
         if !(1..=20).contains(&db.pool_size) {

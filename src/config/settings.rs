@@ -106,10 +106,18 @@ pub struct DatabaseSettings {
     /// The password (better: `PGPULSE_DATABASE__PASSWORD` or `password_file`). Never shown.
     #[serde(skip_serializing)]
     pub password: Option<SecretString>,
-    /// A file holding the password (a trailing newline is ignored).
+    /// A file holding the password (a trailing newline is ignored), e.g. a mounted secret.
     pub password_file: Option<PathBuf>,
-    /// libpq-style `sslmode`.
+    /// A file holding the `postgres://` URL (used when `url` is unset). Never shown.
+    pub url_file: Option<PathBuf>,
+    /// libpq-style `sslmode`: disable, allow, prefer (default), require, verify-ca, verify-full.
     pub sslmode: Option<String>,
+    /// CA bundle the server certificate must chain to, or `system` (libpq's `sslrootcert`).
+    pub sslrootcert: Option<String>,
+    /// Client certificate (PEM) for `clientcert=verify-full` servers.
+    pub sslcert: Option<PathBuf>,
+    /// Private key (PEM) of the client certificate.
+    pub sslkey: Option<PathBuf>,
     /// Hard connection budget of the sampling pool.
     pub pool_size: usize,
     /// Connect timeout.
@@ -133,7 +141,11 @@ impl Default for DatabaseSettings {
             dbname: None,
             password: None,
             password_file: None,
+            url_file: None,
             sslmode: None,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
             pool_size: 3,
             connect_timeout: Duration::from_secs(5),
             pool_wait_timeout: Duration::from_secs(2),
@@ -151,6 +163,13 @@ pub struct WebSettings {
     /// Request timeout.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// A web configuration file in the format of the Prometheus exporter toolkit (TLS,
+    /// basic auth, headers); `--web.config.file`.
+    pub config_file: Option<PathBuf>,
+    /// Serve `/health` and `/ready` without basic auth, for probes (default: protected too).
+    pub open_health: bool,
+    /// Serve the landing page at `/` (default: on; it shows no database data).
+    pub landing_page: bool,
 }
 
 impl Default for WebSettings {
@@ -158,6 +177,9 @@ impl Default for WebSettings {
         Self {
             listen_address: super::DEFAULT_LISTEN.to_owned(),
             request_timeout: Duration::from_secs(10),
+            config_file: None,
+            open_health: false,
+            landing_page: true,
         }
     }
 }

@@ -8,7 +8,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use tokio_postgres::config::Host;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
+
+use super::tls::{PgTls, SslParams, TlsError};
 
 /// Default connect timeout when the URL does not set `connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,12 +29,18 @@ pub enum ConnectError {
         /// Why, as the driver reported it.
         reason: String,
     },
+    /// The TLS settings are wrong (a configuration error).
+    #[error("TLS settings: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A parsed database location; the password is redacted in every printed form.
 #[derive(Clone)]
 pub struct DatabaseTarget {
     config: Config,
+    /// The TLS settings given in the URL (they win over config keys and the environment).
+    url_ssl: SslParams,
+    tls: PgTls,
 }
 
 impl DatabaseTarget {
@@ -43,8 +51,10 @@ impl DatabaseTarget {
                 "empty; pass --database-url or set PGPULSE_DATABASE_URL".to_owned(),
             ));
         }
-        let mut config = Config::from_str(url)
-            .map_err(|e| ConnectError::InvalidUrl(redact(&e.to_string(), url)))?;
+        let (rest, url_ssl) = super::tls::strip_ssl_params(url)
+            .map_err(|e| ConnectError::InvalidUrl(e.to_string()))?;
+        let mut config = Config::from_str(&rest)
+            .map_err(|e| ConnectError::InvalidUrl(redact(&e.to_string(), &rest)))?;
         if config.get_hosts().is_empty() {
             config.host("localhost");
         }
@@ -54,12 +64,45 @@ impl DatabaseTarget {
         if config.get_application_name().is_none() {
             config.application_name("pgpulse");
         }
-        Ok(Self { config })
+        let mut target = Self {
+            config,
+            url_ssl,
+            tls: PgTls::disabled(),
+        };
+        target.configure_tls(SslParams::default())?;
+        Ok(target)
     }
 
-    /// Wraps an already built driver configuration.
-    pub fn from_config(config: Config) -> Self {
-        Self { config }
+    /// Wraps an already built driver configuration, without TLS until
+    /// [`DatabaseTarget::configure_tls`] is called.
+    pub fn from_config(mut config: Config) -> Self {
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        Self {
+            config,
+            url_ssl: SslParams::default(),
+            tls: PgTls::disabled(),
+        }
+    }
+
+    /// Resolves the TLS settings (the URL's, then `keys` from the configuration, then the
+    /// `PGSSL*` environment, then libpq's defaults) and builds the connector.
+    pub fn configure_tls(&mut self, keys: SslParams) -> Result<(), TlsError> {
+        let params = self.url_ssl.clone().or(keys).or(SslParams::from_env()?);
+        let tls = PgTls::build(&params)?;
+        // As libpq: no TLS over a Unix socket, whatever the mode.
+        let unix = matches!(self.config.get_hosts().first(), Some(Host::Unix(_)));
+        self.config.ssl_mode(if unix {
+            tokio_postgres::config::SslMode::Disable
+        } else {
+            tls.mode().driver()
+        });
+        self.tls = tls;
+        Ok(())
+    }
+
+    /// The resolved TLS settings.
+    pub fn tls(&self) -> &PgTls {
+        &self.tls
     }
 
     /// The driver configuration.
@@ -120,15 +163,18 @@ impl fmt::Debug for DatabaseTarget {
 /// Opens one connection (used by commands such as `migrate`); the connection task runs on
 /// the current runtime and ends when the client is dropped.
 pub async fn connect(target: &DatabaseTarget) -> Result<Client, ConnectError> {
-    let (client, connection) =
-        target
-            .config
-            .connect(NoTls)
-            .await
-            .map_err(|e| ConnectError::Unreachable {
-                target: target.to_string(),
-                reason: describe(&e),
-            })?;
+    let (client, connection) = target
+        .config
+        .connect(target.tls.connector())
+        .await
+        .map_err(|e| ConnectError::Unreachable {
+            target: target.to_string(),
+            reason: match super::tls::explain(&e) {
+                // Name the settings that decided, e.g. which sslrootcert did not match.
+                Some(tls) => format!("{tls} ({})", target.tls),
+                None => describe(&e),
+            },
+        })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "database connection closed");
@@ -141,6 +187,9 @@ pub async fn connect(target: &DatabaseTarget) -> Result<Client, ConnectError> {
 pub fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return format!("{}: {}", db.severity(), db.message());
+    }
+    if let Some(reason) = super::tls::explain(e) {
+        return reason;
     }
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);

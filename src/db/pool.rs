@@ -1,13 +1,12 @@
 //! The sampling pool: deadpool-postgres with a hard connection budget, a wait timeout and a
-//! connect timeout, so that a slow or down database never gets more than `size` connections
-//! from pgpulse, however many queries are due. Sampling sessions start with
-//! `default_transaction_read_only = on`, so even a statement outside pgpulse's read-only
-//! transaction cannot write.
+//! connect timeout and the TLS settings of the target, so that a slow or down database never
+//! gets more than `size` connections from pgpulse, however many queries are due. Sampling
+//! sessions start with `default_transaction_read_only = on`, so even a statement outside
+//! pgpulse's read-only transaction cannot write.
 
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
-use tokio_postgres::NoTls;
 
 use super::DatabaseTarget;
 
@@ -42,7 +41,7 @@ pub fn build(settings: &PoolSettings) -> Result<Pool, PoolError> {
     config.options(&options);
     let manager = Manager::from_config(
         config,
-        NoTls,
+        settings.target.tls().connector(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },

@@ -57,6 +57,12 @@ pub struct ClusterOptions {
     pub max_connections: u32,
     /// Extra `-c name=value` server settings.
     pub extra_settings: Vec<(String, String)>,
+    /// Replaces `pg_hba.conf` (e.g. `hostssl` lines for TLS tests); `None` keeps initdb's
+    /// trust for local and loopback connections.
+    pub hba: Option<String>,
+    /// Files written into the data directory before start (e.g. `server.crt`,
+    /// `server.key` for `ssl=on`), owned by the server user with mode 0600.
+    pub data_files: Vec<(String, Vec<u8>)>,
 }
 
 impl Default for ClusterOptions {
@@ -66,6 +72,8 @@ impl Default for ClusterOptions {
             shared_buffers: "128MB".to_owned(),
             max_connections: 100,
             extra_settings: Vec::new(),
+            hba: None,
+            data_files: Vec::new(),
         }
     }
 }
@@ -214,6 +222,7 @@ impl TempCluster {
         let mut existing = std::fs::read_to_string(&conf_path).unwrap_or_default();
         existing.push_str(&conf);
         std::fs::write(&conf_path, existing).map_err(io("write the server settings"))?;
+        cluster.write_data_files(opts)?;
         cluster.spawn_watchdog()?;
         // Retry on a port race: another process may take the port between pick and bind.
         let mut last = None;
@@ -228,6 +237,29 @@ impl TempCluster {
             }
         }
         Err(last.unwrap_or(ClusterError::BinariesNotFound))
+    }
+
+    /// Writes `pg_hba.conf` and the extra files of `opts`, readable by the server only.
+    fn write_data_files(&self, opts: &ClusterOptions) -> Result<(), ClusterError> {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.dir.join("data");
+        let hba = opts
+            .hba
+            .as_ref()
+            .map(|h| ("pg_hba.conf".to_owned(), h.clone().into_bytes()));
+        for (name, content) in opts.data_files.iter().cloned().chain(hba) {
+            let path = data.join(&name);
+            let step = "write a file into the data directory";
+            std::fs::write(&path, content).map_err(|source| ClusterError::Io { step, source })?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|source| ClusterError::Io { step, source })?;
+            if let Some(user) = &self.run_as {
+                let (uid, gid) = user_ids(user).ok_or(ClusterError::NoServerUser)?;
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(|source| ClusterError::Io { step, source })?;
+            }
+        }
+        Ok(())
     }
 
     fn pg_ctl_start(&self) -> Result<(), ClusterError> {

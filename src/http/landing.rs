@@ -1,5 +1,7 @@
-//! The landing page: version, links, every query's last success and last error, and the
-//! configuration without secrets.
+//! The landing page: version, links, every query's last success and the kind and time of
+//! its last error, and the configuration without secrets. It shows no database data: no
+//! server messages, no column values (those go to the log at debug level). `web.landing_page:
+//! false` turns it off.
 
 use std::fmt::Write;
 use std::time::SystemTime;
@@ -36,7 +38,7 @@ pub(super) async fn page(State(state): State<AppState>) -> Html<String> {
             .unwrap_or_else(|| "never".to_owned());
         let error = st
             .last_error
-            .map(|(t, e)| format!("{}: {}", ago(t), escape(&e)))
+            .map(|(t, kind)| format!("{} (unix {}): {}", ago(t), unix(t), escape(&kind)))
             .unwrap_or_default();
         let enabled = if st.enabled {
             "yes".to_owned()
@@ -59,7 +61,7 @@ pub(super) async fn page(State(state): State<AppState>) -> Html<String> {
          <p>PostgreSQL exporter for the trade engine. pg_up = {up}.</p>\
          <ul><li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/health\">/health</a></li>\
          <li><a href=\"/ready\">/ready</a></li></ul>\
-         <h2>Queries</h2><table border=\"1\"><tr><th>query</th><th>enabled</th><th>last success</th><th>last error</th></tr>{rows}</table>\
+         <h2>Queries</h2><table border=\"1\"><tr><th>query</th><th>enabled</th><th>last success</th><th>last error (kind; details in the log at debug level)</th></tr>{rows}</table>\
          <h2>Configuration</h2><pre>{config}</pre></body></html>",
         version = env!("CARGO_PKG_VERSION"),
         config = escape(&state.config_summary),

@@ -1,11 +1,14 @@
 //! The HTTP surface: `/metrics` (a copy of pre-rendered bytes, format and encoding negotiated),
 //! `/health` (liveness), `/ready` (readiness), `/health/db` (the database's own health
-//! checks, from the last sample), `/` (landing page). The router is built from
+//! checks, from the last sample), `/` (landing page); HTTPS, basic auth and headers from
+//! the web configuration file ([`webconfig`], [`auth`]). The router is built from
 //! an [`AppState`] and can be tested without a socket (`tower::ServiceExt::oneshot`).
 
+pub mod auth;
 mod health_db;
 mod landing;
 mod negotiate;
+pub mod webconfig;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -29,6 +29,8 @@ pub const BACKOFF_BASE: Duration = Duration::from_millis(250);
 pub struct ServerInfo {
     version_num: AtomicI64,
     features: std::sync::Mutex<(Vec<String>, Vec<String>)>,
+    /// Why the last connection attempt failed (logged when it changes).
+    last_failure: std::sync::Mutex<String>,
 }
 
 impl ServerInfo {
@@ -118,7 +120,16 @@ impl Sampler {
         let mut checkout = match Checkout::get(&self.pool, PROBE_TIMEOUT).await {
             // Every connection is busy: the database answers, the budget is just in use.
             Err(e) if is_pool_busy(&e) => return self.snapshot.is_up(),
-            Err(_) => None,
+            Err(e) => {
+                let reason = super::run::pool_error(e).message;
+                if let Ok(mut last) = self.server.last_failure.lock()
+                    && *last != reason
+                {
+                    tracing::warn!(error = %reason, "cannot connect to the database");
+                    *last = reason;
+                }
+                None
+            }
             Ok(c) => Some(c),
         };
         let guard = PROBE_TIMEOUT + super::run::CLIENT_GRACE;
@@ -173,6 +184,9 @@ impl Sampler {
                 }
                 Err(_) => {}
             }
+        }
+        if let Ok(mut last) = self.server.last_failure.lock() {
+            last.clear();
         }
         self.server.version_num.store(version, Ordering::Relaxed);
         self.snapshot.set_up(true);

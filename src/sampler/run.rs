@@ -52,6 +52,21 @@ impl ErrorKind {
         Self::Decode,
     ];
 
+    /// What an operator reads on the landing page: the kind and what it means, never the
+    /// server's message (it may quote values; it goes to the log at debug level).
+    pub fn summary(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout: the statement or lock timeout fired",
+            Self::Pool => "pool: every pooled connection stayed busy for the query's timeout",
+            Self::Connection => "connection: the database could not be reached",
+            Self::Unavailable => {
+                "unavailable: a relation, function or schema the query reads is missing, or the role may not read it (see the log at debug level)"
+            }
+            Self::Sql => "sql: PostgreSQL rejected the query (see the log at debug level)",
+            Self::Decode => "decode: the rows do not fit the catalog (see the log at debug level)",
+        }
+    }
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -112,7 +127,8 @@ pub fn classify(e: &tokio_postgres::Error) -> RunError {
     }
 }
 
-fn pool_error(e: PoolError) -> RunError {
+/// A pool failure as a counted error (pool or connection kind; the reason says TLS or network).
+pub(crate) fn pool_error(e: PoolError) -> RunError {
     match &e {
         PoolError::Timeout(TimeoutType::Wait) => RunError::new(
             ErrorKind::Pool,

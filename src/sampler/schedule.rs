@@ -92,13 +92,15 @@ impl Sampler {
                 );
             }
             Err(e) => {
-                tracing::warn!(query = %spec.name, kind = e.kind.as_str(), error = %e.message, "query failed");
+                // The server's message may quote column values: details at debug level only.
+                tracing::warn!(query = %spec.name, kind = e.kind.as_str(), "query failed");
+                tracing::debug!(query = %spec.name, kind = e.kind.as_str(), error = %e.message, "query failure detail");
                 if e.kind == ErrorKind::Unavailable {
                     self.snapshot.clear(&spec.name);
                 }
-                let series = self
-                    .snapshot
-                    .fail(spec, e.to_string(), SystemTime::now(), true);
+                let series =
+                    self.snapshot
+                        .fail(spec, e.kind.summary().to_owned(), SystemTime::now(), true);
                 self.metrics.record_run(
                     spec,
                     overran,

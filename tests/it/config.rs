@@ -306,12 +306,12 @@ async fn check_config_with_a_database_prepares_every_query_and_names_a_missing_c
 }
 
 #[test]
-fn an_sslmode_that_needs_tls_is_refused_from_the_key_the_url_and_pgsslmode() {
+fn an_unknown_sslmode_is_refused_from_the_key_the_url_and_pgsslmode() {
     let dir = tempfile::tempdir().unwrap();
     let key = write(
         &dir,
         "key.yaml",
-        "database:\n  url: postgres://u@127.0.0.1:1/db\n  sslmode: require\n",
+        "database:\n  url: postgres://u@127.0.0.1:1/db\n  sslmode: verify-fool\n",
     );
     type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>);
     let cases: [Case; 3] = [
@@ -320,7 +320,7 @@ fn an_sslmode_that_needs_tls_is_refused_from_the_key_the_url_and_pgsslmode() {
             vec![
                 "check-config",
                 "--database-url",
-                "postgres://u@127.0.0.1:1/db?sslmode=require",
+                "postgres://u@127.0.0.1:1/db?sslmode=verify-fool",
             ],
             vec![],
         ),
@@ -330,7 +330,7 @@ fn an_sslmode_that_needs_tls_is_refused_from_the_key_the_url_and_pgsslmode() {
                 "--database-url",
                 "postgres://u@127.0.0.1:1/db",
             ],
-            vec![("PGSSLMODE", "verify-full")],
+            vec![("PGSSLMODE", "verify-fool")],
         ),
     ];
     for (args, env) in cases {

@@ -481,8 +481,14 @@ async fn a_failing_querys_last_good_series_stay_until_expire_after_then_vanish()
     );
     let landing = svc.get("/").await.1;
     assert!(
-        landing.contains("fleeting") && landing.contains("sql"),
-        "the landing page says why"
+        landing.contains("fleeting")
+            && landing.contains("s ago (unix ")
+            && landing.contains(": sql: "),
+        "the landing page says which kind of error and when: {landing}"
+    );
+    assert!(
+        !landing.contains("does not exist"),
+        "no server message on the landing page: {landing}"
     );
     svc.stop().await;
 }

@@ -20,5 +20,8 @@ mod partitions;
 mod plans;
 mod readonly;
 mod schema_objects;
+mod secret_files;
 mod secrets;
 mod service;
+mod tls;
+mod web;

@@ -24,12 +24,12 @@ async fn migrations_apply_to_an_empty_database_and_a_second_run_applies_nothing(
     let first = migrate(&mut c).await.expect("first migrate");
     assert_eq!(
         first.iter().map(|m| m.version).collect::<Vec<_>>(),
-        vec![4, 5, 6]
+        MIGRATIONS.iter().map(|m| m.version).collect::<Vec<_>>()
     );
     let second = migrate(&mut c).await.expect("second migrate");
     assert!(second.is_empty(), "second run applied {second:?}");
     let h = history(&db).await;
-    assert_eq!(h.len(), 3);
+    assert_eq!(h.len(), MIGRATIONS.len());
     for (m, (v, sum)) in MIGRATIONS.iter().zip(&h) {
         assert_eq!(m.version, *v);
         assert_eq!(&m.checksum(), sum);
@@ -43,7 +43,7 @@ async fn migrations_apply_to_the_trade_engine_database() {
     let db = TestDb::trade().await;
     let mut c = db.client().await;
     let applied = migrate(&mut c).await.expect("migrate");
-    assert_eq!(applied.len(), 3);
+    assert_eq!(applied.len(), MIGRATIONS.len());
     let n = scalar(
         &c,
         "SELECT count(*) FROM pg_views WHERE schemaname = 'monitoring'",
@@ -58,13 +58,21 @@ async fn migrate_status_lists_pending_then_applied() {
     let out = pgpulse(&["migrate", "--status", "--database-url", &db.url], &[]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
-    assert_eq!(stdout.matches("pending").count(), 3, "{stdout}");
+    assert_eq!(
+        stdout.matches("pending").count(),
+        MIGRATIONS.len(),
+        "{stdout}"
+    );
     let out = pgpulse(&["migrate"], &[("PGPULSE_DATABASE_URL", &db.url)]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
-    assert_eq!(stdout.matches("applied V").count(), 3, "{stdout}");
+    assert_eq!(
+        stdout.matches("applied V").count(),
+        MIGRATIONS.len(),
+        "{stdout}"
+    );
     let out = pgpulse(&["migrate", "--status", "--database-url", &db.url], &[]);
-    assert_eq!(text(&out).0.matches("applied ").count(), 3);
+    assert_eq!(text(&out).0.matches("applied ").count(), MIGRATIONS.len());
 }
 
 #[tokio::test]
@@ -85,8 +93,12 @@ async fn two_concurrent_migrate_runs_both_succeed_and_apply_once() {
     assert!(a.status.success(), "first: {}", text(&a).1);
     assert!(b.status.success(), "second: {}", text(&b).1);
     let applied = text(&a).0.matches("applied V").count() + text(&b).0.matches("applied V").count();
-    assert_eq!(applied, 3, "each migration applied exactly once in all");
-    assert_eq!(history(&db).await.len(), 3);
+    assert_eq!(
+        applied,
+        MIGRATIONS.len(),
+        "each migration applied exactly once in all"
+    );
+    assert_eq!(history(&db).await.len(), MIGRATIONS.len());
 }
 
 async fn trade_counts(db: &TestDb) -> Vec<i64> {
@@ -136,7 +148,7 @@ async fn uninstall_then_migrate_again_works_and_leaves_trade_data_untouched() {
     assert_eq!(trade_counts(&db).await, before);
     let out = pgpulse(&["migrate", "--database-url", &db.url], &[]);
     assert!(out.status.success(), "{}", text(&out).1);
-    assert_eq!(text(&out).0.matches("applied V").count(), 3);
+    assert_eq!(text(&out).0.matches("applied V").count(), MIGRATIONS.len());
     assert_eq!(trade_counts(&db).await, before);
 }
 

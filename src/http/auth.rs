@@ -1,0 +1,296 @@
+//! The protection of the HTTP surface from the web configuration file: basic auth with bcrypt
+//! hashes, the response headers, the switches for `/health` and the landing page, and the
+//! reload of all of it (certificates included) on SIGHUP without dropping the listener.
+//!
+//! bcrypt is slow on purpose (tens of milliseconds per check), and Prometheus sends the same
+//! credentials every scrape, so results are cached by a SHA-256 of user, password and hash,
+//! as the exporter toolkit does. An unknown user is checked against a dummy hash so that the
+//! answer takes as long as for a known one, and the final decision is combined in constant
+//! time. The bcrypt work runs on the blocking pool, never on a runtime worker.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum_server::tls_rustls::RustlsConfig;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::webconfig::{WebConfig, WebConfigError};
+
+/// Cached verification results kept at most (then the cache starts over).
+const CACHE_LIMIT: usize = 1024;
+
+/// A bcrypt hash (cost 10, as `htpasswd -B`) that unknown users are checked against.
+static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    bcrypt::hash(rand::random::<u64>().to_string(), 10).unwrap_or_default()
+});
+
+/// Errors of (re)loading the protection.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The web configuration file is wrong.
+    #[error(transparent)]
+    Config(#[from] WebConfigError),
+    /// The change needs a restart.
+    #[error("{file}: switching HTTPS on or off needs a restart; keeping the running settings")]
+    NeedsRestart {
+        /// The web configuration file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Rules {
+    users: HashMap<String, String>,
+    headers: Vec<(axum::http::HeaderName, HeaderValue)>,
+    cache: Mutex<HashMap<[u8; 32], bool>>,
+}
+
+/// The protection of the HTTP surface; cheap to share, reloadable.
+#[derive(Debug)]
+pub struct WebSecurity {
+    file: Option<PathBuf>,
+    rules: ArcSwap<Rules>,
+    tls: Option<RustlsConfig>,
+    open_health: bool,
+    landing_page: bool,
+}
+
+fn rules(config: &WebConfig) -> Rules {
+    Rules {
+        users: config.users.clone().into_iter().collect(),
+        headers: config.headers.clone(),
+        cache: Mutex::new(HashMap::new()),
+    }
+}
+
+impl WebSecurity {
+    /// Loads `file` (none: an open plain-HTTP surface); `open_health` serves `/health` and
+    /// `/ready` without credentials; `landing_page` false answers `/` with 404.
+    pub fn load(
+        file: Option<PathBuf>,
+        open_health: bool,
+        landing_page: bool,
+    ) -> Result<Self, AuthError> {
+        let (rules, tls) = match &file {
+            None => (Rules::default(), None),
+            Some(f) => {
+                let config = WebConfig::load(f)?;
+                let tls = config.server_config()?.map(RustlsConfig::from_config);
+                (rules(&config), tls)
+            }
+        };
+        Ok(Self {
+            file,
+            rules: ArcSwap::from_pointee(rules),
+            tls,
+            open_health,
+            landing_page,
+        })
+    }
+
+    /// The HTTPS configuration, when the file asks for TLS.
+    pub fn tls(&self) -> Option<RustlsConfig> {
+        self.tls.clone()
+    }
+
+    /// Reads the file and the certificates again (SIGHUP); `false` when there is no file. On
+    /// any error the running settings stay; open connections and the listener are never
+    /// dropped.
+    pub fn reload(&self) -> Result<bool, AuthError> {
+        let Some(file) = &self.file else {
+            return Ok(false);
+        };
+        let config = WebConfig::load(file)?;
+        let server = config.server_config()?;
+        match (&self.tls, server) {
+            (Some(tls), Some(new)) => tls.reload_from_config(new),
+            (None, None) => {}
+            _ => return Err(AuthError::NeedsRestart { file: file.clone() }),
+        }
+        self.rules.store(Arc::new(rules(&config)));
+        Ok(true)
+    }
+
+    /// Whether the credentials of an `Authorization` header are valid (always true when no
+    /// users are configured).
+    pub async fn authorized(&self, authorization: Option<&HeaderValue>) -> bool {
+        let rules = self.rules.load_full();
+        if rules.users.is_empty() {
+            return true;
+        }
+        let Some((user, password)) = authorization.and_then(basic_credentials) else {
+            return false;
+        };
+        let known = rules.users.get(&user);
+        let hash = match known {
+            Some(h) => h.clone(),
+            None => tokio::task::spawn_blocking(|| DUMMY_HASH.clone())
+                .await
+                .unwrap_or_default(),
+        };
+        let mut key = Sha256::new();
+        for part in [user.as_bytes(), password.as_bytes(), hash.as_bytes()] {
+            key.update((part.len() as u64).to_be_bytes());
+            key.update(part);
+        }
+        let key: [u8; 32] = key.finalize().into();
+        let cached = rules.cache.lock().ok().and_then(|c| c.get(&key).copied());
+        let verified = match cached {
+            Some(v) => v,
+            None => {
+                let v = tokio::task::spawn_blocking(move || {
+                    bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false)
+                })
+                .await
+                .unwrap_or(false);
+                if let Ok(mut c) = rules.cache.lock() {
+                    if c.len() >= CACHE_LIMIT {
+                        c.clear();
+                    }
+                    c.insert(key, v);
+                }
+                v
+            }
+        };
+        let ok = u8::from(known.is_some()).ct_eq(&1) & u8::from(verified).ct_eq(&1);
+        ok.into()
+    }
+}
+
+/// User and password of a `Basic` authorization header.
+fn basic_credentials(v: &HeaderValue) -> Option<(String, String)> {
+    let v = v.to_str().ok()?;
+    let (scheme, encoded) = v.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+/// The middleware: landing page switch, basic auth, response headers.
+pub async fn guard(State(sec): State<Arc<WebSecurity>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let mut resp = if path == "/" && !sec.landing_page {
+        (StatusCode::NOT_FOUND, "not found; try /metrics\n").into_response()
+    } else if (sec.open_health && (path == "/health" || path == "/ready"))
+        || sec
+            .authorized(req.headers().get(header::AUTHORIZATION))
+            .await
+    {
+        next.run(req).await
+    } else {
+        let mut r = Response::new(Body::from("Unauthorized\n"));
+        *r.status_mut() = StatusCode::UNAUTHORIZED;
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"pgpulse\""),
+        );
+        r
+    };
+    let rules = sec.rules.load();
+    for (name, value) in &rules.headers {
+        resp.headers_mut().insert(name.clone(), value.clone());
+    }
+    resp
+}
+
+/// Wraps `router` in [`guard`].
+pub fn protect(router: axum::Router, sec: Arc<WebSecurity>) -> axum::Router {
+    router.layer(axum::middleware::from_fn_with_state(sec, guard))
+}
+
+/// Serves `router` on `listener` (HTTPS when `tls` is given) until `shutdown` completes;
+/// open requests get a grace period to finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    tls: Option<RustlsConfig>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let Some(tls) = tls else {
+        return axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+    };
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        h.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+    });
+    axum_server::from_tcp_rustls(listener.into_std()?, tls)?
+        .handle(handle)
+        .serve(router.into_make_service())
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(user: &str, password: &str) -> HeaderValue {
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        HeaderValue::from_str(&format!("Basic {token}")).unwrap()
+    }
+
+    fn security(users: &[(&str, &str)]) -> WebSecurity {
+        let sec = WebSecurity::load(None, false, true).unwrap();
+        let rules = Rules {
+            users: users
+                .iter()
+                .map(|(u, p)| (u.to_string(), bcrypt::hash(p, 4).unwrap()))
+                .collect(),
+            ..Rules::default()
+        };
+        sec.rules.store(Arc::new(rules));
+        sec
+    }
+
+    #[test]
+    fn basic_credentials_are_decoded_and_other_schemes_refused() {
+        assert_eq!(
+            basic_credentials(&header("u", "p:w")),
+            Some(("u".to_owned(), "p:w".to_owned()))
+        );
+        assert_eq!(
+            basic_credentials(&HeaderValue::from_static("Bearer abc")),
+            None
+        );
+        assert_eq!(
+            basic_credentials(&HeaderValue::from_static("Basic !!!")),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn only_the_right_password_of_a_known_user_passes_and_results_are_cached() {
+        let sec = security(&[("prometheus", "right")]);
+        assert!(!sec.authorized(None).await);
+        assert!(!sec.authorized(Some(&header("prometheus", "wrong"))).await);
+        assert!(!sec.authorized(Some(&header("stranger", "right"))).await);
+        assert!(sec.authorized(Some(&header("prometheus", "right"))).await);
+        assert!(sec.authorized(Some(&header("prometheus", "right"))).await);
+        let cached = sec.rules.load().cache.lock().unwrap().len();
+        assert_eq!(cached, 3, "one entry per distinct (user, password, hash)");
+    }
+
+    #[tokio::test]
+    async fn without_users_everything_is_open() {
+        let sec = WebSecurity::load(None, false, true).unwrap();
+        assert!(sec.authorized(None).await);
+    }
+}
