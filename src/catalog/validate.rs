@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_saphyr::Location;
 
 use super::Defaults;
+use super::model::Accumulate;
 use super::model::{HistogramSpec, MetricKind, MetricSpec, QuerySpec, RawCatalog};
 
 type Loc = (u64, u64);
@@ -62,6 +63,10 @@ pub const DEFAULT_MAX_SERIES: usize = 1000;
 pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (Loc, String)> {
     let mut query_names = HashSet::new();
     let mut metric_names = HashSet::new();
+    // The server versions of the query that first exposed each metric name: a name may be
+    // exposed again only by a query for disjoint versions (PG 17 moved the checkpoint counters
+    // to pg_stat_checkpointer: two queries, one family on any one server).
+    let mut versions: std::collections::HashMap<String, (i32, i32)> = Default::default();
     let mut out = Vec::new();
     for q in raw.queries {
         let qloc = at(&q.referenced);
@@ -227,12 +232,20 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
                 }
                 _ => {}
             }
-            if !metric_names.insert(n.clone()) {
+            let range = (
+                q.min_server_version.unwrap_or(i32::MIN),
+                q.max_server_version.unwrap_or(i32::MAX),
+            );
+            let disjoint = |(lo, hi): (i32, i32)| hi < range.0 || range.1 < lo;
+            if !metric_names.insert(n.clone()) && !versions.get(n).copied().is_some_and(disjoint) {
                 return err(
                     nloc,
-                    format!("metric name \"{n}\" is used twice in the catalog"),
+                    format!(
+                        "metric name \"{n}\" is used twice in the catalog (allowed only for disjoint server versions)"
+                    ),
                 );
             }
+            versions.insert(n.clone(), range);
             if m.help.contains(['\n', '\r', '\\']) {
                 return err(
                     mloc,
@@ -296,6 +309,27 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
                 ),
             );
         }
+        if let Some(a) = &q.accumulate {
+            let aloc = at(&a.referenced);
+            if histogram.is_some() || q.rollup_key.is_some() {
+                return err(
+                    aloc,
+                    "accumulate cannot be combined with histogram or rollup_key".into(),
+                );
+            }
+            if let Some(m) = metrics.iter().find(|m| m.kind != MetricKind::Counter) {
+                return err(
+                    aloc,
+                    format!(
+                        "accumulate: {} makes counters; metric \"{}\" must be type counter",
+                        match a.value {
+                            Accumulate::Seconds => "seconds",
+                        },
+                        m.name
+                    ),
+                );
+            }
+        }
         let max_series = q.max_series.unwrap_or(DEFAULT_MAX_SERIES);
         if max_series == 0 {
             return err(qloc, "max_series must be at least 1".into());
@@ -316,6 +350,8 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Vec<QuerySpec>, (
             max_server_version: q.max_server_version,
             requires_extension: q.requires_extension,
             requires_preload: q.requires_preload,
+            role: q.role,
+            accumulate: q.accumulate.map(|a| a.value),
             location: qloc,
             name,
         });

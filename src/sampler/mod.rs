@@ -11,6 +11,7 @@
 //! tasks and starts new ones.
 
 pub mod latency;
+pub mod load;
 pub mod rollup;
 pub mod run;
 pub mod store;
@@ -39,6 +40,8 @@ pub struct ServerInfo {
     pub version_num: AtomicI64,
     /// Whether the last probe reached the database.
     pub up: AtomicBool,
+    /// Whether the server is a standby (`pg_is_in_recovery()` at the last probe).
+    pub in_recovery: AtomicBool,
     /// Installed extensions and preloaded libraries (from the last probe).
     pub features: std::sync::Mutex<(Vec<String>, Vec<String>)>,
 }
@@ -185,7 +188,7 @@ impl Sampler {
         let live = async {
             let client = checkout.as_ref()?;
             let batch = run::read_only_batch(
-                "SELECT current_setting('server_version_num')",
+                "SELECT current_setting('server_version_num') || '|' || pg_is_in_recovery()",
                 timeout,
                 timeout,
             );
@@ -193,11 +196,12 @@ impl Sampler {
                 .await
                 .ok()?
                 .ok()?;
-            first_value(&msgs)?.parse::<i64>().ok()
+            let (version, recovery) = first_value(&msgs)?.split_once('|')?;
+            Some((version.parse::<i64>().ok()?, recovery == "true"))
         }
         .await;
         let was_up = self.is_up();
-        let Some(version) = live else {
+        let Some((version, in_recovery)) = live else {
             if let Some(c) = checkout {
                 // Its state is unknown after a failure: do not hand it to a query.
                 let _ = deadpool_postgres::Object::take(c);
@@ -239,6 +243,9 @@ impl Sampler {
             }
         }
         self.server.version_num.store(version, Ordering::Relaxed);
+        self.server
+            .in_recovery
+            .store(in_recovery, Ordering::Relaxed);
         self.server.up.store(true, Ordering::Relaxed);
         self.metrics.up.set(1);
         self.metrics.server_version.set(version);
@@ -261,6 +268,14 @@ impl Sampler {
             && v > max
         {
             return Some(format!("server version {v} is above {max}"));
+        }
+        let standby = self.server.in_recovery.load(Ordering::Relaxed);
+        match (spec.role, standby) {
+            (crate::catalog::Role::Primary, true) => return Some("the server is a standby".into()),
+            (crate::catalog::Role::Replica, false) => {
+                return Some("the server is a primary".into());
+            }
+            _ => {}
         }
         let (exts, preload) = self
             .server
@@ -297,6 +312,7 @@ impl Sampler {
             .as_ref()
             .map(|h| latency::LatencyHistogram::new(&h.buckets));
         let mut rollup = spec.rollup_key.as_ref().map(|_| rollup::Rollup::default());
+        let mut load = spec.accumulate.map(|_| load::LoadAccumulator::default());
         let mut ticker = tokio::time::interval(spec.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
         loop {
@@ -306,7 +322,7 @@ impl Sampler {
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = self.tick(&spec, histogram.as_mut(), rollup.as_mut()) => {}
+                _ = self.tick(&spec, histogram.as_mut(), rollup.as_mut(), load.as_mut()) => {}
             }
         }
     }
@@ -317,6 +333,7 @@ impl Sampler {
         spec: &Arc<QuerySpec>,
         histogram: Option<&mut latency::LatencyHistogram>,
         rollup: Option<&mut rollup::Rollup>,
+        load: Option<&mut load::LoadAccumulator>,
     ) {
         let label = QueryLabel {
             query: spec.name.clone(),
@@ -365,6 +382,9 @@ impl Sampler {
             Ok((mut result, mut stats)) => {
                 if let Some(r) = rollup {
                     stats.dropped += r.apply(&mut result);
+                }
+                if let Some(l) = load {
+                    stats.dropped += l.apply(&mut result, spec.interval);
                 }
                 if let Some(h) = histogram {
                     h.update(&stats.statements);
