@@ -14,6 +14,8 @@ mod harness;
 mod maintenance;
 mod migrations;
 mod partitions;
+mod replication;
 mod schema_objects;
 mod secrets;
 mod service;
+mod signals;
