@@ -6,8 +6,14 @@ use crate::harness::{TestDb, connect, own_cluster};
 use crate::service::{Running, has_family, sample, start};
 use pgpulse::demo::ClusterOptions;
 
-/// The shipped catalog with every interval at 1s (timeouts just below), for tests.
+/// The shipped catalog with every interval at 2s (timeouts just below), for tests.
 pub fn fast_catalog() -> String {
+    catalog_every(2)
+}
+
+/// The shipped catalog with every interval at `seconds` (timeouts 100 ms below, expire_after
+/// equal to the interval).
+pub fn catalog_every(seconds: u64) -> String {
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/queries.yaml")).unwrap();
     text.lines()
@@ -15,11 +21,11 @@ pub fn fast_catalog() -> String {
             let t = l.trim_start();
             let indent = &l[..l.len() - t.len()];
             if t.starts_with("interval: ") {
-                format!("{indent}interval: 2s")
+                format!("{indent}interval: {seconds}s")
             } else if t.starts_with("timeout: ") {
-                format!("{indent}timeout: 1900ms")
+                format!("{indent}timeout: {}ms", seconds * 1000 - 100)
             } else if t.starts_with("expire_after: ") {
-                format!("{indent}expire_after: 2s")
+                format!("{indent}expire_after: {seconds}s")
             } else {
                 l.to_owned()
             }
