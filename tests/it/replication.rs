@@ -147,6 +147,17 @@ async fn a_paused_standby_lags_by_exactly_the_primarys_own_lsn_diff_and_runs_the
         |v| v == 0.0,
     )
     .await;
+    let received = "SELECT greatest(pg_wal_lsn_diff(latest_end_lsn, flushed_lsn), 0)::float8 \
+                    FROM pg_stat_wal_receiver";
+    agreed(
+        &svc_s,
+        &s,
+        "pg_standby_receive_lag_bytes",
+        received,
+        "receive lag",
+        |_| true,
+    )
+    .await;
     svc_s.stop().await;
     svc_p.stop().await;
 }

@@ -34,8 +34,13 @@ const MAY_BE_EMPTY: &[(&str, &str, &str)] = &[
     ),
     (
         "pgpulse-server",
-        "Standby replay lag",
+        "Standby receive and replay lag",
         "a standby's own view (role: replica): absent on the primary the test watches; tests/it/replication.rs",
+    ),
+    (
+        "pgpulse-server",
+        "Standby replay paused",
+        "a standby's own view (role: replica); tests/it/replication.rs",
     ),
     (
         "pgpulse-server",
@@ -64,6 +69,10 @@ const NOT_ON_A_LONE_PRIMARY: &[(&str, &str)] = &[
         "standby only (role: replica)",
     ),
     ("pg_standby_replay_paused", "standby only (role: replica)"),
+    (
+        "pg_standby_receive_lag_bytes",
+        "standby only (role: replica)",
+    ),
     ("pg_vacuum_heap_scanned_ratio", "only while a VACUUM runs"),
     (
         "pg_archiver_last_archived_age_seconds",
