@@ -53,8 +53,10 @@ async fn main() {
             &listen,
         ])
         .args(["--queries", &queries])
+        .env_remove("PGPULSE_BENCH_SECONDS")
+        .env_remove("PGPULSE_BENCH_QUERIES")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::inherit())
         .spawn()
         .expect("pgpulse serve");
     tokio::time::sleep(Duration::from_secs(seconds)).await;
