@@ -7,7 +7,7 @@
 mod model;
 mod validate;
 
-pub use model::{HistogramSpec, MetricKind, MetricSpec, QuerySpec};
+pub use model::{Accumulate, HistogramSpec, MetricKind, MetricSpec, QuerySpec, Role};
 pub use validate::{Invalid, Loc, Problem, is_label_name, is_metric_name};
 
 use std::fmt;
@@ -205,6 +205,22 @@ pub fn markdown(catalog: &Catalog) -> String {
                     .join(", ")
             }
         );
+        match q.role {
+            Role::Primary => s.push_str("Runs only on a primary (not in recovery).\n\n"),
+            Role::Replica => s.push_str("Runs only on a standby (in recovery).\n\n"),
+            Role::Any => {}
+        }
+        if let Some(v) = q.min_server_version {
+            let _ = writeln!(s, "Runs on server_version_num ≥ {v}.\n");
+        }
+        if let Some(v) = q.max_server_version {
+            let _ = writeln!(s, "Runs on server_version_num ≤ {v}.\n");
+        }
+        if q.accumulate.is_some() {
+            s.push_str(
+                "Accumulated by pgpulse: each sample adds value × interval (seconds) to the counter.\n\n",
+            );
+        }
         if let Some(p) = &q.requires_preload {
             let _ = writeln!(s, "Requires `{p}` in `shared_preload_libraries`.\n");
         }

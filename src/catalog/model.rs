@@ -40,6 +40,9 @@ pub(crate) struct RawQuery {
     pub max_server_version: Option<i32>,
     pub requires_extension: Option<String>,
     pub requires_preload: Option<String>,
+    #[serde(default)]
+    pub role: Role,
+    pub accumulate: Option<Spanned<Accumulate>>,
 }
 
 /// A statement-latency histogram as written.
@@ -97,6 +100,28 @@ pub enum MetricKind {
     Gauge,
     /// A monotonically increasing total; its name ends in `_total`.
     Counter,
+}
+
+/// Which servers a query runs on: a primary, a standby (in recovery), or any.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Only on a server not in recovery.
+    Primary,
+    /// Only on a standby (`pg_is_in_recovery()`).
+    Replica,
+    /// Everywhere (the default).
+    #[default]
+    Any,
+}
+
+/// How a query's values become counters inside pgpulse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accumulate {
+    /// Each sample adds value × interval (in seconds) to its series' counter: a count of
+    /// sessions sampled every second becomes session-seconds (see `sampler::load`).
+    Seconds,
 }
 
 /// One metric of a query: a value column and how it is exposed.
@@ -170,6 +195,10 @@ pub struct QuerySpec {
     pub requires_extension: Option<String>,
     /// Runs only when this library is in `shared_preload_libraries`.
     pub requires_preload: Option<String>,
+    /// Which servers it runs on (primary, replica, any).
+    pub role: Role,
+    /// Values accumulated into counters by pgpulse (every metric is then a counter).
+    pub accumulate: Option<Accumulate>,
     /// Line and column of the query in its file, for messages.
     pub location: (u64, u64),
 }
@@ -193,5 +222,7 @@ impl QuerySpec {
             && self.max_server_version == other.max_server_version
             && self.requires_extension == other.requires_extension
             && self.requires_preload == other.requires_preload
+            && self.role == other.role
+            && self.accumulate == other.accumulate
     }
 }

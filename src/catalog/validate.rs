@@ -69,7 +69,9 @@ pub enum Problem {
     #[error("histogram name \"{0}\" must be a pg_ name ending in _seconds")]
     BadHistogramName(String),
     /// A metric name is used twice in the catalog.
-    #[error("metric name \"{0}\" is used twice in the catalog")]
+    #[error(
+        "metric name \"{0}\" is used twice in the catalog (allowed only for disjoint server versions)"
+    )]
     DuplicateMetric(String),
     /// The histogram's buckets are not positive, finite and increasing.
     #[error("histogram buckets must be positive, finite and increasing")]
@@ -122,6 +124,12 @@ pub enum Problem {
     /// The roll-up key is not a free plain column.
     #[error("rollup_key \"{0}\" must be a plain column not used as label or value")]
     BadRollupKey(String),
+    /// `accumulate` with a histogram or a roll-up key.
+    #[error("accumulate cannot be combined with histogram or rollup_key")]
+    AccumulateCombined,
+    /// `accumulate: seconds` on a gauge.
+    #[error("accumulate: seconds makes counters; metric \"{0}\" must be type counter")]
+    AccumulateNeedsCounter(String),
     /// The series budget is zero.
     #[error("max_series must be at least 1")]
     ZeroBudget,
@@ -157,6 +165,10 @@ pub const DEFAULT_MAX_SERIES: usize = 1000;
 pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Validated, Invalid> {
     let mut query_names = HashSet::new();
     let mut metric_names = HashSet::new();
+    // The server versions of the query that first exposed each metric name: a name may be
+    // exposed again only by a query for disjoint versions (PG 17 moved the checkpoint counters
+    // to pg_stat_checkpointer: two queries, one family on any one server).
+    let mut versions: std::collections::HashMap<String, (i32, i32)> = Default::default();
     let mut out = Vec::new();
     for q in raw.queries {
         let qloc = at(&q.referenced);
@@ -290,9 +302,15 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Validated, Invali
                 }
                 _ => {}
             }
-            if !metric_names.insert(n.clone()) {
+            let range = (
+                q.min_server_version.unwrap_or(i32::MIN),
+                q.max_server_version.unwrap_or(i32::MAX),
+            );
+            let disjoint = |(lo, hi): (i32, i32)| hi < range.0 || range.1 < lo;
+            if !metric_names.insert(n.clone()) && !versions.get(n).copied().is_some_and(disjoint) {
                 return err(nloc, Problem::DuplicateMetric(n.clone()));
             }
+            versions.insert(n.clone(), range);
             if m.help.contains(['\n', '\r', '\\']) {
                 return err(mloc, Problem::BadHelp(n.clone()));
             }
@@ -350,6 +368,15 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Validated, Invali
         {
             return err(at(&k.referenced), Problem::BadRollupKey(k.value.clone()));
         }
+        if let Some(a) = &q.accumulate {
+            let aloc = at(&a.referenced);
+            if histogram.is_some() || q.rollup_key.is_some() {
+                return err(aloc, Problem::AccumulateCombined);
+            }
+            if let Some(m) = metrics.iter().find(|m| m.kind != MetricKind::Counter) {
+                return err(aloc, Problem::AccumulateNeedsCounter(m.name.clone()));
+            }
+        }
         let max_series = q.max_series.unwrap_or(DEFAULT_MAX_SERIES);
         if max_series == 0 {
             return err(qloc, Problem::ZeroBudget);
@@ -370,6 +397,8 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Validated, Invali
             max_server_version: q.max_server_version,
             requires_extension: q.requires_extension,
             requires_preload: q.requires_preload,
+            role: q.role,
+            accumulate: q.accumulate.map(|a| a.value),
             location: qloc,
             name,
         });

@@ -76,7 +76,23 @@ pub async fn check_config(
 async fn check_columns(config: &Config, catalog: &Catalog) -> Result<(), CliError> {
     let client = crate::db::connect(&config.target).await?;
     let mut problems = Vec::new();
+    // Queries for other server versions reference views this server lacks: skip them.
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| CliError::Queries {
+            problems: vec![format!(
+                "cannot read the server version: {}",
+                crate::db::connect::describe(&e)
+            )],
+        })?;
     for q in &catalog.queries {
+        if q.min_server_version.is_some_and(|v| version < v)
+            || q.max_server_version.is_some_and(|v| version > v)
+        {
+            continue;
+        }
         let at = format!(
             "{}:{}:{}: query \"{}\"",
             catalog.source, q.location.0, q.location.1, q.name

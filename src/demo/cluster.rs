@@ -262,6 +262,78 @@ impl TempCluster {
         Ok(())
     }
 
+    /// Creates and starts a streaming standby of `primary`: `pg_basebackup -R` through a new
+    /// physical replication slot `slot` (created by pg_basebackup, so the primary retains WAL
+    /// for the standby from the start); blocks until it accepts connections. The primary needs
+    /// `wal_level = replica` (the default) and a free WAL sender.
+    pub fn standby_of(primary: &TempCluster, slot: &str) -> Result<Self, ClusterError> {
+        let dir = std::env::temp_dir().join(format!(
+            "pgpulse-pg-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let io = |step| move |source| ClusterError::Io { step, source };
+        std::fs::create_dir_all(&dir).map_err(io("create the standby directory"))?;
+        let mut standby = Self {
+            bindir: primary.bindir.clone(),
+            dir,
+            port: 0,
+            run_as: primary.run_as.clone(),
+            stopped: true,
+        };
+        if let Some(user) = &standby.run_as {
+            let (uid, gid) = user_ids(user).ok_or(ClusterError::NoServerUser)?;
+            std::os::unix::fs::chown(&standby.dir, Some(uid), Some(gid))
+                .map_err(io("hand the standby directory to the server user"))?;
+        }
+        // Removes the directory if the base backup fails; the watchdog only starts after it.
+        let data = standby.dir.join("data");
+        standby.run(
+            "pg_basebackup",
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                &data.to_string_lossy(),
+                "-R",
+                "-X",
+                "stream",
+                "-C",
+                "-S",
+                slot,
+                "-c",
+                "fast",
+                "--no-sync",
+            ],
+        )?;
+        // The copied settings point at the primary's socket directory: use our own.
+        let conf_path = data.join("postgresql.auto.conf");
+        let mut conf = std::fs::read_to_string(&conf_path).unwrap_or_default();
+        conf.push_str(&format!(
+            "unix_socket_directories = '{}'\nhot_standby = on\n",
+            standby.dir.display()
+        ));
+        std::fs::write(&conf_path, conf).map_err(io("write the standby settings"))?;
+        standby.spawn_watchdog()?;
+        let mut last = None;
+        for _ in 0..5 {
+            standby.port = free_port()?;
+            match standby.pg_ctl_start() {
+                Ok(()) => {
+                    standby.stopped = false;
+                    return Ok(standby);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(ClusterError::BinariesNotFound))
+    }
+
     fn pg_ctl_start(&self) -> Result<(), ClusterError> {
         let data = self.dir.join("data");
         let log = self.dir.join("server.log");
@@ -323,8 +395,22 @@ impl TempCluster {
             })
     }
 
+    /// A server binary: from the bindir, else next to the file `initdb` links to (a bindir of
+    /// symlinks to initdb and pg_ctl only), else from PATH.
+    fn program(&self, name: &str) -> PathBuf {
+        let direct = self.bindir.join(name);
+        if direct.is_file() {
+            return direct;
+        }
+        std::fs::canonicalize(self.bindir.join("initdb"))
+            .ok()
+            .and_then(|real| real.parent().map(|d| d.join(name)))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from(name))
+    }
+
     fn run(&self, step: &'static str, program: &str, args: &[&str]) -> Result<(), ClusterError> {
-        let exe = self.bindir.join(program);
+        let exe = self.program(program);
         let mut cmd = match &self.run_as {
             Some(user) => {
                 let mut c = Command::new("runuser");

@@ -19,6 +19,11 @@ pub fn check(spec: &QuerySpec, server: &ServerInfo) -> Option<String> {
     {
         return Some(format!("server version {v} is above {max}"));
     }
+    match (spec.role, server.in_recovery()) {
+        (crate::catalog::Role::Primary, true) => return Some("the server is a standby".into()),
+        (crate::catalog::Role::Replica, false) => return Some("the server is a primary".into()),
+        _ => {}
+    }
     let (exts, preload) = server.features();
     if let Some(e) = &spec.requires_extension
         && !exts.contains(e)

@@ -28,6 +28,7 @@ pub const BACKOFF_BASE: Duration = Duration::from_millis(250);
 #[derive(Debug, Default)]
 pub struct ServerInfo {
     version_num: AtomicI64,
+    in_recovery: std::sync::atomic::AtomicBool,
     features: std::sync::Mutex<(Vec<String>, Vec<String>)>,
     /// Why the last connection attempt failed (logged when it changes).
     last_failure: std::sync::Mutex<String>,
@@ -37,6 +38,11 @@ impl ServerInfo {
     /// `server_version_num`, 0 before the first connection.
     pub fn version_num(&self) -> i64 {
         self.version_num.load(Ordering::Relaxed)
+    }
+
+    /// Whether the server is a standby (`pg_is_in_recovery()` at the last probe).
+    pub fn in_recovery(&self) -> bool {
+        self.in_recovery.load(Ordering::Relaxed)
     }
 
     /// Installed extensions and preloaded libraries (bare names), from the last probe that
@@ -135,14 +141,19 @@ impl Sampler {
         let guard = PROBE_TIMEOUT + super::run::CLIENT_GRACE;
         let mut version = None;
         if let Some(client) = checkout.as_mut().and_then(Checkout::client) {
-            let batch = guarded("SELECT current_setting('server_version_num')");
+            let batch = guarded(
+                "SELECT current_setting('server_version_num') || '|' || pg_is_in_recovery()",
+            );
             version = match tokio::time::timeout(guard, client.simple_query(&batch)).await {
-                Ok(Ok(msgs)) => first_value(&msgs).and_then(|v| v.parse::<i64>().ok()),
+                Ok(Ok(msgs)) => first_value(&msgs).and_then(|v| {
+                    let (version, recovery) = v.split_once('|')?;
+                    Some((version.parse::<i64>().ok()?, recovery == "true"))
+                }),
                 _ => None,
             };
         }
         let was_up = self.snapshot.is_up();
-        let Some(version) = version else {
+        let Some((version, in_recovery)) = version else {
             // Dropping the checkout discards the connection: its state is unknown.
             drop(checkout);
             self.snapshot.set_up(false);
@@ -189,6 +200,9 @@ impl Sampler {
             last.clear();
         }
         self.server.version_num.store(version, Ordering::Relaxed);
+        self.server
+            .in_recovery
+            .store(in_recovery, Ordering::Relaxed);
         self.snapshot.set_up(true);
         self.metrics.record_probe(true, Some(version));
         if !was_up {

@@ -12,6 +12,7 @@
 //! a timeout never makes a counter go back.
 
 pub mod histogram;
+pub mod load;
 pub mod rollup;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use std::time::SystemTime;
 
 use crate::catalog::QuerySpec;
 use histogram::{HistogramSnapshot, LatencyHistogram, StatementSample};
+use load::LoadAccumulator;
 use rollup::Rollup;
 
 /// One exposed series: label values (in the query's label order) and a value.
@@ -99,6 +101,7 @@ pub struct Published {
 struct Carried {
     spec: Arc<QuerySpec>,
     rollup: Option<Rollup>,
+    load: Option<LoadAccumulator>,
     histogram: Option<LatencyHistogram>,
 }
 
@@ -107,6 +110,7 @@ impl Carried {
         Self {
             spec: spec.clone(),
             rollup: spec.rollup_key.as_ref().map(|_| Rollup::default()),
+            load: spec.accumulate.map(|_| LoadAccumulator::default()),
             histogram: spec
                 .histogram
                 .as_ref()
@@ -188,6 +192,10 @@ impl Snapshot {
         let mut dropped = 0;
         if let Some(r) = carried.rollup.as_mut() {
             dropped = r.apply(&mut result);
+        }
+        if let Some(l) = carried.load.as_mut() {
+            let interval = result.spec.interval;
+            dropped += l.apply(&mut result, interval);
         }
         if let Some(h) = carried.histogram.as_mut() {
             h.update(statements);
@@ -294,11 +302,13 @@ fn same_shape(a: &QuerySpec, b: &QuerySpec) -> bool {
 }
 
 /// Whether counter state built from `a`'s rows is valid for `b`: same SQL, same shape,
-/// same roll-up key and value columns.
+/// same roll-up key, accumulation and value columns. (An accumulated counter keeps its
+/// state across an interval change: each sample adds its own interval.)
 fn same_state(a: &QuerySpec, b: &QuerySpec) -> bool {
     same_shape(a, b)
         && a.sql == b.sql
         && a.rollup_key == b.rollup_key
+        && a.accumulate == b.accumulate
         && a.metrics
             .iter()
             .zip(&b.metrics)

@@ -19,7 +19,17 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("snapshot", &["catalog", "clock"]),
     ("sampler", &["catalog", "db", "snapshot", "clock"]),
     ("exposition", &["catalog", "snapshot"]),
-    ("http", &["catalog", "snapshot", "exposition", "clock", "crypto", "yaml"]),
+    (
+        "http",
+        &[
+            "catalog",
+            "snapshot",
+            "exposition",
+            "clock",
+            "crypto",
+            "yaml",
+        ],
+    ),
     ("maintenance", &["db", "clock"]),
     (
         "app",

@@ -150,6 +150,26 @@ fn catalog_errors_name_file_line_column_query_and_key() {
             "would expose the same family",
             10,
         ),
+        (
+            GOOD.replace("    help: one\n", "    help: one\n    role: standby\n"),
+            "replica",
+            4,
+        ),
+        (
+            GOOD.replace("    help: one\n", "    help: one\n    accumulate: seconds\n"),
+            "must be type counter",
+            4,
+        ),
+        (
+            format!(
+                "{GOOD}{}",
+                GOOD.replace("queries:\n", "")
+                    .replace("name: one", "name: two")
+                    .replace("    help: one\n", "    help: one\n    min_server_version: 150000\n")
+            ),
+            "disjoint server versions",
+            16,
+        ),
     ];
     for (text, needle, line) in cases {
         let q = write(&dir, "queries.yaml", &text);
@@ -158,6 +178,25 @@ fn catalog_errors_name_file_line_column_query_and_key() {
         assert!(msg.contains(needle), "{needle}: {msg}");
         assert!(msg.contains(&format!("{q}:{line}:")), "line {line}: {msg}");
     }
+}
+
+#[test]
+fn a_metric_name_may_repeat_only_in_queries_for_disjoint_server_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = GOOD.replace(
+        "    help: one\n",
+        "    help: one\n    max_server_version: 169999\n",
+    );
+    let new = GOOD
+        .replace("queries:\n", "")
+        .replace("name: one", "name: two")
+        .replace(
+            "    help: one\n",
+            "    help: one\n    min_server_version: 170000\n",
+        );
+    let q = write(&dir, "queries.yaml", &format!("{old}{new}"));
+    let (code, msg) = check(&["check-config", "--queries", &q], &[]);
+    assert_eq!(code, Some(0), "{msg}");
 }
 
 #[tokio::test]

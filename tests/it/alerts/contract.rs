@@ -31,7 +31,28 @@ const CONTRACT: &str = "up pg_up pg_server_version_num pgpulse_build_info
 
     pg_plan_expected_index_used pg_plan_partitions_scanned pg_plan_partitions
     pg_plan_partitions_expected_max pg_plan_estimated_cost pgpulse_plan_check_errors_total
-    pgpulse_plan_check_last_success_timestamp_seconds";
+    pgpulse_plan_check_last_success_timestamp_seconds
+
+    pg_database_xact_commits_total pg_database_xact_rollbacks_total pg_database_deadlocks_total
+    pg_database_temp_files_total pg_database_temp_bytes_total pg_database_conflicts_total
+    pg_database_checksum_failures_total pg_database_size_bytes
+    pg_database_xid_age_xids pg_database_multixact_age_multixacts pg_table_xid_age_xids
+    pg_table_multixact_age_multixacts pg_postmaster_start_time_seconds pg_server_in_recovery
+    pg_settings_autovacuum_freeze_max_age_xids
+    pg_settings_autovacuum_multixact_freeze_max_age_multixacts
+    pg_settings_autovacuum_max_workers pg_settings_pending_restart
+    pg_wal_records_total pg_wal_full_page_images_total pg_wal_generated_bytes_total
+    pg_wal_directory_size_bytes pg_archiver_archived_total pg_archiver_failed_total
+    pg_archiver_last_archived_age_seconds pg_archiver_last_failure_age_seconds
+    pg_checkpoints_timed_total pg_checkpoints_requested_total pg_checkpoint_write_seconds_total
+    pg_checkpoint_sync_seconds_total pg_buffers_backend_written_total
+    pg_replication_replay_lag_bytes pg_replication_flush_lag_bytes
+    pg_replication_replay_lag_seconds pg_replication_slot_active
+    pg_replication_slot_retained_wal_bytes pg_replication_slot_wal_status
+    pg_standby_replay_lag_bytes pg_standby_replay_paused pg_standby_receive_lag_bytes
+    pg_locks pg_lock_table_usage_ratio pg_autovacuum_workers pg_longest_running_statement_seconds
+    pg_vacuum_heap_scanned_ratio pg_sequence_used_ratio pg_client_connections
+    pg_database_load_session_seconds_total";
 
 /// Nothing in a rule or dashboard refers to a metric pgpulse does not promise.
 #[test]

@@ -72,7 +72,12 @@ fn dashboards_have_fixed_unique_uids_and_pick_prometheus_through_the_datasource_
     let ds = json!({"type": "prometheus", "uid": "${datasource}"});
     let all = dashboards();
     let uids: BTreeSet<&str> = all.iter().map(|(u, _)| u.as_str()).collect();
-    let fixed = BTreeSet::from(["pgpulse-overview", "pgpulse-statements", "pgpulse-tables"]);
+    let fixed = BTreeSet::from([
+        "pgpulse-overview",
+        "pgpulse-server",
+        "pgpulse-statements",
+        "pgpulse-tables",
+    ]);
     assert_eq!(uids, fixed, "uids must be fixed and unique");
     let mut problems = Vec::new();
     for (uid, d) in &all {
@@ -226,6 +231,14 @@ fn dashboard_thresholds_equal_the_alert_thresholds() {
             "< 2 * 86400",
         ),
         ("pg_lock_wait_longest_seconds", &[60.0], "> 60"),
+        ("pg_lock_table_usage_ratio", &[0.2], "> 0.2"),
+        ("pg_sequence_used_ratio", &[0.75], "> 0.75"),
+        ("pg_replication_replay_lag_seconds", &[60.0], "> 60"),
+        (
+            "pg_database_xid_age_xids{job=\"$job\", instance=~\"$instance\"} / 2147483648",
+            &[0.5, 0.75],
+            "/ 2147483648 > 0.75",
+        ),
     ];
     let rules: String = alerts().iter().map(|r| r.expr.clone()).collect();
     let mut problems = Vec::new();

@@ -106,10 +106,11 @@ fn dashboards() -> Vec<(String, Value)> {
         .collect()
 }
 
-/// Every panel of a dashboard, also those nested in rows.
+/// Every panel of a dashboard, also those nested in rows (rows themselves only group panels).
 fn panels(d: &Value) -> Vec<&Value> {
     items(&d["panels"])
         .flat_map(|p| std::iter::once(p).chain(items(&p["panels"])))
+        .filter(|p| p["type"] != "row")
         .collect()
 }
 

@@ -45,8 +45,9 @@ pub(super) fn selectors(expr: &str) -> Vec<Selector> {
             match (quote, c[k]) {
                 (Some(_), '\\') => k += 1,
                 (Some(q), ch) if ch == q => quote = None,
-                (None, '"' | '\'' | '`') => quote = Some(c[k]),
+                // Before opening a quote: the end of a string is its own quote character.
                 (None, ch) if ch == shut => return k,
+                (None, '"' | '\'' | '`') => quote = Some(c[k]),
                 _ => {}
             }
             k += 1;
@@ -146,10 +147,11 @@ fn the_promql_scanner_finds_selectors_matchers_ranges_and_enclosing_functions() 
     let s = selectors(
         r#"histogram_quantile(0.99, sum by (job, le) (rate(a_bucket{job="x", le!="1"}[5m]))) > 0.1
            and on (job) b{instance=~"$instance"} # a comment mentioning c
-           / ignoring (kind) sum(c) by (d) offset 5m"#,
+           / ignoring (kind) sum(c) by (d) offset 5m
+           or label_replace(e, "k", "", "", "")"#,
     );
     let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["a_bucket", "b", "c"]);
+    assert_eq!(names, ["a_bucket", "b", "c", "e"]);
     assert_eq!(s[0].matchers, [r#"job="x""#, r#"le!="1""#]);
     assert_eq!(s[0].range.as_deref(), Some("5m"));
     assert_eq!(s[0].functions, ["histogram_quantile", "sum", "rate"]);
