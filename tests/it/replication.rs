@@ -213,7 +213,14 @@ async fn a_dropped_standby_leaves_an_inactive_slot_retaining_the_wal_postgresql_
         Some(1.0),
         "{body}"
     );
-    // The standby is gone from pg_stat_replication, so its series are gone too.
-    assert_eq!(sample(&body, &streaming), None, "{body}");
+    // The standby is gone from pg_stat_replication, so its series go with the next run of
+    // the replication query.
+    eventually(DEADLINE, || async {
+        sample(&svc.metrics().await, &streaming)
+            .is_none()
+            .then_some(())
+    })
+    .await
+    .expect("the dropped standby's series are gone");
     svc.stop().await;
 }
