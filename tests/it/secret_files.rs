@@ -6,7 +6,6 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use pgpulse::demo::{ClusterOptions, TempCluster};
 
@@ -103,7 +102,7 @@ async fn get(url: &str) -> Option<String> {
 
 /// Waits for pg_up to reach `up`; returns /metrics, the landing page and the log.
 async fn observe(s: &Served, up: f64) -> (String, String, String) {
-    let metrics = eventually(Duration::from_secs(30), || async {
+    let metrics = eventually(crate::harness::PATIENCE, || async {
         let b = get(&format!("{}/metrics", s.base)).await?;
         let ok = if up == 1.0 {
             sample(&b, "pg_test_answer") == Some(42.0)

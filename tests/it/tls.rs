@@ -7,7 +7,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use pgpulse::demo::{ClusterOptions, TempCluster};
 use rcgen::{
@@ -232,15 +231,20 @@ async fn verify_full_to_localhost_samples_over_tls_and_pg_stat_ssl_shows_it() {
         &format!("sslmode=verify-full&sslrootcert={}", pki.ca.display()),
     );
     let svc = start(&u, CATALOG, |_| {}).await;
-    let body = eventually(Duration::from_secs(30), || async {
+    let body = eventually(crate::harness::PATIENCE, || async {
         let b = svc.metrics().await;
         (sample(&b, "pg_test_answer") == Some(42.0)).then_some(b)
     })
     .await
     .expect("a sample over verify-full");
     assert_eq!(sample(&body, "pg_up"), Some(1.0));
-    let sessions = pgpulse_sessions_ssl().await;
-    assert!(!sessions.is_empty(), "pgpulse holds pooled connections");
+    // The pool holds its connections between runs; wait until the server lists one.
+    let sessions = eventually(crate::harness::PATIENCE, || async {
+        let s = pgpulse_sessions_ssl().await;
+        (!s.is_empty()).then_some(s)
+    })
+    .await
+    .expect("pgpulse holds pooled connections");
     assert!(
         sessions.iter().all(|(_, ssl)| *ssl),
         "every sampling connection is encrypted: {sessions:?}"
@@ -260,7 +264,7 @@ async fn a_name_mismatch_is_refused_with_a_clear_error_and_pg_up_0() {
         &format!("sslmode=verify-full&sslrootcert={}", pki.ca.display()),
     );
     let svc = start(&u, CATALOG, |_| {}).await;
-    let body = eventually(Duration::from_secs(30), || async {
+    let body = eventually(crate::harness::PATIENCE, || async {
         let b = svc.metrics().await;
         (sample(&b, "pgpulse_connection_failures_total").unwrap_or(0.0) >= 1.0).then_some(b)
     })
@@ -300,7 +304,7 @@ async fn another_ca_is_refused_also_by_require_with_a_root_file_like_libpq() {
         &format!("sslmode=verify-full&sslrootcert={}", pki.other_ca.display()),
     );
     let svc = start(&u, CATALOG, |_| {}).await;
-    let body = eventually(Duration::from_secs(30), || async {
+    let body = eventually(crate::harness::PATIENCE, || async {
         let b = svc.metrics().await;
         (sample(&b, "pgpulse_connection_failures_total").unwrap_or(0.0) >= 1.0).then_some(b)
     })
@@ -371,7 +375,7 @@ async fn a_client_certificate_opens_a_clientcert_database_and_its_absence_does_n
         pgpulse::db::tls::SslMode::VerifyFull
     );
     let svc = start(&url("localhost", "certdb", ""), CATALOG, |c| *c = cfg).await;
-    let body = eventually(Duration::from_secs(30), || async {
+    let body = eventually(crate::harness::PATIENCE, || async {
         let b = svc.metrics().await;
         (sample(&b, "pg_test_answer") == Some(42.0)).then_some(b)
     })
