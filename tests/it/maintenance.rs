@@ -65,15 +65,7 @@ async fn the_daily_partition_job_recreates_missing_future_partitions() {
         .get::<_, i64>(0)
     };
     let before = count().await;
-    c.batch_execute(
-        "DO $$ DECLARE r record; BEGIN
-           FOR r IN SELECT partition_relname FROM monitoring.partition_bounds('trades'::regclass)
-                     WHERE NOT is_default AND range_start >= now() + interval '3 days'
-           LOOP EXECUTE format('DROP TABLE %I', r.partition_relname); END LOOP; END $$;",
-    )
-    .await
-    .unwrap();
-    assert!(count().await < before);
+    assert!(drop_future_trade_partitions(&c).await < before);
     let out = pgpulse(
         &[
             "maintain",

@@ -106,17 +106,22 @@ impl Running {
 
     /// Waits until `f` holds for the /metrics body; panics with `what` and the last body.
     pub async fn wait_for(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
-        let end = std::time::Instant::now() + crate::harness::PATIENCE;
-        loop {
+        let last = std::sync::Mutex::new(String::new());
+        let found = crate::harness::eventually(crate::harness::PATIENCE, || async {
             let b = self.metrics().await;
             if f(&b) {
-                return b;
+                return Some(b);
             }
-            if std::time::Instant::now() > end {
-                panic!("timed out waiting for {what}; last body:\n{b}");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            *last.lock().unwrap() = b;
+            None
+        })
+        .await;
+        found.unwrap_or_else(|| {
+            panic!(
+                "timed out waiting for {what}; last body:\n{}",
+                last.lock().unwrap()
+            )
+        })
     }
 
     /// The /metrics body.
