@@ -4,9 +4,11 @@
 //! Every error names the file, line and column, the query and what is wrong, e.g.
 //! `queries.yaml:12:7: query "cache": metric name "pg cache" is not a valid Prometheus name`.
 
+pub mod derive;
 mod model;
 mod validate;
 
+pub use derive::Derive;
 pub use model::{Accumulate, HistogramSpec, MetricKind, MetricSpec, QuerySpec, Role};
 pub use validate::{Invalid, Loc, Problem, is_label_name, is_metric_name};
 

@@ -19,6 +19,7 @@ mod migrations;
 mod partitions;
 mod plans;
 mod readonly;
+mod relations;
 mod replication;
 mod schema_objects;
 mod secret_files;
