@@ -218,6 +218,14 @@ pub fn markdown(catalog: &Catalog) -> String {
         if let Some(v) = q.max_server_version {
             let _ = writeln!(s, "Runs on server_version_num ≤ {v}.\n");
         }
+        if let Some(d) = q.derive {
+            let _ = writeln!(
+                s,
+                "Derived by pgpulse (`derive: {}`) from the relation pass, one read of the relations \
+                 per round shared with the other derived families (docs/operations.md).\n",
+                d.name()
+            );
+        }
         if q.accumulate.is_some() {
             s.push_str(
                 "Accumulated by pgpulse: each sample adds value × interval (seconds) to the counter.\n\n",

@@ -161,7 +161,9 @@ async fn set_up(db: &TestDb) {
             .unwrap_or_else(|e| panic!("{statement}: {e}"));
     }
     // Pending statistics are flushed when the session goes idle after this.
-    c.batch_execute("SELECT pg_stat_force_next_flush()").await.unwrap();
+    c.batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .unwrap();
     c.batch_execute("SELECT 1").await.unwrap();
 }
 
@@ -175,11 +177,9 @@ async fn text_rows(txn: &tokio_postgres::Transaction<'_>, sql: &str) -> Rows {
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
         .into_iter()
         .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                (0..r.len())
-                    .map(|i| r.get(i).map(str::to_owned))
-                    .collect(),
-            ),
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+            }
             _ => None,
         })
         .collect()
@@ -189,7 +189,13 @@ async fn text_rows(txn: &tokio_postgres::Transaction<'_>, sql: &str) -> Rows {
 fn is_key(column: &str) -> bool {
     matches!(
         column,
-        "schemaname" | "relname" | "indexrelname" | "kind" | "parent" | "partition" | "relid"
+        "schemaname"
+            | "relname"
+            | "indexrelname"
+            | "kind"
+            | "parent"
+            | "partition"
+            | "relid"
             | "indexrelid"
     )
 }
@@ -207,7 +213,12 @@ fn keyed(columns: &[&str], rows: &Rows) -> BTreeMap<Vec<String>, Vec<(String, Op
                 .iter()
                 .zip(r)
                 .filter(|(c, _)| !is_key(c))
-                .map(|(c, v)| ((*c).to_owned(), v.as_deref().map(|v| v.parse::<f64>().unwrap())))
+                .map(|(c, v)| {
+                    (
+                        (*c).to_owned(),
+                        v.as_deref().map(|v| v.parse::<f64>().unwrap()),
+                    )
+                })
                 .collect();
             (key, values)
         })
@@ -239,7 +250,9 @@ async fn every_derived_family_equals_what_the_views_report_in_one_snapshot() {
     let started = Instant::now();
     let facts = facts::read_facts(&txn).await.unwrap();
     let mut sizes = facts::Sizes::default();
-    facts::read_sizes(&txn, &mut sizes, true, &[]).await.unwrap();
+    facts::read_sizes(&txn, &mut sizes, true, &[])
+        .await
+        .unwrap();
     let bounds = facts::read_bounds(&txn, facts.partitions_fingerprint())
         .await
         .unwrap();
@@ -256,13 +269,20 @@ async fn every_derived_family_equals_what_the_views_report_in_one_snapshot() {
         let wraparound = family == Derive::TableWraparound;
         // The top 20 of the wraparound family ties among catalog tables frozen together:
         // every row of ours is checked against all of theirs, and the ages of the top 20.
-        let sql = if wraparound { sql.replace("LIMIT 20", "") } else { (*sql).to_owned() };
+        let sql = if wraparound {
+            sql.replace("LIMIT 20", "")
+        } else {
+            (*sql).to_owned()
+        };
         let theirs = text_rows(&txn, &sql).await;
         let slack = started.elapsed().as_secs_f64() + 1.0;
         let (a, b) = (keyed(columns, &ours), keyed(columns, &theirs));
         if wraparound {
             let ages = |rows: &Rows| {
-                let mut v: Vec<i64> = rows.iter().map(|r| r[2].as_ref().unwrap().parse().unwrap()).collect();
+                let mut v: Vec<i64> = rows
+                    .iter()
+                    .map(|r| r[2].as_ref().unwrap().parse().unwrap())
+                    .collect();
                 v.sort_unstable_by(|x, y| y.cmp(x));
                 v.truncate(20);
                 v
@@ -277,7 +297,9 @@ async fn every_derived_family_equals_what_the_views_report_in_one_snapshot() {
             );
         }
         for (key, values) in &a {
-            let other = b.get(key).unwrap_or_else(|| panic!("{name}: {key:?} not in the view's rows"));
+            let other = b
+                .get(key)
+                .unwrap_or_else(|| panic!("{name}: {key:?} not in the view's rows"));
             for ((column, x), (_, y)) in values.iter().zip(other) {
                 assert!(
                     close(column, *x, *y, slack),
@@ -296,7 +318,8 @@ async fn every_derived_family_equals_what_the_views_report_in_one_snapshot() {
             .remove(&key.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
             .unwrap_or_else(|| panic!("{family:?} has no row {key:?}"))
     };
-    let value = |v: &[(String, Option<f64>)], c: &str| v.iter().find(|(n, _)| n == c).and_then(|(_, x)| *x);
+    let value =
+        |v: &[(String, Option<f64>)], c: &str| v.iter().find(|(n, _)| n == c).and_then(|(_, x)| *x);
     let events = find(Derive::Partitions, &["ledger.events"]);
     assert_eq!(value(&events, "partition_count"), Some(3.0));
     assert_eq!(value(&events, "total_rows"), Some(4000.0));
@@ -318,8 +341,11 @@ async fn the_served_families_carry_the_views_values() {
     let body = svc
         .wait_for("every derived family published", |b| {
             names.iter().all(|n| {
-                sample(b, &format!("pgpulse_query_last_success_timestamp_seconds{{query=\"{n}\"}}"))
-                    .is_some_and(|t| t > 0.0)
+                sample(
+                    b,
+                    &format!("pgpulse_query_last_success_timestamp_seconds{{query=\"{n}\"}}"),
+                )
+                .is_some_and(|t| t > 0.0)
             })
         })
         .await;
@@ -339,11 +365,22 @@ async fn the_served_families_carry_the_views_values() {
         Some(3.0)
     );
     assert_eq!(
-        sample(&body, "pg_table_size_bytes{schemaname=\"ledger\",relname=\"entries\"}"),
-        Some(one("SELECT total_bytes::float8 FROM monitoring.v_table_stats WHERE relname = 'entries'").await)
+        sample(
+            &body,
+            "pg_table_size_bytes{schemaname=\"ledger\",relname=\"entries\"}"
+        ),
+        Some(
+            one(
+                "SELECT total_bytes::float8 FROM monitoring.v_table_stats WHERE relname = 'entries'"
+            )
+            .await
+        )
     );
     assert_eq!(
-        sample(&body, "pg_table_dead_tuples{schemaname=\"ledger\",relname=\"entries\"}"),
+        sample(
+            &body,
+            "pg_table_dead_tuples{schemaname=\"ledger\",relname=\"entries\"}"
+        ),
         Some(0.0)
     );
     assert_eq!(
@@ -351,4 +388,97 @@ async fn the_served_families_carry_the_views_values() {
         Some(one("SELECT sum(index_bytes)::float8 FROM monitoring.v_index_usage WHERE parent_relname = 'events'").await)
     );
     assert!(sample(&body, "pg_unused_indexes").is_some_and(|n| n >= 1.0));
+}
+
+/// The statement of `file` that starts with `start`, up to its `COMMENT ON`.
+fn former(file: &str, start: &str) -> String {
+    let text = std::fs::read_to_string(format!("{}/migrations/{file}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap();
+    let from = text
+        .find(start)
+        .unwrap_or_else(|| panic!("{start} in {file}"));
+    let rest = &text[from..];
+    let to = rest.find("COMMENT ON").unwrap();
+    rest[..to].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cheaper_views_of_v008_return_what_their_former_definitions_return() {
+    let db = TestDb::trade_migrated().await;
+    set_up(&db).await;
+    let c = db.client().await;
+    // A DEFAULT partition with rows, and a table over the bloat threshold.
+    c.batch_execute(
+        "INSERT INTO ledger.events VALUES (1, '2030-01-01', 1);
+         CREATE TABLE ledger.churn (id int);
+         INSERT INTO ledger.churn SELECT generate_series(1, 3000);",
+    )
+    .await
+    .unwrap();
+    c.batch_execute("DELETE FROM ledger.churn WHERE id <= 1500")
+        .await
+        .unwrap();
+    c.batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+    let rename = |sql: String| {
+        sql.replace("monitoring.partition_bounds(", "former.partition_bounds(")
+            .replace("monitoring.v_partition_health", "former.v_partition_health")
+            .replace(
+                "monitoring.database_health_check(",
+                "former.database_health_check(",
+            )
+    };
+    c.batch_execute("CREATE SCHEMA former").await.unwrap();
+    for (file, start) in [
+        (
+            "V004__performance_monitoring.sql",
+            "CREATE OR REPLACE FUNCTION monitoring.partition_bounds(",
+        ),
+        (
+            "V004__performance_monitoring.sql",
+            "CREATE OR REPLACE VIEW monitoring.v_partition_health",
+        ),
+        (
+            "V005__performance_functions.sql",
+            "CREATE OR REPLACE FUNCTION monitoring.database_health_check()",
+        ),
+    ] {
+        c.batch_execute(&rename(former(file, start))).await.unwrap();
+    }
+    let mut c = c;
+    let txn = c.transaction().await.unwrap();
+    let count = |sql: String| {
+        let txn = &txn;
+        async move {
+            txn.query_one(&sql, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .get::<_, i64>(0)
+        }
+    };
+    for (what, columns) in [
+        ("partition_bounds()", "*"),
+        ("v_partition_health", "*"),
+        // The long-transaction check quotes statement_timestamp(), which moves between
+        // the two statements of a comparison.
+        (
+            "database_health_check()",
+            "check_name, status, CASE WHEN check_name = 'Long Running Transactions' THEN '' ELSE value END, threshold",
+        ),
+    ] {
+        let rows = count(format!("SELECT count(*) FROM monitoring.{what}")).await;
+        assert!(rows > 2, "{what}: {rows} rows");
+        let differ = count(format!(
+            "SELECT count(*) FROM ((SELECT {columns} FROM monitoring.{what} EXCEPT ALL SELECT {columns} FROM former.{what})
+               UNION ALL (SELECT {columns} FROM former.{what} EXCEPT ALL SELECT {columns} FROM monitoring.{what})) d"
+        ))
+        .await;
+        assert_eq!(differ, 0, "{what}: rows differ from the former definition");
+    }
+    let warned = count(
+        "SELECT count(*) FROM monitoring.database_health_check() WHERE check_name IN ('Table Bloat', 'Partition Runway') AND status <> 'OK' AND status <> 'N/A'".into(),
+    )
+    .await;
+    assert_eq!(warned, 2, "both rewritten checks fire on this database");
 }

@@ -196,7 +196,9 @@ fn tables(input: Inputs<'_>, scans: bool) -> Vec<Row> {
                 int(g.dead),
                 float(dead_ratio),
                 int(g.bytes),
-                (scans > 0).then(|| g.idx as f64 / scans as f64).and_then(float),
+                (scans > 0)
+                    .then(|| g.idx as f64 / scans as f64)
+                    .and_then(float),
                 g.vacuum_age.and_then(float),
                 g.analyze_age.and_then(float),
             ]
@@ -343,7 +345,9 @@ fn partitions(input: Inputs<'_>) -> Vec<Row> {
     let mut out: Vec<(i64, Row)> = facts
         .relations
         .iter()
-        .filter(|p| p.kind == b'p' && &*p.schema != "pg_catalog" && &*p.schema != "information_schema")
+        .filter(|p| {
+            p.kind == b'p' && &*p.schema != "pg_catalog" && &*p.schema != "information_schema"
+        })
         .map(|p| {
             let (mut bytes, mut rows) = (0i64, 0i64);
             let mut stack = vec![p.oid];

@@ -235,11 +235,8 @@ pub async fn read_facts(txn: &Transaction<'_>) -> Result<Facts, RunError> {
         .enumerate()
         .map(|(i, r)| (r.oid, i))
         .collect();
-    let now = match now {
-        Some(n) => n,
-        // No relation at all: the server's time is not needed by any family.
-        None => 0.0,
-    };
+    // No relation at all: the server's time is not needed by any family.
+    let now = now.unwrap_or_default();
     Ok(Facts {
         relations,
         by_oid,

@@ -101,7 +101,10 @@ impl RelationSource {
         }
         let cache = &*cache;
         let Some(facts) = cache.facts.as_ref() else {
-            return Err(RunError::new(ErrorKind::Decode, "relation pass read nothing"));
+            return Err(RunError::new(
+                ErrorKind::Decode,
+                "relation pass read nothing",
+            ));
         };
         let rows = derive::rows(
             family,
@@ -183,7 +186,10 @@ async fn read_in_transaction(
         false => None,
     };
     let Some(facts) = fresh.as_ref().or(cache.facts.as_ref()) else {
-        return Err(RunError::new(ErrorKind::Decode, "relation pass read nothing"));
+        return Err(RunError::new(
+            ErrorKind::Decode,
+            "relation pass read nothing",
+        ));
     };
     if family.needs_sizes() {
         let wanted = sizes::signatures(facts);

@@ -12,10 +12,14 @@ pub fn signatures(facts: &Facts) -> Vec<(u32, u64)> {
     for (i, t) in user_indexes(facts) {
         indexes.entry(t.oid).or_default().push(i);
     }
-    let tables = facts.relations.iter().filter(|r| is_user_table(r)).map(|t| {
-        let own = indexes.get(&t.oid).map(Vec::as_slice).unwrap_or_default();
-        (t.oid, facts.size_signature(t, own))
-    });
+    let tables = facts
+        .relations
+        .iter()
+        .filter(|r| is_user_table(r))
+        .map(|t| {
+            let own = indexes.get(&t.oid).map(Vec::as_slice).unwrap_or_default();
+            (t.oid, facts.size_signature(t, own))
+        });
     let idx = user_indexes(facts).map(|(i, _)| (i.oid, facts.size_signature(i, &[])));
     tables.chain(idx).collect()
 }
