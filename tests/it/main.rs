@@ -25,5 +25,6 @@ mod secret_files;
 mod secrets;
 mod service;
 mod signals;
+mod slow_log;
 mod tls;
 mod web;
