@@ -199,8 +199,13 @@ impl SlowLogMetrics {
         self.unparsed.inc_by(n);
     }
 
-    /// The reader is off (prerequisites missing): down, no lag.
-    pub fn record_off(&self) {
+    /// The reader is off (prerequisites missing): down, no lag; `user` is pgpulse's role.
+    pub fn record_off(&self, user: &str) {
+        self.user
+            .get_or_create(&UserLabel {
+                user: user.to_owned(),
+            })
+            .set(1);
         self.up.set(0);
         self.lag.set(0);
     }

@@ -133,7 +133,7 @@ impl SlowLogReader {
                 *ready = Some(false);
                 *failing = false;
                 tracker.restart();
-                self.metrics.record_off();
+                self.metrics.record_off(&setup.session_user);
             }
             Ok(Polled::Read(out)) => {
                 if *ready != Some(true) {

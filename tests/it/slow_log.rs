@@ -311,9 +311,16 @@ async fn the_counter_equals_an_independent_count_of_the_log_files() {
     );
     assert_eq!(exposed_total(&body) - before, expected as f64, "{body}");
     assert!(
-        !body.contains("user=\"pgpulse_login\"}"),
+        !body
+            .lines()
+            .any(|l| l.starts_with(COUNTER) && l.contains("user=\"pgpulse_login\"")),
         "pgpulse's own role is not counted"
     );
+    assert!(
+        body.contains("pgpulse_database_user_info{user=\"pgpulse_login\"} 1"),
+        "pgpulse's role is exposed for the alert to exclude"
+    );
+    report("phase 1", expected, 0, &body);
     assert_eq!(
         sample(&body, "pg_statement_executions_threshold_seconds"),
         Some(0.1)
@@ -332,14 +339,14 @@ async fn the_counter_equals_an_independent_count_of_the_log_files() {
     // Phase 2: log_statement = all and auto_explain plans of every statement; a new pgpulse
     // starts at the end of the log (nothing of phase 1 counted again), and a reload in the
     // middle keeps the counter.
-    admin
-        .batch_execute(
-            "ALTER SYSTEM SET log_statement = 'all'; \
-             ALTER SYSTEM SET session_preload_libraries = 'auto_explain'; \
-             ALTER SYSTEM SET auto_explain.log_min_duration = 0; SELECT pg_reload_conf()",
-        )
-        .await
-        .unwrap();
+    for sql in [
+        "ALTER SYSTEM SET log_statement = 'all'",
+        "ALTER SYSTEM SET session_preload_libraries = 'auto_explain'",
+        "ALTER SYSTEM SET auto_explain.log_min_duration = 0",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.simple_query(sql).await.unwrap();
+    }
     let svc = start(&own_url, &catalog, reader_config).await;
     svc.wait_for("the reader up", |b| {
         sample(b, "pgpulse_slow_log_up") == Some(1.0)
@@ -365,7 +372,22 @@ async fn the_counter_equals_an_independent_count_of_the_log_files() {
     );
     assert!((60..=80).contains(&expected), "two workloads: {expected}");
     assert_eq!(exposed_total(&body), expected as f64, "{body}");
+    report("phase 2", expected, plans, &body);
     svc.stop().await;
+}
+
+/// Prints the figures docs/statement-latency.md quotes (run with --nocapture).
+fn report(phase: &str, expected: u64, plans: u64, body: &str) {
+    let v = |s: &str| sample(body, s).unwrap_or(f64::NAN);
+    eprintln!(
+        "{phase}: on disk {expected} slow executions ({plans} plan lines over 100 ms), counter {}; \
+         reader: {} polls, {} statements, {} bytes read, gap {} bytes",
+        exposed_total(body),
+        v("pgpulse_slow_log_polls_total"),
+        v("pgpulse_slow_log_statements_total"),
+        v("pgpulse_slow_log_read_bytes_total"),
+        v("pgpulse_slow_log_gap_bytes_total"),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -424,6 +446,9 @@ async fn one_bimodal_statement_is_three_percent_slow_while_the_histogram_sees_no
     );
     let h1 = hist(&body);
     let (count, fast) = (h1.0 - h0.0, h1.1 - h0.1);
+    eprintln!(
+        "bimodal: {slow} of {calls} executions at or over 100 ms (share {share}); histogram: {fast} of {count} observations at or under 100 ms"
+    );
     assert!(
         fast / count >= 0.99,
         "the histogram puts {fast} of {count} observations at or under 100 ms: its p99 stays under 100 ms"
