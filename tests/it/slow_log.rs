@@ -340,6 +340,7 @@ async fn the_counter_equals_an_independent_count_of_the_log_files() {
     // starts at the end of the log (nothing of phase 1 counted again), and a reload in the
     // middle keeps the counter.
     for sql in [
+        "LOAD 'auto_explain'",
         "ALTER SYSTEM SET log_statement = 'all'",
         "ALTER SYSTEM SET session_preload_libraries = 'auto_explain'",
         "ALTER SYSTEM SET auto_explain.log_min_duration = 0",
@@ -454,4 +455,50 @@ async fn one_bimodal_statement_is_three_percent_slow_while_the_histogram_sees_no
         "the histogram puts {fast} of {count} observations at or under 100 ms: its p99 stays under 100 ms"
     );
     svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_superuser_the_helpers_wait_for_one_and_verify_says_how() {
+    let db = TestDb::new().await;
+    let admin = db.client().await;
+    admin
+        .batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE pgpulse_migrator LOGIN CREATEROLE; \
+             EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+             ALTER DATABASE {} OWNER TO pgpulse_migrator",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let migrator_url = as_user(&db.url, "pgpulse_migrator");
+    let mut migrator = connect(&migrator_url).await;
+    pgpulse::db::migrate::migrate(&mut migrator)
+        .await
+        .expect("migrate as a non-superuser");
+    let helper = "SELECT to_regprocedure('monitoring.log_read(text,bigint,integer)') IS NOT NULL";
+    let has: bool = admin.query_one(helper, &[]).await.unwrap().get(0);
+    assert!(
+        !has,
+        "no SECURITY DEFINER file reader created by a non-superuser"
+    );
+    let out = crate::harness::pgpulse(&["verify", "--database-url", &migrator_url], &[]);
+    let (stdout, _) = crate::harness::text(&out);
+    let line = stdout.lines().nth(13).unwrap_or_default();
+    assert!(
+        line.starts_with("WARN") && line.contains("SELECT monitoring.install_log_reader();"),
+        "{stdout}"
+    );
+    assert!(
+        migrator
+            .batch_execute("SELECT monitoring.install_log_reader()")
+            .await
+            .is_err(),
+        "only a superuser installs the helpers"
+    );
+    admin
+        .batch_execute("SELECT monitoring.install_log_reader()")
+        .await
+        .unwrap();
+    let has: bool = admin.query_one(helper, &[]).await.unwrap().get(0);
+    assert!(has, "a superuser installed the helpers");
 }
