@@ -226,3 +226,49 @@ impl SlowLogMetrics {
             + st.held.values().sum::<u64>()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(d: &str, u: &str) -> SlowLabels {
+        SlowLabels {
+            datname: d.into(),
+            user: u.into(),
+        }
+    }
+
+    fn tally(pairs: &[(&str, &str, u64)]) -> Tally {
+        let mut t = Tally::default();
+        for (d, u, n) in pairs {
+            for _ in 0..*n {
+                t.add((*d).into(), (*u).into());
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn a_new_pair_appears_at_zero_and_grows_one_poll_later() {
+        let m = SlowLogMetrics::register(&mut Registry::default());
+        m.count(tally(&[("trade", "app", 3)]), 10);
+        assert_eq!(m.over.get_or_create(&pair("trade", "app")).get(), 0);
+        assert_eq!(m.total(), 3, "held back, not lost");
+        m.count(tally(&[("trade", "app", 2)]), 10);
+        assert_eq!(m.over.get_or_create(&pair("trade", "app")).get(), 5);
+        assert_eq!(m.total(), 5);
+    }
+
+    #[test]
+    fn pairs_past_the_budget_count_in_the_empty_pair_and_sums_stay_exact() {
+        let m = SlowLogMetrics::register(&mut Registry::default());
+        m.count(tally(&[("a", "u", 1), ("b", "u", 1)]), 2);
+        m.count(tally(&[("c", "u", 4), ("a", "u", 1)]), 2);
+        m.count(Tally::default(), 2);
+        assert_eq!(m.over.get_or_create(&pair("a", "u")).get(), 2);
+        assert_eq!(m.over.get_or_create(&pair("", "")).get(), 4);
+        assert_eq!(m.total(), 7);
+        let st = m.state.lock().unwrap();
+        assert_eq!(st.known.len(), 3, "two pairs and the overflow pair");
+    }
+}
