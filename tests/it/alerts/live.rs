@@ -76,7 +76,7 @@ const NOT_ON_A_LONE_PRIMARY: &[(&str, &str)] = &[
     ("pg_vacuum_heap_scanned_ratio", "only while a VACUUM runs"),
     (
         "pg_statement_executions_over_threshold_total",
-        "needs jsonlog and a slow statement (tests/it/slow_log.rs)",
+        "needs jsonlog and a slow statement (tests/it/slow_log/)",
     ),
     (
         "pg_archiver_last_archived_age_seconds",
