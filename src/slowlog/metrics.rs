@@ -112,7 +112,7 @@ impl SlowLogMetrics {
         );
         r.register(
             "pgpulse_slow_log_gap_bytes",
-            "Bytes of log files removed or truncated before the reader could read them",
+            "Bytes of log files listed but removed or truncated before the reader could read them (a lower bound: growth after the last listing is unknown)",
             m.gap.clone(),
         );
         r.register(
