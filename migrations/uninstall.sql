@@ -1,8 +1,9 @@
--- pgpulse uninstall: removes everything V004..V006 created in this database.
+-- pgpulse uninstall: removes everything V004..V009 created in this database.
 --
 -- Run by `pgpulse uninstall` as ONE simple-query batch inside a transaction (no BEGIN/COMMIT here).
 --   * resets the autovacuum reloptions V006 set (on the trade-engine tables and partitions that exist);
---   * drops schema monitoring (views, functions, maintenance tables, migration history);
+--   * drops schema monitoring (views, functions, maintenance tables, migration history, and the V009
+--     log reader helpers monitoring.log_files/log_current_file/log_read/install_log_reader);
 --   * drops the roles pgpulse_monitor / pgpulse_maintainer only if pgpulse created them, after
 --     DROP OWNED BY in this database; a role still used by another database of the cluster (or owning
 --     objects here) is kept, with a NOTICE.

@@ -160,6 +160,7 @@ pub struct App {
     stop: CancellationToken,
     tracker: TaskTracker,
     plan_guard: Option<Arc<crate::plans::guard::PlanGuard>>,
+    slow_log: Option<Arc<crate::slowlog::SlowLogReader>>,
     web: Arc<WebSecurity>,
 }
 
@@ -183,6 +184,19 @@ impl App {
         let metrics = Arc::new(SamplerMetrics::register(&mut registry));
         let plan_guard = config.plans.clone().map(|g| {
             crate::plans::guard::PlanGuard::new(&mut registry, pool.clone(), g, config.lock_timeout)
+        });
+        let slow_log = config.slow_log.as_ref().map(|s| {
+            crate::slowlog::SlowLogReader::new(
+                &mut registry,
+                pool.clone(),
+                crate::slowlog::ReaderSettings {
+                    interval: s.interval,
+                    timeout: s.timeout,
+                    lock_timeout: config.lock_timeout,
+                    chunk_bytes: s.chunk_bytes,
+                    max_series: s.max_series,
+                },
+            )
         });
         let snapshot = Arc::new(Snapshot::default());
         let renderer = Arc::new(Renderer::new(registry, snapshot.clone()));
@@ -240,6 +254,7 @@ impl App {
             stop,
             tracker,
             plan_guard,
+            slow_log,
             web,
         })
     }
@@ -259,6 +274,11 @@ impl App {
         self.state.clone()
     }
 
+    /// The slow-statement log reader, when configured (tests read its counter).
+    pub fn slow_log(&self) -> Option<Arc<crate::slowlog::SlowLogReader>> {
+        self.slow_log.clone()
+    }
+
     /// The sampler (for tests that drive ticks directly).
     pub fn sampler(&self) -> Arc<Sampler> {
         self.sampler.clone()
@@ -273,6 +293,9 @@ impl App {
         self.sampler.start_probe();
         if let Some(g) = &self.plan_guard {
             g.start(&self.tracker, self.stop.clone(), self.changed.clone());
+        }
+        if let Some(r) = &self.slow_log {
+            r.start(&self.tracker, self.stop.clone(), self.changed.clone());
         }
         self.sampler.apply(&self.reloader.current());
         let renderer = self.renderer.clone();

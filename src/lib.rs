@@ -20,6 +20,8 @@
 //!   outlives a reload (roll-ups, histograms). The sampler writes it; the exposition reads it.
 //! - [`sampler`]: probe, gating, scheduling, running a query, rows → series, budgets, its own
 //!   self-metrics, reload as a diff (`Sampler::apply`).
+//! - [`slowlog`]: the slow-statement log reader: the exact count of executions at or over
+//!   `log_min_duration_statement`, read from the server's jsonlog over SQL.
 //! - [`exposition`]: snapshot + self-metrics → text/OpenMetrics, gzip, atomic swap.
 //! - [`http`]: router, handlers, content negotiation, web config (TLS, basic auth).
 //! - [`maintenance`]: the job runner (leader lock, schedule, client-side VACUUM).
@@ -42,5 +44,6 @@ pub mod maintenance;
 pub mod plans;
 pub mod sampler;
 pub mod shutdown;
+pub mod slowlog;
 pub mod snapshot;
 pub mod yaml;

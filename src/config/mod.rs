@@ -10,7 +10,7 @@ mod settings;
 
 pub use settings::{
     DatabaseSettings, LogFormat, MaintenanceRunnerSettings, PlanSettings, SamplingSettings,
-    Settings, WebSettings,
+    Settings, SlowLogSettings, WebSettings,
 };
 
 use std::net::SocketAddr;
@@ -110,6 +110,8 @@ pub struct Config {
     pub maintenance: MaintenanceRunnerSettings,
     /// The key-query plan check of `serve`; `None` when `plans.enabled` is false.
     pub plans: Option<crate::plans::GuardConfig>,
+    /// The slow-statement log reader of `serve`; `None` when `slow_log.enabled` is false.
+    pub slow_log: Option<SlowLogSettings>,
     /// The settings the configuration came from, for the landing page (no secrets).
     pub settings: Settings,
 }
@@ -353,6 +355,7 @@ impl Settings {
             });
         }
         let plans = self.plans.validate()?;
+        let slow_log = self.slow_log.validate()?;
         Ok(Config {
             target,
             pool_size: db.pool_size,
@@ -381,8 +384,36 @@ impl Settings {
                 max_backoff: positive("maintenance.max_backoff", self.maintenance.max_backoff)?,
             },
             plans,
+            slow_log,
             settings: self,
         })
+    }
+}
+
+impl SlowLogSettings {
+    /// The reader's settings, or `None` when it is off.
+    fn validate(&self) -> Result<Option<SlowLogSettings>, ConfigError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        positive("slow_log.interval", self.interval)?;
+        positive("slow_log.timeout", self.timeout)?;
+        if !(1..=1024 * 1024).contains(&self.chunk_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "slow_log.chunk_bytes",
+                reason: format!(
+                    "{} is outside 1..=1048576 (monitoring.log_read reads at most 1 MiB)",
+                    self.chunk_bytes
+                ),
+            });
+        }
+        if self.max_series == 0 {
+            return Err(ConfigError::Invalid {
+                key: "slow_log.max_series",
+                reason: "must be at least 1".to_owned(),
+            });
+        }
+        Ok(Some(self.clone()))
     }
 }
 

@@ -24,6 +24,40 @@ pub struct Settings {
     pub plans: PlanSettings,
     /// The maintenance runner (`pgpulse maintain`).
     pub maintenance: MaintenanceRunnerSettings,
+    /// The slow-statement log reader of `serve` (the exact count of slow executions).
+    pub slow_log: SlowLogSettings,
+}
+
+/// The slow-statement log reader of `serve` (docs/statement-latency.md). It runs only where
+/// the server has the prerequisites (jsonlog, `log_min_duration_statement`, the V009 helpers)
+/// and says once in the log what is missing otherwise.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlowLogSettings {
+    /// Whether `serve` reads the log where the server allows it.
+    pub enabled: bool,
+    /// Time between two polls of the log.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// `statement_timeout` of every statement of a poll.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Bytes read per call of `monitoring.log_read` (1 ..= 1048576).
+    pub chunk_bytes: u32,
+    /// The most (database, user) pairs of `pg_statement_executions_over_threshold_total`.
+    pub max_series: usize,
+}
+
+impl Default for SlowLogSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(15),
+            timeout: Duration::from_secs(5),
+            chunk_bytes: 1024 * 1024,
+            max_series: 200,
+        }
+    }
 }
 
 /// How the maintenance runner treats the database.
@@ -61,6 +95,7 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             maintenance: MaintenanceRunnerSettings::default(),
             plans: PlanSettings::default(),
+            slow_log: SlowLogSettings::default(),
         }
     }
 }

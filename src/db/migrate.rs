@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "cheaper_relation_views",
         sql: include_str!("../../migrations/V008__cheaper_relation_views.sql"),
     },
+    Migration {
+        version: 9,
+        name: "log_reader",
+        sql: include_str!("../../migrations/V009__log_reader.sql"),
+    },
 ];
 
 /// Errors of migrating.

@@ -1,8 +1,9 @@
 //! Everything that talks to PostgreSQL outside the sampler: connection settings and TLS, single
-//! connections for commands, the sampling pool, and the monitoring schema's migrations,
-//! verification and removal.
+//! connections for commands, the sampling pool, the monitoring schema's migrations,
+//! verification and removal, and what reading the slow-statement log needs ([`log_access`]).
 
 pub mod connect;
+pub mod log_access;
 pub mod migrate;
 pub mod pool;
 pub mod tls;

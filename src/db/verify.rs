@@ -1,5 +1,5 @@
 //! `pgpulse verify`: the specification's verify-monitoring-setup.sql as a command. Thirteen
-//! checks, one line each, PASS / WARN / FAIL with the reason. Checks that call functions
+//! checks, and a fourteenth for the slow-statement log reader (issue 15), one line each, PASS / WARN / FAIL with the reason. Checks that call functions
 //! which write (partition creation, the maintenance runner) run inside a transaction that is
 //! rolled back, so verify changes nothing.
 
@@ -60,7 +60,7 @@ pub enum Outcome {
 /// One check's result.
 #[derive(Debug, Clone)]
 pub struct Check {
-    /// 1..=13.
+    /// 1..=14.
     pub number: u8,
     /// What was checked.
     pub name: &'static str,
@@ -415,7 +415,40 @@ async fn baseline(c: &Client) -> Result<Verdict, String> {
     ))
 }
 
-/// Runs the 13 checks in order; a check that errors is a FAIL with the server's message.
+async fn slow_log(c: &Client) -> Result<Verdict, String> {
+    use super::log_access::{LogSetup, SETTINGS_LINE, SETUP_SQL};
+    let row = c
+        .query_one(SETUP_SQL, &[])
+        .await
+        .map_err(|e| describe(&e))?;
+    let setup = LogSetup::from_row(&row).map_err(|e| describe(&e))?;
+    let mut missing = setup.missing();
+    if setup.helper_installed && !setup.monitor_role_executes {
+        missing.push("as a superuser: SELECT monitoring.install_log_reader(); (pgpulse_monitor lacks EXECUTE)");
+    }
+    let advice = setup.advice();
+    Ok(if !missing.is_empty() {
+        (
+            Outcome::Warn,
+            format!(
+                "exact count of slow statements off; set {} (wanted: {SETTINGS_LINE})",
+                missing.join("; ")
+            ),
+        )
+    } else if !advice.is_empty() {
+        (
+            Outcome::Warn,
+            format!("reader works; also set {}", advice.join("; ")),
+        )
+    } else {
+        (
+            Outcome::Pass,
+            "jsonlog at 100 ms, helpers installed, pgpulse_monitor may read the log".into(),
+        )
+    })
+}
+
+/// Runs the 14 checks in order; a check that errors is a FAIL with the server's message.
 pub async fn verify(c: &mut Client) -> Vec<Check> {
     let mut out = Vec::new();
     let mut push = |number, name, r: Result<Verdict, String>| {
@@ -444,5 +477,6 @@ pub async fn verify(c: &mut Client) -> Vec<Check> {
     push(11, "pg_stat_statements collection", statements(c).await);
     push(12, "permissions", permissions(c).await);
     push(13, "performance baseline", baseline(c).await);
+    push(14, "slow-statement log reader", slow_log(c).await);
     out
 }

@@ -94,6 +94,16 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         } else {
             "128MB".into()
         },
+        // The slow-statement log (jsonlog at 100 ms) for the exact count of slow executions.
+        extra_settings: [
+            ("logging_collector", "on"),
+            ("log_destination", "stderr,jsonlog"),
+            ("log_min_duration_statement", "100ms"),
+            ("log_parameter_max_length", "0"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect(),
         ..ClusterOptions::default()
     };
     let cluster = tokio::task::spawn_blocking(move || TempCluster::start(&opts))

@@ -18,6 +18,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("config", &["yaml", "catalog", "db", "plans"]),
     ("snapshot", &["catalog", "clock"]),
     ("sampler", &["catalog", "db", "snapshot", "clock"]),
+    ("slowlog", &["db", "sampler", "clock"]),
     ("exposition", &["catalog", "snapshot"]),
     (
         "http",
@@ -39,6 +40,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "db",
             "snapshot",
             "sampler",
+            "slowlog",
             "exposition",
             "http",
             "plans",

@@ -192,12 +192,18 @@ async fn the_cache_miss_scenario_drops_the_hit_ratio_below_0_95() {
 }
 
 #[tokio::test]
-async fn the_slow_scenario_counts_slow_statements_and_fills_the_slow_buckets() {
+async fn the_slow_scenario_counts_slow_statements_exactly_and_fills_the_slow_buckets() {
     let mut demo = Demo::start(Some("slow"));
     demo.wait_for("slow statements and latencies above 100 ms", |b| {
         let above = total(b, "pg_statement_latency_seconds_count")
             - sample(b, "pg_statement_latency_seconds_bucket{le=\"0.1\"}").unwrap_or(f64::MAX);
-        sample(b, "pg_slow_statements").is_some_and(|v| v >= 1.0) && above >= 5.0
+        let exact = sample(
+            b,
+            "pg_statement_executions_over_threshold_total{datname=\"trade_engine\",user=\"demo_trader\"}",
+        );
+        sample(b, "pg_slow_statements").is_some_and(|v| v >= 1.0)
+            && above >= 5.0
+            && exact.is_some_and(|v| v >= 5.0)
     })
     .await;
     demo.stop();

@@ -79,6 +79,20 @@ fn plan_guard_families() -> Vec<String> {
     rendered_families(&registry, "plans")
 }
 
+/// The slow-statement log reader's families, every series touched once.
+fn slow_log_families() -> Vec<String> {
+    use pgpulse::slowlog::metrics::{SlowLogMetrics, Tally};
+    let mut registry = prometheus_client::registry::Registry::default();
+    let m = SlowLogMetrics::register(&mut registry);
+    m.record_poll(0.1, "pgpulse", 0, 0, 1, 1);
+    let mut t = Tally::default();
+    t.add("trade".into(), "app".into());
+    m.count(t, 10);
+    m.record_unparsed(1);
+    m.record_error();
+    rendered_families(&registry, "slowlog")
+}
+
 /// `name type {labels} (source)` of every family `registry` renders.
 fn rendered_families(
     registry: &prometheus_client::registry::Registry,
@@ -111,6 +125,7 @@ fn rendered_families(
 fn metric_names_and_label_sets_match_the_golden_list() {
     let mut lines = self_metric_families();
     lines.extend(plan_guard_families());
+    lines.extend(slow_log_families());
     for q in &catalog().queries {
         for m in &q.metrics {
             let kind = match m.kind {

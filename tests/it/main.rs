@@ -26,5 +26,6 @@ mod secret_files;
 mod secrets;
 mod service;
 mod signals;
+mod slow_log;
 mod tls;
 mod web;

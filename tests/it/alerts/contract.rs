@@ -52,7 +52,12 @@ const CONTRACT: &str = "up pg_up pg_server_version_num pgpulse_build_info
     pg_standby_replay_lag_bytes pg_standby_replay_paused pg_standby_receive_lag_bytes
     pg_locks pg_lock_table_usage_ratio pg_autovacuum_workers pg_longest_running_statement_seconds
     pg_vacuum_heap_scanned_ratio pg_sequence_used_ratio pg_client_connections
-    pg_database_load_session_seconds_total";
+    pg_database_load_session_seconds_total
+
+    pg_statement_executions_over_threshold_total pg_statement_executions_threshold_seconds
+    pgpulse_database_user_info pgpulse_slow_log_up pgpulse_slow_log_lag_bytes
+    pgpulse_slow_log_gap_bytes_total pgpulse_slow_log_polls_total
+    pgpulse_slow_log_read_bytes_total pgpulse_slow_log_statements_total";
 
 /// Nothing in a rule or dashboard refers to a metric pgpulse does not promise.
 #[test]

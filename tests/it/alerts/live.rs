@@ -75,6 +75,10 @@ const NOT_ON_A_LONE_PRIMARY: &[(&str, &str)] = &[
     ),
     ("pg_vacuum_heap_scanned_ratio", "only while a VACUUM runs"),
     (
+        "pg_statement_executions_over_threshold_total",
+        "needs jsonlog and a slow statement (tests/it/slow_log/)",
+    ),
+    (
         "pg_archiver_last_archived_age_seconds",
         "absent until a WAL file was archived (archive_mode is off in tests)",
     ),

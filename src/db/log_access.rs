@@ -1,0 +1,162 @@
+//! What reading the slow-statement log over SQL needs from the server, and whether it has it:
+//! the log settings (`logging_collector`, `log_destination` with `jsonlog`,
+//! `log_min_duration_statement`, `log_parameter_max_length`) and the V009 helpers
+//! (`monitoring.log_read` and friends) installed and executable. One query answers all of it;
+//! the slow-log reader asks before every poll and `pgpulse verify` prints the verdict.
+
+use tokio_postgres::Row;
+
+/// The query that inspects the setup; one row, read by [`LogSetup::from_row`]. It reads only
+/// settings and catalogs every role may read.
+pub const SETUP_SQL: &str = "SELECT current_setting('logging_collector') = 'on', \
+    'jsonlog' = ANY (string_to_array(replace(lower(current_setting('log_destination')), ' ', ''), ',')), \
+    (SELECT setting::bigint FROM pg_settings WHERE name = 'log_min_duration_statement'), \
+    (SELECT setting::bigint FROM pg_settings WHERE name = 'log_parameter_max_length'), \
+    to_regprocedure('monitoring.log_read(text,bigint,integer)') IS NOT NULL, \
+    coalesce(has_function_privilege(to_regprocedure('monitoring.log_read(text,bigint,integer)'), 'EXECUTE'), false), \
+    CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgpulse_monitor') \
+         THEN coalesce(has_function_privilege('pgpulse_monitor', \
+              to_regprocedure('monitoring.log_read(text,bigint,integer)'), 'EXECUTE'), false) \
+         ELSE false END, \
+    session_user::text";
+
+/// The threshold the specification sets: statements at or over 100 ms are slow.
+pub const SPEC_THRESHOLD_MS: i64 = 100;
+
+/// The server's log setup as far as the slow-statement log reader cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSetup {
+    /// `logging_collector = on`.
+    pub logging_collector: bool,
+    /// `log_destination` includes `jsonlog`.
+    pub jsonlog: bool,
+    /// `log_min_duration_statement` in milliseconds (-1: off).
+    pub min_duration_ms: i64,
+    /// `log_parameter_max_length` (-1: parameters logged in full, 0: not logged).
+    pub parameter_max_length: i64,
+    /// `monitoring.log_read` exists (V009 ran as a superuser, or `install_log_reader()` ran).
+    pub helper_installed: bool,
+    /// The connected role may execute `monitoring.log_read`.
+    pub helper_executable: bool,
+    /// `pgpulse_monitor` may execute `monitoring.log_read`.
+    pub monitor_role_executes: bool,
+    /// The session's login role (the reader skips its statements).
+    pub session_user: String,
+}
+
+impl LogSetup {
+    /// Reads the row of [`SETUP_SQL`].
+    pub fn from_row(row: &Row) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            logging_collector: row.try_get(0)?,
+            jsonlog: row.try_get(1)?,
+            min_duration_ms: row.try_get(2)?,
+            parameter_max_length: row.try_get(3)?,
+            helper_installed: row.try_get(4)?,
+            helper_executable: row.try_get(5)?,
+            monitor_role_executes: row.try_get(6)?,
+            session_user: row.try_get(7)?,
+        })
+    }
+
+    /// What the server lacks for the connected role to read the log, each as the exact
+    /// setting or statement to apply; empty when the reader can run.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if !self.logging_collector {
+            out.push("logging_collector = on (restart)");
+        }
+        if !self.jsonlog {
+            out.push("log_destination = 'jsonlog' (may include others, e.g. 'stderr,jsonlog')");
+        }
+        if self.min_duration_ms < 0 {
+            out.push("log_min_duration_statement = 100ms");
+        }
+        if !self.helper_installed {
+            out.push("as a superuser: SELECT monitoring.install_log_reader();");
+        } else if !self.helper_executable {
+            out.push("GRANT pgpulse_monitor TO <pgpulse's login role>;");
+        }
+        out
+    }
+
+    /// Settings that work but are not what the specification and the alert expect.
+    pub fn advice(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.min_duration_ms >= 0 && self.min_duration_ms != SPEC_THRESHOLD_MS {
+            out.push("log_min_duration_statement = 100ms (the alert's threshold)");
+        }
+        if self.parameter_max_length != 0 {
+            out.push("log_parameter_max_length = 0 (keep bind parameters out of the log)");
+        }
+        out
+    }
+
+    /// Whether the reader can run.
+    pub fn ready(&self) -> bool {
+        self.missing().is_empty()
+    }
+
+    /// The threshold in seconds, when statements are logged by duration.
+    pub fn threshold_seconds(&self) -> Option<f64> {
+        (self.min_duration_ms >= 0).then(|| self.min_duration_ms as f64 / 1000.0)
+    }
+}
+
+/// Every setting the reader and the alert expect, as one line for logs and `verify`.
+pub const SETTINGS_LINE: &str = "logging_collector = on, log_destination = 'jsonlog' (may include others), \
+     log_min_duration_statement = 100ms, log_parameter_max_length = 0";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok() -> LogSetup {
+        LogSetup {
+            logging_collector: true,
+            jsonlog: true,
+            min_duration_ms: 100,
+            parameter_max_length: 0,
+            helper_installed: true,
+            helper_executable: true,
+            monitor_role_executes: true,
+            session_user: "pgpulse".into(),
+        }
+    }
+
+    #[test]
+    fn a_complete_setup_is_ready_without_advice() {
+        assert!(ok().ready());
+        assert!(ok().advice().is_empty());
+        assert_eq!(ok().threshold_seconds(), Some(0.1));
+    }
+
+    #[test]
+    fn each_missing_prerequisite_names_its_setting() {
+        let s = LogSetup {
+            logging_collector: false,
+            jsonlog: false,
+            min_duration_ms: -1,
+            helper_installed: false,
+            ..ok()
+        };
+        let m = s.missing().join("; ");
+        for want in [
+            "logging_collector = on",
+            "log_destination = 'jsonlog'",
+            "log_min_duration_statement = 100ms",
+            "install_log_reader()",
+        ] {
+            assert!(m.contains(want), "{m}");
+        }
+        assert_eq!(s.threshold_seconds(), None);
+        let s = LogSetup {
+            helper_executable: false,
+            parameter_max_length: -1,
+            min_duration_ms: 250,
+            ..ok()
+        };
+        assert!(s.missing().join("").contains("GRANT pgpulse_monitor"));
+        assert_eq!(s.advice().len(), 2);
+    }
+}

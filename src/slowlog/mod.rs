@@ -1,0 +1,174 @@
+//! The slow-statement log reader: the exact count of statement executions at or over
+//! `log_min_duration_statement`, read from the server's `jsonlog` over SQL (issue 15; see
+//! docs/statement-latency.md).
+//!
+//! `pg_statement_latency_seconds` observes each statement at its mean between two samples, so
+//! a tail inside one statement is invisible to it. The slow-statement log is not sampled:
+//! every execution at or over the threshold is a line. This module follows that log and
+//! counts the lines, by database and user.
+//!
+//! - [`parse`]: one jsonlog line → an execution and its logged duration, or not.
+//! - [`files`]: offsets per file, complete lines only, rotations, gaps (pure state).
+//! - [`poll`]: one poll over SQL through the V009 helpers (`monitoring.log_read` …).
+//! - [`metrics`]: the counter, the threshold, pgpulse's role, the reader's health.
+//!
+//! Concurrency: one task polls on its own interval, one poll at a time, on the sampling pool
+//! (so it shares the hard connection budget and TLS). It starts with the service and is not
+//! touched by a reload, so the counter keeps its state across SIGHUP. At start, and whenever
+//! the prerequisites come back after being missing, it starts at the end of every log file:
+//! nothing logged before is counted, so a restart of pgpulse never counts a line twice
+//! (what is logged while pgpulse is down is not counted either).
+
+pub mod files;
+pub mod metrics;
+pub mod parse;
+pub mod poll;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use prometheus_client::registry::Registry;
+use tokio::sync::{Mutex, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use files::Tracker;
+use metrics::SlowLogMetrics;
+use poll::Polled;
+
+/// Settings of the reader.
+#[derive(Debug, Clone, Copy)]
+pub struct ReaderSettings {
+    /// Time between two polls.
+    pub interval: Duration,
+    /// `statement_timeout` of every statement of a poll (and the pool wait).
+    pub timeout: Duration,
+    /// `lock_timeout` of every statement of a poll.
+    pub lock_timeout: Duration,
+    /// Bytes read per `monitoring.log_read` call (at most 1 MiB, the helper's cap).
+    pub chunk_bytes: u32,
+    /// The most (database, user) pairs exposed.
+    pub max_series: usize,
+}
+
+/// The state between polls.
+#[derive(Debug, Default)]
+struct State {
+    tracker: Tracker,
+    /// Whether the last poll found the prerequisites (None before the first poll).
+    ready: Option<bool>,
+    /// Whether the last poll failed.
+    failing: bool,
+}
+
+/// The running reader.
+#[derive(Debug)]
+pub struct SlowLogReader {
+    pool: Pool,
+    settings: ReaderSettings,
+    metrics: SlowLogMetrics,
+    state: Mutex<State>,
+}
+
+impl SlowLogReader {
+    /// Registers the metrics in `registry`; nothing runs until [`SlowLogReader::start`].
+    pub fn new(registry: &mut Registry, pool: Pool, settings: ReaderSettings) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            settings,
+            metrics: SlowLogMetrics::register(registry),
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// The metric handles (tests read them).
+    pub fn metrics(&self) -> &SlowLogMetrics {
+        &self.metrics
+    }
+
+    /// Starts the loop on `tracker` until `stop`; `changed` wakes the renderer after a poll.
+    pub fn start(
+        self: &Arc<Self>,
+        tracker: &TaskTracker,
+        stop: CancellationToken,
+        changed: Arc<Notify>,
+    ) {
+        let me = self.clone();
+        tracker.spawn(async move {
+            let mut ticker = tokio::time::interval(me.settings.interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = ticker.tick() => {}
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = me.poll() => {}
+                }
+                changed.notify_one();
+            }
+        });
+    }
+
+    /// One poll: read what was logged since the last one and count it. Logs one line when
+    /// the reader turns off (naming what to set), on, or starts failing.
+    pub async fn poll(&self) {
+        let mut st = self.state.lock().await;
+        let State {
+            tracker,
+            ready,
+            failing,
+        } = &mut *st;
+        match poll::poll_once(&self.pool, &self.settings, tracker).await {
+            Ok(Polled::Off(setup)) => {
+                if *ready != Some(false) {
+                    tracing::warn!(
+                        missing = %setup.missing().join("; "),
+                        wanted = crate::db::log_access::SETTINGS_LINE,
+                        "slow-statement log reader off: the exact count of slow statements needs these settings"
+                    );
+                }
+                *ready = Some(false);
+                *failing = false;
+                tracker.restart();
+                self.metrics.record_off(&setup.session_user);
+            }
+            Ok(Polled::Read(out)) => {
+                if *ready != Some(true) {
+                    tracing::info!(
+                        threshold_ms = out.threshold_s * 1000.0,
+                        "slow-statement log reader on; counting from the end of the current log"
+                    );
+                }
+                *ready = Some(true);
+                *failing = false;
+                if out.gap > 0 {
+                    tracing::warn!(
+                        bytes = out.gap,
+                        "slow-statement log files removed before they were read"
+                    );
+                }
+                self.metrics.record_poll(
+                    out.threshold_s,
+                    &out.user,
+                    out.lag,
+                    out.gap,
+                    out.read,
+                    out.statements,
+                );
+                self.metrics.record_unparsed(out.unparsed);
+                self.metrics.count(out.tally, self.settings.max_series);
+            }
+            Err(e) => {
+                if !*failing {
+                    tracing::warn!(kind = e.kind.as_str(), "slow-statement log poll failed");
+                }
+                tracing::debug!(error = %e.message, "slow-statement log poll failure detail");
+                *failing = true;
+                self.metrics.record_error();
+            }
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! The exact count: the counter against an independent count of the log files on disk, and
+//! against pg_stat_statements' calls on one bimodal statement whose tail the histogram
+//! cannot see.
+
+use std::path::Path;
+
+use super::{as_user, log_cluster, setup};
+use crate::harness::{TestDb, connect, with_db};
+use crate::service::{Running, sample, start};
+use crate::signals::shipped;
+use pgpulse::config::SlowLogSettings;
+use tokio_postgres::Client;
+
+const COUNTER: &str = "pg_statement_executions_over_threshold_total{";
+
+/// 100 ms (which must not count).
+fn count_on_disk(logdir: &Path, from: &str, to: &str) -> (u64, u64) {
+    let mut names: Vec<_> = std::fs::read_dir(logdir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    names.sort();
+    let (mut on, mut count, mut plans) = (false, 0, 0);
+    for path in names {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let msg = v["message"].as_str().unwrap_or_default();
+            if msg == from {
+                on = true;
+            } else if msg == to {
+                on = false;
+            }
+            let Some(rest) = msg.strip_prefix("duration: ") else {
+                continue;
+            };
+            if !on || v["user"] == "pgpulse_login" {
+                continue;
+            }
+            let (n, tail) = rest.split_once(" ms").unwrap();
+            let ms: f64 = n.parse().unwrap();
+            let phase = ["  plan:", "  parse ", "  bind ", "  execute fetch from "]
+                .iter()
+                .any(|p| tail.starts_with(p));
+            if tail.starts_with("  plan:") && ms >= 100.0 {
+                plans += 1;
+            } else if !phase && ms >= 100.0 {
+                count += 1;
+            }
+        }
+    }
+    (count, plans)
+}
+
+fn exposed_total(body: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(COUNTER))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until the reader has completed three polls that started after now (so everything
+/// logged before now is read and held-back counts of new pairs are exposed); returns the body.
+async fn settled(svc: &Running) -> String {
+    let polls = |b: &str| sample(b, "pgpulse_slow_log_polls_total").unwrap_or(0.0);
+    let p0 = polls(&svc.metrics().await);
+    svc.wait_for("three more polls of the log", |b| polls(b) >= p0 + 3.0)
+        .await
+}
+
+async fn mark(admin: &Client, text: &str) {
+    admin
+        .batch_execute(&format!("DO $$ BEGIN RAISE LOG '{text}'; END $$"))
+        .await
+        .unwrap();
+}
+
+/// 970 fast and 30 slow statements, 10 at the edge, over both protocols, four (database,
+/// user) pairs, multibyte text, with log rotations; and two slow ones by pgpulse's role.
+async fn workload(clients: &[Client], admin: &Client, own: &Client) {
+    for i in 0..970usize {
+        let c = &clients[i % clients.len()];
+        if i % 2 == 0 {
+            c.batch_execute("SELECT 1 AS fast, 'é€日本' AS t")
+                .await
+                .unwrap();
+        } else {
+            c.query(
+                "SELECT $1::int AS fast, $2::text",
+                &[&(i as i32), &"é€日本"],
+            )
+            .await
+            .unwrap();
+        }
+        if i % 250 == 0 {
+            admin
+                .batch_execute("SELECT pg_rotate_logfile()")
+                .await
+                .unwrap();
+        }
+    }
+    for i in 0..30usize {
+        let c = &clients[i % clients.len()];
+        if i % 2 == 0 {
+            c.batch_execute("SELECT pg_sleep(0.2), 'é€日本 slow'")
+                .await
+                .unwrap();
+        } else {
+            c.query("SELECT pg_sleep($1), $2::text", &[&0.2f64, &"é€日本"])
+                .await
+                .unwrap();
+        }
+        if i % 10 == 0 {
+            admin
+                .batch_execute("SELECT pg_rotate_logfile()")
+                .await
+                .unwrap();
+        }
+    }
+    for (i, s) in [0.098f64, 0.099, 0.1, 0.101, 0.102].iter().enumerate() {
+        let c = &clients[i % clients.len()];
+        c.batch_execute(&format!("SELECT pg_sleep({s})"))
+            .await
+            .unwrap();
+        c.query("SELECT pg_sleep($1)", &[s]).await.unwrap();
+    }
+    own.batch_execute("SELECT pg_sleep(0.15)").await.unwrap();
+    own.query("SELECT pg_sleep($1)", &[&0.15f64]).await.unwrap();
+}
+
+async fn clients(one: &TestDb, two: &TestDb) -> Vec<Client> {
+    let mut out = Vec::new();
+    for db in [one, two] {
+        for user in ["trader_a", "trader_b"] {
+            out.push(connect(&as_user(&db.url, user)).await);
+        }
+    }
+    out
+}
+
+fn reader_config(cfg: &mut pgpulse::config::Config) {
+    cfg.plans = None;
+    cfg.slow_log = Some(SlowLogSettings {
+        enabled: true,
+        interval: std::time::Duration::from_millis(500),
+        timeout: std::time::Duration::from_secs(5),
+        chunk_bytes: 4096,
+        max_series: 50,
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_counter_equals_an_independent_count_of_the_log_files() {
+    let cluster = log_cluster(&[]);
+    let (one, two) = setup(&cluster).await;
+    let logdir = cluster.dir().join("data/log");
+    let admin = connect(&cluster.url("postgres")).await;
+    let own_url = as_user(&one.url, "pgpulse_login");
+    let own = connect(&own_url).await;
+    let catalog = shipped(&["statement_latency"], "2s");
+
+    // Phase 1: plain logging.
+    let svc = start(&own_url, &catalog, reader_config).await;
+    svc.wait_for("the reader up", |b| {
+        sample(b, "pgpulse_slow_log_up") == Some(1.0)
+    })
+    .await;
+    let before = exposed_total(&settled(&svc).await);
+    mark(&admin, "pgpulse-test-phase-1").await;
+    workload(&clients(&one, &two).await, &admin, &own).await;
+    mark(&admin, "pgpulse-test-phase-1-end").await;
+    let body = settled(&svc).await;
+    let (expected, _) = count_on_disk(&logdir, "pgpulse-test-phase-1", "pgpulse-test-phase-1-end");
+    assert!(
+        (30..=40).contains(&expected),
+        "30 slow and up to 10 at the edge: {expected}"
+    );
+    assert_eq!(exposed_total(&body) - before, expected as f64, "{body}");
+    assert!(
+        !body
+            .lines()
+            .any(|l| l.starts_with(COUNTER) && l.contains("user=\"pgpulse_login\"")),
+        "pgpulse's own role is not counted"
+    );
+    assert!(
+        body.contains("pgpulse_database_user_info{user=\"pgpulse_login\"} 1"),
+        "pgpulse's role is exposed for the alert to exclude"
+    );
+    report("phase 1", expected, 0, &body);
+    assert_eq!(
+        sample(&body, "pg_statement_executions_threshold_seconds"),
+        Some(0.1)
+    );
+    assert_eq!(sample(&body, "pgpulse_slow_log_gap_bytes_total"), Some(0.0));
+    let files = std::fs::read_dir(&logdir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))
+        })
+        .count();
+    assert!(files >= 5, "the run rotated the log: {files} jsonlog files");
+    svc.stop().await;
+
+    // Phase 2: log_statement = all and auto_explain plans of every statement; a new pgpulse
+    // starts at the end of the log (nothing of phase 1 counted again), and a reload in the
+    // middle keeps the counter.
+    for sql in [
+        "LOAD 'auto_explain'",
+        "ALTER SYSTEM SET log_statement = 'all'",
+        "ALTER SYSTEM SET session_preload_libraries = 'auto_explain'",
+        "ALTER SYSTEM SET auto_explain.log_min_duration = 0",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.simple_query(sql).await.unwrap();
+    }
+    let svc = start(&own_url, &catalog, reader_config).await;
+    svc.wait_for("the reader up", |b| {
+        sample(b, "pgpulse_slow_log_up") == Some(1.0)
+    })
+    .await;
+    let start_total = exposed_total(&settled(&svc).await);
+    assert_eq!(
+        start_total, 0.0,
+        "a restarted pgpulse counts nothing logged before it"
+    );
+    mark(&admin, "pgpulse-test-phase-2").await;
+    let traders = clients(&one, &two).await;
+    workload(&traders[..2], &admin, &own).await;
+    svc.reloader.reload().expect("reload");
+    workload(&traders[2..], &admin, &own).await;
+    mark(&admin, "pgpulse-test-phase-2-end").await;
+    let body = settled(&svc).await;
+    let (expected, plans) =
+        count_on_disk(&logdir, "pgpulse-test-phase-2", "pgpulse-test-phase-2-end");
+    assert!(
+        plans >= 60,
+        "auto_explain logged plans of the slow statements: {plans}"
+    );
+    assert!((60..=80).contains(&expected), "two workloads: {expected}");
+    assert_eq!(exposed_total(&body), expected as f64, "{body}");
+    report("phase 2", expected, plans, &body);
+    crate::exporter::promtool_check(&body)
+        .unwrap_or_else(|e| panic!("promtool check metrics:\n{e}\n{body}"));
+    svc.stop().await;
+}
+
+/// Prints the figures docs/statement-latency.md quotes (run with --nocapture).
+fn report(phase: &str, expected: u64, plans: u64, body: &str) {
+    let v = |s: &str| sample(body, s).unwrap_or(f64::NAN);
+    eprintln!(
+        "{phase}: on disk {expected} slow executions ({plans} plan lines over 100 ms), counter {}; \
+         reader: {} polls, {} statements, {} bytes read, gap {} bytes",
+        exposed_total(body),
+        v("pgpulse_slow_log_polls_total"),
+        v("pgpulse_slow_log_statements_total"),
+        v("pgpulse_slow_log_read_bytes_total"),
+        v("pgpulse_slow_log_gap_bytes_total"),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_bimodal_statement_is_three_percent_slow_while_the_histogram_sees_none() {
+    let cluster = log_cluster(&[]);
+    let (one, _two) = setup(&cluster).await;
+    let own_url = as_user(&one.url, "pgpulse_login");
+    let svc = start(
+        &own_url,
+        &shipped(&["statement_latency"], "2s"),
+        reader_config,
+    )
+    .await;
+    let hist = |b: &str| {
+        (
+            sample(b, "pg_statement_latency_seconds_count").unwrap_or(0.0),
+            sample(b, "pg_statement_latency_seconds_bucket{le=\"0.1\"}").unwrap_or(0.0),
+        )
+    };
+    let body = svc
+        .wait_for("the reader up and the histogram's baseline", |b| {
+            sample(b, "pgpulse_slow_log_up") == Some(1.0)
+                && b.contains("pg_statement_latency_seconds_count")
+        })
+        .await;
+    let h0 = hist(&body);
+    let c0 = exposed_total(&body);
+    let trader = connect(&as_user(&one.url, "trader_c")).await;
+    let sql = "SELECT CASE WHEN $1 THEN pg_sleep(0.2) END /* bimodal */";
+    for i in 0..1000u32 {
+        let slow = i % 33 == 0 && i < 990;
+        trader.query(sql, &[&slow]).await.unwrap();
+    }
+    let admin = connect(&with_db(&cluster.url("postgres"), &one.name)).await;
+    let calls: i64 = admin
+        .query_one(
+            "SELECT sum(calls)::bigint FROM pg_stat_statements \
+             WHERE query LIKE '%bimodal%' AND userid = 'trader_c'::regrole",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(calls, 1000);
+    let body = svc
+        .wait_for("30 slow executions and the histogram's 1000 calls", |b| {
+            exposed_total(b) - c0 >= 30.0 && hist(b).0 - h0.0 >= 1000.0
+        })
+        .await;
+    let slow = exposed_total(&settled(&svc).await) - c0;
+    assert_eq!(slow, 30.0);
+    let share = slow / calls as f64;
+    assert!(
+        share > 0.01,
+        "the exact share is {share}, over the 1 % of the SLO"
+    );
+    let h1 = hist(&body);
+    let (count, fast) = (h1.0 - h0.0, h1.1 - h0.1);
+    eprintln!(
+        "bimodal: {slow} of {calls} executions at or over 100 ms (share {share}); histogram: {fast} of {count} observations at or under 100 ms"
+    );
+    assert!(
+        fast / count >= 0.99,
+        "the histogram puts {fast} of {count} observations at or under 100 ms: its p99 stays under 100 ms"
+    );
+    svc.stop().await;
+}

@@ -1,0 +1,64 @@
+//! The slow-statement log reader (issue 15), against real clusters with jsonlog:
+//!
+//! - [`access`]: the V009 helpers read the log and nothing else, and only a superuser
+//!   installs them;
+//! - [`count`]: `pg_statement_executions_over_threshold_total` equals an independent count of
+//!   the `duration:` lines in the jsonlog files on disk, across rotations, protocols,
+//!   databases, users, multibyte text, small chunks, `log_statement = all`, auto_explain, a
+//!   reload and a restart of pgpulse; and the bimodal statement the histogram cannot see.
+
+mod access;
+mod count;
+
+use crate::harness::{TestDb, own_cluster};
+use pgpulse::demo::{ClusterOptions, TempCluster};
+
+pub fn log_cluster(extra: &[(&str, &str)]) -> TempCluster {
+    let mut settings: Vec<(String, String)> = [
+        ("logging_collector", "on"),
+        ("log_destination", "stderr,jsonlog"),
+        ("log_min_duration_statement", "100ms"),
+        ("log_rotation_size", "64kB"),
+        ("log_rotation_age", "0"),
+        ("log_parameter_max_length", "0"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    settings.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    own_cluster(ClusterOptions {
+        extra_settings: settings,
+        ..Default::default()
+    })
+}
+
+/// `url` with its user replaced.
+pub fn as_user(url: &str, user: &str) -> String {
+    url.replacen("postgres@", &format!("{user}@"), 1)
+}
+
+/// A migrated database on `cluster` plus the login roles of the test.
+pub async fn setup(cluster: &TempCluster) -> (TestDb, TestDb) {
+    let admin = cluster.url("postgres");
+    let one = TestDb::on(&admin).await;
+    let two = TestDb::on(&admin).await;
+    let c = one.client().await;
+    c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .await
+        .unwrap();
+    one.migrate().await;
+    c.batch_execute(
+        "DO $$ BEGIN \
+           CREATE ROLE pgpulse_login LOGIN IN ROLE pgpulse_monitor; \
+           CREATE ROLE trader_a LOGIN; CREATE ROLE trader_b LOGIN; CREATE ROLE trader_c LOGIN; \
+           CREATE ROLE stranger LOGIN; \
+         EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+    )
+    .await
+    .unwrap();
+    (one, two)
+}
