@@ -3,6 +3,7 @@
 //! verification and removal.
 
 pub mod connect;
+pub mod lease;
 pub mod migrate;
 pub mod pool;
 pub mod tls;

@@ -9,8 +9,10 @@
 //! - [`metrics`]: the sampler's own metrics.
 //!
 //! Concurrency: each query is a loop in its own task, so a slow query delays only itself; a
-//! run still in flight when its next tick comes skips that tick. All tasks share the pool,
-//! whose size is the hard connection budget. The roster (which spec of each query is
+//! run still in flight when its next tick comes skips that tick. All tasks, the probe
+//! included, share the pool through its [`Budget`], whose size is the hard connection budget
+//! on the server's side too: a connection abandoned mid-run keeps its slot until its session
+//! has answered. The roster (which spec of each query is
 //! current) is one mutex: a run records its outcome (self-metrics and snapshot) while holding
 //! it and only if its spec is still current, and [`Sampler::apply`] forgets removed queries
 //! while holding it, so nothing of a removed or replaced query can come back.
@@ -30,12 +32,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::catalog::{Catalog, QuerySpec};
+use crate::db::lease::Budget;
 use crate::snapshot::Snapshot;
 use probe::ServerInfo;
 
@@ -50,6 +52,9 @@ pub struct SamplerSettings {
     pub lock_timeout: Duration,
     /// Longest pause between reconnect attempts.
     pub max_backoff: Duration,
+    /// The probe's wait for a connection, and for the server's answer: no answer within it
+    /// means the database is down.
+    pub probe_timeout: Duration,
 }
 
 /// A running query task.
@@ -75,7 +80,7 @@ pub struct Applied {
 /// The sampler: shared by its tasks, the reloader and the service.
 #[derive(Debug)]
 pub struct Sampler {
-    pool: Pool,
+    budget: Budget,
     snapshot: Arc<Snapshot>,
     metrics: Arc<SamplerMetrics>,
     server: ServerInfo,
@@ -90,7 +95,7 @@ impl Sampler {
     /// Creates a sampler; nothing runs until [`Sampler::start_probe`] and
     /// [`Sampler::apply`]. Tasks are spawned on `tracker` and stop with `stop`.
     pub fn new(
-        pool: Pool,
+        budget: Budget,
         snapshot: Arc<Snapshot>,
         metrics: Arc<SamplerMetrics>,
         changed: Arc<Notify>,
@@ -99,7 +104,7 @@ impl Sampler {
         stop: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
-            pool,
+            budget,
             snapshot,
             metrics,
             server: ServerInfo::default(),
