@@ -34,7 +34,7 @@ pub struct Budget {
     ledger: Arc<Ledger>,
 }
 
-/// When each lease out should have had its answer; settling leases are due at once.
+/// When each lease out should have had its answer (settling ones keep their work's time).
 #[derive(Debug, Default)]
 struct Ledger {
     next: AtomicU64,
@@ -104,7 +104,8 @@ impl Budget {
 
     /// Whether the budget is held by connections the server does not answer: at least one
     /// lease is out and every lease out is past the time its answer was due (settling ones
-    /// included). A budget busy with work still within its time is not unanswered.
+    /// included: they keep the time of the work they abandoned). A budget busy with work still
+    /// within its time is not unanswered.
     pub fn unanswered(&self) -> bool {
         self.ledger.unanswered(Instant::now())
     }
@@ -160,7 +161,8 @@ impl Drop for Lease {
         let Some(obj) = self.obj.take() else {
             return;
         };
-        self.ledger.set(self.id, Instant::now());
+        // The answer stays due when the abandoned work's was: a run cancelled by a reload is
+        // still within its time, one that got no answer in time is already past it.
         let (id, ledger, reset) = (self.id, self.ledger.clone(), self.reset);
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {

@@ -121,6 +121,8 @@ impl Carried {
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// Whether a catalog was installed (readiness waits for one).
+    installed: bool,
     order: Vec<String>,
     specs: HashMap<String, Arc<QuerySpec>>,
     results: HashMap<String, Arc<QueryResult>>,
@@ -149,6 +151,7 @@ impl Snapshot {
     /// family); counter state is kept only where the SQL and the shape are unchanged.
     pub fn install(&self, specs: &[Arc<QuerySpec>]) {
         let mut g = self.lock();
+        g.installed = true;
         g.order = specs.iter().map(|q| q.name.clone()).collect();
         g.specs = specs.iter().map(|q| (q.name.clone(), q.clone())).collect();
         let Inner {
@@ -283,7 +286,8 @@ impl Snapshot {
     }
 
     /// Readiness: whether every enabled query has succeeded at least once since start, and
-    /// the queries still waiting for their first success (catalog order). Queries gated out
+    /// the queries still waiting for their first success (catalog order); never before a
+    /// catalog is installed. Queries gated out
     /// (server version, role, missing extension or preload) are not waited for; a query that
     /// has not ticked yet is. Once reached, readiness is latched for the life of the process:
     /// a query added by a reload does not revoke it (whether the database answers is the
@@ -304,8 +308,8 @@ impl Snapshot {
             })
             .cloned()
             .collect();
+        let ready = g.installed && pending.is_empty();
         drop(g);
-        let ready = pending.is_empty();
         if ready {
             self.ready.store(true, Ordering::Relaxed);
         }
@@ -359,6 +363,7 @@ mod tests {
     fn readiness_waits_for_a_success_of_every_enabled_query_and_then_stays() {
         let specs = specs();
         let snap = Snapshot::default();
+        assert_eq!(snap.readiness(), (false, vec![]), "no catalog yet");
         snap.install(&specs);
         assert_eq!(
             snap.readiness(),

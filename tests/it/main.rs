@@ -5,6 +5,7 @@
 
 mod alerts;
 mod architecture;
+mod budget;
 mod cardinality;
 mod catalog;
 mod commands;
@@ -18,6 +19,7 @@ mod maintenance;
 mod migrations;
 mod partitions;
 mod plans;
+mod readiness;
 mod readonly;
 mod replication;
 mod schema_objects;
