@@ -109,16 +109,6 @@ impl Budget {
     pub fn unanswered(&self) -> bool {
         self.ledger.unanswered(Instant::now())
     }
-
-    /// Leases out (in use or settling): never more than the pool's size.
-    pub fn leased(&self) -> usize {
-        self.ledger.lock().len()
-    }
-
-    /// The budget: the most connections pgpulse holds at once.
-    pub fn size(&self) -> usize {
-        self.pool.status().max_size
-    }
 }
 
 /// A pooled connection in use. [`Lease::release`] hands it back; dropping it otherwise lets

@@ -41,9 +41,13 @@ async fn most_held_across_reloads(svc: &Running, admin: &Client, reloads: u32) -
         let mut s = seen.lock().unwrap();
         s.0 = s.0.max(held);
         s.1 += 1;
-        if s.1 % 5 == 0 {
+        if s.1.is_multiple_of(5) {
             s.2 += 1;
-            let interval = if s.2 % 2 == 0 { "2s" } else { "2100ms" };
+            let interval = if s.2.is_multiple_of(2) {
+                "2s"
+            } else {
+                "2100ms"
+            };
             std::fs::write(&svc.catalog_path, sleepers(4, interval)).unwrap();
             let applied = svc.reloader.reload().unwrap();
             assert_eq!(applied.restarted, 4, "every query restarts");
