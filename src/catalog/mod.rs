@@ -4,9 +4,11 @@
 //! Every error names the file, line and column, the query and what is wrong, e.g.
 //! `queries.yaml:12:7: query "cache": metric name "pg cache" is not a valid Prometheus name`.
 
+pub mod derive;
 mod model;
 mod validate;
 
+pub use derive::Derive;
 pub use model::{Accumulate, HistogramSpec, MetricKind, MetricSpec, QuerySpec, Role};
 pub use validate::{Invalid, Loc, Problem, is_label_name, is_metric_name};
 
@@ -215,6 +217,14 @@ pub fn markdown(catalog: &Catalog) -> String {
         }
         if let Some(v) = q.max_server_version {
             let _ = writeln!(s, "Runs on server_version_num ≤ {v}.\n");
+        }
+        if let Some(d) = q.derive {
+            let _ = writeln!(
+                s,
+                "Derived by pgpulse (`derive: {}`) from the relation pass, one read of the relations \
+                 per round shared with the other derived families (docs/operations.md).\n",
+                d.name()
+            );
         }
         if q.accumulate.is_some() {
             s.push_str(

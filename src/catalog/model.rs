@@ -20,7 +20,8 @@ pub(crate) struct RawCatalog {
 pub(crate) struct RawQuery {
     pub name: Spanned<String>,
     pub help: Option<String>,
-    pub sql: Spanned<String>,
+    pub sql: Option<Spanned<String>>,
+    pub derive: Option<Spanned<super::derive::Derive>>,
     #[serde(default, with = "opt_duration")]
     pub interval: Option<Spanned<Duration>>,
     #[serde(default, with = "opt_duration")]
@@ -164,8 +165,10 @@ pub struct QuerySpec {
     pub name: String,
     /// What it samples.
     pub help: String,
-    /// The SQL text.
+    /// The SQL text (for a derived family: the relation pass's facts statement).
     pub sql: String,
+    /// Computed by pgpulse from the relation pass instead of running `sql` on its own.
+    pub derive: Option<super::derive::Derive>,
     /// Sampling interval.
     pub interval: Duration,
     /// Server-side statement timeout.
@@ -209,6 +212,7 @@ impl QuerySpec {
         self.name == other.name
             && self.help == other.help
             && self.sql == other.sql
+            && self.derive == other.derive
             && self.interval == other.interval
             && self.timeout == other.timeout
             && self.expire_after == other.expire_after

@@ -42,6 +42,22 @@ pub enum Problem {
     /// The SQL is blank.
     #[error("sql is empty")]
     EmptySql,
+    /// Neither or both of `sql` and `derive`.
+    #[error("a query has exactly one of sql and derive")]
+    SqlOrDerive,
+    /// `derive` with a histogram, published rows or accumulation.
+    #[error("derive cannot be combined with histogram, publish_rows or accumulate")]
+    DeriveCombined,
+    /// A label, value or roll-up key that the derived family does not produce.
+    #[error("column \"{column}\" is not produced by derive: {derive} (it produces {columns})")]
+    NotDerived {
+        /// The column.
+        column: String,
+        /// The family.
+        derive: String,
+        /// What it produces.
+        columns: String,
+    },
     /// The interval is below one second.
     #[error("interval must be at least 1s")]
     IntervalTooShort,
@@ -187,9 +203,20 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Validated, Invali
         if !query_names.insert(name.clone()) {
             return err(at(&q.name.referenced), Problem::DuplicateQuery);
         }
-        if q.sql.value.trim().is_empty() {
-            return err(at(&q.sql.referenced), Problem::EmptySql);
-        }
+        let (sql, derive) = match (q.sql, q.derive) {
+            (Some(s), None) if s.value.trim().is_empty() => {
+                return err(at(&s.referenced), Problem::EmptySql);
+            }
+            (Some(s), None) => (s.value, None),
+            (None, Some(d)) => {
+                if q.histogram.is_some() || q.publish_rows || q.accumulate.is_some() {
+                    return err(at(&d.referenced), Problem::DeriveCombined);
+                }
+                (super::derive::FACTS_SQL.to_owned(), Some(d.value))
+            }
+            (Some(s), Some(_)) => return err(at(&s.referenced), Problem::SqlOrDerive),
+            (None, None) => return err(qloc, Problem::SqlOrDerive),
+        };
         let interval = q.interval.as_ref().map(|s| s.value).unwrap_or(d.interval);
         let timeout = q.timeout.as_ref().map(|s| s.value).unwrap_or(d.timeout);
         let tloc = q
@@ -377,13 +404,33 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Validated, Invali
                 return err(aloc, Problem::AccumulateNeedsCounter(m.name.clone()));
             }
         }
+        if let Some(d) = derive {
+            let produced = d.columns();
+            let wanted = labels
+                .iter()
+                .chain(metrics.iter().map(|m| &m.column))
+                .chain(q.rollup_key.as_ref().map(|k| &k.value));
+            for column in wanted {
+                if !produced.contains(&column.as_str()) {
+                    return err(
+                        qloc,
+                        Problem::NotDerived {
+                            column: column.clone(),
+                            derive: d.name().to_owned(),
+                            columns: produced.join(", "),
+                        },
+                    );
+                }
+            }
+        }
         let max_series = q.max_series.unwrap_or(DEFAULT_MAX_SERIES);
         if max_series == 0 {
             return err(qloc, Problem::ZeroBudget);
         }
         out.push(QuerySpec {
             help: q.help.unwrap_or_default(),
-            sql: q.sql.value,
+            sql,
+            derive,
             interval,
             timeout,
             expire_after,

@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "maintenance_locks",
         sql: include_str!("../../migrations/V007__maintenance_locks.sql"),
     },
+    Migration {
+        version: 8,
+        name: "cheaper_relation_views",
+        sql: include_str!("../../migrations/V008__cheaper_relation_views.sql"),
+    },
 ];
 
 /// Errors of migrating.

@@ -123,11 +123,28 @@ impl Decoder {
             self.skip_rows(1);
             return Ok(());
         }
-        let cell = |i: usize| -> Result<Option<String>, RunError> {
-            row.try_get::<_, Cell>(i).map(|c| c.0).map_err(|e| {
-                let col = row.columns().get(i).map(|c| c.name()).unwrap_or("?");
-                decode_error(format!("column \"{col}\": {e}"))
+        let cells = (0..self.names.len())
+            .map(|i| {
+                row.try_get::<_, Cell>(i).map(|c| c.0).map_err(|e| {
+                    let col = row.columns().get(i).map(|c| c.name()).unwrap_or("?");
+                    decode_error(format!("column \"{col}\": {e}"))
+                })
             })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.push_cells(&cells)
+    }
+
+    /// Decodes one row given as text cells in the order of the columns.
+    pub fn push_cells(&mut self, cells: &[Option<String>]) -> Result<(), RunError> {
+        if self.full() && self.spec.histogram.is_none() && !self.spec.publish_rows {
+            self.skip_rows(1);
+            return Ok(());
+        }
+        let cell = |i: usize| -> Result<Option<String>, RunError> {
+            cells
+                .get(i)
+                .cloned()
+                .ok_or_else(|| decode_error(format!("row has no column {i}")))
         };
         if let Some(rows) = self.result.rows.as_mut() {
             let mut out = Vec::with_capacity(self.names.len());

@@ -6,6 +6,7 @@
 //! - [`schedule`]: the per-query loop and one tick.
 //! - [`run`]: one run of one query in a read-only transaction; [`decode`] and [`cell`]: rows
 //!   → series within the budget.
+//! - [`relations`]: the relation pass shared by the derived families (`derive:`).
 //! - [`metrics`]: the sampler's own metrics.
 //!
 //! Concurrency: each query is a loop in its own task, so a slow query delays only itself; a
@@ -22,6 +23,7 @@ pub mod decode;
 pub mod gate;
 pub mod metrics;
 pub mod probe;
+pub mod relations;
 pub mod run;
 pub mod schedule;
 
@@ -87,6 +89,7 @@ pub struct Sampler {
     changed: Arc<Notify>,
     settings: SamplerSettings,
     roster: Mutex<HashMap<String, Task>>,
+    relations: relations::RelationSource,
     tracker: TaskTracker,
     stop: CancellationToken,
 }
@@ -111,6 +114,7 @@ impl Sampler {
             changed,
             settings,
             roster: Mutex::new(HashMap::new()),
+            relations: relations::RelationSource::default(),
             tracker,
             stop,
         })

@@ -65,7 +65,15 @@ impl Sampler {
             return;
         }
         let timer = self.metrics.start_run(spec);
-        let outcome = run::sample_once(&self.budget, spec, self.settings.lock_timeout).await;
+        let lock_timeout = self.settings.lock_timeout;
+        let outcome = match spec.derive {
+            Some(family) => {
+                self.relations
+                    .sample(&self.budget, spec, family, lock_timeout)
+                    .await
+            }
+            None => run::sample_once(&self.budget, spec, lock_timeout).await,
+        };
         // A run longer than the interval makes the ticker skip the ticks it overran.
         let overran = (timer.elapsed().as_secs_f64() / spec.interval.as_secs_f64()).floor() as u64;
         let mut maybe_down = false;

@@ -21,6 +21,7 @@ mod partitions;
 mod plans;
 mod readiness;
 mod readonly;
+mod relations;
 mod replication;
 mod schema_objects;
 mod secret_files;

@@ -38,8 +38,13 @@ async fn every_enabled_query_ran(svc: &Running, catalog: &str) -> String {
             let label = format!("{{query=\"{}\"}}", q.name);
             match sample(&body, &format!("pgpulse_query_enabled{label}")) {
                 Some(0.0) => true,
-                Some(_) => sample(&body, &format!("pgpulse_query_runs_total{label}"))
-                    .is_some_and(|n| n >= 1.0),
+                // Succeeded once: a first run that waited too long for the pool has no
+                // series yet, and it is not a failure of this server's role either.
+                Some(_) => sample(
+                    &body,
+                    &format!("pgpulse_query_last_success_timestamp_seconds{label}"),
+                )
+                .is_some_and(|t| t > 0.0),
                 None => false,
             }
         });

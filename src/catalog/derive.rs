@@ -1,0 +1,174 @@
+//! Metric families that pgpulse derives from one pass over the relations instead of
+//! running SQL of their own (`derive:` in queries.yaml), and the statements of that pass.
+//!
+//! At 10,000 partitions every per-table view walks the whole catalog again and stats every
+//! file; the pass reads the per-relation facts once per round (statistics from one
+//! `stats_fetch_consistency = snapshot` of the cumulative statistics), the exact sizes of
+//! the relations written, vacuumed or altered since they were read (all of them every fifth
+//! round), and the partition bounds only when a partition was created, attached or detached. The roll-ups to parents, top-N and ratios are computed by pgpulse
+//! (`sampler::relations`) with the same definitions as the `monitoring.v_*` views.
+
+use serde::Deserialize;
+
+/// A family derived from the relation pass; each names the view whose definition it keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Derive {
+    /// Per table statistics rolled up to the parent, top 100 by size (`v_table_stats`).
+    Tables,
+    /// Scans per relation of the top 100 tables by size, for a roll-up (`v_table_stats`).
+    TableScans,
+    /// Scans and size per index of the top 200 by size, for a roll-up (`v_index_usage`).
+    Indexes,
+    /// Index cache hit ratio per table, top 100 by block accesses (`v_index_cache_hit_ratio`).
+    IndexCache,
+    /// Cache hits and reads of user tables by kind: heap, index, toast (`v_cache_hit_ratio`).
+    CacheHit,
+    /// Count and size of never-scanned, unconstrained indexes (`v_unused_indexes`).
+    UnusedIndexes,
+    /// Per partitioned table health and runway, top 100 by size (`v_partition_health`).
+    Partitions,
+    /// Rows inserted per direct partition, for a roll-up per parent (`v_partition_growth`).
+    PartitionGrowth,
+    /// The 20 tables (rolled up to their partition root) with the oldest relfrozenxid.
+    TableWraparound,
+}
+
+impl Derive {
+    /// The name as written in queries.yaml.
+    pub fn name(self) -> &'static str {
+        match self {
+            Derive::Tables => "tables",
+            Derive::TableScans => "table_scans",
+            Derive::Indexes => "indexes",
+            Derive::IndexCache => "index_cache",
+            Derive::CacheHit => "cache_hit",
+            Derive::UnusedIndexes => "unused_indexes",
+            Derive::Partitions => "partitions",
+            Derive::PartitionGrowth => "partition_growth",
+            Derive::TableWraparound => "table_wraparound",
+        }
+    }
+
+    /// The columns the family's rows carry (labels, values and roll-up keys come from these).
+    pub fn columns(self) -> &'static [&'static str] {
+        match self {
+            Derive::Tables => &[
+                "schemaname",
+                "relname",
+                "live",
+                "dead",
+                "dead_ratio",
+                "bytes",
+                "index_usage",
+                "vacuum_age",
+                "analyze_age",
+            ],
+            Derive::TableScans => &["relid", "schemaname", "relname", "seq_scans", "idx_scans"],
+            Derive::Indexes => &[
+                "indexrelid",
+                "schemaname",
+                "relname",
+                "indexrelname",
+                "scans",
+                "bytes",
+            ],
+            Derive::IndexCache => &["schemaname", "relname", "ratio"],
+            Derive::CacheHit => &["kind", "blks_hit", "blks_read", "hit_ratio"],
+            Derive::UnusedIndexes => &["n", "bytes"],
+            Derive::Partitions => &[
+                "parent",
+                "partition_count",
+                "total_bytes",
+                "total_rows",
+                "default_partition_rows",
+                "runway_seconds",
+            ],
+            Derive::PartitionGrowth => &["parent", "partition", "inserted"],
+            Derive::TableWraparound => &["schemaname", "relname", "xid_age", "mxid_age"],
+        }
+    }
+
+    /// Whether the family needs the exact sizes of the pass.
+    pub fn needs_sizes(self) -> bool {
+        matches!(
+            self,
+            Derive::Tables
+                | Derive::TableScans
+                | Derive::Indexes
+                | Derive::UnusedIndexes
+                | Derive::Partitions
+        )
+    }
+
+    /// Whether the family needs the partition bounds.
+    pub fn needs_bounds(self) -> bool {
+        matches!(self, Derive::Partitions)
+    }
+}
+
+/// The per-relation facts, read every round: one row per table, partitioned table, TOAST
+/// table, index and foreign table (catalog tables only for the wraparound ages). Run with
+/// `stats_fetch_consistency = snapshot`, so every `pg_stat_get_*` call reads one consistent
+/// copy of the statistics, built once, instead of a shared-memory lookup per call.
+pub const FACTS_SQL: &str = "\
+SELECT c.oid::int8 AS oid, n.nspname::text AS schemaname, c.relname::text AS relname,
+       c.relkind::text AS relkind, c.relpersistence = 't' AS temp,
+       i.inhparent::int8 AS parent,
+       c.xmin::text::int8 AS version,
+       nullif(c.reltoastrelid, 0)::int8 AS toast,
+       x.indrelid::int8 AS indrelid,
+       coalesce(x.indisunique OR x.indisprimary OR k.conindid IS NOT NULL, false) AS constrained,
+       CASE WHEN c.relkind IN ('r', 'm', 't', 'i') THEN pg_catalog.pg_stat_get_numscans(c.oid) END AS scans,
+       CASE WHEN c.relkind IN ('r', 'm', 't', 'i') THEN pg_catalog.pg_stat_get_blocks_fetched(c.oid) END AS blks_fetched,
+       CASE WHEN c.relkind IN ('r', 'm', 't', 'i') THEN pg_catalog.pg_stat_get_blocks_hit(c.oid) END AS blks_hit,
+       CASE WHEN c.relkind IN ('r', 'm', 't', 'p', 'f') THEN pg_catalog.pg_stat_get_live_tuples(c.oid) END AS live,
+       CASE WHEN c.relkind IN ('r', 'm') THEN pg_catalog.pg_stat_get_dead_tuples(c.oid) END AS dead,
+       CASE WHEN c.relkind IN ('r', 'm', 't', 'p', 'f') THEN pg_catalog.pg_stat_get_tuples_inserted(c.oid) END AS inserted,
+       CASE WHEN c.relkind IN ('r', 'm', 't') THEN pg_catalog.pg_stat_get_tuples_updated(c.oid)
+            + pg_catalog.pg_stat_get_tuples_deleted(c.oid) + pg_catalog.pg_stat_get_vacuum_count(c.oid)
+            + pg_catalog.pg_stat_get_autovacuum_count(c.oid) END AS changes,
+       CASE WHEN c.relkind IN ('r', 'm') THEN extract(epoch FROM pg_catalog.pg_stat_get_last_vacuum_time(c.oid))::float8 END AS last_vacuum,
+       CASE WHEN c.relkind IN ('r', 'm') THEN extract(epoch FROM pg_catalog.pg_stat_get_last_autovacuum_time(c.oid))::float8 END AS last_autovacuum,
+       CASE WHEN c.relkind IN ('r', 'm') THEN extract(epoch FROM pg_catalog.pg_stat_get_last_analyze_time(c.oid))::float8 END AS last_analyze,
+       CASE WHEN c.relkind IN ('r', 'm') THEN extract(epoch FROM pg_catalog.pg_stat_get_last_autoanalyze_time(c.oid))::float8 END AS last_autoanalyze,
+       CASE WHEN c.relkind IN ('r', 'm', 't') THEN pg_catalog.age(c.relfrozenxid)::int8 END AS xid_age,
+       CASE WHEN c.relkind IN ('r', 'm', 't') THEN pg_catalog.mxid_age(c.relminmxid)::int8 END AS mxid_age,
+       pt.partstrat::text AS strategy,
+       CASE WHEN pt.partrelid IS NOT NULL THEN
+         coalesce(pt.partstrat = 'r' AND ka.atttypid IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype), false)
+       END AS time_key,
+       CASE WHEN pt.partdefid <> 0 THEN coalesce(monitoring.default_partition_rows(pt.partdefid), 0) END AS default_rows,
+       extract(epoch FROM pg_catalog.now())::float8 AS now
+  FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_catalog.pg_inherits i ON c.relispartition AND i.inhrelid = c.oid
+  LEFT JOIN pg_catalog.pg_index x ON x.indexrelid = c.oid
+  LEFT JOIN (SELECT DISTINCT conindid FROM pg_catalog.pg_constraint WHERE conindid <> 0) k ON k.conindid = c.oid
+  LEFT JOIN pg_catalog.pg_partitioned_table pt ON pt.partrelid = c.oid
+  LEFT JOIN pg_catalog.pg_attribute ka
+         ON ka.attrelid = pt.partrelid AND pt.partattrs[0] <> 0 AND ka.attnum = pt.partattrs[0]
+ WHERE c.relkind IN ('r', 'm', 'p', 't', 'i', 'I', 'f')
+   AND (n.nspname NOT IN ('pg_catalog', 'information_schema') OR c.relkind IN ('r', 'm'))";
+
+/// The exact sizes: what `v_table_stats` (`pg_table_size`, `pg_indexes_size`) and
+/// `v_index_usage` (`pg_relation_size`) report. Each call stats the relation's files, so a
+/// round reads only the relations written, vacuumed or altered since their size was read
+/// (`$2`), and every fifth round all of them (`$1`).
+pub const SIZES_SQL: &str = "\
+SELECT c.oid::int8 AS oid,
+       CASE WHEN c.relkind IN ('r', 'm') THEN pg_catalog.pg_table_size(c.oid) END AS table_bytes,
+       CASE WHEN c.relkind IN ('r', 'm') THEN pg_catalog.pg_indexes_size(c.oid) END AS indexes_bytes,
+       CASE WHEN c.relkind = 'i' THEN pg_catalog.pg_relation_size(c.oid) END AS main_bytes
+  FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'm', 'i')
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
+   AND ($1::bool OR c.oid = ANY ($2::oid[]))";
+
+/// The partition bounds (`monitoring.partition_bounds()`, as `v_partition_health` reads
+/// them), read again only when the set of partitions or one of their catalog rows changed.
+pub const BOUNDS_SQL: &str = "\
+SELECT partition_oid::int8 AS oid, parent_oid::int8 AS parent, is_default,
+       extract(epoch FROM range_end)::float8 AS range_end, range_end_is_maxvalue AS maxvalue
+  FROM monitoring.partition_bounds()";

@@ -1,0 +1,459 @@
+//! The derived families: rows computed from one pass's facts with the definitions of the
+//! `monitoring.v_*` views (roll-up to the direct parent, top-N, ratios), in the columns of
+//! [`Derive::columns`]. Ties in a top-N are broken by name, in byte order.
+
+use std::collections::{HashMap, HashSet};
+
+use super::facts::{Bounds, Facts, Relation, Sizes};
+use crate::catalog::Derive;
+
+/// One row: a text value (or NULL) per column of the family.
+pub type Row = Vec<Option<String>>;
+
+/// What a family reads: the pass's facts, and its sizes and bounds when it needs them.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    /// Per-relation facts.
+    pub facts: &'a Facts,
+    /// Exact sizes (empty when the family does not need them).
+    pub sizes: &'a Sizes,
+    /// Partition bounds (empty when the family does not need them).
+    pub bounds: &'a Bounds,
+}
+
+/// Top tables of [`Derive::Tables`] and [`Derive::TableScans`].
+const TOP_TABLES: usize = 100;
+/// Top indexes of [`Derive::Indexes`].
+const TOP_INDEXES: usize = 200;
+/// Top tables of [`Derive::IndexCache`].
+const TOP_INDEX_CACHE: usize = 100;
+/// Top partitioned tables of [`Derive::Partitions`].
+const TOP_PARTITIONED: usize = 100;
+/// Top tables of [`Derive::TableWraparound`].
+const TOP_WRAPAROUND: usize = 20;
+
+/// The rows of `family`.
+pub fn rows(family: Derive, input: Inputs<'_>) -> Vec<Row> {
+    match family {
+        Derive::Tables => tables(input, false),
+        Derive::TableScans => tables(input, true),
+        Derive::Indexes => indexes(input),
+        Derive::IndexCache => index_cache(input),
+        Derive::CacheHit => cache_hit(input),
+        Derive::UnusedIndexes => unused_indexes(input),
+        Derive::Partitions => partitions(input),
+        Derive::PartitionGrowth => partition_growth(input),
+        Derive::TableWraparound => table_wraparound(input),
+    }
+}
+
+fn int(v: i64) -> Option<String> {
+    Some(v.to_string())
+}
+
+fn float(v: f64) -> Option<String> {
+    v.is_finite().then(|| v.to_string())
+}
+
+/// Not a system schema (`pg_stat_user_tables`' filter).
+fn is_user_schema(s: &str) -> bool {
+    s != "pg_catalog" && s != "information_schema" && !s.starts_with("pg_toast")
+}
+
+/// An ordinary table or materialized view of a user schema (`v_table_stats`' rows).
+pub(super) fn is_user_table(r: &Relation) -> bool {
+    matches!(r.kind, b'r' | b'm') && is_user_schema(&r.schema)
+}
+
+/// The name a relation is reported under: its direct parent's, or its own.
+fn group_of<'a>(facts: &'a Facts, r: &'a Relation) -> (&'a str, &'a str) {
+    match r.parent.and_then(|p| facts.get(p)) {
+        Some(p) => (&p.schema, &p.name),
+        None => (&r.schema, &r.name),
+    }
+}
+
+/// Indexes by the oid of their table.
+fn indexes_by_table(facts: &Facts) -> HashMap<u32, Vec<&Relation>> {
+    let mut map: HashMap<u32, Vec<&Relation>> = HashMap::new();
+    for r in &facts.relations {
+        if let (b'i', Some(t)) = (r.kind, r.indrelid) {
+            map.entry(t).or_default().push(r);
+        }
+    }
+    map
+}
+
+/// Indexes of user tables (`pg_stat_user_indexes`' rows) with their table.
+pub(super) fn user_indexes(facts: &Facts) -> impl Iterator<Item = (&Relation, &Relation)> {
+    facts.relations.iter().filter_map(|i| {
+        let t = facts.get(i.indrelid?)?;
+        (i.kind == b'i' && matches!(t.kind, b'r' | b't' | b'm') && is_user_schema(&t.schema))
+            .then_some((i, t))
+    })
+}
+
+fn total_bytes(sizes: &Sizes, oid: u32) -> i64 {
+    sizes.table.get(&oid).copied().unwrap_or(0) + sizes.indexes.get(&oid).copied().unwrap_or(0)
+}
+
+fn blocks(r: &Relation) -> (i64, i64) {
+    let hit = r.blks_hit.unwrap_or(0);
+    (hit, r.blks_fetched.unwrap_or(0) - hit)
+}
+
+#[derive(Default)]
+struct TableGroup {
+    live: i64,
+    dead: i64,
+    bytes: i64,
+    seq: i64,
+    idx: i64,
+    vacuum_age: Option<f64>,
+    analyze_age: Option<f64>,
+}
+
+fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+fn min_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+/// `tables` (rolled up, top 100 by size) or, with `scans`, the per-relation scan rows of
+/// those tables for pgpulse's roll-up (`table_scans`).
+fn tables(input: Inputs<'_>, scans: bool) -> Vec<Row> {
+    let facts = input.facts;
+    let now = facts.server_now();
+    let indexes = indexes_by_table(facts);
+    let idx_scans = |t: &Relation| -> i64 {
+        indexes
+            .get(&t.oid)
+            .map(|v| v.iter().map(|i| i.scans.unwrap_or(0)).sum())
+            .unwrap_or(0)
+    };
+    let mut groups: HashMap<(&str, &str), TableGroup> = HashMap::new();
+    for t in facts.relations.iter().filter(|r| is_user_table(r)) {
+        let g = groups.entry(group_of(facts, t)).or_default();
+        g.live += t.live.unwrap_or(0);
+        g.dead += t.dead.unwrap_or(0);
+        g.bytes += total_bytes(input.sizes, t.oid);
+        g.seq += t.scans.unwrap_or(0);
+        g.idx += idx_scans(t);
+        let age = |i: usize| t.last.get(i).copied().flatten().map(|at| now - at);
+        g.vacuum_age = max_opt(g.vacuum_age, min_opt(age(0), age(1)));
+        g.analyze_age = max_opt(g.analyze_age, min_opt(age(2), age(3)));
+    }
+    let mut ranked: Vec<_> = groups.into_iter().collect();
+    ranked.sort_by(|(ka, a), (kb, b)| b.bytes.cmp(&a.bytes).then(ka.cmp(kb)));
+    ranked.truncate(TOP_TABLES);
+    if scans {
+        let top: HashSet<(&str, &str)> = ranked.iter().map(|(k, _)| *k).collect();
+        let mut out: Vec<((&str, &str), Row)> = facts
+            .relations
+            .iter()
+            .filter(|r| is_user_table(r))
+            .filter_map(|t| {
+                let key = group_of(facts, t);
+                top.contains(&key).then(|| {
+                    let row = vec![
+                        int(i64::from(t.oid)),
+                        Some(key.0.to_owned()),
+                        Some(key.1.to_owned()),
+                        int(t.scans.unwrap_or(0)),
+                        int(idx_scans(t)),
+                    ];
+                    (key, row)
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        return out.into_iter().map(|(_, r)| r).collect();
+    }
+    ranked
+        .into_iter()
+        .map(|((schema, name), g)| {
+            let all = g.live + g.dead;
+            let dead_ratio = if all > 0 {
+                g.dead as f64 / all as f64
+            } else {
+                0.0
+            };
+            let scans = g.idx + g.seq;
+            vec![
+                Some(schema.to_owned()),
+                Some(name.to_owned()),
+                int(g.live),
+                int(g.dead),
+                float(dead_ratio),
+                int(g.bytes),
+                (scans > 0)
+                    .then(|| g.idx as f64 / scans as f64)
+                    .and_then(float),
+                g.vacuum_age.and_then(float),
+                g.analyze_age.and_then(float),
+            ]
+        })
+        .collect()
+}
+
+/// `indexes`: per index rows of the top 200 (table, index) groups by size, for a roll-up.
+fn indexes(input: Inputs<'_>) -> Vec<Row> {
+    let facts = input.facts;
+    let bytes = |i: &Relation| input.sizes.main.get(&i.oid).copied().unwrap_or(0);
+    let keyed: Vec<((&str, &str, &str), &Relation)> = user_indexes(facts)
+        .map(|(i, t)| {
+            let (schema, table) = group_of(facts, t);
+            let name = i
+                .parent
+                .and_then(|p| facts.get(p))
+                .map_or(i.name.as_str(), |p| p.name.as_str());
+            ((schema, table, name), i)
+        })
+        .collect();
+    let mut groups: HashMap<(&str, &str, &str), i64> = HashMap::new();
+    for (k, i) in &keyed {
+        *groups.entry(*k).or_default() += bytes(i);
+    }
+    let mut ranked: Vec<_> = groups.into_iter().collect();
+    ranked.sort_by(|(ka, a), (kb, b)| b.cmp(a).then(ka.cmp(kb)));
+    ranked.truncate(TOP_INDEXES);
+    let top: HashSet<_> = ranked.into_iter().map(|(k, _)| k).collect();
+    let mut out: Vec<_> = keyed.into_iter().filter(|(k, _)| top.contains(k)).collect();
+    out.sort_by(|(ka, a), (kb, b)| bytes(b).cmp(&bytes(a)).then(ka.cmp(kb)));
+    out.into_iter()
+        .map(|((schema, table, name), i)| {
+            vec![
+                int(i64::from(i.oid)),
+                Some(schema.to_owned()),
+                Some(table.to_owned()),
+                Some(name.to_owned()),
+                int(i.scans.unwrap_or(0)),
+                int(bytes(i)),
+            ]
+        })
+        .collect()
+}
+
+/// `index_cache`: index block hit ratio per table, top 100 by index block accesses.
+fn index_cache(input: Inputs<'_>) -> Vec<Row> {
+    let facts = input.facts;
+    let mut groups: HashMap<(&str, &str), (i64, i64)> = HashMap::new();
+    for (i, t) in user_indexes(facts) {
+        let (hit, read) = blocks(i);
+        let g = groups.entry(group_of(facts, t)).or_default();
+        g.0 += hit;
+        g.1 += read;
+    }
+    let mut ranked: Vec<_> = groups.into_iter().filter(|(_, (h, r))| h + r > 0).collect();
+    ranked.sort_by(|(ka, (ha, ra)), (kb, (hb, rb))| (hb + rb).cmp(&(ha + ra)).then(ka.cmp(kb)));
+    ranked.truncate(TOP_INDEX_CACHE);
+    ranked
+        .into_iter()
+        .map(|((schema, table), (hit, read))| {
+            vec![
+                Some(schema.to_owned()),
+                Some(table.to_owned()),
+                float(hit as f64 / (hit + read) as f64),
+            ]
+        })
+        .collect()
+}
+
+/// `cache_hit`: heap, index and TOAST blocks of user tables (`v_cache_hit_ratio`).
+fn cache_hit(input: Inputs<'_>) -> Vec<Row> {
+    let facts = input.facts;
+    let indexes = indexes_by_table(facts);
+    let mut kinds = [(0i64, 0i64); 3];
+    let mut add = |k: usize, (hit, read): (i64, i64)| {
+        if let Some(slot) = kinds.get_mut(k) {
+            slot.0 += hit;
+            slot.1 += read;
+        }
+    };
+    for t in facts.relations.iter().filter(|r| is_user_table(r)) {
+        add(0, blocks(t));
+        for i in indexes.get(&t.oid).into_iter().flatten() {
+            add(1, blocks(i));
+        }
+        if let Some(toast) = t.toast.and_then(|o| facts.get(o)) {
+            add(2, blocks(toast));
+            for i in indexes.get(&toast.oid).into_iter().flatten() {
+                add(2, blocks(i));
+            }
+        }
+    }
+    ["heap", "index", "toast"]
+        .into_iter()
+        .zip(kinds)
+        .map(|(kind, (hit, read))| {
+            let all = hit + read;
+            vec![
+                Some(kind.to_owned()),
+                int(hit),
+                int(read),
+                (all > 0).then(|| hit as f64 / all as f64).and_then(float),
+            ]
+        })
+        .collect()
+}
+
+/// `unused_indexes`: never-scanned indexes that are not unique, primary or constraints.
+fn unused_indexes(input: Inputs<'_>) -> Vec<Row> {
+    let (mut n, mut bytes) = (0i64, 0i64);
+    for (i, _) in user_indexes(input.facts) {
+        if i.scans == Some(0) && !i.constrained {
+            n += 1;
+            bytes += input.sizes.main.get(&i.oid).copied().unwrap_or(0);
+        }
+    }
+    vec![vec![int(n), int(bytes)]]
+}
+
+/// How a partitioned table is named: bare in `public`, else schema-qualified.
+fn parent_label(p: &Relation) -> String {
+    if &*p.schema == "public" {
+        p.name.clone()
+    } else {
+        format!("{}.{}", p.schema, p.name)
+    }
+}
+
+/// `partitions`: per partitioned table count, size, rows, DEFAULT rows and runway.
+fn partitions(input: Inputs<'_>) -> Vec<Row> {
+    let facts = input.facts;
+    let now = facts.server_now();
+    let mut children: HashMap<u32, Vec<&Relation>> = HashMap::new();
+    for r in facts.relations.iter().filter(|r| r.kind != b'i') {
+        if let Some(p) = r.parent {
+            children.entry(p).or_default().push(r);
+        }
+    }
+    let mut direct: HashMap<u32, Vec<_>> = HashMap::new();
+    for b in input.bounds.by_partition.values() {
+        direct.entry(b.parent).or_default().push(*b);
+    }
+    let mut out: Vec<(i64, Row)> = facts
+        .relations
+        .iter()
+        .filter(|p| {
+            p.kind == b'p' && &*p.schema != "pg_catalog" && &*p.schema != "information_schema"
+        })
+        .map(|p| {
+            let (mut bytes, mut rows) = (0i64, 0i64);
+            let mut stack = vec![p.oid];
+            while let Some(o) = stack.pop() {
+                for c in children.get(&o).into_iter().flatten() {
+                    stack.push(c.oid);
+                    if matches!(c.kind, b'r' | b'm') {
+                        bytes += total_bytes(input.sizes, c.oid);
+                        rows += c.live.unwrap_or(0);
+                    }
+                }
+            }
+            let bounds = direct.get(&p.oid).map(Vec::as_slice).unwrap_or_default();
+            let maxvalue = bounds.iter().any(|b| b.maxvalue);
+            let newest = bounds
+                .iter()
+                .filter(|b| !b.is_default)
+                .filter_map(|b| b.range_end)
+                .reduce(f64::max);
+            let runway = (p.strategy.as_deref() == Some("r") && !maxvalue)
+                .then_some(newest)
+                .flatten()
+                .map(|end| end - now);
+            let row = vec![
+                Some(parent_label(p)),
+                int(bounds.len() as i64),
+                int(bytes),
+                int(rows),
+                int(p.default_rows.unwrap_or(0)),
+                runway.and_then(float),
+            ];
+            (bytes, row)
+        })
+        .collect();
+    out.sort_by(|(a, ra), (b, rb)| b.cmp(a).then(ra.first().cmp(&rb.first())));
+    out.truncate(TOP_PARTITIONED);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+/// `partition_growth`: rows inserted per direct partition, for a roll-up per parent.
+fn partition_growth(input: Inputs<'_>) -> Vec<Row> {
+    let facts = input.facts;
+    facts
+        .relations
+        .iter()
+        .filter(|r| r.kind != b'i')
+        .filter_map(|r| {
+            let p = facts.get(r.parent?)?;
+            (p.kind == b'p').then(|| {
+                vec![
+                    Some(parent_label(p)),
+                    Some(format!("{}.{}", r.schema, r.name)),
+                    int(r.inserted.unwrap_or(0)),
+                ]
+            })
+        })
+        .collect()
+}
+
+/// The root of a partition tree (the relation itself when it is not a partition).
+fn root<'a>(facts: &'a Facts, r: &'a Relation) -> (&'a str, &'a str) {
+    let mut at = r;
+    // A partition tree is finite; the bound only guards against a corrupt catalog.
+    for _ in 0..64 {
+        match at.parent.and_then(|p| facts.get(p)) {
+            Some(p) => at = p,
+            None => break,
+        }
+    }
+    (&at.schema, &at.name)
+}
+
+/// `table_wraparound`: the 20 oldest tables by relfrozenxid age (TOAST counted with its
+/// table, partitions with their root).
+fn table_wraparound(input: Inputs<'_>) -> Vec<Row> {
+    let facts = input.facts;
+    let greatest = |a: Option<i64>, b: Option<i64>| match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, None) => x,
+        (None, y) => y,
+    };
+    let mut groups: HashMap<_, (Option<i64>, Option<i64>)> = HashMap::new();
+    for r in facts
+        .relations
+        .iter()
+        .filter(|r| matches!(r.kind, b'r' | b'm') && !r.temp)
+    {
+        let toast = r.toast.and_then(|t| facts.get(t));
+        let xid = greatest(r.xid_age, toast.and_then(|t| t.xid_age));
+        let mxid = greatest(r.mxid_age, toast.and_then(|t| t.mxid_age));
+        let g = groups.entry(root(facts, r)).or_default();
+        g.0 = greatest(g.0, xid);
+        g.1 = greatest(g.1, mxid);
+    }
+    let mut ranked: Vec<_> = groups.into_iter().collect();
+    ranked.sort_by(|(ka, a), (kb, b)| b.0.cmp(&a.0).then(ka.cmp(kb)));
+    ranked.truncate(TOP_WRAPAROUND);
+    ranked
+        .into_iter()
+        .map(|((schema, name), (xid, mxid))| {
+            vec![
+                Some(schema.to_owned()),
+                Some(name.to_owned()),
+                xid.map(|v| v.to_string()),
+                mxid.map(|v| v.to_string()),
+            ]
+        })
+        .collect()
+}

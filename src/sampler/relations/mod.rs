@@ -1,0 +1,223 @@
+//! The relation pass: one read of the per-relation facts per round, shared by every family
+//! that declares `derive:` in the catalog (tables, indexes, partitions, cache, wraparound),
+//! whose rows pgpulse then computes ([`derive`]).
+//!
+//! - [`facts`]: the statements' results as plain data.
+//! - [`derive`]: rows of each family, with the definitions of the `monitoring.v_*` views.
+//!
+//! Concurrency: the cached pass sits behind one async mutex. A family's tick takes it, reads
+//! again only what is stale for it (facts older than half its interval, exact sizes older
+//! than [`SIZES_EVERY`] of its intervals, bounds read for another set of partitions), in one
+//! read-only transaction on one pooled connection, and releases it; families whose ticks
+//! fall in the same round (first runs are spread over 10 s) reuse that read. A family
+//! waiting for another's read holds no connection.
+
+pub mod derive;
+pub mod facts;
+mod sizes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tokio_postgres::types::Type;
+
+use super::decode::Decoder;
+use super::run::{CLIENT_GRACE, ErrorKind, RunError, Sampled, classify, pool_error, timeouts_sql};
+use crate::catalog::{Derive, QuerySpec};
+use crate::db::lease::Budget;
+use facts::{Bounds, Facts, Sizes};
+
+/// Exact sizes stat every file of every relation: all of them are read again after this many
+/// of the family's intervals (every fifth round); in between, only those written, vacuumed or
+/// altered since their size was read.
+pub const SIZES_EVERY: u32 = 5;
+
+/// The last pass, shared by the derived families.
+#[derive(Debug, Default)]
+struct Cache {
+    facts: Option<Facts>,
+    sizes: Sizes,
+    bounds: Bounds,
+}
+
+/// The relation pass and its cache.
+#[derive(Debug, Default)]
+pub struct RelationSource {
+    cache: Mutex<Cache>,
+}
+
+/// What is stale for one family.
+#[derive(Debug, Clone, Copy)]
+struct Stale {
+    facts: bool,
+    all_sizes: bool,
+}
+
+impl RelationSource {
+    /// Computes the rows of `spec` (a derived family) from a pass fresh enough for its
+    /// interval, reading what is stale first.
+    pub async fn sample(
+        &self,
+        budget: &Budget,
+        spec: &Arc<QuerySpec>,
+        family: Derive,
+        lock_timeout: Duration,
+    ) -> Result<Sampled, RunError> {
+        let mut cache = tokio::time::timeout(spec.timeout, self.cache.lock())
+            .await
+            .map_err(|_| {
+                RunError::new(
+                    ErrorKind::Pool,
+                    "waited longer than the timeout for another family's relation pass",
+                )
+            })?;
+        let stale = Stale {
+            facts: cache
+                .facts
+                .as_ref()
+                .is_none_or(|f| f.at.elapsed() > spec.interval / 2),
+            all_sizes: family.needs_sizes()
+                && cache
+                    .sizes
+                    .all_at
+                    .is_none_or(|at| at.elapsed() > spec.interval * SIZES_EVERY),
+        };
+        let bounds_stale = |c: &Cache| {
+            family.needs_bounds()
+                && c.facts.as_ref().map(Facts::partitions_fingerprint) != Some(c.bounds.fingerprint)
+        };
+        if stale.facts || stale.all_sizes || bounds_stale(&cache) {
+            let guard = spec.timeout + CLIENT_GRACE;
+            let read = read(budget, spec, lock_timeout, &mut cache, family, stale);
+            tokio::time::timeout(guard, read).await.map_err(|_| {
+                RunError::new(
+                    ErrorKind::Timeout,
+                    format!("no answer within {}s; connection dropped", guard.as_secs()),
+                )
+            })??;
+        }
+        let cache = &*cache;
+        let Some(facts) = cache.facts.as_ref() else {
+            return Err(RunError::new(
+                ErrorKind::Decode,
+                "relation pass read nothing",
+            ));
+        };
+        let rows = derive::rows(
+            family,
+            derive::Inputs {
+                facts,
+                sizes: &cache.sizes,
+                bounds: &cache.bounds,
+            },
+        );
+        let columns: Vec<(String, Type)> = family
+            .columns()
+            .iter()
+            .map(|c| ((*c).to_owned(), Type::TEXT))
+            .collect();
+        let mut decoder = Decoder::new(spec, &columns)?;
+        for row in &rows {
+            decoder.push_cells(row)?;
+        }
+        let (result, stats) = decoder.finish();
+        Ok(Sampled { result, stats })
+    }
+}
+
+/// Reads what is stale in one read-only transaction on one pooled connection.
+async fn read(
+    budget: &Budget,
+    spec: &Arc<QuerySpec>,
+    lock_timeout: Duration,
+    cache: &mut Cache,
+    family: Derive,
+    stale: Stale,
+) -> Result<(), RunError> {
+    let mut checkout = budget
+        .lease(Some(spec.timeout), spec.timeout + CLIENT_GRACE)
+        .await
+        .map_err(pool_error)?;
+    let Some(client) = checkout.client() else {
+        return Err(RunError::new(ErrorKind::Connection, "no connection"));
+    };
+    let outcome = read_in_transaction(client, spec, lock_timeout, cache, family, stale).await;
+    // As for a catalog query: a connection whose transaction failed cleanly is reused.
+    let reusable = match &outcome {
+        Ok(()) => true,
+        Err(e) => matches!(
+            e.kind,
+            ErrorKind::Timeout | ErrorKind::Sql | ErrorKind::Unavailable | ErrorKind::Decode
+        ),
+    };
+    if reusable && checkout.client().is_some_and(|c| !c.is_closed()) {
+        checkout.release();
+    }
+    outcome
+}
+
+/// Facts (when stale), then the sizes of what changed (all when due), then the bounds when
+/// the partitions changed; the cache is updated only when the whole read succeeded.
+async fn read_in_transaction(
+    client: &mut deadpool_postgres::Object,
+    spec: &Arc<QuerySpec>,
+    lock_timeout: Duration,
+    cache: &mut Cache,
+    family: Derive,
+    stale: Stale,
+) -> Result<(), RunError> {
+    let client: &mut tokio_postgres::Client = client;
+    let txn = client
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| classify(&e))?;
+    txn.batch_execute(&format!(
+        "{}; SET LOCAL stats_fetch_consistency = snapshot",
+        timeouts_sql(spec.timeout, lock_timeout)
+    ))
+    .await
+    .map_err(|e| classify(&e))?;
+    let fresh = match stale.facts {
+        true => Some(facts::read_facts(&txn).await?),
+        false => None,
+    };
+    let Some(facts) = fresh.as_ref().or(cache.facts.as_ref()) else {
+        return Err(RunError::new(
+            ErrorKind::Decode,
+            "relation pass read nothing",
+        ));
+    };
+    if family.needs_sizes() {
+        let wanted = sizes::signatures(facts);
+        let changed: Vec<u32> = match stale.all_sizes {
+            true => Vec::new(),
+            false => wanted
+                .iter()
+                .filter(|(oid, sig)| cache.sizes.read_at.get(oid) != Some(sig))
+                .map(|(oid, _)| *oid)
+                .collect(),
+        };
+        if stale.all_sizes || !changed.is_empty() {
+            let read = facts::read_sizes(&txn, &mut cache.sizes, stale.all_sizes, &changed).await;
+            // Sizes read are true whatever happens next; they count as read only when all were.
+            read?;
+            sizes::settle(&mut cache.sizes, &wanted, stale.all_sizes, &changed);
+        }
+    }
+    let fingerprint = facts.partitions_fingerprint();
+    let bounds = match family.needs_bounds() && cache.bounds.fingerprint != fingerprint {
+        true => Some(facts::read_bounds(&txn, fingerprint).await?),
+        false => None,
+    };
+    txn.commit().await.map_err(|e| classify(&e))?;
+    if let Some(f) = fresh {
+        cache.facts = Some(f);
+    }
+    if let Some(b) = bounds {
+        cache.bounds = b;
+    }
+    Ok(())
+}
