@@ -5,7 +5,6 @@
 
 mod alerts;
 mod architecture;
-mod budget;
 mod cardinality;
 mod catalog;
 mod commands;
@@ -15,11 +14,11 @@ mod docker;
 mod exporter;
 mod golden;
 mod harness;
+mod health;
 mod maintenance;
 mod migrations;
 mod partitions;
 mod plans;
-mod readiness;
 mod readonly;
 mod relations;
 mod replication;
