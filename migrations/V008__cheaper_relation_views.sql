@@ -2,7 +2,8 @@
 --
 -- Columns, rows and values are unchanged; tests compare each with its former definition.
 -- 1. partition_bounds() deparses bounds with pg_get_expr(relpartbound, 0): a bound holds only
---    constants, so the text is identical, and no partition is opened (and locked) to name it.
+--    constants, so the text is identical, and no partition is opened (and locked) to name it;
+--    it parses only the bounds of time-range partitions, by position instead of a regex.
 -- 2. v_partition_health sums the leaves of every partitioned table in one recursive walk of
 --    pg_inherits instead of one walk per parent.
 -- 3. database_health_check() reads the bloat check from pg_class and the statistics functions
@@ -66,10 +67,20 @@ SELECT p.oid,
   LEFT JOIN pg_catalog.pg_attribute ka
          ON ka.attrelid = p.oid AND pt.partattrs[0] <> 0 AND ka.attnum = pt.partattrs[0]
   CROSS JOIN LATERAL (SELECT pg_catalog.pg_get_expr(c.relpartbound, 0) AS bound) b0
+  -- Only bounds of time-range partitions are parsed (their literals hold no quote, so the
+  -- text up to the next quote is the literal), without a regular expression.
   CROSS JOIN LATERAL (
       SELECT b0.bound,
-             replace(substring(b0.bound FROM $re$FROM \('((?:[^']|'')*)'$re$), '''''', '''') AS lo,
-             replace(substring(b0.bound FROM $re$ TO \('((?:[^']|'')*)'$re$), '''''', '''') AS hi
+             CASE WHEN pt.partstrat = 'r'
+                   AND ka.atttypid IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype)
+                   AND pg_catalog.strpos(b0.bound, 'FROM (''') > 0
+                  THEN pg_catalog.split_part(pg_catalog.substr(b0.bound, pg_catalog.strpos(b0.bound, 'FROM (''') + 7), '''', 1)
+             END AS lo,
+             CASE WHEN pt.partstrat = 'r'
+                   AND ka.atttypid IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype)
+                   AND pg_catalog.strpos(b0.bound, ' TO (''') > 0
+                  THEN pg_catalog.split_part(pg_catalog.substr(b0.bound, pg_catalog.strpos(b0.bound, ' TO (''') + 6), '''', 1)
+             END AS hi
   ) x
  WHERE p_parent IS NULL OR pt.partrelid = p_parent
 $$;

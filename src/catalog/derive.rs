@@ -101,8 +101,8 @@ impl Derive {
         )
     }
 
-    /// Whether the family needs the partition bounds.
-    pub fn needs_bounds(self) -> bool {
+    /// Whether the family needs the partition bounds and the rows of DEFAULT partitions.
+    pub fn needs_partitions(self) -> bool {
         matches!(self, Derive::Partitions)
     }
 }
@@ -138,7 +138,6 @@ SELECT c.oid::int8 AS oid, n.nspname::text AS schemaname, c.relname::text AS rel
        CASE WHEN pt.partrelid IS NOT NULL THEN
          coalesce(pt.partstrat = 'r' AND ka.atttypid IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype), false)
        END AS time_key,
-       CASE WHEN pt.partdefid <> 0 THEN coalesce(monitoring.default_partition_rows(pt.partdefid), 0) END AS default_rows,
        extract(epoch FROM pg_catalog.now())::float8 AS now
   FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -165,6 +164,14 @@ SELECT c.oid::int8 AS oid,
  WHERE c.relkind IN ('r', 'm', 'i')
    AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
    AND ($1::bool OR c.oid = ANY ($2::oid[]))";
+
+/// The rows of each DEFAULT partition (`monitoring.default_partition_rows`, which counts
+/// them: a sequential scan of that partition), read only for the `partitions` family's runs,
+/// not every round, so pgpulse's own counting does not inflate the scans it reports.
+pub const DEFAULT_ROWS_SQL: &str = "\
+SELECT pt.partrelid::int8 AS oid, coalesce(monitoring.default_partition_rows(pt.partdefid), 0) AS default_rows
+  FROM pg_catalog.pg_partitioned_table pt
+ WHERE pt.partdefid <> 0";
 
 /// The partition bounds (`monitoring.partition_bounds()`, as `v_partition_health` reads
 /// them), read again only when the set of partitions or one of their catalog rows changed.

@@ -253,9 +253,10 @@ async fn every_derived_family_equals_what_the_views_report_in_one_snapshot() {
     facts::read_sizes(&txn, &mut sizes, true, &[])
         .await
         .unwrap();
-    let bounds = facts::read_bounds(&txn, facts.partitions_fingerprint())
+    let mut bounds = facts::read_bounds(&txn, facts.partitions_fingerprint())
         .await
         .unwrap();
+    facts::read_default_rows(&txn, &mut bounds).await.unwrap();
     let input = derive::Inputs {
         facts: &facts,
         sizes: &sizes,

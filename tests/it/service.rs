@@ -76,17 +76,33 @@ impl Running {
         path: &str,
         headers: &[(&str, &str)],
     ) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+        // On two loaded cores a request can time out while the process waits for a CPU:
+        // that is retried (the answer is what the test is about, not its speed).
         let client = reqwest::Client::new();
-        let mut req = client
-            .get(format!("http://{}{path}", self.addr))
-            .timeout(Duration::from_secs(10));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status().as_u16();
-        let h = resp.headers().clone();
-        (status, h, resp.bytes().await.expect("body").to_vec())
+        let last = std::sync::Mutex::new(String::new());
+        let got = crate::harness::eventually(crate::harness::PATIENCE, || async {
+            let mut req = client
+                .get(format!("http://{}{path}", self.addr))
+                .timeout(Duration::from_secs(30));
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let attempt = async {
+                let resp = req.send().await?;
+                let status = resp.status().as_u16();
+                let h = resp.headers().clone();
+                Ok::<_, reqwest::Error>((status, h, resp.bytes().await?.to_vec()))
+            };
+            match attempt.await {
+                Ok(answer) => Some(answer),
+                Err(e) => {
+                    *last.lock().unwrap() = e.to_string();
+                    None
+                }
+            }
+        })
+        .await;
+        got.unwrap_or_else(|| panic!("GET {path}: {}", last.lock().unwrap()))
     }
 
     /// GET `path`; returns status and body text.

@@ -376,7 +376,7 @@ fn partitions(input: Inputs<'_>) -> Vec<Row> {
                 int(bounds.len() as i64),
                 int(bytes),
                 int(rows),
-                int(p.default_rows.unwrap_or(0)),
+                int(input.bounds.default_rows.get(&p.oid).copied().unwrap_or(0)),
                 runway.and_then(float),
             ];
             (bytes, row)

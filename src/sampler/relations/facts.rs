@@ -11,7 +11,7 @@ use futures_util::{TryStreamExt, pin_mut};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Transaction};
 
-use crate::catalog::derive::{BOUNDS_SQL, FACTS_SQL, SIZES_SQL};
+use crate::catalog::derive::{BOUNDS_SQL, DEFAULT_ROWS_SQL, FACTS_SQL, SIZES_SQL};
 use crate::sampler::run::{ErrorKind, RunError, classify};
 
 /// One relation of the pass (a table, partitioned table, TOAST table, index or foreign table).
@@ -62,8 +62,6 @@ pub struct Relation {
     pub strategy: Option<String>,
     /// A partitioned table by range of a timestamptz, timestamp or date column.
     pub time_key: Option<bool>,
-    /// Rows in its DEFAULT partition (`monitoring.default_partition_rows`).
-    pub default_rows: Option<i64>,
 }
 
 /// The facts of one pass.
@@ -150,9 +148,12 @@ pub struct Bound {
     pub maxvalue: bool,
 }
 
-/// Partition bounds and the fingerprint of the partitions they were read for.
+/// Partition bounds and the fingerprint of the partitions they were read for, and the rows
+/// of DEFAULT partitions by partitioned table (read at every run of `partitions`).
 #[derive(Debug, Default)]
 pub struct Bounds {
+    /// Rows in the DEFAULT partition, by partitioned table.
+    pub default_rows: HashMap<u32, i64>,
     /// By partition oid.
     pub by_partition: HashMap<u32, Bound>,
     /// [`Facts::partitions_fingerprint`] when read.
@@ -225,7 +226,6 @@ pub async fn read_facts(txn: &Transaction<'_>) -> Result<Facts, RunError> {
             mxid_age: row.try_get("mxid_age")?,
             strategy: row.try_get("strategy")?,
             time_key: row.try_get("time_key")?,
-            default_rows: row.try_get("default_rows")?,
         });
         Ok(())
     })
@@ -283,6 +283,7 @@ pub async fn read_bounds(txn: &Transaction<'_>, fingerprint: u64) -> Result<Boun
     let mut bounds = Bounds {
         by_partition: HashMap::new(),
         fingerprint,
+        default_rows: HashMap::new(),
     };
     each_row(txn, BOUNDS_SQL, |row| {
         if let (Some(p), Some(parent)) = (oid(row.try_get("oid")?), oid(row.try_get("parent")?)) {
@@ -300,4 +301,21 @@ pub async fn read_bounds(txn: &Transaction<'_>, fingerprint: u64) -> Result<Boun
     })
     .await?;
     Ok(bounds)
+}
+
+/// Reads the rows of every DEFAULT partition into `bounds`.
+pub async fn read_default_rows(txn: &Transaction<'_>, bounds: &mut Bounds) -> Result<(), RunError> {
+    let mut rows = HashMap::new();
+    each_row(txn, DEFAULT_ROWS_SQL, |row| {
+        if let (Some(p), Some(n)) = (
+            oid(row.try_get("oid")?),
+            row.try_get::<_, Option<i64>>("default_rows")?,
+        ) {
+            rows.insert(p, n);
+        }
+        Ok(())
+    })
+    .await?;
+    bounds.default_rows = rows;
+    Ok(())
 }

@@ -83,11 +83,8 @@ impl RelationSource {
                     .all_at
                     .is_none_or(|at| at.elapsed() > spec.interval * SIZES_EVERY),
         };
-        let bounds_stale = |c: &Cache| {
-            family.needs_bounds()
-                && c.facts.as_ref().map(Facts::partitions_fingerprint) != Some(c.bounds.fingerprint)
-        };
-        if stale.facts || stale.all_sizes || bounds_stale(&cache) {
+        // The partitions family reads the DEFAULT partitions' rows at each of its runs.
+        if stale.facts || stale.all_sizes || family.needs_partitions() {
             let guard = spec.timeout + CLIENT_GRACE;
             let read = read(budget, spec, lock_timeout, &mut cache, family, stale);
             tokio::time::timeout(guard, read).await.map_err(|_| {
@@ -208,10 +205,19 @@ async fn read_in_transaction(
         }
     }
     let fingerprint = facts.partitions_fingerprint();
-    let bounds = match family.needs_bounds() && cache.bounds.fingerprint != fingerprint {
-        true => Some(facts::read_bounds(&txn, fingerprint).await?),
-        false => None,
-    };
+    let mut bounds = None;
+    if family.needs_partitions() {
+        let mut b = match cache.bounds.fingerprint != fingerprint {
+            true => facts::read_bounds(&txn, fingerprint).await?,
+            false => std::mem::take(&mut cache.bounds),
+        };
+        let read = facts::read_default_rows(&txn, &mut b).await;
+        bounds = Some(b);
+        if let Err(e) = read {
+            cache.bounds = bounds.take().unwrap_or_default();
+            return Err(e);
+        }
+    }
     txn.commit().await.map_err(|e| classify(&e))?;
     if let Some(f) = fresh {
         cache.facts = Some(f);
