@@ -179,16 +179,22 @@ impl App {
             w.open_health,
             w.landing_page,
         )?);
-        let pool = crate::db::pool::build(&config.pool_settings())?;
+        let budget =
+            crate::db::lease::Budget::new(crate::db::pool::build(&config.pool_settings())?);
         let mut registry = Registry::default();
         let metrics = Arc::new(SamplerMetrics::register(&mut registry));
         let plan_guard = config.plans.clone().map(|g| {
-            crate::plans::guard::PlanGuard::new(&mut registry, pool.clone(), g, config.lock_timeout)
+            crate::plans::guard::PlanGuard::new(
+                &mut registry,
+                budget.clone(),
+                g,
+                config.lock_timeout,
+            )
         });
         let slow_log = config.slow_log.as_ref().map(|s| {
             crate::slowlog::SlowLogReader::new(
                 &mut registry,
-                pool.clone(),
+                budget.clone(),
                 crate::slowlog::ReaderSettings {
                     interval: s.interval,
                     timeout: s.timeout,
@@ -204,13 +210,14 @@ impl App {
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let sampler = Sampler::new(
-            pool,
+            budget,
             snapshot.clone(),
             metrics.clone(),
             changed.clone(),
             SamplerSettings {
                 lock_timeout: config.lock_timeout,
                 max_backoff: config.reconnect_max_backoff,
+                probe_timeout: config.probe_timeout,
             },
             tracker.clone(),
             stop.clone(),

@@ -12,7 +12,8 @@
 //!
 //! - [`clock`], [`yaml`], [`shutdown`]: small shared helpers.
 //! - [`catalog`]: the `queries.yaml` model, parsing, validation, the built-in catalog.
-//! - [`db`]: connection settings, the pool (its own [`db::pool::PoolSettings`]), migrations,
+//! - [`db`]: connection settings, the pool (its own [`db::pool::PoolSettings`]) and the budget
+//!   that keeps abandoned connections in their slot ([`db::lease`]), migrations,
 //!   `verify`, `uninstall`.
 //! - [`config`]: settings layered by figment, validated into [`config::Config`].
 //! - [`crypto`]: the one rustls crypto provider and PEM loading.

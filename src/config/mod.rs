@@ -92,6 +92,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Longest pause between reconnect attempts (exponential backoff up to this).
     pub reconnect_max_backoff: Duration,
+    /// How long the probe waits for a connection and for the server's answer.
+    pub probe_timeout: Duration,
     /// HTTP listen address.
     pub listen: SocketAddr,
     /// HTTP request timeout.
@@ -232,6 +234,8 @@ impl Config {
             size: self.pool_size,
             wait_timeout: self.pool_wait_timeout,
             connect_timeout: self.connect_timeout,
+            statement_timeout: self.probe_timeout,
+            lock_timeout: self.lock_timeout,
         }
     }
 
@@ -365,6 +369,7 @@ impl Settings {
                 "database.reconnect_max_backoff",
                 db.reconnect_max_backoff,
             )?,
+            probe_timeout: positive("database.probe_timeout", db.probe_timeout)?,
             listen,
             request_timeout: positive("web.request_timeout", self.web.request_timeout)?,
             catalog_source: match &self.queries_file {

@@ -164,6 +164,10 @@ pub struct DatabaseSettings {
     /// Longest pause between reconnect attempts.
     #[serde(with = "humantime_serde")]
     pub reconnect_max_backoff: Duration,
+    /// How long the probe waits for the server's answer (and for a pooled connection) before
+    /// `pg_up` goes to 0; also the session `statement_timeout` of pooled connections.
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
 }
 
 impl Default for DatabaseSettings {
@@ -185,6 +189,7 @@ impl Default for DatabaseSettings {
             connect_timeout: Duration::from_secs(5),
             pool_wait_timeout: Duration::from_secs(2),
             reconnect_max_backoff: Duration::from_secs(30),
+            probe_timeout: Duration::from_secs(5),
         }
     }
 }

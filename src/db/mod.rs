@@ -3,6 +3,7 @@
 //! verification and removal, and what reading the slow-statement log needs ([`log_access`]).
 
 pub mod connect;
+pub mod lease;
 pub mod log_access;
 pub mod migrate;
 pub mod pool;

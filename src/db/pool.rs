@@ -1,8 +1,11 @@
 //! The sampling pool: deadpool-postgres with a hard connection budget, a wait timeout and a
 //! connect timeout and the TLS settings of the target, so that a slow or down database never
-//! gets more than `size` connections from pgpulse, however many queries are due. Sampling
-//! sessions start with `default_transaction_read_only = on`, so even a statement outside
-//! pgpulse's read-only transaction cannot write.
+//! gets more than `size` connections from pgpulse, however many queries are due (the pool is
+//! used through [`super::lease::Budget`], which keeps a connection's slot until its server
+//! session is idle). Sampling sessions start with `default_transaction_read_only = on`, so
+//! even a statement outside pgpulse's read-only transaction cannot write, and with a
+//! session `statement_timeout` and `lock_timeout`, so the few statements sent outside a
+//! transaction of pgpulse's own (`BEGIN`, `ROLLBACK`) carry timeouts too.
 
 use std::time::Duration;
 
@@ -24,6 +27,11 @@ pub struct PoolSettings {
     pub wait_timeout: Duration,
     /// Connect (and recycle) timeout of one connection.
     pub connect_timeout: Duration,
+    /// Session `statement_timeout`: bounds statements outside pgpulse's own transactions
+    /// (which set their own with `SET LOCAL`).
+    pub statement_timeout: Duration,
+    /// Session `lock_timeout`, likewise.
+    pub lock_timeout: Duration,
 }
 
 /// Errors of building the pool (a configuration problem, not a connection failure).
@@ -34,9 +42,14 @@ pub struct PoolError(String);
 /// Builds the pool; no connection is opened until a query needs one.
 pub fn build(settings: &PoolSettings) -> Result<Pool, PoolError> {
     let mut config = settings.target.config().clone();
+    let session = format!(
+        "{SESSION_OPTIONS} -c statement_timeout={} -c lock_timeout={}",
+        settings.statement_timeout.as_millis().max(1),
+        settings.lock_timeout.as_millis().max(1)
+    );
     let options = match config.get_options() {
-        Some(o) if !o.trim().is_empty() => format!("{o} {SESSION_OPTIONS}"),
-        _ => SESSION_OPTIONS.to_owned(),
+        Some(o) if !o.trim().is_empty() => format!("{o} {session}"),
+        _ => session,
     };
     config.options(&options);
     let manager = Manager::from_config(

@@ -39,10 +39,13 @@ pub struct Exposition {
     pub openmetrics: Bytes,
     /// OpenMetrics text format, gzip.
     pub openmetrics_gzip: Bytes,
-    /// Whether the database answered and every query had its first run when this body was
-    /// rendered: readiness follows the body, so a ready service never serves a body without
-    /// its first round.
+    /// Whether the database answered and every enabled query had succeeded at least once
+    /// when this body was rendered: readiness follows the body, so a ready service never
+    /// serves a body without every query's first result.
     pub ready: bool,
+    /// The enabled queries without a successful run yet, when this body was rendered (empty
+    /// once readiness is reached).
+    pub pending: Vec<String>,
     /// Whether the database answered when this body was rendered.
     pub up: bool,
 }
@@ -169,7 +172,8 @@ impl Renderer {
     pub fn render(&self) {
         // Read before encoding: a state reached during the encoding shows in the next render.
         let up = self.snapshot.is_up();
-        let ready = up && self.snapshot.first_round_done();
+        let (succeeded, pending) = self.snapshot.readiness();
+        let ready = up && succeeded;
         let mut om = String::with_capacity(64 * 1024);
         if let Err(e) = prometheus_client::encoding::text::encode(&mut om, &self.registry) {
             // Only a formatting error of a value can get here; keep serving the last body.
@@ -183,6 +187,7 @@ impl Renderer {
             openmetrics_gzip: gzip(om.as_bytes()),
             openmetrics: Bytes::from(om),
             ready,
+            pending,
             up,
         };
         self.current.store(Arc::new(exposition));

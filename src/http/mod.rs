@@ -80,17 +80,27 @@ async fn health() -> &'static str {
     "ok\n"
 }
 
-async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
+/// 200 once every enabled query has succeeded at least once and the database answers; 503
+/// otherwise, naming the queries still waiting for their first success.
+async fn ready(State(state): State<AppState>) -> (StatusCode, String) {
     let current = state.exposition.load();
     if !current.up {
-        (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n")
-    } else if !current.ready {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "first sampling round not finished\n",
+            "database unreachable\n".to_owned(),
         )
+    } else if !current.ready {
+        let mut body = format!(
+            "waiting for the first successful run of {} queries:\n",
+            current.pending.len()
+        );
+        for name in &current.pending {
+            body.push_str(name);
+            body.push('\n');
+        }
+        (StatusCode::SERVICE_UNAVAILABLE, body)
     } else {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, "ready\n".to_owned())
     }
 }
 

@@ -21,6 +21,9 @@ pub use super::verdict::{IndexVerdict, Partitions};
 /// The name of the prepared statement of a check.
 const STATEMENT: &str = "pgpulse_plan_check";
 
+/// Removes the check's prepared statement from a session where a failed check left it.
+pub const DEALLOCATE: &str = "DEALLOCATE pgpulse_plan_check";
+
 /// How a check explains its query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -186,6 +189,12 @@ fn fail(spec: &PlanSpec, e: &tokio_postgres::Error) -> CheckError {
     }
 }
 
+/// How long a check waits for the server's answer: the server enforces the timeouts, this
+/// only catches a dead network.
+pub fn guard(timeout: Duration) -> Duration {
+    timeout * 3 + Duration::from_secs(5)
+}
+
 /// Explains `spec` on `client` and judges its plan. On an error the connection may hold an
 /// aborted transaction and the prepared statement: drop it.
 pub async fn run(
@@ -195,7 +204,7 @@ pub async fn run(
     lock_timeout: Duration,
 ) -> Result<Outcome, CheckError> {
     // The server enforces the timeouts; this guard only catches a dead network.
-    let guard = spec.timeout * 3 + Duration::from_secs(5);
+    let guard = guard(spec.timeout);
     match tokio::time::timeout(guard, run_inner(client, spec, mode, lock_timeout)).await {
         Ok(r) => r,
         Err(_) => Err(CheckError {

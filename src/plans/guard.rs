@@ -5,8 +5,9 @@
 //! Only plain EXPLAIN (nothing is executed), one query at a time on one pooled connection, in
 //! a read-only transaction with `SET LOCAL statement_timeout` and `lock_timeout`. A check
 //! that fails keeps its last values for three intervals, then its series vanish (complete or
-//! absent); failures are counted by kind. A connection whose check failed is dropped, not
-//! returned to the pool (it may hold the prepared statement). While no connection can be had,
+//! absent); failures are counted by kind. A connection whose check failed settles (see
+//! [`crate::db::lease`]): it is rolled back and its prepared statement deallocated once the
+//! server answered, then it goes back to the pool. While no connection can be had,
 //! the next round comes sooner than a whole interval, backing off from 30 seconds.
 
 use std::collections::HashMap;
@@ -14,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use deadpool_postgres::{Object, Pool};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use super::GuardConfig;
 use super::check::{self, CheckError, FailureKind, Mode, Outcome};
+use crate::db::lease::{Budget, Lease};
 
 /// Labels naming a key query.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -177,7 +178,7 @@ fn unix_now() -> f64 {
 /// The running key-query check of `serve`.
 #[derive(Debug)]
 pub struct PlanGuard {
-    pool: Pool,
+    budget: Budget,
     config: GuardConfig,
     lock_timeout: Duration,
     metrics: PlanMetrics,
@@ -202,7 +203,7 @@ impl PlanGuard {
     /// Registers the metrics in `registry`; nothing runs until [`PlanGuard::start`].
     pub fn new(
         registry: &mut Registry,
-        pool: Pool,
+        budget: Budget,
         config: GuardConfig,
         lock_timeout: Duration,
     ) -> Arc<Self> {
@@ -222,7 +223,7 @@ impl PlanGuard {
             }
         }
         Arc::new(Self {
-            pool,
+            budget,
             config,
             lock_timeout,
             metrics,
@@ -277,13 +278,13 @@ impl PlanGuard {
     pub async fn check_once(&self) -> Round {
         let mut last_good = self.last_good.lock().await;
         let mut round = Round::default();
-        let mut conn: Option<Object> = None;
+        let mut conn: Option<Lease> = None;
         let mut connected_once = false;
         let queries = &self.config.plans.queries;
         for (n, spec) in queries.iter().enumerate() {
-            let client = match conn.take() {
+            let mut client = match conn.take() {
                 Some(c) => c,
-                None => match self.pool.get().await {
+                None => match self.budget.lease(None, check::guard(spec.timeout)).await {
                     Ok(c) => {
                         connected_once = true;
                         c
@@ -304,7 +305,12 @@ impl PlanGuard {
                     }
                 },
             };
-            match check::run(&client, spec, Mode::Plain, self.lock_timeout).await {
+            client.answer_within(check::guard(spec.timeout));
+            let outcome = match client.client() {
+                Some(c) => check::run(c, spec, Mode::Plain, self.lock_timeout).await,
+                None => continue,
+            };
+            match outcome {
                 Ok(outcome) => {
                     conn = Some(client);
                     self.metrics.publish(&outcome);
@@ -317,11 +323,16 @@ impl PlanGuard {
                     }
                 }
                 Err(e) => {
-                    // Its state is unknown (aborted transaction, prepared statement): drop it.
-                    let _ = Object::take(client);
+                    // An aborted transaction or the prepared statement may be left: the
+                    // connection settles (rolled back, deallocated) before its slot is free.
+                    client.reset_with(check::DEALLOCATE);
+                    drop(client);
                     self.fail(&mut round, e);
                 }
             }
+        }
+        if let Some(idle) = conn {
+            idle.release();
         }
         round.no_connection = !connected_once;
         // Expire the last good values of queries that kept failing for three intervals.

@@ -10,8 +10,10 @@
 //! - [`metrics`]: the sampler's own metrics.
 //!
 //! Concurrency: each query is a loop in its own task, so a slow query delays only itself; a
-//! run still in flight when its next tick comes skips that tick. All tasks share the pool,
-//! whose size is the hard connection budget. The roster (which spec of each query is
+//! run still in flight when its next tick comes skips that tick. All tasks, the probe
+//! included, share the pool through its [`Budget`], whose size is the hard connection budget
+//! on the server's side too: a connection abandoned mid-run keeps its slot until its session
+//! has answered. The roster (which spec of each query is
 //! current) is one mutex: a run records its outcome (self-metrics and snapshot) while holding
 //! it and only if its spec is still current, and [`Sampler::apply`] forgets removed queries
 //! while holding it, so nothing of a removed or replaced query can come back.
@@ -32,12 +34,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::catalog::{Catalog, QuerySpec};
+use crate::db::lease::Budget;
 use crate::snapshot::Snapshot;
 use probe::ServerInfo;
 
@@ -52,6 +54,9 @@ pub struct SamplerSettings {
     pub lock_timeout: Duration,
     /// Longest pause between reconnect attempts.
     pub max_backoff: Duration,
+    /// The probe's wait for a connection, and for the server's answer: no answer within it
+    /// means the database is down.
+    pub probe_timeout: Duration,
 }
 
 /// A running query task.
@@ -77,7 +82,7 @@ pub struct Applied {
 /// The sampler: shared by its tasks, the reloader and the service.
 #[derive(Debug)]
 pub struct Sampler {
-    pool: Pool,
+    budget: Budget,
     snapshot: Arc<Snapshot>,
     metrics: Arc<SamplerMetrics>,
     server: ServerInfo,
@@ -93,7 +98,7 @@ impl Sampler {
     /// Creates a sampler; nothing runs until [`Sampler::start_probe`] and
     /// [`Sampler::apply`]. Tasks are spawned on `tracker` and stop with `stop`.
     pub fn new(
-        pool: Pool,
+        budget: Budget,
         snapshot: Arc<Snapshot>,
         metrics: Arc<SamplerMetrics>,
         changed: Arc<Notify>,
@@ -102,7 +107,7 @@ impl Sampler {
         stop: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
-            pool,
+            budget,
             snapshot,
             metrics,
             server: ServerInfo::default(),

@@ -2,6 +2,12 @@
 //! extensions, preloaded libraries). While the database is down, only the probe tries to
 //! connect, with capped exponential backoff, so an outage costs the database one connection
 //! attempt per backoff step however many queries are due.
+//!
+//! The probe takes its connection from the budget like a query (so the role never holds more
+//! server connections than the budget) and waits for its answer at most the probe timeout: a
+//! server that accepts TCP but does not answer (a stopped postmaster or backend, a hung host)
+//! is down. A probe that finds every connection busy does not call that down unless every
+//! busy connection is past the time its answer was due ([`crate::db::lease::Budget::unanswered`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -11,14 +17,12 @@ use tokio_postgres::SimpleQueryMessage;
 use tokio_util::sync::CancellationToken;
 
 use super::Sampler;
-use super::run::{Checkout, is_pool_busy, timeouts_sql};
+use super::run::{is_pool_busy, timeouts_sql};
+use crate::db::lease::Lease;
 
 /// Pause between probes while the database answers: short enough that `pg_up` follows an
 /// outage within seconds, long enough to cost nothing.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Server-side statement timeout of a probe, and the client's wait for a connection.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// First reconnect pause after a failed probe; it doubles per failure up to the configured
 /// maximum.
@@ -74,10 +78,10 @@ pub fn split_list(s: &str) -> Vec<String> {
 }
 
 /// A fixed statement of pgpulse's own, read-only with server-side timeouts, one round trip.
-fn guarded(sql: &str) -> String {
+fn guarded(sql: &str, timeout: Duration) -> String {
     format!(
         "BEGIN READ ONLY; {}; {sql}; COMMIT",
-        timeouts_sql(PROBE_TIMEOUT, PROBE_TIMEOUT)
+        timeouts_sql(timeout, timeout)
     )
 }
 
@@ -118,44 +122,72 @@ impl Sampler {
         }
     }
 
-    /// One probe: a read-only round trip with a statement timeout (liveness and version),
-    /// then, best effort, the installed extensions and preloaded libraries for gating. A
-    /// role that may not read `shared_preload_libraries` keeps the last known features: the
-    /// database is up all the same.
+    /// Records why the last connection attempt failed, logging it when it changes.
+    fn note_failure(&self, reason: String) {
+        if let Ok(mut last) = self.server.last_failure.lock()
+            && *last != reason
+        {
+            tracing::warn!(error = %reason, "cannot connect to the database");
+            *last = reason;
+        }
+    }
+
+    /// One probe, on a connection of the budget like any query: a read-only round trip with
+    /// a statement timeout (liveness and version), then, best effort, the installed
+    /// extensions and preloaded libraries for gating. No answer within the probe timeout
+    /// means down, even when TCP still connects. When every connection of the budget is busy,
+    /// work still within its time says nothing new (the last state stays), while a budget
+    /// held only by connections the server has not answered in time means down. A role that
+    /// may not read `shared_preload_libraries` keeps the last known features: the database is
+    /// up all the same.
     pub async fn probe_once(&self) -> bool {
-        let mut checkout = match Checkout::get(&self.pool, PROBE_TIMEOUT).await {
-            // Every connection is busy: the database answers, the budget is just in use.
-            Err(e) if is_pool_busy(&e) => return self.snapshot.is_up(),
+        let timeout = self.settings.probe_timeout;
+        let mut lease = match self.budget.lease(Some(timeout), timeout * 2).await {
+            Err(e) if is_pool_busy(&e) && !self.budget.unanswered() => {
+                return self.snapshot.is_up();
+            }
+            Err(e) if is_pool_busy(&e) => {
+                self.note_failure(
+                    "no answer: every pooled connection waits for the server past its timeout"
+                        .to_owned(),
+                );
+                None
+            }
             Err(e) => {
-                let reason = super::run::pool_error(e).message;
-                if let Ok(mut last) = self.server.last_failure.lock()
-                    && *last != reason
-                {
-                    tracing::warn!(error = %reason, "cannot connect to the database");
-                    *last = reason;
-                }
+                self.note_failure(super::run::pool_error(e).message);
                 None
             }
             Ok(c) => Some(c),
         };
-        let guard = PROBE_TIMEOUT + super::run::CLIENT_GRACE;
         let mut version = None;
-        if let Some(client) = checkout.as_mut().and_then(Checkout::client) {
+        if let Some(client) = lease.as_mut().and_then(Lease::client) {
             let batch = guarded(
                 "SELECT current_setting('server_version_num') || '|' || pg_is_in_recovery()",
+                timeout,
             );
-            version = match tokio::time::timeout(guard, client.simple_query(&batch)).await {
+            version = match tokio::time::timeout(timeout, client.simple_query(&batch)).await {
                 Ok(Ok(msgs)) => first_value(&msgs).and_then(|v| {
                     let (version, recovery) = v.split_once('|')?;
                     Some((version.parse::<i64>().ok()?, recovery == "true"))
                 }),
-                _ => None,
+                Ok(Err(e)) => {
+                    self.note_failure(crate::db::connect::describe(&e));
+                    None
+                }
+                Err(_) => {
+                    self.note_failure(format!(
+                        "no answer within the probe timeout ({}ms)",
+                        timeout.as_millis()
+                    ));
+                    None
+                }
             };
         }
         let was_up = self.snapshot.is_up();
         let Some((version, in_recovery)) = version else {
-            // Dropping the checkout discards the connection: its state is unknown.
-            drop(checkout);
+            // Dropping the lease lets the connection settle: its slot stays taken until the
+            // server answers.
+            drop(lease);
             self.snapshot.set_up(false);
             self.metrics.record_probe(false, None);
             if was_up {
@@ -164,12 +196,12 @@ impl Sampler {
             self.changed.notify_one();
             return false;
         };
-        if let Some(mut checkout) = checkout {
+        if let Some(mut lease) = lease {
             let sql = "SELECT coalesce((SELECT string_agg(extname, ',') FROM pg_extension), '') || '|' || \
                        current_setting('shared_preload_libraries')";
-            let outcome = match checkout.client() {
+            let outcome = match lease.client() {
                 Some(client) => {
-                    tokio::time::timeout(guard, client.simple_query(&guarded(sql))).await
+                    tokio::time::timeout(timeout, client.simple_query(&guarded(sql, timeout))).await
                 }
                 None => Ok(Ok(Vec::new())),
             };
@@ -181,17 +213,11 @@ impl Sampler {
                     {
                         *f = (split_list(exts), split_list(preload));
                     }
-                    checkout.release();
+                    lease.release();
                 }
+                // The transaction is left aborted: the lease settles (rolls back) on drop.
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "cannot read extensions or preloaded libraries; keeping the last known");
-                    let rolled_back = match checkout.client() {
-                        Some(c) => c.batch_execute("ROLLBACK").await.is_ok(),
-                        None => false,
-                    };
-                    if rolled_back {
-                        checkout.release();
-                    }
                 }
                 Err(_) => {}
             }

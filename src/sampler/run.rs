@@ -8,12 +8,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Object, Pool, PoolError, TimeoutType, Timeouts};
+use deadpool_postgres::{Object, PoolError, TimeoutType};
 use futures_util::{StreamExt, pin_mut};
 use tokio_postgres::error::SqlState;
 
 use super::decode::{Decoder, RunStats};
 use crate::catalog::QuerySpec;
+use crate::db::lease::Budget;
 use crate::snapshot::QueryResult;
 
 /// Rows fetched per round trip from the query's portal.
@@ -150,39 +151,6 @@ pub fn is_pool_busy(e: &PoolError) -> bool {
     matches!(e, PoolError::Timeout(TimeoutType::Wait))
 }
 
-/// A checked-out connection that is dropped, not returned to the pool, unless released:
-/// a run cancelled mid-transaction (reload, shutdown) leaves it in an unknown state.
-pub struct Checkout(Option<Object>);
-
-impl Checkout {
-    /// Takes a connection from `pool`, waiting at most `wait`.
-    pub async fn get(pool: &Pool, wait: Duration) -> Result<Self, PoolError> {
-        let timeouts = Timeouts {
-            wait: Some(wait),
-            ..pool.timeouts()
-        };
-        pool.timeout_get(&timeouts).await.map(|o| Self(Some(o)))
-    }
-
-    /// The connection (present until released or discarded).
-    pub fn client(&mut self) -> Option<&mut Object> {
-        self.0.as_mut()
-    }
-
-    /// Hands the connection back to the pool.
-    pub fn release(mut self) {
-        drop(self.0.take());
-    }
-}
-
-impl Drop for Checkout {
-    fn drop(&mut self) {
-        if let Some(obj) = self.0.take() {
-            let _ = Object::take(obj);
-        }
-    }
-}
-
 /// The `SET LOCAL` statements that bound a transaction by server-side timeouts.
 pub fn timeouts_sql(timeout: Duration, lock_timeout: Duration) -> String {
     format!(
@@ -205,16 +173,19 @@ pub struct Sampled {
     pub stats: RunStats,
 }
 
-/// Runs `spec` once on a pooled connection and turns its rows into a result.
+/// Runs `spec` once on a pooled connection and turns its rows into a result. A run that is
+/// cancelled, or gets no answer within its guard, leaves its connection to settle (see
+/// [`crate::db::lease`]): it keeps its slot of the budget until the server has answered.
 pub async fn sample_once(
-    pool: &Pool,
+    budget: &Budget,
     spec: &Arc<QuerySpec>,
     lock_timeout: Duration,
 ) -> Result<Sampled, RunError> {
-    let mut checkout = Checkout::get(pool, spec.timeout)
+    let guard = spec.timeout + CLIENT_GRACE;
+    let mut checkout = budget
+        .lease(Some(spec.timeout), guard)
         .await
         .map_err(pool_error)?;
-    let guard = spec.timeout + CLIENT_GRACE;
     let Some(client) = checkout.client() else {
         return Err(RunError::new(ErrorKind::Connection, "no connection"));
     };
@@ -235,10 +206,13 @@ pub async fn sample_once(
             }
             Err(err)
         }
-        // Dropping the checkout drops the connection: its state is unknown.
+        // Dropping the lease lets the connection settle: its state is unknown.
         Err(_) => Err(RunError::new(
             ErrorKind::Timeout,
-            format!("no answer within {}s; connection dropped", guard.as_secs()),
+            format!(
+                "no answer within {}s; the connection settles",
+                guard.as_secs()
+            ),
         )),
     }
 }

@@ -69,10 +69,10 @@ impl Sampler {
         let outcome = match spec.derive {
             Some(family) => {
                 self.relations
-                    .sample(&self.pool, spec, family, lock_timeout)
+                    .sample(&self.budget, spec, family, lock_timeout)
                     .await
             }
-            None => run::sample_once(&self.pool, spec, lock_timeout).await,
+            None => run::sample_once(&self.budget, spec, lock_timeout).await,
         };
         // A run longer than the interval makes the ticker skip the ticks it overran.
         let overran = (timer.elapsed().as_secs_f64() / spec.interval.as_secs_f64()).floor() as u64;

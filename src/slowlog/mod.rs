@@ -27,7 +27,7 @@ pub mod poll;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
+use crate::db::lease::Budget;
 use prometheus_client::registry::Registry;
 use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
@@ -65,7 +65,7 @@ struct State {
 /// The running reader.
 #[derive(Debug)]
 pub struct SlowLogReader {
-    pool: Pool,
+    budget: Budget,
     settings: ReaderSettings,
     metrics: SlowLogMetrics,
     state: Mutex<State>,
@@ -73,9 +73,9 @@ pub struct SlowLogReader {
 
 impl SlowLogReader {
     /// Registers the metrics in `registry`; nothing runs until [`SlowLogReader::start`].
-    pub fn new(registry: &mut Registry, pool: Pool, settings: ReaderSettings) -> Arc<Self> {
+    pub fn new(registry: &mut Registry, budget: Budget, settings: ReaderSettings) -> Arc<Self> {
         Arc::new(Self {
-            pool,
+            budget,
             settings,
             metrics: SlowLogMetrics::register(registry),
             state: Mutex::new(State::default()),
@@ -121,7 +121,7 @@ impl SlowLogReader {
             ready,
             failing,
         } = &mut *st;
-        match poll::poll_once(&self.pool, &self.settings, tracker).await {
+        match poll::poll_once(&self.budget, &self.settings, tracker).await {
             Ok(Polled::Off(setup)) => {
                 if *ready != Some(false) {
                     tracing::warn!(

@@ -9,14 +9,13 @@
 use std::future::Future;
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
-
 use super::ReaderSettings;
 use super::files::{Listed, Tracker};
 use super::metrics::Tally;
 use super::parse::{Line, parse};
+use crate::db::lease::Budget;
 use crate::db::log_access::{LogSetup, SETUP_SQL};
-use crate::sampler::run::{CLIENT_GRACE, Checkout, RunError, classify, pool_error, timeouts_sql};
+use crate::sampler::run::{CLIENT_GRACE, RunError, classify, pool_error, timeouts_sql};
 
 /// The most bytes one poll reads; the rest waits for the next poll (and shows as lag).
 pub const MAX_BYTES_PER_POLL: u64 = 64 * 1024 * 1024;
@@ -66,11 +65,12 @@ async fn guarded<T>(
 
 /// Runs one poll; `tracker` keeps the offsets between polls.
 pub async fn poll_once(
-    pool: &Pool,
+    budget: &Budget,
     settings: &ReaderSettings,
     tracker: &mut Tracker,
 ) -> Result<Polled, RunError> {
-    let mut checkout = Checkout::get(pool, settings.timeout)
+    let mut checkout = budget
+        .lease(Some(settings.timeout), settings.timeout + CLIENT_GRACE)
         .await
         .map_err(pool_error)?;
     let Some(client) = checkout.client() else {

@@ -121,6 +121,8 @@ impl Carried {
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// Whether a catalog was installed (readiness waits for one).
+    installed: bool,
     order: Vec<String>,
     specs: HashMap<String, Arc<QuerySpec>>,
     results: HashMap<String, Arc<QueryResult>>,
@@ -133,6 +135,8 @@ struct Inner {
 pub struct Snapshot {
     inner: Mutex<Inner>,
     up: AtomicBool,
+    /// Latched once every enabled query has succeeded (see [`Snapshot::readiness`]).
+    ready: AtomicBool,
 }
 
 impl Snapshot {
@@ -147,6 +151,7 @@ impl Snapshot {
     /// family); counter state is kept only where the SQL and the shape are unchanged.
     pub fn install(&self, specs: &[Arc<QuerySpec>]) {
         let mut g = self.lock();
+        g.installed = true;
         g.order = specs.iter().map(|q| q.name.clone()).collect();
         g.specs = specs.iter().map(|q| (q.name.clone(), q.clone())).collect();
         let Inner {
@@ -280,12 +285,35 @@ impl Snapshot {
             .collect()
     }
 
-    /// Whether every query has been attempted (or is disabled) since start or reload.
-    pub fn first_round_done(&self) -> bool {
+    /// Readiness: whether every enabled query has succeeded at least once since start, and
+    /// the queries still waiting for their first success (catalog order); never before a
+    /// catalog is installed. Queries gated out
+    /// (server version, role, missing extension or preload) are not waited for; a query that
+    /// has not ticked yet is. Once reached, readiness is latched for the life of the process:
+    /// a query added by a reload does not revoke it (whether the database answers is the
+    /// other half of `/ready`, kept apart in [`Snapshot::is_up`]).
+    pub fn readiness(&self) -> (bool, Vec<String>) {
+        if self.ready.load(Ordering::Relaxed) {
+            return (true, Vec::new());
+        }
         let g = self.lock();
-        g.order
+        let pending: Vec<String> = g
+            .order
             .iter()
-            .all(|n| g.status.get(n).is_some_and(|s| s.attempted))
+            .filter(|n| {
+                g.status.get(*n).is_none_or(|s| {
+                    let gated_out = !s.enabled && s.disabled_reason.is_some();
+                    s.last_success.is_none() && !gated_out
+                })
+            })
+            .cloned()
+            .collect();
+        let ready = g.installed && pending.is_empty();
+        drop(g);
+        if ready {
+            self.ready.store(true, Ordering::Relaxed);
+        }
+        (ready, pending)
     }
 }
 
@@ -313,4 +341,60 @@ fn same_state(a: &QuerySpec, b: &QuerySpec) -> bool {
             .iter()
             .zip(&b.metrics)
             .all(|(x, y)| x.column == y.column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Catalog, Defaults};
+
+    fn specs() -> Vec<Arc<QuerySpec>> {
+        let yaml = "queries:
+  - {name: a, sql: SELECT 1 AS v, metrics: [{column: v, name: pg_a, type: gauge, help: A.}]}
+  - {name: b, sql: SELECT 1 AS v, metrics: [{column: v, name: pg_b, type: gauge, help: B.}]}
+  - {name: c, sql: SELECT 1 AS v, metrics: [{column: v, name: pg_c, type: gauge, help: C.}]}
+";
+        Catalog::parse(yaml, "q.yaml".as_ref(), Defaults::default())
+            .unwrap()
+            .queries
+    }
+
+    #[test]
+    fn readiness_waits_for_a_success_of_every_enabled_query_and_then_stays() {
+        let specs = specs();
+        let snap = Snapshot::default();
+        assert_eq!(snap.readiness(), (false, vec![]), "no catalog yet");
+        snap.install(&specs);
+        assert_eq!(
+            snap.readiness(),
+            (false, vec!["a".into(), "b".into(), "c".into()])
+        );
+        snap.set_enabled("a", true, None);
+        snap.fail(&specs[0], "sql".into(), SystemTime::now(), true);
+        snap.set_enabled("b", false, Some("needs PostgreSQL 16".into()));
+        snap.publish(QueryResult::empty(&specs[2]), &[]);
+        assert_eq!(
+            snap.readiness(),
+            (false, vec!["a".into()]),
+            "a failed run does not count; a gated-out query is not waited for"
+        );
+        snap.publish(QueryResult::empty(&specs[0]), &[]);
+        assert_eq!(snap.readiness(), (true, vec![]));
+        let mut more = specs.clone();
+        more.extend(
+            Catalog::parse(
+                "queries:\n  - {name: d, sql: SELECT 1 AS v, metrics: [{column: v, name: pg_d, type: gauge, help: D.}]}\n",
+                "q.yaml".as_ref(),
+                Defaults::default(),
+            )
+            .unwrap()
+            .queries,
+        );
+        snap.install(&more);
+        assert_eq!(
+            snap.readiness(),
+            (true, vec![]),
+            "a query added by a reload does not revoke readiness"
+        );
+    }
 }

@@ -14,6 +14,7 @@ mod docker;
 mod exporter;
 mod golden;
 mod harness;
+mod health;
 mod maintenance;
 mod migrations;
 mod partitions;

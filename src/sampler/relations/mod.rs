@@ -19,15 +19,13 @@ mod sizes;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
 use tokio::sync::Mutex;
 use tokio_postgres::types::Type;
 
 use super::decode::Decoder;
-use super::run::{
-    CLIENT_GRACE, Checkout, ErrorKind, RunError, Sampled, classify, pool_error, timeouts_sql,
-};
+use super::run::{CLIENT_GRACE, ErrorKind, RunError, Sampled, classify, pool_error, timeouts_sql};
 use crate::catalog::{Derive, QuerySpec};
+use crate::db::lease::Budget;
 use facts::{Bounds, Facts, Sizes};
 
 /// Exact sizes stat every file of every relation: all of them are read again after this many
@@ -61,7 +59,7 @@ impl RelationSource {
     /// interval, reading what is stale first.
     pub async fn sample(
         &self,
-        pool: &Pool,
+        budget: &Budget,
         spec: &Arc<QuerySpec>,
         family: Derive,
         lock_timeout: Duration,
@@ -88,7 +86,7 @@ impl RelationSource {
         // The partitions family reads the DEFAULT partitions' rows at each of its runs.
         if stale.facts || stale.all_sizes || family.needs_partitions() {
             let guard = spec.timeout + CLIENT_GRACE;
-            let read = read(pool, spec, lock_timeout, &mut cache, family, stale);
+            let read = read(budget, spec, lock_timeout, &mut cache, family, stale);
             tokio::time::timeout(guard, read).await.map_err(|_| {
                 RunError::new(
                     ErrorKind::Timeout,
@@ -127,14 +125,15 @@ impl RelationSource {
 
 /// Reads what is stale in one read-only transaction on one pooled connection.
 async fn read(
-    pool: &Pool,
+    budget: &Budget,
     spec: &Arc<QuerySpec>,
     lock_timeout: Duration,
     cache: &mut Cache,
     family: Derive,
     stale: Stale,
 ) -> Result<(), RunError> {
-    let mut checkout = Checkout::get(pool, spec.timeout)
+    let mut checkout = budget
+        .lease(Some(spec.timeout), spec.timeout + CLIENT_GRACE)
         .await
         .map_err(pool_error)?;
     let Some(client) = checkout.client() else {
