@@ -7,8 +7,8 @@
 -- 2. v_partition_health sums the leaves of every partitioned table in one recursive walk of
 --    pg_inherits instead of one walk per parent.
 -- 3. database_health_check() reads the bloat check from pg_class and the statistics functions
---    (no table sizes) and the runway check from the partition bounds (no sizes, no counting of
---    DEFAULT partitions): the two checks that made it walk every partition's files.
+--    (no table sizes) and the runway check from the bounds of time-range partitioned tables
+--    only (no sizes, no counting of DEFAULT partitions): the two checks that made it walk every partition's files.
 
 CREATE OR REPLACE FUNCTION monitoring.partition_bounds(p_parent oid DEFAULT NULL)
 RETURNS TABLE (
@@ -276,7 +276,8 @@ BEGIN
               JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
               JOIN pg_catalog.pg_attribute ka
                 ON ka.attrelid = p.oid AND pt.partattrs[0] <> 0 AND ka.attnum = pt.partattrs[0]
-              JOIN monitoring.partition_bounds() b ON b.parent_oid = p.oid
+              -- bounds of time-range partitioned tables only, one parent at a time
+              CROSS JOIN LATERAL monitoring.partition_bounds(p.oid) b
              WHERE pt.partstrat = 'r'
                AND ka.atttypid IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype)
                AND pn.nspname NOT IN ('pg_catalog', 'information_schema')

@@ -153,7 +153,7 @@ SELECT c.oid::int8 AS oid, n.nspname::text AS schemaname, c.relname::text AS rel
 /// The exact sizes: what `v_table_stats` (`pg_table_size`, `pg_indexes_size`) and
 /// `v_index_usage` (`pg_relation_size`) report. Each call stats the relation's files, so a
 /// round reads only the relations written, vacuumed or altered since their size was read
-/// (`$2`), and every fifth round all of them (`$1`).
+/// (`$2`), and every fifteenth round all of them (`$1`).
 pub const SIZES_SQL: &str = "\
 SELECT c.oid::int8 AS oid,
        CASE WHEN c.relkind IN ('r', 'm') THEN pg_catalog.pg_table_size(c.oid) END AS table_bytes,

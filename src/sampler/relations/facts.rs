@@ -1,5 +1,5 @@
 //! What the relation pass reads, as plain data: per-relation facts (every round), exact
-//! sizes (every fifth round) and partition bounds (when a partition changed), each read by
+//! sizes (every fifteenth round) and partition bounds (when a partition changed), each read by
 //! one streamed statement of [`crate::catalog::derive`].
 
 use std::collections::HashMap;

@@ -29,9 +29,10 @@ use crate::db::lease::Budget;
 use facts::{Bounds, Facts, Sizes};
 
 /// Exact sizes stat every file of every relation: all of them are read again after this many
-/// of the family's intervals (every fifth round); in between, only those written, vacuumed or
-/// altered since their size was read.
-pub const SIZES_EVERY: u32 = 5;
+/// of the family's intervals (every fifteenth round, a quarter of an hour at 60 s), a safety
+/// net; in between, each round reads those written, vacuumed or altered since their size was
+/// read.
+pub const SIZES_EVERY: u32 = 15;
 
 /// The last pass, shared by the derived families.
 #[derive(Debug, Default)]
