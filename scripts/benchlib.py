@@ -315,6 +315,7 @@ class Cluster:
         if self.data.exists():
             self.kill_orphans(timeout=5)
         if not keep:
+            log(f"removing {self.root}")
             shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, user: str = "postgres", db: str = "postgres") -> str:
