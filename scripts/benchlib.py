@@ -352,6 +352,13 @@ def pgpulse_binary(arg: str | None) -> Path:
     raise AssertionError
 
 
+def pgpulse_commit() -> str:
+    """The last commit that changed what pgpulse runs (not the scripts)."""
+    r = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %cs", "--", "src", "queries.yaml",
+                        "migrations", "Cargo.toml", "Cargo.lock"], capture_output=True, text=True, check=False)
+    return r.stdout.strip() or "?"
+
+
 def trade_schema(cluster: Cluster, db: str) -> None:
     """The reference trade-engine schema and its sample data, as the demo and benches load it."""
     ex = REPO / "examples" / "trade-engine"
