@@ -104,6 +104,15 @@ impl RunError {
     pub fn maybe_down(&self) -> bool {
         self.kind == ErrorKind::Connection
     }
+
+    /// Whether the connection that met this error is fit for reuse: the server answered
+    /// (its transaction was rolled back when dropped), unlike a closed or broken one.
+    pub fn leaves_connection_usable(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Timeout | ErrorKind::Sql | ErrorKind::Unavailable | ErrorKind::Decode
+        )
+    }
 }
 
 /// SQLSTATEs that mean an object the query reads is missing or not readable.
@@ -197,11 +206,7 @@ pub async fn sample_once(
         Ok(Err(err)) => {
             // A failed transaction was rolled back by the driver when it was dropped; a
             // connection that closed or failed otherwise is discarded with the checkout.
-            if matches!(
-                err.kind,
-                ErrorKind::Timeout | ErrorKind::Sql | ErrorKind::Unavailable | ErrorKind::Decode
-            ) && checkout.client().is_some_and(|c| !c.is_closed())
-            {
+            if err.leaves_connection_usable() && checkout.client().is_some_and(|c| !c.is_closed()) {
                 checkout.release();
             }
             Err(err)
@@ -217,11 +222,11 @@ pub async fn sample_once(
     }
 }
 
-async fn run_in_transaction(
-    client: &mut Object,
-    spec: &Arc<QuerySpec>,
-    lock_timeout: Duration,
-) -> Result<Sampled, RunError> {
+/// Starts a read-only transaction on `client` and runs `settings` (its `SET LOCAL`s) in it.
+pub async fn begin_read_only<'a>(
+    client: &'a mut Object,
+    settings: &str,
+) -> Result<tokio_postgres::Transaction<'a>, RunError> {
     let client: &mut tokio_postgres::Client = client;
     let txn = client
         .build_transaction()
@@ -229,9 +234,18 @@ async fn run_in_transaction(
         .start()
         .await
         .map_err(|e| classify(&e))?;
-    txn.batch_execute(&timeouts_sql(spec.timeout, lock_timeout))
+    txn.batch_execute(settings)
         .await
         .map_err(|e| classify(&e))?;
+    Ok(txn)
+}
+
+async fn run_in_transaction(
+    client: &mut Object,
+    spec: &Arc<QuerySpec>,
+    lock_timeout: Duration,
+) -> Result<Sampled, RunError> {
+    let txn = begin_read_only(client, &timeouts_sql(spec.timeout, lock_timeout)).await?;
     let statement = txn.prepare(&spec.sql).await.map_err(|e| classify(&e))?;
     let columns: Vec<(String, tokio_postgres::types::Type)> = statement
         .columns()

@@ -23,7 +23,9 @@ use tokio::sync::Mutex;
 use tokio_postgres::types::Type;
 
 use super::decode::Decoder;
-use super::run::{CLIENT_GRACE, ErrorKind, RunError, Sampled, classify, pool_error, timeouts_sql};
+use super::run::{
+    CLIENT_GRACE, ErrorKind, RunError, Sampled, begin_read_only, classify, pool_error, timeouts_sql,
+};
 use crate::catalog::{Derive, QuerySpec};
 use crate::db::lease::Budget;
 use facts::{Bounds, Facts, Sizes};
@@ -142,13 +144,9 @@ async fn read(
     };
     let outcome = read_in_transaction(client, spec, lock_timeout, cache, family, stale).await;
     // As for a catalog query: a connection whose transaction failed cleanly is reused.
-    let reusable = match &outcome {
-        Ok(()) => true,
-        Err(e) => matches!(
-            e.kind,
-            ErrorKind::Timeout | ErrorKind::Sql | ErrorKind::Unavailable | ErrorKind::Decode
-        ),
-    };
+    let reusable = outcome
+        .as_ref()
+        .map_or_else(RunError::leaves_connection_usable, |()| true);
     if reusable && checkout.client().is_some_and(|c| !c.is_closed()) {
         checkout.release();
     }
@@ -165,19 +163,11 @@ async fn read_in_transaction(
     family: Derive,
     stale: Stale,
 ) -> Result<(), RunError> {
-    let client: &mut tokio_postgres::Client = client;
-    let txn = client
-        .build_transaction()
-        .read_only(true)
-        .start()
-        .await
-        .map_err(|e| classify(&e))?;
-    txn.batch_execute(&format!(
+    let settings = format!(
         "{}; SET LOCAL stats_fetch_consistency = snapshot",
         timeouts_sql(spec.timeout, lock_timeout)
-    ))
-    .await
-    .map_err(|e| classify(&e))?;
+    );
+    let txn = begin_read_only(client, &settings).await?;
     let fresh = match stale.facts {
         true => Some(facts::read_facts(&txn).await?),
         false => None,
