@@ -258,7 +258,7 @@ impl Webhook {
 }
 
 /// Our rules with every `for:` shortened to 1s and the cache traffic guard lowered.
-fn fast_rules() -> String {
+pub(crate) fn fast_rules() -> String {
     let rules = read("alerts/pgpulse.rules.yml");
     assert!(
         rules.contains(CACHE_GUARD),
@@ -277,7 +277,7 @@ fn fast_rules() -> String {
 }
 
 /// One Prometheus instant query: Ok(number of series) or Err(message).
-async fn query(prometheus: &str, expr: &str) -> Result<usize, String> {
+pub(crate) async fn query(prometheus: &str, expr: &str) -> Result<usize, String> {
     let url = format!("http://{prometheus}/api/v1/query");
     let r = reqwest::Client::new()
         .post(url)

@@ -15,6 +15,9 @@ mod promql;
 mod rules;
 mod servers;
 
+pub(crate) use live::{fast_rules, query};
+pub(crate) use servers::prometheus;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

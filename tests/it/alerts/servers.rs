@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use crate::harness::eventually;
 
 /// A spawned server process, killed and reaped when dropped (also when the test panics).
-pub(super) struct Server {
+pub(crate) struct Server {
     child: Child,
     log: PathBuf,
 }
@@ -25,7 +25,7 @@ impl Server {
     }
 
     /// The last lines of its log, for failure messages.
-    pub(super) fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
@@ -82,7 +82,7 @@ pub(super) async fn alertmanager(dir: &Path, config: &str) -> (Server, String) {
 }
 
 /// Starts Prometheus scraping `target` every second with `rules`, alerting to `alertmanager`.
-pub(super) async fn prometheus(
+pub(crate) async fn prometheus(
     dir: &Path,
     target: &str,
     rules: &str,

@@ -5,10 +5,15 @@
 //! - [`count`]: `pg_statement_executions_over_threshold_total` equals an independent count of
 //!   the `duration:` lines in the jsonlog files on disk, across rotations, protocols,
 //!   databases, users, multibyte text, small chunks, `log_statement = all`, auto_explain, a
-//!   reload and a restart of pgpulse; and the bimodal statement the histogram cannot see.
+//!   reload and a restart of pgpulse;
+//! - [`alert`]: a real Prometheus with the shipped rules fires the SLO alert on the bimodal
+//!   statement the histogram cannot see;
+//! - [`gap`]: a log file removed before it was read is counted as a gap, never as statements.
 
 mod access;
+mod alert;
 mod count;
+mod gap;
 
 use crate::harness::{TestDb, own_cluster};
 use pgpulse::demo::{ClusterOptions, TempCluster};
