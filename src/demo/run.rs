@@ -19,6 +19,9 @@ const DEMO_DEFAULTS: Defaults = Defaults {
     timeout: Duration::from_secs(4),
 };
 
+/// The login role the demo's pgpulse samples as (a member of `pgpulse_monitor`).
+pub const DEMO_ROLE: &str = "pgpulse";
+
 /// Why the demo stopped early; each variant names the step.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -126,6 +129,17 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         .await
         .map_err(step("trade-engine volume"))?;
     crate::db::migrate::migrate(&mut client).await?;
+    // pgpulse samples as a login role of pgpulse_monitor, as in production (docs/operations.md):
+    // read-only by grants, its own statements told apart from the workload's, and SELECT on
+    // the trade tables for the key-query plan checks (docs/plans.md, "Privileges").
+    client
+        .batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE {DEMO_ROLE} LOGIN IN ROLE pgpulse_monitor; \
+             EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+             GRANT SELECT ON orders, trades, order_book, market_data, candles TO {DEMO_ROLE}"
+        ))
+        .await
+        .map_err(step("create the sampling role"))?;
     let stop = CancellationToken::new();
     let stats = Arc::new(WorkloadStats::default());
     let work_client = crate::db::connect(&target).await?;
@@ -146,7 +160,11 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     };
 
     let overrides = crate::config::CliOverrides {
-        database_url: Some(cluster.url("trade_engine")),
+        database_url: Some(cluster.url("trade_engine").replacen(
+            "postgres://postgres@",
+            &format!("postgres://{DEMO_ROLE}@"),
+            1,
+        )),
         listen_address: Some(args.listen_address.clone()),
         ..Default::default()
     };

@@ -102,8 +102,8 @@ pub async fn apply(
             ))
         }
         Scenario::Slow => {
-            // A role of its own: pgpulse excludes its own role (the demo's superuser) from the
-            // exact count of slow executions, so the slow statements run as another one.
+            // A role of its own, so the dashboard shows who is slow; pgpulse (role `pgpulse`)
+            // and the order workload (`postgres`) stay fast.
             client
                 .batch_execute(
                     "DO $$ BEGIN CREATE ROLE demo_trader LOGIN; \

@@ -202,6 +202,7 @@ async fn the_slow_scenario_counts_slow_statements_exactly_and_fills_the_slow_buc
             "pg_statement_executions_over_threshold_total{datname=\"trade_engine\",user=\"demo_trader\"}",
         );
         sample(b, "pg_slow_statements").is_some_and(|v| v >= 1.0)
+            && sample(b, "pgpulse_database_user_info{user=\"pgpulse\"}") == Some(1.0)
             && above >= 5.0
             && exact.is_some_and(|v| v >= 5.0)
     })

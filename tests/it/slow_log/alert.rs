@@ -107,9 +107,10 @@ async fn one_bimodal_statement_fires_the_slo_alert_while_the_histogram_p99_stays
         .unwrap()
         .get(0);
     assert_eq!(calls, 1023);
-    svc.wait_for("the 30 slow executions and the histogram's 990 calls", |b| {
-        exposed_total(b) - c0 >= 30.0 && hist(b).0 - h0.0 >= 990.0
-    })
+    svc.wait_for(
+        "the 30 slow executions and the histogram's 990 calls",
+        |b| exposed_total(b) - c0 >= 30.0 && hist(b).0 - h0.0 >= 990.0,
+    )
     .await;
     let body = settled(&svc).await;
     assert_eq!(exposed_total(&body) - c0, 30.0, "the exact count");
