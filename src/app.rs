@@ -321,13 +321,15 @@ impl App {
         let app = router(self.state.clone(), self.config.request_timeout);
         let app = crate::http::auth::protect(app, self.web.clone());
         let stop = self.stop.clone();
-        let served = crate::http::auth::serve(self.listener, app, tls, async move {
-            tokio::select! {
-                _ = shutdown => {}
-                _ = stop.cancelled() => {}
-            }
-        })
-        .await;
+        let header_timeout = self.config.request_timeout;
+        let served =
+            crate::http::auth::serve(self.listener, app, tls, header_timeout, async move {
+                tokio::select! {
+                    _ = shutdown => {}
+                    _ = stop.cancelled() => {}
+                }
+            })
+            .await;
         self.stop.cancel();
         self.tracker.close();
         self.tracker.wait().await;

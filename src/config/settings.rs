@@ -200,7 +200,8 @@ impl Default for DatabaseSettings {
 pub struct WebSettings {
     /// `host:port` to listen on.
     pub listen_address: String,
-    /// Request timeout.
+    /// Request timeout: a request's headers must arrive within it (else the connection is
+    /// closed), and its answer is given within it.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// A web configuration file in the format of the Prometheus exporter toolkit (TLS,

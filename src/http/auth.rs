@@ -213,29 +213,47 @@ pub fn protect(router: axum::Router, sec: Arc<WebSecurity>) -> axum::Router {
     router.layer(axum::middleware::from_fn_with_state(sec, guard))
 }
 
-/// Serves `router` on `listener` (HTTPS when `tls` is given) until `shutdown` completes;
-/// open requests get a grace period to finish.
+/// How long a shutdown waits for open requests before it closes their connections.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `router` on `listener` (HTTPS when `tls` is given) until `shutdown` completes.
+///
+/// A client must send its request headers within `header_timeout`, or its connection is
+/// closed: a client that opens connections and sends half a request (slowloris) holds no
+/// memory or descriptor for long, and cannot stall the shutdown. On shutdown, idle
+/// connections close at once and open requests get [`SHUTDOWN_GRACE`] to finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     tls: Option<RustlsConfig>,
+    header_timeout: std::time::Duration,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let Some(tls) = tls else {
-        return axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await;
-    };
+    let listener = listener.into_std()?;
     let handle = axum_server::Handle::new();
     let h = handle.clone();
     tokio::spawn(async move {
         shutdown.await;
-        h.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+        h.graceful_shutdown(Some(SHUTDOWN_GRACE));
     });
-    axum_server::from_tcp_rustls(listener.into_std()?, tls)?
-        .handle(handle)
-        .serve(router.into_make_service())
-        .await
+    let service = router.into_make_service();
+    let limit = |b: &mut hyper_util::server::conn::auto::Builder<_>| {
+        b.http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_timeout);
+    };
+    match tls {
+        None => {
+            let mut server = axum_server::from_tcp(listener)?.handle(handle);
+            limit(server.http_builder());
+            server.serve(service).await
+        }
+        Some(tls) => {
+            let mut server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle);
+            limit(server.http_builder());
+            server.serve(service).await
+        }
+    }
 }
 
 #[cfg(test)]

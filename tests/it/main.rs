@@ -15,6 +15,7 @@ mod exporter;
 mod golden;
 mod harness;
 mod health;
+mod http_limits;
 mod maintenance;
 mod migrations;
 mod partitions;

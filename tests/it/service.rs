@@ -156,6 +156,19 @@ impl Running {
     }
 }
 
+impl Running {
+    /// Stops the service; true when it had stopped within `patience`.
+    pub async fn stop_within(mut self, patience: Duration) -> bool {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(t) => tokio::time::timeout(patience, t).await.is_ok(),
+            None => true,
+        }
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(tx) = self.stop.take() {
