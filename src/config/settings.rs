@@ -161,7 +161,8 @@ pub struct DatabaseSettings {
     /// How long a query waits for a pooled connection.
     #[serde(with = "humantime_serde")]
     pub pool_wait_timeout: Duration,
-    /// Longest pause between reconnect attempts.
+    /// Longest pause between reconnect attempts; `pg_up` returns to 1 at most this long after
+    /// the database accepts connections again.
     #[serde(with = "humantime_serde")]
     pub reconnect_max_backoff: Duration,
     /// How long the probe waits for the server's answer (and for a pooled connection) before
@@ -188,7 +189,7 @@ impl Default for DatabaseSettings {
             pool_size: 3,
             connect_timeout: Duration::from_secs(5),
             pool_wait_timeout: Duration::from_secs(2),
-            reconnect_max_backoff: Duration::from_secs(30),
+            reconnect_max_backoff: Duration::from_secs(5),
             probe_timeout: Duration::from_secs(5),
         }
     }
