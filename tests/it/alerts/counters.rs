@@ -115,7 +115,7 @@ async fn scraped(prom: &str, value: f64) {
 }
 
 /// The single value of an instant query.
-async fn instant(prom: &str, expr: &str) -> Option<f64> {
+pub(crate) async fn instant(prom: &str, expr: &str) -> Option<f64> {
     let text = reqwest::Client::new()
         .post(format!("http://{prom}/api/v1/query"))
         .form(&[("query", expr)])

@@ -15,6 +15,7 @@ mod promql;
 mod rules;
 mod servers;
 
+pub(crate) use counters::instant;
 pub(crate) use live::{fast_rules, query};
 pub(crate) use servers::prometheus;
 

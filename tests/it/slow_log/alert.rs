@@ -5,7 +5,7 @@
 
 use super::count::{exposed_total, reader_config, settled};
 use super::{as_user, log_cluster, setup};
-use crate::alerts::{fast_rules, prometheus, query};
+use crate::alerts::{fast_rules, instant as value, prometheus, query};
 use crate::harness::{PATIENCE, connect, eventually, with_db};
 use crate::service::{sample, start};
 use crate::signals::shipped;
@@ -30,22 +30,6 @@ fn hist(b: &str) -> (f64, f64) {
         sample(b, "pg_statement_latency_seconds_count").unwrap_or(0.0),
         sample(b, "pg_statement_latency_seconds_bucket{le=\"0.1\"}").unwrap_or(0.0),
     )
-}
-
-/// The value of a one-series Prometheus query, when it has one.
-async fn value(prometheus: &str, expr: &str) -> Option<f64> {
-    let url = format!("http://{prometheus}/api/v1/query");
-    let body: serde_json::Value = reqwest::Client::new()
-        .post(url)
-        .form(&[("query", expr)])
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())?;
-    body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
 }
 
 #[tokio::test(flavor = "multi_thread")]
