@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::RunOutcome;
@@ -25,18 +24,7 @@ impl Sampler {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(offset) => {}
         }
-        let mut ticker = tokio::time::interval(spec.interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = self.tick(&spec) => {}
-            }
-        }
+        crate::clock::every(spec.interval, &stop, || self.tick(&spec)).await;
     }
 
     /// One tick of a query: gate, run, publish or record the failure, wake the renderer.

@@ -96,19 +96,11 @@ impl SlowLogReader {
     ) {
         let me = self.clone();
         tracker.spawn(async move {
-            let mut ticker = tokio::time::interval(me.settings.interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = ticker.tick() => {}
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = me.poll() => {}
-                }
+            crate::clock::every(me.settings.interval, &stop, || async {
+                me.poll().await;
                 changed.notify_one();
-            }
+            })
+            .await;
         });
     }
 

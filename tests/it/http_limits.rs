@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::harness::{PATIENCE, TestDb};
-use crate::service::{sample, start};
+use crate::service::{Running, sample, start};
 use crate::signals::shipped;
 
 /// Opens `n` connections that send the start of a request and never finish its headers.
@@ -24,6 +24,25 @@ async fn half_requests(addr: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
     out
 }
 
+/// pgpulse with `request_timeout` and `n` half-sent requests open, once a scrape was answered
+/// beside them.
+async fn serving_beside(
+    db: &TestDb,
+    request_timeout: Duration,
+    n: usize,
+) -> (Running, Vec<TcpStream>) {
+    let svc = start(&db.url, &shipped(&["database_cache"], "2s"), |c| {
+        c.request_timeout = request_timeout;
+    })
+    .await;
+    let slow = half_requests(svc.addr, n).await;
+    svc.wait_for("a scrape answered beside them", |b| {
+        sample(b, "pg_up") == Some(1.0)
+    })
+    .await;
+    (svc, slow)
+}
+
 /// Reads until the server closes `s`; the bytes it sent (none, or an error status).
 async fn until_closed(s: &mut TcpStream) -> Option<Vec<u8>> {
     let mut got = Vec::new();
@@ -37,15 +56,7 @@ async fn until_closed(s: &mut TcpStream) -> Option<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_sent_request_is_cut_off_after_the_request_timeout_while_scrapes_go_on() {
     let db = TestDb::trade_migrated().await;
-    let svc = start(&db.url, &shipped(&["database_cache"], "2s"), |c| {
-        c.request_timeout = Duration::from_secs(1);
-    })
-    .await;
-    let mut slow = half_requests(svc.addr, 50).await;
-    svc.wait_for("a scrape answered beside them", |b| {
-        sample(b, "pg_up") == Some(1.0)
-    })
-    .await;
+    let (svc, mut slow) = serving_beside(&db, Duration::from_secs(1), 50).await;
     for s in &mut slow {
         let sent = until_closed(s)
             .await
@@ -63,15 +74,7 @@ async fn a_half_sent_request_is_cut_off_after_the_request_timeout_while_scrapes_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_completes_while_clients_hold_half_sent_requests() {
     let db = TestDb::trade_migrated().await;
-    let svc = start(&db.url, &shipped(&["database_cache"], "2s"), |c| {
-        c.request_timeout = Duration::from_secs(3600);
-    })
-    .await;
-    let _slow = half_requests(svc.addr, 20).await;
-    svc.wait_for("a scrape answered beside them", |b| {
-        sample(b, "pg_up") == Some(1.0)
-    })
-    .await;
+    let (svc, _slow) = serving_beside(&db, Duration::from_secs(3600), 20).await;
     assert!(
         svc.stop_within(PATIENCE).await,
         "the service did not stop while 20 clients held half-sent requests"
