@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::{as_user, log_cluster, setup};
+use super::{as_user, log_cluster, rotate, setup};
 use crate::harness::{TestDb, connect};
 use crate::service::{Running, sample, start};
 use crate::signals::shipped;
@@ -79,7 +79,7 @@ async fn mark(admin: &Client, text: &str) {
 
 /// 970 fast and 30 slow statements, 10 at the edge, over both protocols, four (database,
 /// user) pairs, multibyte text, with log rotations; and two slow ones by pgpulse's role.
-async fn workload(clients: &[Client], admin: &Client, own: &Client) {
+async fn workload(clients: &[Client], admin: &Client, own: &Client, datadir: &Path) {
     for i in 0..970usize {
         let c = &clients[i % clients.len()];
         if i % 2 == 0 {
@@ -95,10 +95,7 @@ async fn workload(clients: &[Client], admin: &Client, own: &Client) {
             .unwrap();
         }
         if i % 250 == 0 {
-            admin
-                .batch_execute("SELECT pg_rotate_logfile()")
-                .await
-                .unwrap();
+            rotate(admin, datadir).await;
         }
     }
     for i in 0..30usize {
@@ -113,10 +110,7 @@ async fn workload(clients: &[Client], admin: &Client, own: &Client) {
                 .unwrap();
         }
         if i % 10 == 0 {
-            admin
-                .batch_execute("SELECT pg_rotate_logfile()")
-                .await
-                .unwrap();
+            rotate(admin, datadir).await;
         }
     }
     for (i, s) in [0.098f64, 0.099, 0.1, 0.101, 0.102].iter().enumerate() {
@@ -155,7 +149,8 @@ pub(super) fn reader_config(cfg: &mut pgpulse::config::Config) {
 async fn the_counter_equals_an_independent_count_of_the_log_files() {
     let cluster = log_cluster(&[]);
     let (one, two) = setup(&cluster).await;
-    let logdir = cluster.dir().join("data/log");
+    let datadir = cluster.dir().join("data");
+    let logdir = datadir.join("log");
     let admin = connect(&cluster.url("postgres")).await;
     let own_url = as_user(&one.url, "pgpulse_login");
     let own = connect(&own_url).await;
@@ -169,7 +164,7 @@ async fn the_counter_equals_an_independent_count_of_the_log_files() {
     .await;
     let before = exposed_total(&settled(&svc).await);
     mark(&admin, "pgpulse-test-phase-1").await;
-    workload(&clients(&one, &two).await, &admin, &own).await;
+    workload(&clients(&one, &two).await, &admin, &own, &datadir).await;
     mark(&admin, "pgpulse-test-phase-1-end").await;
     let body = settled(&svc).await;
     let (expected, _) = count_on_disk(&logdir, "pgpulse-test-phase-1", "pgpulse-test-phase-1-end");
@@ -228,9 +223,9 @@ async fn the_counter_equals_an_independent_count_of_the_log_files() {
     );
     mark(&admin, "pgpulse-test-phase-2").await;
     let traders = clients(&one, &two).await;
-    workload(&traders[..2], &admin, &own).await;
+    workload(&traders[..2], &admin, &own, &datadir).await;
     svc.reloader.reload().expect("reload");
-    workload(&traders[2..], &admin, &own).await;
+    workload(&traders[2..], &admin, &own, &datadir).await;
     mark(&admin, "pgpulse-test-phase-2-end").await;
     let body = settled(&svc).await;
     let (expected, plans) =

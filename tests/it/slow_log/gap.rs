@@ -5,61 +5,13 @@
 //! The test makes the file unreadable to the server (mode 000) while it is still listed, logs
 //! slow statements into it, rotates, and removes it.
 
-use std::path::{Path, PathBuf};
-
 use super::count::{exposed_total, reader_config, settled};
-use super::{as_user, log_cluster, setup};
+use super::{as_user, log_cluster, rotate, setup};
 use crate::harness::{PATIENCE, connect, eventually, with_db};
 use crate::service::{Running, sample, start};
 use crate::signals::shipped;
-use tokio_postgres::Client;
 
 const MARKER: &str = "gap-marker";
-
-/// The jsonlog file the server writes to now (absolute).
-async fn current(admin: &Client, datadir: &Path) -> PathBuf {
-    let rel: String = admin
-        .query_one("SELECT pg_current_logfile('jsonlog')", &[])
-        .await
-        .unwrap()
-        .get(0);
-    datadir.join(rel)
-}
-
-/// Rotates the log and returns the new jsonlog file. The default `log_filename` has a
-/// resolution of one second and a rotation to the same name appends to the same file, so the
-/// rotation is asked for once the server's clock has left the second of the current file.
-async fn rotate(admin: &Client, datadir: &Path) -> PathBuf {
-    let before = current(admin, datadir).await;
-    let stamp = |p: &Path| {
-        let name = p.file_stem().unwrap().to_string_lossy().into_owned();
-        name.trim_start_matches("postgresql-").to_owned()
-    };
-    let old = stamp(&before);
-    let later = || async {
-        let now: String = admin
-            .query_one(
-                "SELECT to_char(clock_timestamp(), 'YYYY-MM-DD_HH24MISS')",
-                &[],
-            )
-            .await
-            .ok()?
-            .get(0);
-        (now > old).then_some(())
-    };
-    assert!(eventually(PATIENCE, later).await.is_some());
-    admin
-        .batch_execute("SELECT pg_rotate_logfile()")
-        .await
-        .unwrap();
-    let switched = || async {
-        let now = current(admin, datadir).await;
-        (now != before).then_some(now)
-    };
-    eventually(PATIENCE, switched)
-        .await
-        .expect("pg_rotate_logfile() switched files")
-}
 
 /// Waits until the reader failed twice more than now: at least one whole failed poll listed
 /// the directory after everything on disk now.

@@ -15,8 +15,11 @@ mod alert;
 mod count;
 mod gap;
 
-use crate::harness::{TestDb, own_cluster};
+use std::path::{Path, PathBuf};
+
+use crate::harness::{PATIENCE, TestDb, eventually, own_cluster};
 use pgpulse::demo::{ClusterOptions, TempCluster};
+use tokio_postgres::Client;
 
 pub fn log_cluster(extra: &[(&str, &str)]) -> TempCluster {
     let mut settings: Vec<(String, String)> = [
@@ -66,4 +69,49 @@ pub async fn setup(cluster: &TempCluster) -> (TestDb, TestDb) {
     .await
     .unwrap();
     (one, two)
+}
+
+/// The jsonlog file the server writes to now (absolute).
+pub async fn current(admin: &Client, datadir: &Path) -> PathBuf {
+    let rel: String = admin
+        .query_one("SELECT pg_current_logfile('jsonlog')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    datadir.join(rel)
+}
+
+/// Rotates the log and returns the new jsonlog file. The default `log_filename` has a
+/// resolution of one second and a rotation to the same name appends to the same file, so the
+/// rotation is asked for once the server's clock has left the second of the current file.
+pub async fn rotate(admin: &Client, datadir: &Path) -> PathBuf {
+    let before = current(admin, datadir).await;
+    let stamp = |p: &Path| {
+        let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+        name.trim_start_matches("postgresql-").to_owned()
+    };
+    let old = stamp(&before);
+    let later = || async {
+        let now: String = admin
+            .query_one(
+                "SELECT to_char(clock_timestamp(), 'YYYY-MM-DD_HH24MISS')",
+                &[],
+            )
+            .await
+            .ok()?
+            .get(0);
+        (now > old).then_some(())
+    };
+    assert!(eventually(PATIENCE, later).await.is_some());
+    admin
+        .batch_execute("SELECT pg_rotate_logfile()")
+        .await
+        .unwrap();
+    let switched = || async {
+        let now = current(admin, datadir).await;
+        (now != before).then_some(now)
+    };
+    eventually(PATIENCE, switched)
+        .await
+        .expect("pg_rotate_logfile() switched files")
 }
