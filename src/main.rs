@@ -7,6 +7,14 @@ use clap::Parser;
 use pgpulse::cli::{Cli, CliError, Command};
 use pgpulse::config::LogFormat;
 
+/// jemalloc instead of glibc's allocator: the relation pass allocates and frees a few
+/// megabytes per round at 10,000 relations, between long-lived allocations, and glibc keeps
+/// such freed memory in its per-thread arenas, so resident memory stayed at the peak;
+/// jemalloc, with the options in `.cargo/config.toml`, returns freed pages to the operating
+/// system within a second (see BENCHMARKS.md, memory).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGPULSE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -2,11 +2,14 @@
 //! running SQL of their own (`derive:` in queries.yaml), and the statements of that pass.
 //!
 //! At 10,000 partitions every per-table view walks the whole catalog again and stats every
-//! file; the pass reads the per-relation facts once per round (statistics from one
-//! `stats_fetch_consistency = snapshot` of the cumulative statistics), the exact sizes of
-//! the relations written, vacuumed or altered since they were read (all of them every fifth
-//! round), and the partition bounds only when a partition was created, attached or detached. The roll-ups to parents, top-N and ratios are computed by pgpulse
-//! (`sampler::relations`) with the same definitions as the `monitoring.v_*` views.
+//! file; the pass reads, per round, the statistics of every relation (one
+//! `stats_fetch_consistency = snapshot` of the cumulative statistics, [`STATS_SQL`]), the
+//! structure (names, partition tree, indexes: [`FACTS_SQL`]) only when a relation was
+//! created, dropped or altered, the exact sizes of the relations written, vacuumed or
+//! altered since they were read (all of them every fifteenth round), and the partition
+//! bounds only when a partition was created, attached or detached. The roll-ups to parents,
+//! top-N and ratios are computed by pgpulse (`sampler::relations`) with the same
+//! definitions as the `monitoring.v_*` views.
 
 use serde::Deserialize;
 
@@ -107,18 +110,32 @@ impl Derive {
     }
 }
 
-/// The per-relation facts, read every round: one row per table, partitioned table, TOAST
-/// table, index and foreign table (catalog tables only for the wraparound ages). Run with
-/// `stats_fetch_consistency = snapshot`, so every `pg_stat_get_*` call reads one consistent
-/// copy of the statistics, built once, instead of a shared-memory lookup per call.
-pub const FACTS_SQL: &str = "\
-SELECT c.oid::int8 AS oid, n.nspname::text AS schemaname, c.relname::text AS relname,
-       c.relkind::text AS relkind, c.relpersistence = 't' AS temp,
-       i.inhparent::int8 AS parent,
-       c.xmin::text::int8 AS version,
-       nullif(c.reltoastrelid, 0)::int8 AS toast,
-       x.indrelid::int8 AS indrelid,
-       coalesce(x.indisunique OR x.indisprimary OR k.conindid IS NOT NULL, false) AS constrained,
+/// The relations the pass reads: every table, partitioned table, TOAST table, index and
+/// foreign table outside the system schemas, and the catalog tables (for their wraparound
+/// ages). Shared by [`FACTS_SQL`] and [`STATS_SQL`], so both read the same rows.
+macro_rules! relations_of_the_pass {
+    () => {
+        "
+  FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+    };
+}
+
+/// The filter of [`relations_of_the_pass`].
+macro_rules! where_of_the_pass {
+    () => {
+        "
+ WHERE c.relkind IN ('r', 'm', 'p', 't', 'i', 'I', 'f')
+   AND (n.nspname NOT IN ('pg_catalog', 'information_schema') OR c.relkind IN ('r', 'm'))"
+    };
+}
+
+/// The cumulative statistics and ages of a relation, in the columns [`STATS_COLUMNS`]
+/// names (positions 2 onwards of both statements). Each function is called only for the
+/// kinds of relation it has statistics for.
+macro_rules! statistics_of_the_pass {
+    () => {
+        "
        CASE WHEN c.relkind IN ('r', 'm', 't', 'i') THEN pg_catalog.pg_stat_get_numscans(c.oid) END AS scans,
        CASE WHEN c.relkind IN ('r', 'm', 't', 'i') THEN pg_catalog.pg_stat_get_blocks_fetched(c.oid) END AS blks_fetched,
        CASE WHEN c.relkind IN ('r', 'm', 't', 'i') THEN pg_catalog.pg_stat_get_blocks_hit(c.oid) END AS blks_hit,
@@ -128,27 +145,72 @@ SELECT c.oid::int8 AS oid, n.nspname::text AS schemaname, c.relname::text AS rel
        CASE WHEN c.relkind IN ('r', 'm', 't') THEN pg_catalog.pg_stat_get_tuples_updated(c.oid)
             + pg_catalog.pg_stat_get_tuples_deleted(c.oid) + pg_catalog.pg_stat_get_vacuum_count(c.oid)
             + pg_catalog.pg_stat_get_autovacuum_count(c.oid) END AS changes,
-       CASE WHEN c.relkind IN ('r', 'm') THEN extract(epoch FROM pg_catalog.pg_stat_get_last_vacuum_time(c.oid))::float8 END AS last_vacuum,
-       CASE WHEN c.relkind IN ('r', 'm') THEN extract(epoch FROM pg_catalog.pg_stat_get_last_autovacuum_time(c.oid))::float8 END AS last_autovacuum,
-       CASE WHEN c.relkind IN ('r', 'm') THEN extract(epoch FROM pg_catalog.pg_stat_get_last_analyze_time(c.oid))::float8 END AS last_analyze,
-       CASE WHEN c.relkind IN ('r', 'm') THEN extract(epoch FROM pg_catalog.pg_stat_get_last_autoanalyze_time(c.oid))::float8 END AS last_autoanalyze,
-       CASE WHEN c.relkind IN ('r', 'm', 't') THEN pg_catalog.age(c.relfrozenxid)::int8 END AS xid_age,
-       CASE WHEN c.relkind IN ('r', 'm', 't') THEN pg_catalog.mxid_age(c.relminmxid)::int8 END AS mxid_age,
-       pt.partstrat::text AS strategy,
-       CASE WHEN pt.partrelid IS NOT NULL THEN
-         coalesce(pt.partstrat = 'r' AND ka.atttypid IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype), false)
-       END AS time_key,
-       extract(epoch FROM pg_catalog.now())::float8 AS now
-  FROM pg_catalog.pg_class c
-  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+       CASE WHEN c.relkind IN ('r', 'm') THEN pg_catalog.date_part('epoch', pg_catalog.pg_stat_get_last_vacuum_time(c.oid)) END AS last_vacuum,
+       CASE WHEN c.relkind IN ('r', 'm') THEN pg_catalog.date_part('epoch', pg_catalog.pg_stat_get_last_autovacuum_time(c.oid)) END AS last_autovacuum,
+       CASE WHEN c.relkind IN ('r', 'm') THEN pg_catalog.date_part('epoch', pg_catalog.pg_stat_get_last_analyze_time(c.oid)) END AS last_analyze,
+       CASE WHEN c.relkind IN ('r', 'm') THEN pg_catalog.date_part('epoch', pg_catalog.pg_stat_get_last_autoanalyze_time(c.oid)) END AS last_autoanalyze,
+       CASE WHEN c.relkind IN ('r', 'm', 't') THEN pg_catalog.age(c.relfrozenxid) END AS xid_age,
+       CASE WHEN c.relkind IN ('r', 'm', 't') THEN pg_catalog.mxid_age(c.relminmxid) END AS mxid_age"
+    };
+}
+
+/// The columns of [`statistics_of_the_pass`], in order, after `oid` and `version`.
+pub const STATS_COLUMNS: [&str; 13] = [
+    "scans",
+    "blks_fetched",
+    "blks_hit",
+    "live",
+    "dead",
+    "inserted",
+    "changes",
+    "last_vacuum",
+    "last_autovacuum",
+    "last_analyze",
+    "last_autoanalyze",
+    "xid_age",
+    "mxid_age",
+];
+
+/// The per-relation facts in full: what changes only with DDL (names, kinds, the partition
+/// tree, TOAST tables, what an index belongs to and whether it backs a constraint) and the
+/// statistics. Read at start, when [`STATS_SQL`] shows that a relation was created, dropped
+/// or altered (its catalog row's `xmin`, `version`, changed), and every
+/// [`SHAPE_EVERY`](crate::sampler::relations::SHAPE_EVERY)th round as a safety net. Run
+/// with `stats_fetch_consistency = snapshot`, so every `pg_stat_get_*` call reads one
+/// consistent copy of the statistics, built once, instead of a shared-memory lookup per call.
+pub const FACTS_SQL: &str = concat!(
+    "SELECT c.oid, c.xmin AS version,",
+    statistics_of_the_pass!(),
+    ",
+       n.nspname::text AS schemaname, c.relname::text AS relname,
+       c.relkind::text AS relkind, c.relpersistence = 't' AS temp,
+       i.inhparent AS parent,
+       nullif(c.reltoastrelid, 0) AS toast,
+       x.indrelid,
+       coalesce(x.indisunique OR x.indisprimary OR k.conindid IS NOT NULL, false) AS constrained,
+       pt.partstrat::text AS strategy",
+    relations_of_the_pass!(),
+    "
   LEFT JOIN pg_catalog.pg_inherits i ON c.relispartition AND i.inhrelid = c.oid
   LEFT JOIN pg_catalog.pg_index x ON x.indexrelid = c.oid
   LEFT JOIN (SELECT DISTINCT conindid FROM pg_catalog.pg_constraint WHERE conindid <> 0) k ON k.conindid = c.oid
-  LEFT JOIN pg_catalog.pg_partitioned_table pt ON pt.partrelid = c.oid
-  LEFT JOIN pg_catalog.pg_attribute ka
-         ON ka.attrelid = pt.partrelid AND pt.partattrs[0] <> 0 AND ka.attnum = pt.partattrs[0]
- WHERE c.relkind IN ('r', 'm', 'p', 't', 'i', 'I', 'f')
-   AND (n.nspname NOT IN ('pg_catalog', 'information_schema') OR c.relkind IN ('r', 'm'))";
+  LEFT JOIN pg_catalog.pg_partitioned_table pt ON pt.partrelid = c.oid",
+    where_of_the_pass!()
+);
+
+/// The statistics of every relation of [`FACTS_SQL`], with its catalog row's `xmin`: the
+/// statement of an ordinary round, about a third of the full one's cost at 10,000
+/// relations. When a relation is missing, new, or its `version` changed, the round reads
+/// [`FACTS_SQL`] instead.
+pub const STATS_SQL: &str = concat!(
+    "SELECT c.oid, c.xmin AS version,",
+    statistics_of_the_pass!(),
+    relations_of_the_pass!(),
+    where_of_the_pass!()
+);
+
+/// The server's time of the pass (its transaction's `now()`), as a Unix time.
+pub const NOW_SQL: &str = "SELECT pg_catalog.date_part('epoch', pg_catalog.now())";
 
 /// The exact sizes: what `v_table_stats` (`pg_table_size`, `pg_indexes_size`) and
 /// `v_index_usage` (`pg_relation_size`) report. Each call stats the relation's files, so a

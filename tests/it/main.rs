@@ -19,6 +19,7 @@ mod http_limits;
 mod maintenance;
 mod migrations;
 mod partitions;
+mod pass_round;
 mod plans;
 mod readonly;
 mod relations;

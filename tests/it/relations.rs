@@ -248,7 +248,7 @@ async fn every_derived_family_equals_what_the_views_report_in_one_snapshot() {
         .await
         .unwrap();
     let started = Instant::now();
-    let facts = facts::read_facts(&txn).await.unwrap();
+    let facts = facts::read_facts(&txn, 0).await.unwrap();
     let mut sizes = facts::Sizes::default();
     facts::read_sizes(&txn, &mut sizes, true, &[])
         .await

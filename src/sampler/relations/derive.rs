@@ -98,8 +98,7 @@ fn total_bytes(sizes: &Sizes, oid: u32) -> i64 {
 }
 
 fn blocks(r: &Relation) -> (i64, i64) {
-    let hit = r.blks_hit.unwrap_or(0);
-    (hit, r.blks_fetched.unwrap_or(0) - hit)
+    (r.blks_hit, r.blks_fetched - r.blks_hit)
 }
 
 #[derive(Default)]
@@ -138,18 +137,18 @@ fn tables(input: Inputs<'_>, scans: bool) -> Vec<Row> {
     let idx_scans = |t: &Relation| -> i64 {
         indexes
             .get(&t.oid)
-            .map(|v| v.iter().map(|i| i.scans.unwrap_or(0)).sum())
+            .map(|v| v.iter().map(|i| i.scans).sum())
             .unwrap_or(0)
     };
     let mut groups: HashMap<(&str, &str), TableGroup> = HashMap::new();
     for t in facts.relations.iter().filter(|r| is_user_table(r)) {
         let g = groups.entry(group_of(facts, t)).or_default();
-        g.live += t.live.unwrap_or(0);
-        g.dead += t.dead.unwrap_or(0);
+        g.live += t.live;
+        g.dead += t.dead;
         g.bytes += total_bytes(input.sizes, t.oid);
-        g.seq += t.scans.unwrap_or(0);
+        g.seq += t.scans;
         g.idx += idx_scans(t);
-        let age = |i: usize| t.last.get(i).copied().flatten().map(|at| now - at);
+        let age = |i: usize| t.last(i).map(|at| now - at);
         g.vacuum_age = max_opt(g.vacuum_age, min_opt(age(0), age(1)));
         g.analyze_age = max_opt(g.analyze_age, min_opt(age(2), age(3)));
     }
@@ -169,7 +168,7 @@ fn tables(input: Inputs<'_>, scans: bool) -> Vec<Row> {
                         int(i64::from(t.oid)),
                         Some(key.0.to_owned()),
                         Some(key.1.to_owned()),
-                        int(t.scans.unwrap_or(0)),
+                        int(t.scans),
                         int(idx_scans(t)),
                     ];
                     (key, row)
@@ -216,7 +215,7 @@ fn indexes(input: Inputs<'_>) -> Vec<Row> {
             let name = i
                 .parent
                 .and_then(|p| facts.get(p))
-                .map_or(i.name.as_str(), |p| p.name.as_str());
+                .map_or(&*i.name, |p| &*p.name);
             ((schema, table, name), i)
         })
         .collect();
@@ -237,7 +236,7 @@ fn indexes(input: Inputs<'_>) -> Vec<Row> {
                 Some(schema.to_owned()),
                 Some(table.to_owned()),
                 Some(name.to_owned()),
-                int(i.scans.unwrap_or(0)),
+                int(i.scans),
                 int(bytes(i)),
             ]
         })
@@ -311,7 +310,7 @@ fn cache_hit(input: Inputs<'_>) -> Vec<Row> {
 fn unused_indexes(input: Inputs<'_>) -> Vec<Row> {
     let (mut n, mut bytes) = (0i64, 0i64);
     for (i, _) in user_indexes(input.facts) {
-        if i.scans == Some(0) && !i.constrained {
+        if i.scans == 0 && !i.constrained {
             n += 1;
             bytes += input.sizes.main.get(&i.oid).copied().unwrap_or(0);
         }
@@ -322,7 +321,7 @@ fn unused_indexes(input: Inputs<'_>) -> Vec<Row> {
 /// How a partitioned table is named: bare in `public`, else schema-qualified.
 fn parent_label(p: &Relation) -> String {
     if &*p.schema == "public" {
-        p.name.clone()
+        p.name.to_string()
     } else {
         format!("{}.{}", p.schema, p.name)
     }
@@ -356,7 +355,7 @@ fn partitions(input: Inputs<'_>) -> Vec<Row> {
                     stack.push(c.oid);
                     if matches!(c.kind, b'r' | b'm') {
                         bytes += total_bytes(input.sizes, c.oid);
-                        rows += c.live.unwrap_or(0);
+                        rows += c.live;
                     }
                 }
             }
@@ -367,7 +366,7 @@ fn partitions(input: Inputs<'_>) -> Vec<Row> {
                 .filter(|b| !b.is_default)
                 .filter_map(|b| b.range_end)
                 .reduce(f64::max);
-            let runway = (p.strategy.as_deref() == Some("r") && !maxvalue)
+            let runway = (p.strategy == Some(b'r') && !maxvalue)
                 .then_some(newest)
                 .flatten()
                 .map(|end| end - now);
@@ -400,7 +399,7 @@ fn partition_growth(input: Inputs<'_>) -> Vec<Row> {
                 vec![
                     Some(parent_label(p)),
                     Some(format!("{}.{}", r.schema, r.name)),
-                    int(r.inserted.unwrap_or(0)),
+                    int(r.inserted),
                 ]
             })
         })
@@ -424,12 +423,12 @@ fn root<'a>(facts: &'a Facts, r: &'a Relation) -> (&'a str, &'a str) {
 /// table, partitions with their root).
 fn table_wraparound(input: Inputs<'_>) -> Vec<Row> {
     let facts = input.facts;
-    let greatest = |a: Option<i64>, b: Option<i64>| match (a, b) {
+    let greatest = |a: Option<i32>, b: Option<i32>| match (a, b) {
         (Some(x), Some(y)) => Some(x.max(y)),
         (x, None) => x,
         (None, y) => y,
     };
-    let mut groups: HashMap<_, (Option<i64>, Option<i64>)> = HashMap::new();
+    let mut groups: HashMap<_, (Option<i32>, Option<i32>)> = HashMap::new();
     for r in facts
         .relations
         .iter()

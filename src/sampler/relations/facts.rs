@@ -1,6 +1,7 @@
-//! What the relation pass reads, as plain data: per-relation facts (every round), exact
-//! sizes (every fifteenth round) and partition bounds (when a partition changed), each read by
-//! one streamed statement of [`crate::catalog::derive`].
+//! What the relation pass reads, as plain data: per-relation facts (the statistics every
+//! round, the structure when the catalog changed), exact sizes (every fifteenth round) and
+//! partition bounds (when a partition changed), each read by one streamed statement of
+//! [`crate::catalog::derive`].
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -8,61 +9,113 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::{TryStreamExt, pin_mut};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{FromSql, ToSql, Type};
 use tokio_postgres::{Row, Transaction};
 
-use crate::catalog::derive::{BOUNDS_SQL, DEFAULT_ROWS_SQL, FACTS_SQL, SIZES_SQL};
+use crate::catalog::derive::{
+    BOUNDS_SQL, DEFAULT_ROWS_SQL, FACTS_SQL, NOW_SQL, SIZES_SQL, STATS_COLUMNS, STATS_SQL,
+};
 use crate::sampler::run::{ErrorKind, RunError, classify};
 
-/// One relation of the pass (a table, partitioned table, TOAST table, index or foreign table).
-#[derive(Debug, Clone, Default)]
+/// One relation of the pass (a table, partitioned table, TOAST table, index or foreign
+/// table). Kept between rounds for every relation, so it is compact: a statistic the
+/// relation's kind does not have is 0, a time it never had is NaN.
+#[derive(Debug, Clone)]
 pub struct Relation {
     /// `pg_class.oid`.
     pub oid: u32,
-    /// Its schema (shared between relations of one schema).
-    pub schema: Arc<str>,
-    /// Its name.
-    pub name: String,
-    /// `relkind` (`r`, `m`, `p`, `t`, `i`, `I`, `f`).
-    pub kind: u8,
-    /// A temporary relation.
-    pub temp: bool,
+    /// `xmin` of its catalog row: changes when it is created, altered, attached or
+    /// rewritten (not when VACUUM or ANALYZE update it in place).
+    pub version: u32,
     /// The direct parent of a partition (a partitioned table, or a partitioned index).
     pub parent: Option<u32>,
-    /// `xmin` of its catalog row: changes when it is altered, attached or rewritten.
-    pub version: Option<i64>,
     /// Its TOAST table.
     pub toast: Option<u32>,
     /// The table of an index.
     pub indrelid: Option<u32>,
+    /// `relkind` (`r`, `m`, `p`, `t`, `i`, `I`, `f`).
+    pub kind: u8,
+    /// A temporary relation.
+    pub temp: bool,
     /// An index that is unique, primary or backs a constraint.
     pub constrained: bool,
+    /// Partition strategy of a partitioned table (`r`, `l`, `h`).
+    pub strategy: Option<u8>,
+    /// Its schema (shared between relations of one schema).
+    pub schema: Arc<str>,
+    /// Its name.
+    pub name: Box<str>,
     /// Sequential scans of a table, scans of an index.
-    pub scans: Option<i64>,
+    pub scans: i64,
     /// Blocks requested.
-    pub blks_fetched: Option<i64>,
+    pub blks_fetched: i64,
     /// Blocks found in shared buffers.
-    pub blks_hit: Option<i64>,
+    pub blks_hit: i64,
     /// Estimated live rows.
-    pub live: Option<i64>,
+    pub live: i64,
     /// Estimated dead rows.
-    pub dead: Option<i64>,
+    pub dead: i64,
     /// Rows inserted.
-    pub inserted: Option<i64>,
+    pub inserted: i64,
     /// Rows updated and deleted plus (auto)vacuums: with `inserted` and `version`, what
     /// changes when the relation's size may have.
-    pub changes: Option<i64>,
-    /// Unix times of the last vacuum, autovacuum, analyze, autoanalyze.
-    pub last: [Option<f64>; 4],
+    pub changes: i64,
+    /// Unix times of the last vacuum, autovacuum, analyze, autoanalyze (NaN: never).
+    last: [f64; 4],
     /// `age(relfrozenxid)`.
-    pub xid_age: Option<i64>,
+    pub xid_age: Option<i32>,
     /// `mxid_age(relminmxid)`.
-    pub mxid_age: Option<i64>,
-    /// Partition strategy of a partitioned table (`r`, `l`, `h`).
-    pub strategy: Option<String>,
-    /// A partitioned table by range of a timestamptz, timestamp or date column.
-    pub time_key: Option<bool>,
+    pub mxid_age: Option<i32>,
 }
+
+impl Relation {
+    /// Unix time of the last vacuum (0), autovacuum (1), analyze (2) or autoanalyze (3).
+    pub fn last(&self, which: usize) -> Option<f64> {
+        self.last.get(which).copied().filter(|t| !t.is_nan())
+    }
+}
+
+/// A transaction ID (`xid`), as the server sends it.
+struct Xid(u32);
+
+impl<'a> FromSql<'a> for Xid {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let bytes: [u8; 4] = raw.try_into()?;
+        Ok(Xid(u32::from_be_bytes(bytes)))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::XID
+    }
+}
+
+/// Position of the first statistic in both statements' rows (after `oid` and `version`).
+const FIRST_STAT: usize = 2;
+
+/// Reads the statistics of a row of [`FACTS_SQL`] or [`STATS_SQL`] into `r`.
+fn read_stats(row: &Row, r: &mut Relation) -> Result<(), tokio_postgres::Error> {
+    let int = |i: usize| -> Result<i64, tokio_postgres::Error> {
+        Ok(row.try_get::<_, Option<i64>>(FIRST_STAT + i)?.unwrap_or(0))
+    };
+    r.scans = int(0)?;
+    r.blks_fetched = int(1)?;
+    r.blks_hit = int(2)?;
+    r.live = int(3)?;
+    r.dead = int(4)?;
+    r.inserted = int(5)?;
+    r.changes = int(6)?;
+    for (k, slot) in r.last.iter_mut().enumerate() {
+        *slot = row
+            .try_get::<_, Option<f64>>(FIRST_STAT + 7 + k)?
+            .unwrap_or(f64::NAN);
+    }
+    r.xid_age = row.try_get(FIRST_STAT + 11)?;
+    r.mxid_age = row.try_get(FIRST_STAT + 12)?;
+    Ok(())
+}
+
+/// Position of the first structure column of [`FACTS_SQL`].
+const FIRST_SHAPE: usize = FIRST_STAT + STATS_COLUMNS.len();
 
 /// The facts of one pass.
 #[derive(Debug)]
@@ -75,6 +128,8 @@ pub struct Facts {
     pub now: f64,
     /// When the pass was read.
     pub at: Instant,
+    /// When the structure was last read in full ([`FACTS_SQL`]).
+    pub shape_at: Instant,
 }
 
 impl Facts {
@@ -185,64 +240,113 @@ async fn each_row(
     Ok(())
 }
 
-/// Reads the facts.
-pub async fn read_facts(txn: &Transaction<'_>) -> Result<Facts, RunError> {
-    let mut relations = Vec::new();
+/// Reads the facts in full: structure and statistics ([`FACTS_SQL`]). `hint` is the number
+/// of relations expected (the last pass's), so the list is allocated once.
+pub async fn read_facts(txn: &Transaction<'_>, hint: usize) -> Result<Facts, RunError> {
+    let mut relations = Vec::with_capacity(hint + hint / 32);
     let mut schemas: HashMap<String, Arc<str>> = HashMap::new();
-    let mut now = None;
     each_row(txn, FACTS_SQL, |row| {
-        let schema: String = row.try_get("schemaname")?;
+        let at = |i: usize| FIRST_SHAPE + i;
+        let schema: String = row.try_get(at(0))?;
         let schema = schemas
             .entry(schema)
             .or_insert_with_key(|k| Arc::from(k.as_str()))
             .clone();
-        let kind: String = row.try_get("relkind")?;
-        now = row.try_get::<_, Option<f64>>("now")?;
-        relations.push(Relation {
-            oid: oid(row.try_get("oid")?).unwrap_or_default(),
-            schema,
-            name: row.try_get("relname")?,
+        let name: String = row.try_get(at(1))?;
+        let kind: String = row.try_get(at(2))?;
+        let strategy: Option<String> = row.try_get(at(8))?;
+        let mut r = Relation {
+            oid: row.try_get(0)?,
+            version: row.try_get::<_, Xid>(1)?.0,
+            parent: row.try_get(at(4))?,
+            toast: row.try_get(at(5))?,
+            indrelid: row.try_get(at(6))?,
             kind: kind.bytes().next().unwrap_or(b'?'),
-            temp: row.try_get("temp")?,
-            parent: oid(row.try_get("parent")?),
-            version: row.try_get("version")?,
-            toast: oid(row.try_get("toast")?),
-            indrelid: oid(row.try_get("indrelid")?),
-            constrained: row.try_get("constrained")?,
-            scans: row.try_get("scans")?,
-            blks_fetched: row.try_get("blks_fetched")?,
-            blks_hit: row.try_get("blks_hit")?,
-            live: row.try_get("live")?,
-            dead: row.try_get("dead")?,
-            inserted: row.try_get("inserted")?,
-            changes: row.try_get("changes")?,
-            last: [
-                row.try_get("last_vacuum")?,
-                row.try_get("last_autovacuum")?,
-                row.try_get("last_analyze")?,
-                row.try_get("last_autoanalyze")?,
-            ],
-            xid_age: row.try_get("xid_age")?,
-            mxid_age: row.try_get("mxid_age")?,
-            strategy: row.try_get("strategy")?,
-            time_key: row.try_get("time_key")?,
-        });
+            temp: row.try_get(at(3))?,
+            constrained: row.try_get(at(7))?,
+            strategy: strategy.and_then(|s| s.bytes().next()),
+            schema,
+            name: name.into_boxed_str(),
+            scans: 0,
+            blks_fetched: 0,
+            blks_hit: 0,
+            live: 0,
+            dead: 0,
+            inserted: 0,
+            changes: 0,
+            last: [f64::NAN; 4],
+            xid_age: None,
+            mxid_age: None,
+        };
+        read_stats(row, &mut r)?;
+        relations.push(r);
         Ok(())
     })
     .await?;
-    let by_oid = relations
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.oid, i))
-        .collect();
-    // No relation at all: the server's time is not needed by any family.
-    let now = now.unwrap_or_default();
+    relations.shrink_to_fit();
+    let mut by_oid = HashMap::with_capacity(relations.len());
+    by_oid.extend(relations.iter().enumerate().map(|(i, r)| (r.oid, i)));
+    let at = Instant::now();
     Ok(Facts {
         relations,
         by_oid,
-        now,
-        at: Instant::now(),
+        now: read_now(txn).await?,
+        at,
+        shape_at: at,
     })
+}
+
+/// Reads the statistics of the relations of `previous` into it ([`STATS_SQL`]), or
+/// everything ([`read_facts`]) when there is no previous pass, when `full` is due, or
+/// when a relation was created, dropped or altered since. On an error `previous` is lost
+/// (it may hold part of this round's statistics): the next round reads in full.
+pub async fn refresh_facts(
+    txn: &Transaction<'_>,
+    previous: Option<Facts>,
+    full: bool,
+) -> Result<Facts, RunError> {
+    let mut facts = match previous {
+        Some(f) if !full => f,
+        other => {
+            let hint = other.map_or(0, |f| f.relations.len());
+            return read_facts(txn, hint).await;
+        }
+    };
+    let (mut matched, mut changed) = (0usize, false);
+    each_row(txn, STATS_SQL, |row| {
+        if changed {
+            return Ok(());
+        }
+        let oid: u32 = row.try_get(0)?;
+        let version = row.try_get::<_, Xid>(1)?.0;
+        let slot = facts.by_oid.get(&oid).copied();
+        match slot.and_then(|i| facts.relations.get_mut(i)) {
+            Some(r) if r.version == version => {
+                read_stats(row, r)?;
+                matched += 1;
+            }
+            _ => changed = true,
+        }
+        Ok(())
+    })
+    .await?;
+    if changed || matched != facts.relations.len() {
+        let hint = facts.relations.len();
+        drop(facts);
+        return read_facts(txn, hint).await;
+    }
+    facts.now = read_now(txn).await?;
+    facts.at = Instant::now();
+    Ok(facts)
+}
+
+/// The server's time of the transaction, as a Unix time.
+async fn read_now(txn: &Transaction<'_>) -> Result<f64, RunError> {
+    let row = txn
+        .query_one(NOW_SQL, &[])
+        .await
+        .map_err(|e| classify(&e))?;
+    row.try_get(0).map_err(decode)
 }
 
 /// Reads the exact sizes of `oids` (of every user table and index with `all`) into `sizes`.

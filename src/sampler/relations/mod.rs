@@ -36,6 +36,12 @@ use facts::{Bounds, Facts, Sizes};
 /// read.
 pub const SIZES_EVERY: u32 = 15;
 
+/// The structure of the relations (names, partition tree, indexes: what changes only with
+/// DDL) is read again when a round's statistics show a relation created, dropped or
+/// altered, and after this many of the family's intervals in any case, a safety net for a
+/// change that leaves the relations' catalog rows alone (a constraint adopting an index).
+pub const SHAPE_EVERY: u32 = 15;
+
 /// The last pass, shared by the derived families.
 #[derive(Debug, Default)]
 struct Cache {
@@ -54,6 +60,7 @@ pub struct RelationSource {
 #[derive(Debug, Clone, Copy)]
 struct Stale {
     facts: bool,
+    shape: bool,
     all_sizes: bool,
 }
 
@@ -80,6 +87,10 @@ impl RelationSource {
                 .facts
                 .as_ref()
                 .is_none_or(|f| f.at.elapsed() > spec.interval / 2),
+            shape: cache
+                .facts
+                .as_ref()
+                .is_none_or(|f| f.shape_at.elapsed() > spec.interval * SHAPE_EVERY),
             all_sizes: family.needs_sizes()
                 && cache
                     .sizes
@@ -153,8 +164,8 @@ async fn read(
     outcome
 }
 
-/// Facts (when stale), then the sizes of what changed (all when due), then the bounds when
-/// the partitions changed; the cache is updated only when the whole read succeeded.
+/// Facts (when stale: the statistics, and the structure when it changed), then the sizes of what changed (all when due), then the bounds when
+/// the partitions changed; the sizes and bounds are updated only when their whole read succeeded.
 async fn read_in_transaction(
     client: &mut deadpool_postgres::Object,
     spec: &Arc<QuerySpec>,
@@ -168,11 +179,12 @@ async fn read_in_transaction(
         timeouts_sql(spec.timeout, lock_timeout)
     );
     let txn = begin_read_only(client, &settings).await?;
-    let fresh = match stale.facts {
-        true => Some(facts::read_facts(&txn).await?),
-        false => None,
-    };
-    let Some(facts) = fresh.as_ref().or(cache.facts.as_ref()) else {
+    if stale.facts {
+        // The statistics are complete and consistent once read, whatever happens next.
+        let previous = cache.facts.take();
+        cache.facts = Some(facts::refresh_facts(&txn, previous, stale.shape).await?);
+    }
+    let Some(facts) = cache.facts.as_ref() else {
         return Err(RunError::new(
             ErrorKind::Decode,
             "relation pass read nothing",
@@ -210,9 +222,6 @@ async fn read_in_transaction(
         }
     }
     txn.commit().await.map_err(|e| classify(&e))?;
-    if let Some(f) = fresh {
-        cache.facts = Some(f);
-    }
     if let Some(b) = bounds {
         cache.bounds = b;
     }
