@@ -7,6 +7,7 @@ mod alerts;
 mod architecture;
 mod cardinality;
 mod catalog;
+mod cheap_sql;
 mod commands;
 mod config;
 mod demo;
