@@ -241,3 +241,24 @@ pub const BOUNDS_SQL: &str = "\
 SELECT partition_oid::int8 AS oid, parent_oid::int8 AS parent, is_default,
        extract(epoch FROM range_end)::float8 AS range_end, range_end_is_maxvalue AS maxvalue
   FROM monitoring.partition_bounds()";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both statements name the statistics in [`STATS_COLUMNS`]' order, right after `oid`
+    /// and `version`, where `sampler::relations::facts` reads them by position.
+    #[test]
+    fn both_statements_carry_the_statistics_in_the_documented_order() {
+        for sql in [FACTS_SQL, STATS_SQL] {
+            let mut at = sql.find("AS version").expect("version column");
+            for column in STATS_COLUMNS {
+                let found = sql[at..]
+                    .find(&format!(" AS {column},"))
+                    .or_else(|| sql[at..].find(&format!(" AS {column}\n")))
+                    .unwrap_or_else(|| panic!("{column} after position {at}"));
+                at += found + 1;
+            }
+        }
+    }
+}

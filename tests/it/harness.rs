@@ -162,6 +162,24 @@ pub fn own_cluster(opts: ClusterOptions) -> TempCluster {
     TempCluster::start(&opts).unwrap_or_else(|e| panic!("cannot start a test cluster: {e}"))
 }
 
+/// A cluster of its own without autovacuum, for tests whose statistics or XIDs only the
+/// test may move.
+pub fn cluster_without_autovacuum() -> TempCluster {
+    own_cluster(ClusterOptions {
+        extra_settings: vec![("autovacuum".into(), "off".into())],
+        ..Default::default()
+    })
+}
+
+/// Flushes the session's pending statistics: forced at its next idle point, which the
+/// following statement passes.
+pub async fn flush_stats(c: &Client) {
+    c.batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+    c.batch_execute("SELECT 1").await.unwrap();
+}
+
 /// Runs the pgpulse binary with `args` and environment `env` (PGPULSE_* of the test process
 /// are removed first).
 pub fn pgpulse(args: &[&str], env: &[(&str, &str)]) -> Output {

@@ -4,11 +4,10 @@
 
 use std::time::Instant;
 
-use pgpulse::demo::ClusterOptions;
 use pgpulse::sampler::relations::facts::{self, Facts};
 use tokio_postgres::Client;
 
-use crate::harness::{TestDb, own_cluster};
+use crate::harness::{TestDb, cluster_without_autovacuum, flush_stats};
 
 /// Every relation of a pass, as text (a time never had is NaN, which `==` would not match).
 fn digest(f: &Facts) -> Vec<String> {
@@ -36,18 +35,12 @@ async fn run(c: &Client, sql: &str) {
     c.batch_execute(sql)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    c.batch_execute("SELECT pg_stat_force_next_flush()")
-        .await
-        .unwrap();
-    c.batch_execute("SELECT 1").await.unwrap();
+    flush_stats(c).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_round_reads_the_statistics_alone_until_a_relation_is_created_altered_or_dropped() {
-    let cluster = own_cluster(ClusterOptions {
-        extra_settings: vec![("autovacuum".into(), "off".into())],
-        ..Default::default()
-    });
+    let cluster = cluster_without_autovacuum();
     let db = TestDb::trade_migrated_on(&cluster.url("postgres")).await;
     let writer = db.client().await;
     run(

@@ -6,11 +6,10 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use pgpulse::catalog::Derive;
-use pgpulse::demo::cluster::ClusterOptions;
 use pgpulse::sampler::relations::{derive, facts};
 use tokio_postgres::SimpleQueryMessage;
 
-use crate::harness::{TestDb, own_cluster};
+use crate::harness::{TestDb, cluster_without_autovacuum, flush_stats};
 use crate::service::{sample, start};
 use crate::signals::shipped;
 
@@ -160,11 +159,7 @@ async fn set_up(db: &TestDb) {
             .await
             .unwrap_or_else(|e| panic!("{statement}: {e}"));
     }
-    // Pending statistics are flushed when the session goes idle after this.
-    c.batch_execute("SELECT pg_stat_force_next_flush()")
-        .await
-        .unwrap();
-    c.batch_execute("SELECT 1").await.unwrap();
+    flush_stats(&c).await;
 }
 
 fn derive_of(name: &str) -> Derive {
@@ -236,10 +231,7 @@ fn close(column: &str, ours: Option<f64>, theirs: Option<f64>, clock_slack: f64)
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_derived_family_equals_what_the_views_report_in_one_snapshot() {
-    let cluster = own_cluster(ClusterOptions {
-        extra_settings: vec![("autovacuum".into(), "off".into())],
-        ..Default::default()
-    });
+    let cluster = cluster_without_autovacuum();
     let db = TestDb::trade_migrated_on(&cluster.url("postgres")).await;
     set_up(&db).await;
     let mut c = db.client().await;
@@ -337,10 +329,7 @@ async fn every_derived_family_equals_what_the_views_report_in_one_snapshot() {
 async fn the_served_families_carry_the_views_values() {
     // Quiet tables: an autovacuum between pgpulse's read and the view's would add a
     // visibility-map page to one side only.
-    let cluster = own_cluster(ClusterOptions {
-        extra_settings: vec![("autovacuum".into(), "off".into())],
-        ..Default::default()
-    });
+    let cluster = cluster_without_autovacuum();
     let db = TestDb::trade_migrated_on(&cluster.url("postgres")).await;
     set_up(&db).await;
     let names: Vec<&str> = REFERENCE.iter().map(|(n, _)| *n).collect();

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use crate::harness::{TestDb, connect, eventually, own_cluster, scalar};
+use crate::harness::{
+    TestDb, cluster_without_autovacuum, connect, eventually, own_cluster, scalar,
+};
 use crate::service::{Running, sample, start};
 use pgpulse::demo::ClusterOptions;
 
@@ -85,10 +87,7 @@ pub async fn agreed(
 #[tokio::test(flavor = "multi_thread")]
 async fn burning_xids_moves_the_database_xid_age_by_exactly_the_number_burnt() {
     // No autovacuum or analyze: nothing but the test assigns transaction IDs.
-    let cluster = own_cluster(ClusterOptions {
-        extra_settings: vec![("autovacuum".into(), "off".into())],
-        ..Default::default()
-    });
+    let cluster = cluster_without_autovacuum();
     let db = TestDb::on(&cluster.url("postgres")).await;
     let c = db.client().await;
     let svc = start(&db.url, &shipped(&["database_wraparound"], "1s"), |_| {}).await;

@@ -283,7 +283,10 @@ pub async fn read_facts(txn: &Transaction<'_>, hint: usize) -> Result<Facts, Run
         Ok(())
     })
     .await?;
-    relations.shrink_to_fit();
+    // Without a hint (the first pass) the list grew by doubling: give the slack back.
+    if relations.capacity() > relations.len() + relations.len() / 16 {
+        relations.shrink_to_fit();
+    }
     let mut by_oid = HashMap::with_capacity(relations.len());
     by_oid.extend(relations.iter().enumerate().map(|(i, r)| (r.oid, i)));
     let at = Instant::now();

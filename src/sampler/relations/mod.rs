@@ -164,8 +164,9 @@ async fn read(
     outcome
 }
 
-/// Facts (when stale: the statistics, and the structure when it changed), then the sizes of what changed (all when due), then the bounds when
-/// the partitions changed; the sizes and bounds are updated only when their whole read succeeded.
+/// Facts (when stale: the statistics, and the structure when it changed), then the sizes of
+/// what changed (all when due), then the bounds when the partitions changed; the sizes and
+/// bounds are updated only when their whole read succeeded.
 async fn read_in_transaction(
     client: &mut deadpool_postgres::Object,
     spec: &Arc<QuerySpec>,
