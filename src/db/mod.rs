@@ -1,5 +1,5 @@
 //! Everything that talks to PostgreSQL outside the sampler: connection settings and TLS, single
-//! connections for commands, the sampling pool, the monitoring schema's migrations,
+//! connections for commands, the sampling pool and its connection slots, the monitoring schema's migrations,
 //! verification and removal, and what reading the slow-statement log needs ([`log_access`]).
 
 pub mod connect;
@@ -7,6 +7,7 @@ pub mod lease;
 pub mod log_access;
 pub mod migrate;
 pub mod pool;
+pub mod slots;
 pub mod tls;
 mod tls_params;
 pub mod uninstall;

@@ -2,7 +2,8 @@
 //! connect timeout and the TLS settings of the target, so that a slow or down database never
 //! gets more than `size` connections from pgpulse, however many queries are due (the pool is
 //! used through [`super::lease::Budget`], which keeps a connection's slot until its server
-//! session is idle). Sampling sessions start with `default_transaction_read_only = on`, so
+//! session is idle, and through [`super::slots`], which keeps an abandoned connection attempt's
+//! slot until its socket is closed). Sampling sessions start with `default_transaction_read_only = on`, so
 //! even a statement outside pgpulse's read-only transaction cannot write, and with a
 //! session `statement_timeout` and `lock_timeout`, so the few statements sent outside a
 //! transaction of pgpulse's own (`BEGIN`, `ROLLBACK`) carry timeouts too.
@@ -52,9 +53,10 @@ pub fn build(settings: &PoolSettings) -> Result<Pool, PoolError> {
         _ => session,
     };
     config.options(&options);
-    let manager = Manager::from_config(
+    // The connector counts connection attempts against the budget too (see `super::slots`).
+    let manager = Manager::from_connect(
         config,
-        settings.target.tls().connector(),
+        super::slots::SlotConnect::new(settings.target.tls().connector(), settings.size),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },

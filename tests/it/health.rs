@@ -138,7 +138,8 @@ async fn stop_pgpulse_backends(admin: &Client, stopped: &Stopped) -> usize {
     pids.len()
 }
 
-const QUICK: &str = "queries:
+/// One cheap query every second (shared with the catalog-lock test).
+pub(crate) const QUICK: &str = "queries:
   - name: quick
     interval: 1s
     timeout: 900ms

@@ -7,6 +7,7 @@ mod alerts;
 mod architecture;
 mod cardinality;
 mod catalog;
+mod catalog_lock;
 mod cheap_sql;
 mod commands;
 mod config;

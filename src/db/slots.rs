@@ -1,0 +1,162 @@
+//! Connection slots that cover connection attempts too: the pool's connector takes one of
+//! `size` slots before it opens a socket and gives it back only when that socket is closed.
+//!
+//! The pool alone counts only the connections it holds. A connection attempt that its connect
+//! timeout abandons frees the pool's slot at once, although the server process it started may
+//! live on: a new session reads `pg_database` while it starts, so under a lock on that catalog
+//! the server process waits for the lock and notices the closed socket only once it gets it.
+//! The next attempt would open one server process more than the budget, and every retry one
+//! more again. Here the attempt runs in a task of its own that holds its slot: when the caller
+//! gives up, the task keeps waiting for the server's answer (then closes the connection it no
+//! longer needs) or for the socket to close, and only then frees the slot. Meanwhile further
+//! attempts wait for a slot within their own connect timeout and fail, so pgpulse reports the
+//! database down instead of opening more. A server that never answers keeps its slot: pgpulse
+//! then has fewer connections, never more.
+//!
+//! An established connection keeps its slot in the task that drives it, which the pool aborts
+//! when it discards the connection (closing the socket), so the slot lives exactly as long as
+//! the socket.
+
+use std::sync::Arc;
+
+use deadpool_postgres::Connect;
+use futures_util::future::BoxFuture;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, Config, Error};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// The pool's connector: every socket it opens holds one of the budget's slots from before the
+/// first byte until it is closed.
+#[derive(Clone)]
+pub struct SlotConnect {
+    tls: MakeRustlsConnect,
+    slots: Arc<Semaphore>,
+}
+
+impl SlotConnect {
+    /// A connector allowing at most `size` sockets, attempts included.
+    pub fn new(tls: MakeRustlsConnect, size: usize) -> Self {
+        Self {
+            tls,
+            slots: Arc::new(Semaphore::new(size)),
+        }
+    }
+
+    /// Slots not held by a socket or an attempt.
+    pub fn free(&self) -> usize {
+        self.slots.available_permits()
+    }
+}
+
+impl std::fmt::Debug for SlotConnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotConnect")
+            .field("free", &self.free())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connect for SlotConnect {
+    fn connect(&self, config: &Config) -> BoxFuture<'_, Result<(Client, JoinHandle<()>), Error>> {
+        let config = config.clone();
+        Box::pin(async move {
+            // Waiting here is cancelled with the caller (the pool's connect timeout): nothing
+            // is held yet.
+            let Ok(slot) = self.slots.clone().acquire_owned().await else {
+                // The semaphore is never closed; should it be, no slot ever comes free and the
+                // pool's connect timeout ends the wait.
+                return std::future::pending().await;
+            };
+            let (answer, client) = oneshot::channel();
+            let task = tokio::spawn(attempt(config, self.tls.clone(), slot, answer));
+            match client.await {
+                Ok(Ok(client)) => Ok((client, task)),
+                Ok(Err(e)) => Err(e),
+                // The task ended without an answer (it cannot panic short of a driver bug):
+                // leave the failure to the pool's connect timeout.
+                Err(_) => std::future::pending().await,
+            }
+        })
+    }
+}
+
+/// Connects holding `slot`, hands the client to whoever still waits for it and then drives
+/// the connection until its socket closes. When nobody waits any longer, the client is dropped
+/// at once, which ends the session (and with it the task and the slot) as soon as the server
+/// has answered the start-up.
+async fn attempt(
+    config: Config,
+    tls: MakeRustlsConnect,
+    slot: OwnedSemaphorePermit,
+    answer: oneshot::Sender<Result<Client, Error>>,
+) {
+    let (client, connection) = match config.connect(tls).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            let _ = answer.send(Err(e));
+            drop(slot);
+            return;
+        }
+    };
+    if answer.send(Ok(client)).is_err() {
+        tracing::debug!("a connection attempt finished after its caller gave up; closing it");
+    }
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "database connection closed");
+    }
+    drop(slot);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A listener that accepts TCP and never answers, as a server process waiting for a lock.
+    async fn silent_server() -> (tokio::net::TcpListener, Config) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut config = Config::new();
+        config
+            .host("127.0.0.1")
+            .port(listener.local_addr().unwrap().port())
+            .user("nobody")
+            .ssl_mode(tokio_postgres::config::SslMode::Disable);
+        (listener, config)
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_attempt_keeps_its_slot_until_the_socket_closes() {
+        let (listener, config) = silent_server().await;
+        let tls = crate::db::tls::PgTls::disabled().connector();
+        let connect = SlotConnect::new(tls, 1);
+        // The caller gives up (as the pool's connect timeout does) once the server has the
+        // connection; the attempt goes on in its task.
+        let mut first = connect.connect(&config);
+        let (socket, _) = tokio::select! {
+            accepted = listener.accept() => accepted.unwrap(),
+            _ = &mut first => panic!("a silent server cannot complete a connection"),
+        };
+        drop(first);
+        assert_eq!(
+            connect.free(),
+            0,
+            "the abandoned attempt still holds its slot"
+        );
+        // A second attempt gets no slot, so it opens no socket.
+        let second = tokio::time::timeout(Duration::from_millis(200), connect.connect(&config));
+        assert!(second.await.is_err(), "no slot: the attempt waits");
+        let no_accept = tokio::time::timeout(Duration::from_millis(200), listener.accept());
+        assert!(no_accept.await.is_err(), "no second socket was opened");
+        // The server closes the socket: the attempt fails and gives its slot back.
+        drop(socket);
+        let free = async {
+            while connect.free() == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), free)
+            .await
+            .expect("the slot comes back once the socket is closed");
+    }
+}
