@@ -15,6 +15,25 @@ use super::tls::{PgTls, SslParams, TlsError};
 /// Default connect timeout when the URL does not set `connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// TCP keepalive idle time when the URL does not set `keepalives_idle` (libpq's and the
+/// driver's default is the operating system's, two hours). A connection, or an abandoned
+/// connection attempt, keeps its budget slot while its socket is open
+/// ([`super::slots`], [`super::lease`]); with keepalives a peer that is gone (a host that
+/// vanished behind a partition) is noticed within about a minute
+/// (idle + interval × retries) and its slot comes free, while a live server, even one whose
+/// process waits or is stopped, answers the probes from its kernel and keeps the slot.
+pub const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
+
+/// TCP keepalive probe interval when the URL does not set `keepalives_interval`.
+pub const DEFAULT_KEEPALIVES_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Unanswered keepalive probes before the connection is dropped, when the URL does not set
+/// `keepalives_retries`.
+pub const DEFAULT_KEEPALIVES_RETRIES: u32 = 3;
+
+/// The driver's keepalive idle time when none is given.
+const DRIVER_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+
 /// Errors of parsing connection settings and connecting.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -64,6 +83,7 @@ impl DatabaseTarget {
         if config.get_application_name().is_none() {
             config.application_name("pgpulse");
         }
+        set_keepalive_defaults(&mut config);
         let mut target = Self {
             config,
             url_ssl,
@@ -127,6 +147,22 @@ impl DatabaseTarget {
             .or(self.config.get_user())
             .unwrap_or("postgres")
             .to_owned()
+    }
+}
+
+/// Sets pgpulse's keepalive defaults where the URL left the driver's (see
+/// [`DEFAULT_KEEPALIVES_IDLE`]).
+fn set_keepalive_defaults(config: &mut Config) {
+    // The driver keeps no trace of whether the idle time was given: its default counts as
+    // not given (a URL asking for exactly two hours gets 30 s).
+    if config.get_keepalives_idle() == DRIVER_KEEPALIVES_IDLE {
+        config.keepalives_idle(DEFAULT_KEEPALIVES_IDLE);
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(DEFAULT_KEEPALIVES_INTERVAL);
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(DEFAULT_KEEPALIVES_RETRIES);
     }
 }
 
@@ -199,4 +235,36 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
         src = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalives_default_to_about_a_minute_unless_the_url_sets_them() {
+        let t = DatabaseTarget::parse("postgres://u@db.example/trading").unwrap();
+        assert!(t.config().get_keepalives());
+        assert_eq!(t.config().get_keepalives_idle(), DEFAULT_KEEPALIVES_IDLE);
+        assert_eq!(
+            t.config().get_keepalives_interval(),
+            Some(DEFAULT_KEEPALIVES_INTERVAL)
+        );
+        assert_eq!(
+            t.config().get_keepalives_retries(),
+            Some(DEFAULT_KEEPALIVES_RETRIES)
+        );
+        let t = DatabaseTarget::parse(
+            "postgres://u@db.example/trading?keepalives_idle=100&keepalives_interval=5&keepalives_retries=7",
+        )
+        .unwrap();
+        assert_eq!(t.config().get_keepalives_idle(), Duration::from_secs(100));
+        assert_eq!(
+            t.config().get_keepalives_interval(),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(t.config().get_keepalives_retries(), Some(7));
+        let t = DatabaseTarget::parse("host=db.example keepalives=0").unwrap();
+        assert!(!t.config().get_keepalives(), "keepalives=0 stays off");
+    }
 }
