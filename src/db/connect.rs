@@ -18,10 +18,14 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// TCP keepalive idle time when the URL does not set `keepalives_idle` (libpq's and the
 /// driver's default is the operating system's, two hours). A connection, or an abandoned
 /// connection attempt, keeps its budget slot while its socket is open
-/// ([`super::slots`], [`super::lease`]); with keepalives a peer that is gone (a host that
-/// vanished behind a partition) is noticed within about a minute
-/// (idle + interval × retries) and its slot comes free, while a live server, even one whose
-/// process waits or is stopped, answers the probes from its kernel and keeps the slot.
+/// ([`super::slots`], [`super::lease`]); with keepalives (on an idle socket) and
+/// [`DEFAULT_TCP_USER_TIMEOUT`] (on a socket with data the peer has not acknowledged) a peer
+/// that is gone (a host behind a network partition) is noticed within about a minute and its
+/// slot comes free, while a live server, even one whose process waits or is stopped, answers
+/// from its kernel and keeps the slot. The price: after a partition longer than that, the
+/// server may still hold pgpulse's former sessions until its own keepalives notice
+/// (`tcp_keepalives_idle` on the server) while pgpulse opens new ones; without it, pgpulse
+/// could stay without a connection for hours after the network is back.
 pub const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
 
 /// TCP keepalive probe interval when the URL does not set `keepalives_interval`.
@@ -30,6 +34,10 @@ pub const DEFAULT_KEEPALIVES_INTERVAL: Duration = Duration::from_secs(10);
 /// Unanswered keepalive probes before the connection is dropped, when the URL does not set
 /// `keepalives_retries`.
 pub const DEFAULT_KEEPALIVES_RETRIES: u32 = 3;
+
+/// How long sent data may stay unacknowledged before the connection is closed, when the URL
+/// does not set `tcp_user_timeout` (given in seconds to this driver, in milliseconds to libpq).
+pub const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The driver's keepalive idle time when none is given.
 const DRIVER_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
@@ -164,6 +172,9 @@ fn set_keepalive_defaults(config: &mut Config) {
     if config.get_keepalives_retries().is_none() {
         config.keepalives_retries(DEFAULT_KEEPALIVES_RETRIES);
     }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(DEFAULT_TCP_USER_TIMEOUT);
+    }
 }
 
 /// Removes the password of `url` from a message that may quote it.
@@ -242,7 +253,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keepalives_default_to_about_a_minute_unless_the_url_sets_them() {
+    fn dead_peers_are_noticed_within_about_a_minute_unless_the_url_says_otherwise() {
         let t = DatabaseTarget::parse("postgres://u@db.example/trading").unwrap();
         assert!(t.config().get_keepalives());
         assert_eq!(t.config().get_keepalives_idle(), DEFAULT_KEEPALIVES_IDLE);
@@ -254,8 +265,12 @@ mod tests {
             t.config().get_keepalives_retries(),
             Some(DEFAULT_KEEPALIVES_RETRIES)
         );
+        assert_eq!(
+            t.config().get_tcp_user_timeout(),
+            Some(&DEFAULT_TCP_USER_TIMEOUT)
+        );
         let t = DatabaseTarget::parse(
-            "postgres://u@db.example/trading?keepalives_idle=100&keepalives_interval=5&keepalives_retries=7",
+            "postgres://u@db.example/trading?keepalives_idle=100&keepalives_interval=5&keepalives_retries=7&tcp_user_timeout=9",
         )
         .unwrap();
         assert_eq!(t.config().get_keepalives_idle(), Duration::from_secs(100));
@@ -264,6 +279,10 @@ mod tests {
             Some(Duration::from_secs(5))
         );
         assert_eq!(t.config().get_keepalives_retries(), Some(7));
+        assert_eq!(
+            t.config().get_tcp_user_timeout(),
+            Some(&Duration::from_secs(9))
+        );
         let t = DatabaseTarget::parse("host=db.example keepalives=0").unwrap();
         assert!(!t.config().get_keepalives(), "keepalives=0 stays off");
     }

@@ -5,9 +5,10 @@
 //! A lease that is dropped without [`Lease::release`] (its run was cancelled by a reload or a
 //! shutdown, or the server did not answer in time) leaves its connection in an unknown state:
 //! a statement may still run on the server, or the backend may be stopped. Dropping such a
-//! connection would free its pool slot while its backend lives on, and the next checkout
-//! would open one server connection more than the budget (the driver keeps the socket open
-//! until the server has answered what was sent). So the connection *settles* instead: a task
+//! connection would close its socket and free its pool slot at once, while its backend lives
+//! on until it has finished what was sent (a backend notices a closed socket only when it next
+//! reads or writes), so the next checkout would open one server connection more than the
+//! budget. So the connection *settles* instead: a task
 //! keeps it, and with it its slot, queues a `ROLLBACK` behind whatever is in flight, and hands
 //! the connection back to the pool only once the server has answered all of it, or once the
 //! connection is closed (the pool's recycle check then discards it). A backend that never

@@ -2,11 +2,12 @@
 //! connect timeout and the TLS settings of the target, so that a slow or down database never
 //! gets more than `size` connections from pgpulse, however many queries are due (the pool is
 //! used through [`super::lease::Budget`], which keeps a connection's slot until its server
-//! session is idle, and through [`super::slots`], which keeps an abandoned connection attempt's
-//! slot until its socket is closed). Sampling sessions start with `default_transaction_read_only = on`, so
-//! even a statement outside pgpulse's read-only transaction cannot write, and with a
-//! session `statement_timeout` and `lock_timeout`, so the few statements sent outside a
-//! transaction of pgpulse's own (`BEGIN`, `ROLLBACK`) carry timeouts too.
+//! session is idle, and through [`super::slots`], which keeps an abandoned connection
+//! attempt's slot until its socket is closed). Sampling sessions start with
+//! `default_transaction_read_only = on`, so even a statement outside pgpulse's read-only
+//! transaction cannot write, and with a session `statement_timeout` and `lock_timeout`, so the
+//! few statements sent outside a transaction of pgpulse's own (`BEGIN`, `ROLLBACK`) carry
+//! timeouts too.
 
 use std::time::Duration;
 

@@ -13,9 +13,12 @@
 //! database down instead of opening more. A server that never answers keeps its slot: pgpulse
 //! then has fewer connections, never more.
 //!
-//! An established connection keeps its slot in the task that drives it, which the pool aborts
-//! when it discards the connection (closing the socket), so the slot lives exactly as long as
-//! the socket.
+//! An established connection keeps its slot in the task that drives it; the task ends, and the
+//! slot comes free, when the connection is dropped (deadpool aborts the task, closing the
+//! socket) or when the server closes the socket. The slot follows the socket, not the server
+//! process: what keeps the server process and the socket together is [`super::lease`] (a
+//! connection is dropped only once the server has answered everything sent on it) and, on the
+//! network's side, TCP keepalives (`super::connect::DEFAULT_KEEPALIVES_IDLE`).
 
 use std::sync::Arc;
 

@@ -46,12 +46,13 @@ fn server_processes(cluster: &TempCluster) -> usize {
 }
 
 /// Begins a transaction holding ACCESS EXCLUSIVE on `pg_database` on `locker`, and ends
-/// every session of `ROLE` from inside it (they must reconnect, under the lock).
+/// every session of `ROLE` from inside it, waiting until each has exited (they must
+/// reconnect, under the lock, and no exiting process is counted).
 async fn lock_and_disconnect(locker: &Client) {
     locker
         .batch_execute(&format!(
             "BEGIN; LOCK TABLE pg_database IN ACCESS EXCLUSIVE MODE; \
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{ROLE}'"
+             SELECT pg_terminate_backend(pid, 60000) FROM pg_stat_activity WHERE usename = '{ROLE}'"
         ))
         .await
         .unwrap();
@@ -120,10 +121,12 @@ async fn a_lock_on_pg_database_does_not_multiply_connection_attempts_beyond_the_
         sample(b, "pg_up") == Some(1.0)
     })
     .await;
-    let held = server_processes(&cluster);
-    assert!(
-        held <= budget,
-        "{held} server processes of pgpulse, budget {budget}"
-    );
+    // The abandoned attempts' processes now get the lock, find their client gone and exit,
+    // while pgpulse connects again: an exiting one may still be listed for a moment.
+    eventually(PATIENCE, || async {
+        (server_processes(&cluster) <= budget).then_some(())
+    })
+    .await
+    .expect("back within the budget after the lock");
     svc.stop().await;
 }
