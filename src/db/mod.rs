@@ -1,6 +1,7 @@
 //! Everything that talks to PostgreSQL outside the sampler: connection settings and TLS, single
-//! connections for commands, the sampling pool and its connection slots, the monitoring schema's migrations,
-//! verification and removal, and what reading the slow-statement log needs ([`log_access`]).
+//! connections for commands, the sampling pool and its connection slots, the monitoring
+//! schema's migrations, verification and removal, and what reading the slow-statement log
+//! needs ([`log_access`]).
 
 pub mod connect;
 pub mod lease;

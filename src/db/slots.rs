@@ -84,21 +84,20 @@ impl Connect for SlotConnect {
     }
 }
 
-/// Connects holding `slot`, hands the client to whoever still waits for it and then drives
+/// Connects holding `_slot` (given back when this returns), hands the client to whoever still waits for it and then drives
 /// the connection until its socket closes. When nobody waits any longer, the client is dropped
 /// at once, which ends the session (and with it the task and the slot) as soon as the server
 /// has answered the start-up.
 async fn attempt(
     config: Config,
     tls: MakeRustlsConnect,
-    slot: OwnedSemaphorePermit,
+    _slot: OwnedSemaphorePermit,
     answer: oneshot::Sender<Result<Client, Error>>,
 ) {
     let (client, connection) = match config.connect(tls).await {
         Ok(pair) => pair,
         Err(e) => {
             let _ = answer.send(Err(e));
-            drop(slot);
             return;
         }
     };
@@ -108,7 +107,6 @@ async fn attempt(
     if let Err(e) = connection.await {
         tracing::debug!(error = %e, "database connection closed");
     }
-    drop(slot);
 }
 
 #[cfg(test)]

@@ -5,12 +5,11 @@
 //! more server processes than `database.pool_size`), report `pg_up 0`, and recover once the
 //! lock is released.
 
-use std::time::Duration;
-
 use tokio_postgres::Client;
 
 use crate::harness::{PATIENCE, connect, eventually, own_cluster};
-use crate::service::{sample, start};
+use crate::health::start_short_probe;
+use crate::service::sample;
 use pgpulse::demo::{ClusterOptions, TempCluster};
 
 /// The login role pgpulse uses here, so its server processes can be told apart by title.
@@ -72,17 +71,7 @@ async fn a_lock_on_pg_database_does_not_multiply_connection_attempts_beyond_the_
         .url("postgres")
         .replace("postgres://postgres@", &format!("postgres://{ROLE}@"));
     let budget = 3;
-    let svc = start(&url, crate::health::QUICK, |c| {
-        c.pool_size = budget;
-        c.probe_timeout = Duration::from_secs(1);
-        c.connect_timeout = Duration::from_secs(1);
-        c.reconnect_max_backoff = Duration::from_secs(1);
-    })
-    .await;
-    svc.wait_for("pg_up 1 and a sample", |b| {
-        sample(b, "pg_up") == Some(1.0) && sample(b, "pg_test_quick") == Some(1.0)
-    })
-    .await;
+    let svc = start_short_probe(&url, budget).await;
     lock_and_disconnect(&admin).await;
     // Each failed probe gave up on a connection attempt whose server process waits for the
     // lock. Budget + 2 more failures: without slots for attempts, that many processes.

@@ -138,8 +138,7 @@ async fn stop_pgpulse_backends(admin: &Client, stopped: &Stopped) -> usize {
     pids.len()
 }
 
-/// One cheap query every second (shared with the catalog-lock test).
-pub(crate) const QUICK: &str = "queries:
+const QUICK: &str = "queries:
   - name: quick
     interval: 1s
     timeout: 900ms
@@ -148,7 +147,9 @@ pub(crate) const QUICK: &str = "queries:
       - {column: v, name: pg_test_quick, type: gauge, help: One.}
 ";
 
-async fn start_short_probe(url: &str, budget: usize) -> Running {
+/// pgpulse with `budget` connections, 1 s probe and connect timeouts and a 1 s backoff cap,
+/// sampling one cheap query every second; returns once it is up and has a sample.
+pub(crate) async fn start_short_probe(url: &str, budget: usize) -> Running {
     let svc = start(url, QUICK, |c| {
         c.pool_size = budget;
         c.probe_timeout = Duration::from_secs(1);
