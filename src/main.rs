@@ -11,7 +11,7 @@ use pgpulse::config::LogFormat;
 /// megabytes per round at 10,000 relations, between long-lived allocations, and glibc keeps
 /// such freed memory in its per-thread arenas, so resident memory stayed at the peak;
 /// jemalloc, with the options in `.cargo/config.toml`, returns freed pages to the operating
-/// system within a second (see BENCHMARKS.md, memory).
+/// system at once (see BENCHMARKS.md, resident memory).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{QueryResult, Series};
 use crate::catalog::MetricKind;
@@ -23,30 +23,34 @@ use crate::catalog::MetricKind;
 /// How long the state of an object or parent absent from the results is kept.
 pub const RETENTION: Duration = Duration::from_secs(3600);
 
+/// A value and when it was seen (Unix seconds: 24 bytes per object and metric with its key,
+/// where a `SystemTime` made it 48, about 0.8 MB more at 10,000 partitions).
 #[derive(Debug, Clone, Copy)]
 struct Seen {
     value: f64,
-    at: SystemTime,
+    at: u32,
 }
 
-fn fresh(now: SystemTime, s: &Seen) -> bool {
-    now.duration_since(s.at)
-        .map_or(true, |age| age <= RETENTION)
+/// Unix seconds of `t` (0 before 1970, saturating in 2106).
+fn unix_seconds(t: SystemTime) -> u32 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
 }
 
-/// An object's identity: a 128-bit digest of its label set (two SipHash digests), so the
-/// state of 10,000 partitions costs 16 bytes per object instead of a copy of its labels; two
-/// label sets share a digest with a probability of about 2^-128.
-type ObjectKey = u128;
+/// Whether `s` is within [`RETENTION`] of `now` (also when the clock went back).
+fn fresh(now: u32, s: &Seen) -> bool {
+    u64::from(now.saturating_sub(s.at)) <= RETENTION.as_secs()
+}
+
+/// An object's identity: a 64-bit SipHash digest of its label set, so the state of 10,000
+/// partitions costs 8 bytes per object instead of a copy of its labels. Two of `n` label
+/// sets share a digest with a probability of about n²/2⁶⁵: 4·10⁻¹¹ at 40,000 objects.
+type ObjectKey = u64;
 
 fn object_key(labels: &[String]) -> ObjectKey {
-    let half = |salt: u8| {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        salt.hash(&mut h);
-        labels.hash(&mut h);
-        h.finish()
-    };
-    (u128::from(half(0)) << 64) | u128::from(half(1))
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    labels.hash(&mut h);
+    h.finish()
 }
 
 /// Per-query roll-up state, kept in the snapshot across samples and reloads.
@@ -66,7 +70,7 @@ impl Rollup {
         let n = result.families.len();
         self.objects.resize_with(n, HashMap::new);
         self.totals.resize_with(n, HashMap::new);
-        let now = result.at;
+        let now = unix_seconds(result.at);
         // Parents in order of first appearance, and per metric the value of each parent
         // (by its position in `order`), borrowing the labels of the result.
         let mut order: Vec<&[String]> = Vec::new();
