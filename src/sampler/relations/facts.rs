@@ -122,8 +122,9 @@ const FIRST_SHAPE: usize = FIRST_STAT + STATS_COLUMNS.len();
 pub struct Facts {
     /// Every relation read.
     pub relations: Vec<Relation>,
-    /// Index into `relations` by oid.
-    pub by_oid: HashMap<u32, usize>,
+    /// `(oid, position in relations)`, sorted by oid: 8 bytes per relation, where a hash
+    /// map took about 27 (0.2 MB at 10,000 relations).
+    by_oid: Vec<(u32, u32)>,
     /// The server's `now()` at the pass, as a Unix time.
     pub now: f64,
     /// When the pass was read.
@@ -135,7 +136,13 @@ pub struct Facts {
 impl Facts {
     /// The relation with `oid`, if read.
     pub fn get(&self, oid: u32) -> Option<&Relation> {
-        self.by_oid.get(&oid).and_then(|&i| self.relations.get(i))
+        self.position(oid).and_then(|i| self.relations.get(i))
+    }
+
+    /// The position of the relation with `oid` in `relations`.
+    fn position(&self, oid: u32) -> Option<usize> {
+        let at = self.by_oid.binary_search_by_key(&oid, |&(o, _)| o).ok()?;
+        self.by_oid.get(at).map(|&(_, i)| i as usize)
     }
 
     /// The server's time now, as a Unix time (its `now()` at the pass plus the time since).
@@ -287,8 +294,8 @@ pub async fn read_facts(txn: &Transaction<'_>, hint: usize) -> Result<Facts, Run
     if relations.capacity() > relations.len() + relations.len() / 16 {
         relations.shrink_to_fit();
     }
-    let mut by_oid = HashMap::with_capacity(relations.len());
-    by_oid.extend(relations.iter().enumerate().map(|(i, r)| (r.oid, i)));
+    let mut by_oid: Vec<(u32, u32)> = (0u32..).zip(&relations).map(|(i, r)| (r.oid, i)).collect();
+    by_oid.sort_unstable();
     let at = Instant::now();
     Ok(Facts {
         relations,
@@ -322,7 +329,7 @@ pub async fn refresh_facts(
         }
         let oid: u32 = row.try_get(0)?;
         let version = row.try_get::<_, Xid>(1)?.0;
-        let slot = facts.by_oid.get(&oid).copied();
+        let slot = facts.position(oid);
         match slot.and_then(|i| facts.relations.get_mut(i)) {
             Some(r) if r.version == version => {
                 read_stats(row, r)?;
