@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::{QueryResult, Series};
 use crate::catalog::MetricKind;
@@ -29,12 +29,6 @@ pub const RETENTION: Duration = Duration::from_secs(3600);
 struct Seen {
     value: f64,
     at: u32,
-}
-
-/// Unix seconds of `t` (0 before 1970, saturating in 2106).
-fn unix_seconds(t: SystemTime) -> u32 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
 }
 
 /// Whether `s` is within [`RETENTION`] of `now` (also when the clock went back).
@@ -70,7 +64,8 @@ impl Rollup {
         let n = result.families.len();
         self.objects.resize_with(n, HashMap::new);
         self.totals.resize_with(n, HashMap::new);
-        let now = unix_seconds(result.at);
+        // Whole Unix seconds (the cast saturates: 0 before 1970, u32::MAX after 2106).
+        let now = crate::clock::unix_seconds(result.at) as u32;
         // Parents in order of first appearance, and per metric the value of each parent
         // (by its position in `order`), borrowing the labels of the result.
         let mut order: Vec<&[String]> = Vec::new();
@@ -173,6 +168,7 @@ mod tests {
     use super::*;
     use crate::catalog::{Catalog, Defaults};
     use std::sync::Arc;
+    use std::time::SystemTime;
 
     fn result_at(at: SystemTime, rows: &[(&str, &str, f64, f64)]) -> QueryResult {
         let yaml = "queries:\n  - name: q\n    sql: SELECT 1\n    labels: [parent]\n    rollup_key: part\n    max_series: 4\n    metrics:\n      - {column: scans, name: pg_scans_total, type: counter, help: s}\n      - {column: bytes, name: pg_bytes, type: gauge, help: b}\n";
