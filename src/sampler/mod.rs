@@ -90,6 +90,9 @@ pub struct Sampler {
     settings: SamplerSettings,
     roster: Mutex<HashMap<String, Task>>,
     relations: relations::RelationSource,
+    /// True once the probe has given its first verdict (up or down): until then the first
+    /// runs wait, instead of being skipped as if the database were down.
+    probed: tokio::sync::watch::Sender<bool>,
     tracker: TaskTracker,
     stop: CancellationToken,
 }
@@ -115,6 +118,7 @@ impl Sampler {
             settings,
             roster: Mutex::new(HashMap::new()),
             relations: relations::RelationSource::default(),
+            probed: tokio::sync::watch::Sender::new(false),
             tracker,
             stop,
         })

@@ -107,6 +107,8 @@ impl Sampler {
                 _ = stop.cancelled() => return,
                 ok = self.probe_once() => ok,
             };
+            self.probed
+                .send_if_modified(|probed| !std::mem::replace(probed, true));
             let pause = if ok {
                 failures = 0;
                 PROBE_INTERVAL

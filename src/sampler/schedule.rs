@@ -1,7 +1,7 @@
-//! Scheduling: the loop of one query (first run at its offset, then every interval; a run
-//! still in flight when the next tick comes skips that tick) and what one tick does: skip
-//! while the database is down, gate, run, then record the outcome under the roster's
-//! generation check.
+//! Scheduling: the loop of one query (first run at its offset once the probe has given its
+//! first verdict, then every interval; a run still in flight when the next tick comes skips
+//! that tick) and what one tick does: skip while the database is down, gate, run, then record
+//! the outcome under the roster's generation check.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -23,6 +23,13 @@ impl Sampler {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(offset) => {}
+        }
+        // Before the probe's first verdict the database is neither up nor down: a first run
+        // skipped then would wait a whole interval (a minute for some) for its next chance.
+        let mut probed = self.probed.subscribe();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = probed.wait_for(|probed| *probed) => {}
         }
         crate::clock::every(spec.interval, &stop, || self.tick(&spec)).await;
     }

@@ -4,7 +4,8 @@
 //! runs are cancelled by reloads and while its backends (and the postmaster) are stopped with
 //! SIGSTOP; `/ready` is 200 only once every enabled query has succeeded at least once (queries
 //! gated out for this server are not waited for), 503 before, naming the queries still
-//! pending; once reached, a reload that adds a query does not revoke it.
+//! pending; once reached, a reload that adds a query does not revoke it. First runs wait for
+//! the probe's first verdict rather than being skipped before it.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -309,5 +310,37 @@ async fn ready_waits_until_every_enabled_query_has_succeeded_once_and_names_the_
     })
     .await;
     assert_eq!(svc.get("/ready").await.0, 200);
+    svc.stop().await;
+}
+
+/// The first query's first run comes before the probe's first answer: it waits for that
+/// verdict instead of being skipped as if the database were down, which left a query with an
+/// hour's interval (a minute's, in the shipped catalog) without a value, and `/ready` at 503,
+/// until its next tick.
+#[tokio::test]
+async fn first_runs_wait_for_the_probe_instead_of_skipping_a_whole_interval() {
+    let db = TestDb::new().await;
+    let catalog = "queries:
+  - name: hourly
+    interval: 1h
+    sql: SELECT 1 AS v
+    metrics:
+      - {column: v, name: pg_test_hourly, type: gauge, help: One.}
+  - name: often
+    interval: 1s
+    timeout: 900ms
+    sql: SELECT 1 AS v
+    metrics:
+      - {column: v, name: pg_test_often, type: gauge, help: One.}
+";
+    let svc = start(&db.url, catalog, |_| {}).await;
+    svc.wait_ready().await;
+    let body = svc.metrics().await;
+    assert_eq!(sample(&body, "pg_test_hourly"), Some(1.0), "{body}");
+    assert_eq!(
+        sample(&body, "pgpulse_query_skipped_ticks_total{query=\"hourly\"}"),
+        Some(0.0),
+        "{body}"
+    );
     svc.stop().await;
 }
