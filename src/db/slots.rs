@@ -85,9 +85,9 @@ impl Connect for SlotConnect {
 }
 
 /// Connects holding `_slot` (given back when this returns), hands the client to whoever still
-/// waits for it and then drives the connection until its socket closes. When nobody waits any longer, the client is dropped
-/// at once, which ends the session (and with it the task and the slot) as soon as the server
-/// has answered the start-up.
+/// waits for it and then drives the connection until its socket closes. When nobody waits any
+/// longer, the client is dropped at once, which ends the session (and with it the task and the
+/// slot) as soon as the server has answered the start-up.
 async fn attempt(
     config: Config,
     tls: MakeRustlsConnect,
