@@ -162,6 +162,7 @@ pub struct App {
     plan_guard: Option<Arc<crate::plans::guard::PlanGuard>>,
     slow_log: Option<Arc<crate::slowlog::SlowLogReader>>,
     web: Arc<WebSecurity>,
+    http_metrics: crate::http::metrics::HttpMetrics,
 }
 
 impl App {
@@ -183,6 +184,7 @@ impl App {
             crate::db::lease::Budget::new(crate::db::pool::build(&config.pool_settings())?);
         let mut registry = Registry::default();
         let metrics = Arc::new(SamplerMetrics::register(&mut registry));
+        let http_metrics = crate::http::metrics::HttpMetrics::register(&mut registry);
         let plan_guard = config.plans.clone().map(|g| {
             crate::plans::guard::PlanGuard::new(
                 &mut registry,
@@ -263,6 +265,7 @@ impl App {
             plan_guard,
             slow_log,
             web,
+            http_metrics,
         })
     }
 
@@ -321,15 +324,24 @@ impl App {
         let app = router(self.state.clone(), self.config.request_timeout);
         let app = crate::http::auth::protect(app, self.web.clone());
         let stop = self.stop.clone();
-        let header_timeout = self.config.request_timeout;
-        let served =
-            crate::http::auth::serve(self.listener, app, tls, header_timeout, async move {
+        let limits = crate::http::server::Limits {
+            phase_timeout: self.config.request_timeout,
+            max_connections: self.config.max_http_connections,
+        };
+        let served = crate::http::server::serve(
+            self.listener,
+            app,
+            tls,
+            limits,
+            self.http_metrics.clone(),
+            async move {
                 tokio::select! {
                     _ = shutdown => {}
                     _ = stop.cancelled() => {}
                 }
-            })
-            .await;
+            },
+        )
+        .await;
         self.stop.cancel();
         self.tracker.close();
         self.tracker.wait().await;

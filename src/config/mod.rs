@@ -98,6 +98,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// HTTP request timeout.
     pub request_timeout: Duration,
+    /// The most HTTP connections open at once (at least 1).
+    pub max_http_connections: usize,
     /// The metric catalog: a file, or the built-in catalog when none is configured.
     pub catalog_source: Source,
     /// Interval of queries that set none.
@@ -270,6 +272,17 @@ fn positive(key: &'static str, d: Duration) -> Result<Duration, ConfigError> {
     }
 }
 
+fn at_least_one(key: &'static str, n: usize) -> Result<usize, ConfigError> {
+    if n == 0 {
+        Err(ConfigError::Invalid {
+            key,
+            reason: "must be at least 1".to_owned(),
+        })
+    } else {
+        Ok(n)
+    }
+}
+
 impl Settings {
     /// Validates the settings into a [`Config`].
     pub fn validate(self) -> Result<Config, ConfigError> {
@@ -372,6 +385,7 @@ impl Settings {
             probe_timeout: positive("database.probe_timeout", db.probe_timeout)?,
             listen,
             request_timeout: positive("web.request_timeout", self.web.request_timeout)?,
+            max_http_connections: at_least_one("web.max_connections", self.web.max_connections)?,
             catalog_source: match &self.queries_file {
                 Some(p) => Source::File(p.clone()),
                 None => Source::Builtin,

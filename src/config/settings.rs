@@ -201,10 +201,14 @@ impl Default for DatabaseSettings {
 pub struct WebSettings {
     /// `host:port` to listen on.
     pub listen_address: String,
-    /// Request timeout: a request's headers must arrive within it (else the connection is
-    /// closed), and its answer is given within it.
+    /// The deadline of every phase of a connection: complete request headers within it of
+    /// the connect (TLS handshake included) or of the previous answer, and the answer sent
+    /// within it of the headers; a connection that overruns a phase is closed.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// The most HTTP connections open at once; at the cap the oldest connection that is not
+    /// in a request makes room, and a new one is refused only when all are in a request.
+    pub max_connections: usize,
     /// A web configuration file in the format of the Prometheus exporter toolkit (TLS,
     /// basic auth, headers); `--web.config.file`.
     pub config_file: Option<PathBuf>,
@@ -219,6 +223,7 @@ impl Default for WebSettings {
         Self {
             listen_address: super::DEFAULT_LISTEN.to_owned(),
             request_timeout: Duration::from_secs(10),
+            max_connections: 128,
             config_file: None,
             open_health: false,
             landing_page: true,

@@ -1,6 +1,7 @@
 //! The protection of the HTTP surface from the web configuration file: basic auth with bcrypt
 //! hashes, the response headers, the switches for `/health` and the landing page, and the
 //! reload of all of it (certificates included) on SIGHUP without dropping the listener.
+//! The server itself (accept, deadlines, the connection cap) is [`super::server`].
 //!
 //! bcrypt is slow on purpose (tens of milliseconds per check), and Prometheus sends the same
 //! credentials every scrape, so results are cached by a SHA-256 of user, password and hash,
@@ -18,11 +19,11 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum_server::tls_rustls::RustlsConfig;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::server::TlsConfig;
 use super::webconfig::{WebConfig, WebConfigError};
 
 /// Cached verification results kept at most (then the cache starts over).
@@ -59,7 +60,7 @@ struct Rules {
 pub struct WebSecurity {
     file: Option<PathBuf>,
     rules: ArcSwap<Rules>,
-    tls: Option<RustlsConfig>,
+    tls: Option<TlsConfig>,
     open_health: bool,
     landing_page: bool,
 }
@@ -84,7 +85,7 @@ impl WebSecurity {
             None => (Rules::default(), None),
             Some(f) => {
                 let config = WebConfig::load(f)?;
-                let tls = config.server_config()?.map(RustlsConfig::from_config);
+                let tls = config.server_config()?.map(|c| Arc::new(ArcSwap::new(c)));
                 (rules(&config), tls)
             }
         };
@@ -98,7 +99,7 @@ impl WebSecurity {
     }
 
     /// The HTTPS configuration, when the file asks for TLS.
-    pub fn tls(&self) -> Option<RustlsConfig> {
+    pub fn tls(&self) -> Option<TlsConfig> {
         self.tls.clone()
     }
 
@@ -112,7 +113,7 @@ impl WebSecurity {
         let config = WebConfig::load(file)?;
         let server = config.server_config()?;
         match (&self.tls, server) {
-            (Some(tls), Some(new)) => tls.reload_from_config(new),
+            (Some(tls), Some(new)) => tls.store(new),
             (None, None) => {}
             _ => return Err(AuthError::NeedsRestart { file: file.clone() }),
         }
@@ -211,49 +212,6 @@ pub async fn guard(State(sec): State<Arc<WebSecurity>>, req: Request, next: Next
 /// Wraps `router` in [`guard`].
 pub fn protect(router: axum::Router, sec: Arc<WebSecurity>) -> axum::Router {
     router.layer(axum::middleware::from_fn_with_state(sec, guard))
-}
-
-/// How long a shutdown waits for open requests before it closes their connections.
-pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Serves `router` on `listener` (HTTPS when `tls` is given) until `shutdown` completes.
-///
-/// A client must send its request headers within `header_timeout`, or its connection is
-/// closed: a client that opens connections and sends half a request (slowloris) holds no
-/// memory or descriptor for long, and cannot stall the shutdown. On shutdown, idle
-/// connections close at once and open requests get [`SHUTDOWN_GRACE`] to finish.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: axum::Router,
-    tls: Option<RustlsConfig>,
-    header_timeout: std::time::Duration,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let listener = listener.into_std()?;
-    let handle = axum_server::Handle::new();
-    let h = handle.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        h.graceful_shutdown(Some(SHUTDOWN_GRACE));
-    });
-    let service = router.into_make_service();
-    let limit = |b: &mut hyper_util::server::conn::auto::Builder<_>| {
-        b.http1()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(header_timeout);
-    };
-    match tls {
-        None => {
-            let mut server = axum_server::from_tcp(listener)?.handle(handle);
-            limit(server.http_builder());
-            server.serve(service).await
-        }
-        Some(tls) => {
-            let mut server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle);
-            limit(server.http_builder());
-            server.serve(service).await
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,13 +1,16 @@
 //! The HTTP surface: `/metrics` (a copy of pre-rendered bytes, format and encoding negotiated),
 //! `/health` (liveness), `/ready` (readiness), `/health/db` (the database's own health
 //! checks, from the last sample), `/` (landing page); HTTPS, basic auth and headers from
-//! the web configuration file ([`webconfig`], [`auth`]). The router is built from
+//! the web configuration file ([`webconfig`], [`auth`]); the server with its connection cap
+//! and deadlines ([`server`]). The router is built from
 //! an [`AppState`] and can be tested without a socket (`tower::ServiceExt::oneshot`).
 
 pub mod auth;
 mod health_db;
 mod landing;
+pub mod metrics;
 mod negotiate;
+pub mod server;
 pub mod webconfig;
 
 use std::sync::Arc;

@@ -29,7 +29,7 @@ const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/web-config.ex
 const EXAMPLE_PASSWORD: &str = "change-me-scrape-password";
 
 /// Writes `yaml` as web-config.yml in `dir` (with the PKI's files next to it).
-fn web_config(dir: &Path, pki: &Pki, yaml: &str) -> PathBuf {
+pub fn web_config(dir: &Path, pki: &Pki, yaml: &str) -> PathBuf {
     for (name, from) in [
         ("server.crt", &pki.server_cert),
         ("server.key", &pki.server_key),
@@ -527,4 +527,67 @@ async fn sighup_reloads_the_certificates_of_a_running_binary_on_the_same_listene
             .success(),
         "still running"
     );
+}
+
+/// A TLS client trusting the test CA, for raw connections that stop after the handshake.
+fn tls_client(pki: &Pki) -> tokio_rustls::TlsConnector {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&pki.ca).unwrap();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_silent_before_or_after_the_handshake_are_closed_by_the_request_timeout() {
+    use tokio::io::AsyncReadExt;
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n";
+    let file = web_config(dir.path(), &pki, yaml);
+    let db = TestDb::new().await;
+    let svc = start(&db.url, CATALOG, move |c| {
+        c.settings.web.config_file = Some(file);
+        c.request_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let connector = tls_client(&pki);
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut after = Vec::new();
+    for _ in 0..10 {
+        let tcp = tokio::net::TcpStream::connect(svc.addr).await.unwrap();
+        after.push(connector.connect(name.clone(), tcp).await.unwrap());
+    }
+    let mut before = Vec::new();
+    for _ in 0..10 {
+        before.push(tokio::net::TcpStream::connect(svc.addr).await.unwrap());
+    }
+    let patience = crate::harness::PATIENCE;
+    for s in &mut after {
+        let mut sink = Vec::new();
+        let r = tokio::time::timeout(patience, s.read_to_end(&mut sink)).await;
+        assert!(r.is_ok(), "a silent TLS session was never closed");
+    }
+    for s in &mut before {
+        let mut sink = Vec::new();
+        let r = tokio::time::timeout(patience, s.read_to_end(&mut sink)).await;
+        assert!(
+            r.is_ok(),
+            "a connection silent before its handshake was never closed"
+        );
+    }
+    let (_, resolve) = https(&svc, "/metrics");
+    let (url, _) = https(&svc, "/metrics");
+    let ca = pki.ca.to_str().unwrap().to_owned();
+    let (code, status, _) = curl(&url, &["--cacert", &ca, "--resolve", &resolve]);
+    assert_eq!((code, status), (0, 200), "a scrape over TLS still answers");
+    svc.stop().await;
 }
