@@ -67,6 +67,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "log_reader",
         sql: include_str!("../../migrations/V009__log_reader.sql"),
     },
+    Migration {
+        version: 10,
+        name: "statement_numbers",
+        sql: include_str!("../../migrations/V010__statement_numbers.sql"),
+    },
 ];
 
 /// Errors of migrating.

@@ -32,5 +32,6 @@ mod secrets;
 mod service;
 mod signals;
 mod slow_log;
+mod statement_text;
 mod tls;
 mod web;
