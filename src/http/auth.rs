@@ -5,11 +5,12 @@
 //!
 //! bcrypt is slow on purpose (tens of milliseconds per check), and Prometheus sends the same
 //! credentials every scrape, so results are cached by a SHA-256 of user, password and hash,
-//! as the exporter toolkit does. An unknown user is checked against a dummy hash so that the
+//! as the exporter toolkit does, verified and failed ones apart, and the bcrypt work is
+//! bounded ([`Verifications`]). An unknown user is checked against a dummy hash so that the
 //! answer takes as long as for a known one, and the final decision is combined in constant
 //! time. The bcrypt work runs on the blocking pool, never on a runtime worker.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -26,8 +27,15 @@ use subtle::ConstantTimeEq;
 use super::server::TlsConfig;
 use super::webconfig::{WebConfig, WebConfigError};
 
-/// Cached verification results kept at most (then the cache starts over).
-const CACHE_LIMIT: usize = 1024;
+/// Verified credentials kept at most (then that cache starts over; only valid credentials
+/// fill it).
+const VERIFIED_LIMIT: usize = 256;
+/// Failed credentials kept at most (then that cache starts over, leaving the verified ones).
+const FAILED_LIMIT: usize = 1024;
+/// bcrypt checks that run at once.
+const BCRYPT_WORKERS: usize = 2;
+/// bcrypt checks that may wait for a worker; more are refused at once.
+const BCRYPT_QUEUE: usize = 32;
 
 /// A bcrypt hash (cost 10, as `htpasswd -B`) that unknown users are checked against.
 static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -52,7 +60,7 @@ pub enum AuthError {
 struct Rules {
     users: HashMap<String, String>,
     headers: Vec<(axum::http::HeaderName, HeaderValue)>,
-    cache: Mutex<HashMap<[u8; 32], bool>>,
+    cache: Verifications,
 }
 
 /// The protection of the HTTP surface; cheap to share, reloadable.
@@ -69,7 +77,7 @@ fn rules(config: &WebConfig) -> Rules {
     Rules {
         users: config.users.clone().into_iter().collect(),
         headers: config.headers.clone(),
-        cache: Mutex::new(HashMap::new()),
+        cache: Verifications::default(),
     }
 }
 
@@ -131,39 +139,111 @@ impl WebSecurity {
         let Some((user, password)) = authorization.and_then(basic_credentials) else {
             return false;
         };
-        let known = rules.users.get(&user);
-        let hash = match known {
+        let known = rules.users.get(&user).cloned();
+        let hash = match &known {
             Some(h) => h.clone(),
+            // The first use computes the dummy hash: on the blocking pool.
             None => tokio::task::spawn_blocking(|| DUMMY_HASH.clone())
                 .await
                 .unwrap_or_default(),
         };
-        let mut key = Sha256::new();
-        for part in [user.as_bytes(), password.as_bytes(), hash.as_bytes()] {
-            key.update((part.len() as u64).to_be_bytes());
-            key.update(part);
-        }
-        let key: [u8; 32] = key.finalize().into();
-        let cached = rules.cache.lock().ok().and_then(|c| c.get(&key).copied());
-        let verified = match cached {
+        let key = cache_key(&user, &password, &hash);
+        let verified = match rules.cache.lookup(&key) {
             Some(v) => v,
             None => {
-                let v = tokio::task::spawn_blocking(move || {
-                    bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false)
-                })
-                .await
-                .unwrap_or(false);
-                if let Ok(mut c) = rules.cache.lock() {
-                    if c.len() >= CACHE_LIMIT {
-                        c.clear();
-                    }
-                    c.insert(key, v);
-                }
+                let Some(v) = rules.cache.verify(password, hash).await else {
+                    return false;
+                };
+                rules.cache.remember(key, v);
                 v
             }
         };
         let ok = u8::from(known.is_some()).ct_eq(&1) & u8::from(verified).ct_eq(&1);
         ok.into()
+    }
+}
+
+/// The cache key of a (user, password, hash) triple.
+fn cache_key(user: &str, password: &str, hash: &str) -> [u8; 32] {
+    let mut key = Sha256::new();
+    for part in [user.as_bytes(), password.as_bytes(), hash.as_bytes()] {
+        key.update((part.len() as u64).to_be_bytes());
+        key.update(part);
+    }
+    key.finalize().into()
+}
+
+/// Verification results and the bound on bcrypt work.
+///
+/// Verified credentials and failed ones are kept apart: a flood of distinct wrong passwords
+/// fills and empties only the failure cache, never evicting the credentials a scraper sends
+/// every scrape. bcrypt runs on at most [`BCRYPT_WORKERS`] blocking threads at once, and at
+/// most [`BCRYPT_QUEUE`] checks wait for one; a check beyond that is refused at once (the
+/// request answers 401), so a flood costs a bounded amount of CPU and memory and a scraper
+/// whose credentials are cached is answered without waiting.
+#[derive(Debug)]
+struct Verifications {
+    verified: Mutex<HashSet<[u8; 32]>>,
+    failed: Mutex<HashSet<[u8; 32]>>,
+    workers: tokio::sync::Semaphore,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl Default for Verifications {
+    fn default() -> Self {
+        Self {
+            verified: Mutex::default(),
+            failed: Mutex::default(),
+            workers: tokio::sync::Semaphore::new(BCRYPT_WORKERS),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Verifications {
+    fn lookup(&self, key: &[u8; 32]) -> Option<bool> {
+        let hit =
+            |set: &Mutex<HashSet<[u8; 32]>>| set.lock().map(|s| s.contains(key)).unwrap_or(false);
+        if hit(&self.verified) {
+            Some(true)
+        } else if hit(&self.failed) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    fn remember(&self, key: [u8; 32], verified: bool) {
+        let (set, limit) = if verified {
+            (&self.verified, VERIFIED_LIMIT)
+        } else {
+            (&self.failed, FAILED_LIMIT)
+        };
+        if let Ok(mut s) = set.lock() {
+            if s.len() >= limit {
+                s.clear();
+            }
+            s.insert(key);
+        }
+    }
+
+    /// bcrypt of `password` against `hash` on the blocking pool; `None` when too many
+    /// checks are waiting already.
+    async fn verify(&self, password: String, hash: String) -> Option<bool> {
+        use std::sync::atomic::Ordering;
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= BCRYPT_QUEUE + BCRYPT_WORKERS {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        let permit = self.workers.acquire().await;
+        let v = tokio::task::spawn_blocking(move || {
+            bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        drop(permit);
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        Some(v)
     }
 }
 
@@ -260,8 +340,74 @@ mod tests {
         assert!(!sec.authorized(Some(&header("stranger", "right"))).await);
         assert!(sec.authorized(Some(&header("prometheus", "right"))).await);
         assert!(sec.authorized(Some(&header("prometheus", "right"))).await);
-        let cached = sec.rules.load().cache.lock().unwrap().len();
-        assert_eq!(cached, 3, "one entry per distinct (user, password, hash)");
+        let rules = sec.rules.load();
+        let verified = rules.cache.verified.lock().unwrap().len();
+        let failed = rules.cache.failed.lock().unwrap().len();
+        assert_eq!(
+            (verified, failed),
+            (1, 2),
+            "one entry per distinct (user, password, hash)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_wrong_passwords_never_evicts_the_verified_credentials() {
+        let sec = security(&[("prometheus", "right")]);
+        assert!(sec.authorized(Some(&header("prometheus", "right"))).await);
+        for i in 0..FAILED_LIMIT + 10 {
+            assert!(
+                !sec.authorized(Some(&header("prometheus", &format!("w{i}"))))
+                    .await
+            );
+        }
+        let rules = sec.rules.load();
+        assert!(rules.cache.failed.lock().unwrap().len() < FAILED_LIMIT);
+        let hash = rules.users["prometheus"].clone();
+        let key = cache_key("prometheus", "right", &hash);
+        assert_eq!(rules.cache.lookup(&key), Some(true), "still cached");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bcrypt_work_is_bounded_and_a_cached_scraper_never_waits_for_it() {
+        let sec = Arc::new(security(&[("prometheus", "right")]));
+        assert!(sec.authorized(Some(&header("prometheus", "right"))).await);
+        let rules = sec.rules.load_full();
+        // Every worker busy: checks queue up to the bound, the rest are refused at once.
+        let held = rules
+            .cache
+            .workers
+            .acquire_many(BCRYPT_WORKERS as u32)
+            .await
+            .unwrap();
+        let flood = 100;
+        let mut tasks = Vec::new();
+        for i in 0..flood {
+            let sec = sec.clone();
+            tasks.push(tokio::spawn(async move {
+                sec.authorized(Some(&header("prometheus", &format!("wrong{i}"))))
+                    .await
+            }));
+        }
+        let bound = BCRYPT_QUEUE + BCRYPT_WORKERS;
+        while rules
+            .cache
+            .waiting
+            .load(std::sync::atomic::Ordering::SeqCst)
+            < bound
+        {
+            tokio::task::yield_now().await;
+        }
+        assert!(sec.authorized(Some(&header("prometheus", "right"))).await);
+        let mut refused_early = 0;
+        for t in &tasks {
+            refused_early += usize::from(t.is_finished());
+        }
+        drop(held);
+        for t in tasks {
+            assert!(!t.await.unwrap());
+        }
+        assert!(refused_early <= flood - bound);
+        assert_eq!(rules.cache.failed.lock().unwrap().len(), bound);
     }
 
     #[tokio::test]
