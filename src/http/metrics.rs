@@ -28,7 +28,7 @@ impl HttpMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
         registry.register(
-            "pgpulse_http_connections",
+            "pgpulse_http_open_connections",
             "HTTP connections open now (at most web.max_connections, plus evicted ones closing)",
             m.open.clone(),
         );

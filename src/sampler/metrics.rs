@@ -33,6 +33,15 @@ pub struct ErrorLabels {
     pub kind: String,
 }
 
+/// Labels naming a query and why a counter sample was dropped.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorReason {
+    /// The query name.
+    pub query: String,
+    /// One of [`crate::snapshot::monotonic::Dropped::as_str`].
+    pub reason: &'static str,
+}
+
 /// Labels of the build info.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
@@ -70,6 +79,8 @@ pub enum RunOutcome {
         dropped: u64,
         /// NULL values met.
         nulls: u64,
+        /// Counter samples dropped, by reason.
+        counter_drops: crate::snapshot::monotonic::DropCounts,
     },
     /// The run failed; `series` are still exposed (the last good result until it expires).
     Failed {
@@ -92,6 +103,7 @@ pub struct SamplerMetrics {
     series: Family<QueryLabel, Gauge>,
     dropped: Family<QueryLabel, Counter>,
     nulls: Family<QueryLabel, Counter>,
+    counter_drops: Family<ErrorReason, Counter>,
     skipped: Family<QueryLabel, Counter>,
     enabled: Family<QueryLabel, Gauge>,
     reloads: Family<ResultLabel, Counter>,
@@ -141,6 +153,7 @@ impl SamplerMetrics {
             series: Family::default(),
             dropped: Family::default(),
             nulls: Family::default(),
+            counter_drops: Family::default(),
             skipped: Family::default(),
             enabled: Family::default(),
             reloads: Family::default(),
@@ -195,6 +208,12 @@ impl SamplerMetrics {
             "pgpulse_query_series_dropped",
             "Series dropped because a query exceeded its max_series budget or repeated a label set",
             m.dropped.clone(),
+        );
+        r.register(
+            "pgpulse_query_counter_samples_dropped",
+            "Counter samples dropped instead of served: negative, not finite, or lower than the \
+             value served before while the source did not reset (the last value is held)",
+            m.counter_drops.clone(),
         );
         r.register(
             "pgpulse_query_null_values",
@@ -293,8 +312,10 @@ impl SamplerMetrics {
                 series,
                 dropped,
                 nulls,
+                counter_drops,
             } => {
                 self.nulls.get_or_create(&q).inc_by(nulls);
+                self.record_counter_drops(spec, &counter_drops);
                 self.dropped.get_or_create(&q).inc_by(dropped);
                 self.series.get_or_create(&q).set(gauge_value(series));
                 self.last_success
@@ -310,6 +331,29 @@ impl SamplerMetrics {
                     .inc();
                 self.series.get_or_create(&q).set(gauge_value(series));
             }
+        }
+    }
+
+    /// Counts dropped counter samples; every reason of a query with counters starts at 0.
+    fn record_counter_drops(
+        &self,
+        spec: &QuerySpec,
+        drops: &crate::snapshot::monotonic::DropCounts,
+    ) {
+        let counts = spec.accumulate.is_some()
+            || spec
+                .metrics
+                .iter()
+                .any(|m| m.kind == crate::catalog::MetricKind::Counter);
+        if !counts {
+            return;
+        }
+        for (why, n) in crate::snapshot::monotonic::Dropped::ALL.iter().zip(drops) {
+            let labels = ErrorReason {
+                query: spec.name.clone(),
+                reason: why.as_str(),
+            };
+            self.counter_drops.get_or_create(&labels).inc_by(*n);
         }
     }
 
@@ -382,6 +426,7 @@ mod tests {
             series: 3,
             dropped: 2,
             nulls: 1,
+            counter_drops: [0, 0, 0],
         };
         m.record_run(&s, 1, &outcome);
         let q = label(&s);

@@ -34,6 +34,8 @@ pub struct ServerInfo {
     version_num: AtomicI64,
     in_recovery: std::sync::atomic::AtomicBool,
     features: std::sync::Mutex<(Vec<String>, Vec<String>)>,
+    /// A digest of pg_stat_statements' last reset, from the last probe that could read it.
+    statements_epoch: std::sync::atomic::AtomicU64,
     /// Why the last connection attempt failed (logged when it changes).
     last_failure: std::sync::Mutex<String>,
 }
@@ -135,13 +137,14 @@ impl Sampler {
     }
 
     /// One probe, on a connection of the budget like any query: a read-only round trip with
-    /// a statement timeout (liveness and version), then, best effort, the installed
-    /// extensions and preloaded libraries for gating. No answer within the probe timeout
-    /// means down, even when TCP still connects. When every connection of the budget is busy,
-    /// work still within its time says nothing new (the last state stays), while a budget
-    /// held only by connections the server has not answered in time means down. A role that
-    /// may not read `shared_preload_libraries` keeps the last known features: the database is
-    /// up all the same.
+    /// a statement timeout (liveness, version, the statistics reset epoch), then, best effort,
+    /// the installed extensions, preloaded libraries and pg_stat_statements' reset for
+    /// gating and the epoch. No answer within the probe timeout means down, even when TCP
+    /// still connects. When every connection of the budget is busy, work still within its
+    /// time says nothing new (the last state stays), while a budget held only by connections
+    /// the server has not answered in time means down. A role that may not read
+    /// `shared_preload_libraries` keeps the last known features: the database is up all the
+    /// same.
     pub async fn probe_once(&self) -> bool {
         let timeout = self.settings.probe_timeout;
         let mut lease = match self.budget.lease(Some(timeout), timeout * 2).await {
@@ -161,32 +164,18 @@ impl Sampler {
             }
             Ok(c) => Some(c),
         };
-        let mut version = None;
+        let mut live = None;
         if let Some(client) = lease.as_mut().and_then(Lease::client) {
-            let batch = guarded(
-                "SELECT current_setting('server_version_num') || '|' || pg_is_in_recovery()",
-                timeout,
-            );
-            version = match tokio::time::timeout(timeout, client.simple_query(&batch)).await {
-                Ok(Ok(msgs)) => first_value(&msgs).and_then(|v| {
-                    let (version, recovery) = v.split_once('|')?;
-                    Some((version.parse::<i64>().ok()?, recovery == "true"))
-                }),
-                Ok(Err(e)) => {
-                    self.note_failure(crate::db::connect::describe(&e));
-                    None
-                }
-                Err(_) => {
-                    self.note_failure(format!(
-                        "no answer within the probe timeout ({}ms)",
-                        timeout.as_millis()
-                    ));
+            live = match liveness(client, timeout).await {
+                Ok(l) => l,
+                Err(reason) => {
+                    self.note_failure(reason);
                     None
                 }
             };
         }
         let was_up = self.snapshot.is_up();
-        let Some((version, in_recovery)) = version else {
+        let Some(live) = live else {
             // Dropping the lease lets the connection settle: its slot stays taken until the
             // server answers.
             drop(lease);
@@ -198,46 +187,140 @@ impl Sampler {
             self.changed.notify_one();
             return false;
         };
-        if let Some(mut lease) = lease {
-            let sql = "SELECT coalesce((SELECT string_agg(extname, ',') FROM pg_extension), '') || '|' || \
-                       current_setting('shared_preload_libraries')";
-            let outcome = match lease.client() {
-                Some(client) => {
-                    tokio::time::timeout(timeout, client.simple_query(&guarded(sql, timeout))).await
-                }
-                None => Ok(Ok(Vec::new())),
-            };
-            match outcome {
-                Ok(Ok(msgs)) => {
-                    if let Some((exts, preload)) =
-                        first_value(&msgs).and_then(|v| v.split_once('|'))
-                        && let Ok(mut f) = self.server.features.lock()
-                    {
-                        *f = (split_list(exts), split_list(preload));
-                    }
-                    lease.release();
-                }
-                // The transaction is left aborted: the lease settles (rolls back) on drop.
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "cannot read extensions or preloaded libraries; keeping the last known");
-                }
-                Err(_) => {}
-            }
+        if let Some(lease) = lease {
+            self.read_features(lease, timeout).await;
         }
+        self.record_up(&live, was_up);
+        true
+    }
+
+    /// Records a successful probe.
+    fn record_up(&self, live: &Liveness, was_up: bool) {
         if let Ok(mut last) = self.server.last_failure.lock() {
             last.clear();
         }
-        self.server.version_num.store(version, Ordering::Relaxed);
+        self.server
+            .version_num
+            .store(live.version, Ordering::Relaxed);
         self.server
             .in_recovery
-            .store(in_recovery, Ordering::Relaxed);
+            .store(live.in_recovery, Ordering::Relaxed);
+        let statements = self.server.statements_epoch.load(Ordering::Relaxed);
+        self.snapshot
+            .set_reset_epoch(live.epoch ^ statements.rotate_left(1));
         self.snapshot.set_up(true);
-        self.metrics.record_probe(true, Some(version));
+        self.metrics.record_probe(true, Some(live.version));
         if !was_up {
-            tracing::info!(version, "database reachable");
+            tracing::info!(version = live.version, "database reachable");
             self.changed.notify_one();
         }
-        true
+    }
+
+    /// Best effort: extensions, preloaded libraries and pg_stat_statements' reset epoch; on
+    /// failure the last known stay.
+    async fn read_features(&self, mut lease: Lease, timeout: Duration) {
+        let outcome = match lease.client() {
+            Some(client) => {
+                tokio::time::timeout(
+                    timeout,
+                    client.simple_query(&guarded(FEATURES_SQL, timeout)),
+                )
+                .await
+            }
+            None => Ok(Ok(Vec::new())),
+        };
+        match outcome {
+            Ok(Ok(msgs)) => {
+                let mut parts = first_value(&msgs).unwrap_or_default().split('|');
+                let (exts, preload, statements) = (parts.next(), parts.next(), parts.next());
+                if let (Some(exts), Some(preload)) = (exts, preload)
+                    && let Ok(mut f) = self.server.features.lock()
+                {
+                    *f = (split_list(exts), split_list(preload));
+                }
+                self.server
+                    .statements_epoch
+                    .store(digest(statements.unwrap_or_default()), Ordering::Relaxed);
+                lease.release();
+            }
+            // The transaction is left aborted: the lease settles (rolls back) on drop.
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot read extensions or preloaded libraries; keeping the last known");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// What the liveness statement answers.
+struct Liveness {
+    version: i64,
+    in_recovery: bool,
+    /// A digest of the postmaster's start time and every `stats_reset` of the cumulative
+    /// statistics: it changes when a counter's source really reset.
+    epoch: u64,
+}
+
+/// The liveness statement: version, recovery, and the statistics reset epoch (every role may
+/// read these views' `stats_reset`).
+const LIVENESS_SQL: &str = "SELECT current_setting('server_version_num') || '|' || pg_is_in_recovery() \
+    || '|' || md5(concat_ws(',', pg_postmaster_start_time(), \
+    (SELECT string_agg(coalesce(stats_reset::text, '-'), ',' ORDER BY datid) FROM pg_stat_database), \
+    (SELECT stats_reset FROM pg_stat_bgwriter), (SELECT stats_reset FROM pg_stat_wal), \
+    (SELECT stats_reset FROM pg_stat_archiver), \
+    (SELECT string_agg(coalesce(stats_reset::text, '-'), ',' ORDER BY name) FROM pg_stat_slru), \
+    (SELECT string_agg(coalesce(stats_reset::text, '-'), ',' ORDER BY slot_name) FROM pg_stat_replication_slots)))";
+
+/// Extensions, preloaded libraries, and when pg_stat_statements was last reset (read only
+/// where it is preloaded: its view errors otherwise).
+const FEATURES_SQL: &str = "SELECT coalesce((SELECT string_agg(extname, ',') FROM pg_extension), '') || '|' || \
+    current_setting('shared_preload_libraries') || '|' || coalesce((SELECT CASE \
+    WHEN current_setting('shared_preload_libraries') ~ 'pg_stat_statements' \
+     AND to_regclass(format('%I.pg_stat_statements_info', n.nspname)) IS NOT NULL \
+    THEN query_to_xml(format('SELECT stats_reset FROM %I.pg_stat_statements_info', n.nspname), false, false, '')::text END \
+    FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_stat_statements'), '')";
+
+/// The first 64 bits of a hex digest, or a hash of any other text.
+fn digest(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    if let Some(hex) = text.get(..16)
+        && let Ok(v) = u64::from_str_radix(hex, 16)
+    {
+        return v;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// Runs the liveness statement; `Ok(None)` when its answer is not understood, `Err` with the
+/// reason when the server did not answer.
+async fn liveness(
+    client: &mut tokio_postgres::Client,
+    timeout: Duration,
+) -> Result<Option<Liveness>, String> {
+    match tokio::time::timeout(
+        timeout,
+        client.simple_query(&guarded(LIVENESS_SQL, timeout)),
+    )
+    .await
+    {
+        Ok(Ok(msgs)) => Ok(first_value(&msgs).and_then(|v| {
+            let mut parts = v.split('|');
+            let version = parts.next()?.parse::<i64>().ok()?;
+            let in_recovery = parts.next()? == "true";
+            let epoch = digest(parts.next()?);
+            Some(Liveness {
+                version,
+                in_recovery,
+                epoch,
+            })
+        })),
+        Ok(Err(e)) => Err(crate::db::connect::describe(&e)),
+        Err(_) => Err(format!(
+            "no answer within the probe timeout ({}ms)",
+            timeout.as_millis()
+        )),
     }
 }
 

@@ -78,8 +78,9 @@ impl Sampler {
                 let published = self
                     .snapshot
                     .publish(sampled.result, &sampled.stats.statements);
-                let (series, rolled_dropped) =
-                    published.map(|p| (p.series, p.dropped)).unwrap_or((0, 0));
+                let (series, rolled_dropped, counter_drops) = published
+                    .map(|p| (p.series, p.dropped, p.counter_drops))
+                    .unwrap_or_default();
                 let dropped = dropped + rolled_dropped;
                 if dropped > 0 {
                     tracing::warn!(query = %spec.name, dropped, budget = spec.max_series, "series over budget dropped");
@@ -91,6 +92,7 @@ impl Sampler {
                         series,
                         dropped,
                         nulls,
+                        counter_drops,
                     },
                 );
             }

@@ -13,10 +13,11 @@
 
 pub mod histogram;
 pub mod load;
+pub mod monotonic;
 pub mod rollup;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -94,6 +95,8 @@ pub struct Published {
     pub series: usize,
     /// Series dropped by the roll-up's budget.
     pub dropped: u64,
+    /// Counter samples dropped, by reason ([`monotonic::Dropped::ALL`]).
+    pub counter_drops: monotonic::DropCounts,
 }
 
 /// State of one query that outlives its runs and reloads.
@@ -103,6 +106,8 @@ struct Carried {
     rollup: Option<Rollup>,
     load: Option<LoadAccumulator>,
     histogram: Option<LatencyHistogram>,
+    /// The server's reset epoch when the query's last result was published.
+    epoch: Option<u64>,
 }
 
 impl Carried {
@@ -115,6 +120,7 @@ impl Carried {
                 .histogram
                 .as_ref()
                 .map(|h| LatencyHistogram::new(&h.buckets)),
+            epoch: None,
         }
     }
 }
@@ -135,6 +141,8 @@ struct Inner {
 pub struct Snapshot {
     inner: Mutex<Inner>,
     up: AtomicBool,
+    /// The server's statistics reset epoch as the probe last read it (0: not read yet).
+    reset_epoch: AtomicU64,
     /// Latched once every enabled query has succeeded (see [`Snapshot::readiness`]).
     ready: AtomicBool,
 }
@@ -190,10 +198,16 @@ impl Snapshot {
         {
             return None;
         }
-        let carried = g
-            .carried
+        let epoch = self.reset_epoch.load(Ordering::Relaxed);
+        let Inner {
+            carried, results, ..
+        } = &mut *g;
+        let carried = carried
             .entry(name.clone())
             .or_insert_with(|| Carried::new(&result.spec));
+        let mut counter_drops = monotonic::DropCounts::default();
+        let accumulated = carried.load.is_some();
+        monotonic::drop_invalid(&mut result, accumulated, &mut counter_drops);
         let mut dropped = 0;
         if let Some(r) = carried.rollup.as_mut() {
             dropped = r.apply(&mut result);
@@ -202,6 +216,12 @@ impl Snapshot {
             let interval = result.spec.interval;
             dropped += l.apply(&mut result, interval);
         }
+        if carried.rollup.is_none() && !accumulated {
+            let reset = carried.epoch.is_some_and(|e| e != epoch);
+            let previous = results.get(&name).map(|r| &**r);
+            monotonic::hold_decreases(&mut result, previous, reset, &mut counter_drops);
+        }
+        carried.epoch = Some(epoch);
         if let Some(h) = carried.histogram.as_mut() {
             h.update(statements);
             result.histogram = Some(h.snapshot());
@@ -211,7 +231,11 @@ impl Snapshot {
         st.attempted = true;
         let series = result.series_count();
         g.results.insert(name, Arc::new(result));
-        Some(Published { series, dropped })
+        Some(Published {
+            series,
+            dropped,
+            counter_drops,
+        })
     }
 
     /// Records a failure; the last good series stay until `expire_after`, then go. `ran`
@@ -255,6 +279,12 @@ impl Snapshot {
     /// Records whether the database answered the last probe.
     pub fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::Relaxed);
+    }
+
+    /// Records the server's statistics reset epoch (a digest the probe reads; it changes when
+    /// the server restarts or a cumulative statistic is reset).
+    pub fn set_reset_epoch(&self, epoch: u64) {
+        self.reset_epoch.store(epoch, Ordering::Relaxed);
     }
 
     /// Whether the database answered the last probe.

@@ -40,7 +40,8 @@ fn self_metric_families() -> Vec<String> {
     use pgpulse::sampler::metrics::RunOutcome;
     let mut registry = prometheus_client::registry::Registry::default();
     let m = pgpulse::sampler::SamplerMetrics::register(&mut registry);
-    let yaml = "queries:\n  - name: q\n    sql: SELECT 1 AS v\n    metrics:\n      - {column: v, name: pg_v, type: gauge, help: v}\n";
+    pgpulse::http::metrics::HttpMetrics::register(&mut registry).set_open(0);
+    let yaml = "queries:\n  - name: q\n    sql: SELECT 1 AS v\n    metrics:\n      - {column: v, name: pg_v_total, type: counter, help: v}\n";
     let spec = Catalog::parse(yaml, "q.yaml".as_ref(), Default::default())
         .unwrap()
         .queries[0]
@@ -51,6 +52,7 @@ fn self_metric_families() -> Vec<String> {
         series: 1,
         dropped: 0,
         nulls: 0,
+        counter_drops: [0, 0, 0],
     };
     m.record_run(&spec, 0, &outcome);
     m.record_gate(&spec, true);

@@ -215,7 +215,7 @@ async fn a_scrape_answers_while_silent_clients_hold_every_connection_slot() {
             .is_some_and(|n| n >= closed as f64)
         })
         .await;
-    let open = sample(&body, "pgpulse_http_connections").unwrap();
+    let open = sample(&body, "pgpulse_http_open_connections").unwrap();
     assert!(
         open <= cap as f64 + 1.0,
         "{open} open connections, cap {cap}"

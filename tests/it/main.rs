@@ -11,6 +11,7 @@ mod catalog_lock;
 mod cheap_sql;
 mod commands;
 mod config;
+mod counter_guard;
 mod demo;
 mod docker;
 mod exporter;
