@@ -67,6 +67,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "log_reader",
         sql: include_str!("../../migrations/V009__log_reader.sql"),
     },
+    Migration {
+        version: 11,
+        name: "definer_hardening",
+        sql: include_str!("../../migrations/V011__definer_hardening.sql"),
+    },
 ];
 
 /// Errors of migrating.
