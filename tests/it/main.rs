@@ -17,6 +17,7 @@ mod exporter;
 mod golden;
 mod harness;
 mod health;
+mod hostile_tenant;
 mod http_limits;
 mod maintenance;
 mod migrations;
