@@ -71,6 +71,9 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 10,
         name: "statement_numbers",
         sql: include_str!("../../migrations/V010__statement_numbers.sql"),
+        version: 11,
+        name: "definer_hardening",
+        sql: include_str!("../../migrations/V011__definer_hardening.sql"),
     },
 ];
 

@@ -1,9 +1,10 @@
 //! Everything that talks to PostgreSQL outside the sampler: connection settings and TLS, single
 //! connections for commands, the sampling pool and its connection slots, the monitoring
-//! schema's migrations, verification and removal, and what reading the slow-statement log
-//! needs ([`log_access`]).
+//! schema's migrations, verification (with what it checks of the `SECURITY DEFINER` functions,
+//! [`definer`]) and removal, and what reading the slow-statement log needs ([`log_access`]).
 
 pub mod connect;
+pub mod definer;
 pub mod lease;
 pub mod log_access;
 pub mod migrate;

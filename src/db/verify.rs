@@ -1,7 +1,12 @@
 //! `pgpulse verify`: the specification's verify-monitoring-setup.sql as a command. Thirteen
-//! checks, and a fourteenth for the slow-statement log reader (issue 15), one line each, PASS / WARN / FAIL with the reason. Checks that call functions
-//! which write (partition creation, the maintenance runner) run inside a transaction that is
-//! rolled back, so verify changes nothing.
+//! checks, a fourteenth for the slow-statement log reader (issue 15) and a fifteenth for the
+//! `SECURITY DEFINER` functions ([`super::definer`], issue 24), one line each, PASS / WARN /
+//! FAIL with the reason. Checks that call functions which write (partition creation, the
+//! maintenance runner) run inside a transaction that is rolled back, so verify changes nothing.
+//! The session pins `search_path` (verify runs as the schema's owner: no unqualified name of
+//! its SQL may resolve to another role's function) and carries a lock and a statement timeout.
+//! A check that needs a privilege the role lacks says which grant it needs (a WARN), rather
+//! than failing with the server's message.
 
 use std::fmt;
 
@@ -60,7 +65,7 @@ pub enum Outcome {
 /// One check's result.
 #[derive(Debug, Clone)]
 pub struct Check {
-    /// 1..=14.
+    /// 1..=15 (0: the session could not be prepared).
     pub number: u8,
     /// What was checked.
     pub name: &'static str,
@@ -330,6 +335,17 @@ async fn runner(c: &mut Client) -> Result<Verdict, String> {
 }
 
 async fn statements(c: &Client) -> Result<Verdict, String> {
+    let row = c
+        .query_one(
+            "SELECT pg_has_role('pg_read_all_settings', 'USAGE'), quote_ident(current_user), \
+                    monitoring.pg_stat_statements_available()",
+            &[],
+        )
+        .await
+        .map_err(|e| describe(&e))?;
+    if !row.get::<_, bool>(0) {
+        return statements_without_settings(c, row.get(1), row.get(2)).await;
+    }
     let preload: String = c
         .query_one("SELECT current_setting('shared_preload_libraries')", &[])
         .await
@@ -349,6 +365,34 @@ async fn statements(c: &Client) -> Result<Verdict, String> {
     }
     let n = scalar_i64(c, "SELECT count(*) FROM monitoring.statement_stats(false)").await?;
     Ok((Outcome::Pass, format!("collecting: {n} statements tracked")))
+}
+
+/// Check 11 for a role that may not read `shared_preload_libraries` (a non-superuser owner
+/// outside `pg_read_all_settings`): whether statements are collected, and the grant to ask for.
+async fn statements_without_settings(
+    c: &Client,
+    me: String,
+    available: bool,
+) -> Result<Verdict, String> {
+    let grant = format!("as a superuser: GRANT pg_read_all_settings TO {me};");
+    if !available {
+        return Ok((
+            Outcome::Warn,
+            format!(
+                "pg_stat_statements cannot be read here (not installed in this database, or not in \
+                 shared_preload_libraries), and {me} may not read shared_preload_libraries to tell \
+                 which: {grant} then run verify again; statement metrics stay absent until then"
+            ),
+        ));
+    }
+    let n = scalar_i64(c, "SELECT count(*) FROM monitoring.statement_stats()").await?;
+    Ok((
+        Outcome::Warn,
+        format!(
+            "collecting: {n} statements tracked; shared_preload_libraries not checked ({me} may not \
+             read it): {grant}"
+        ),
+    ))
 }
 
 async fn permissions(c: &Client) -> Result<Verdict, String> {
@@ -448,8 +492,20 @@ async fn slow_log(c: &Client) -> Result<Verdict, String> {
     })
 }
 
-/// Runs the 14 checks in order; a check that errors is a FAIL with the server's message.
+/// The session of verify: a pinned `search_path` and timeouts, as every statement pgpulse sends.
+const SESSION_SQL: &str = "SET search_path = pg_catalog, pg_temp; SET lock_timeout = '2s'; \
+     SET statement_timeout = '300s'";
+
+/// Runs the 15 checks in order; a check that errors is a FAIL with the server's message.
 pub async fn verify(c: &mut Client) -> Vec<Check> {
+    if let Err(e) = c.batch_execute(SESSION_SQL).await {
+        return vec![Check {
+            number: 0,
+            name: "verify session (search_path, timeouts)",
+            outcome: Outcome::Fail,
+            reason: describe(&e),
+        }];
+    }
     let mut out = Vec::new();
     let mut push = |number, name, r: Result<Verdict, String>| {
         let (outcome, reason) = r.unwrap_or_else(|e| (Outcome::Fail, e));
@@ -478,5 +534,10 @@ pub async fn verify(c: &mut Client) -> Vec<Check> {
     push(12, "permissions", permissions(c).await);
     push(13, "performance baseline", baseline(c).await);
     push(14, "slow-statement log reader", slow_log(c).await);
+    push(
+        15,
+        "SECURITY DEFINER functions",
+        super::definer::check(c).await,
+    );
     out
 }

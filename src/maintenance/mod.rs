@@ -64,14 +64,17 @@ fn millis(d: Duration) -> u128 {
     d.as_millis().max(1)
 }
 
-/// Sets the runner's session timeouts on `client`.
+/// Sets the runner's session timeouts on `client`, and pins its `search_path`: the runner
+/// works with the trade tables' owner's rights, so no unqualified name of its SQL may resolve
+/// to a function or operator another role put in a schema of the login's path.
 pub async fn prepare_session(
     client: &Client,
     settings: &MaintenanceSettings,
 ) -> Result<(), MaintenanceError> {
     client
         .batch_execute(&format!(
-            "SET lock_timeout = {}; SET statement_timeout = {}; SET application_name = 'pgpulse maintain'",
+            "SET search_path = pg_catalog, pg_temp; SET lock_timeout = {}; SET statement_timeout = {}; \
+             SET application_name = 'pgpulse maintain'",
             millis(settings.lock_timeout),
             millis(settings.statement_timeout)
         ))

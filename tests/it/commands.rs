@@ -46,7 +46,7 @@ async fn verify_passes_on_a_healthy_cluster() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 14, "{stdout}");
+    assert_eq!(lines.len(), 15, "{stdout}");
     assert!(!stdout.contains("FAIL"), "{stdout}");
     assert!(
         lines[10].starts_with("PASS"),

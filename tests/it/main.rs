@@ -18,6 +18,7 @@ mod exporter;
 mod golden;
 mod harness;
 mod health;
+mod hostile_tenant;
 mod http_limits;
 mod maintenance;
 mod migrations;
