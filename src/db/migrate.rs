@@ -71,6 +71,8 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 10,
         name: "statement_numbers",
         sql: include_str!("../../migrations/V010__statement_numbers.sql"),
+    },
+    Migration {
         version: 11,
         name: "definer_hardening",
         sql: include_str!("../../migrations/V011__definer_hardening.sql"),
