@@ -263,3 +263,52 @@ pub fn markdown(catalog: &Catalog) -> String {
     }
     s
 }
+
+/// Hostile catalogs (fuzzed with proptest): any text, and the shipped catalog with one line
+/// removed, duplicated or one byte changed, parses or fails with `file:line:col` or the query
+/// named; it never panics.
+#[cfg(test)]
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SHIPPED: &str = include_str!("../../queries.yaml");
+
+    fn parse(text: &str) {
+        if let Err(e) = Catalog::parse(text, "q.yaml".as_ref(), Defaults::default()) {
+            assert!(e.to_string().contains("q.yaml"), "{e}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_text_parses_or_fails_with_the_file_named(text in "\\PC{0,400}") {
+            parse(&text);
+        }
+
+        #[test]
+        fn the_shipped_catalog_mutated_never_panics(
+            line in 0usize..800,
+            at in 0usize..40_000,
+            byte in any::<u8>(),
+        ) {
+            let lines: Vec<&str> = SHIPPED.lines().collect();
+            let n = lines.len().max(1);
+            let removed: Vec<&str> = lines.iter().enumerate()
+                .filter(|(i, _)| *i != line % n).map(|(_, l)| *l).collect();
+            parse(&removed.join("\n"));
+            let mut doubled = lines.clone();
+            if let Some(l) = lines.get(line % n) {
+                doubled.insert(line % n, l);
+            }
+            parse(&doubled.join("\n"));
+            let mut changed = SHIPPED.as_bytes().to_vec();
+            if let Some(b) = changed.get_mut(at % SHIPPED.len().max(1)) {
+                *b = byte;
+            }
+            parse(&String::from_utf8_lossy(&changed));
+        }
+    }
+}

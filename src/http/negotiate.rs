@@ -30,8 +30,15 @@ fn items(headers: &HeaderMap, name: HeaderName) -> Vec<Item> {
                 if let Some((k, v)) = p.split_once('=')
                     && k.trim().eq_ignore_ascii_case("q")
                 {
-                    // An unparsable weight makes the item unusable rather than preferred.
-                    q = v.trim().parse::<f32>().unwrap_or(0.0).clamp(0.0, 1.0);
+                    // An unparsable or non-finite weight (`nan`, `inf`) makes the item
+                    // unusable rather than preferred.
+                    q = v
+                        .trim()
+                        .parse::<f32>()
+                        .ok()
+                        .filter(|q| q.is_finite())
+                        .unwrap_or(0.0)
+                        .clamp(0.0, 1.0);
                 }
             }
             Some(Item { token, q })
@@ -114,5 +121,53 @@ mod tests {
             assert!(!wants_gzip(&h(ACCEPT_ENCODING, refused)), "{refused}");
         }
         assert!(!wants_gzip(&h(ACCEPT_ENCODING, "identity, *;q=0")));
+    }
+
+    /// Hostile headers (fuzzed with proptest: any bytes a header value may hold).
+    mod hostile {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn header_value() -> impl Strategy<Value = HeaderValue> {
+            proptest::collection::vec(prop_oneof![0x20u8..0x7f, 0x80u8..=0xff, Just(b'\t')], 0..200)
+                .prop_filter_map("a valid header value", |b| HeaderValue::from_bytes(&b).ok())
+        }
+
+        fn q_like() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("nan".to_owned()),
+                Just("NaN".to_owned()),
+                Just("inf".to_owned()),
+                Just("-inf".to_owned()),
+                Just("1e99".to_owned()),
+                Just("-1".to_owned()),
+                Just("".to_owned()),
+                "[0-9.eE+-]{0,8}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn any_header_value_is_answered_without_a_panic(
+                accept in header_value(),
+                encoding in header_value(),
+            ) {
+                let mut map = HeaderMap::new();
+                map.append(ACCEPT, accept);
+                map.append(ACCEPT_ENCODING, encoding);
+                let _ = (wants_openmetrics(&map), wants_gzip(&map));
+            }
+
+            #[test]
+            fn a_weight_that_is_not_a_number_in_0_to_1_never_makes_an_item_preferred(q in q_like()) {
+                let valid = q.trim().parse::<f32>().ok().filter(|v| v.is_finite() && *v > 0.0);
+                let map = h(ACCEPT_ENCODING, &format!("gzip;q={q}"));
+                prop_assert_eq!(wants_gzip(&map), valid.is_some());
+                let map = h(ACCEPT, &format!("application/openmetrics-text;q={q}"));
+                prop_assert_eq!(wants_openmetrics(&map), valid.is_some());
+            }
+        }
     }
 }

@@ -392,3 +392,73 @@ fn tls_settings(
         prefer_server_order: t.prefer_server_cipher_suites.unwrap_or(true),
     })
 }
+
+/// Hostile web configuration files (fuzzed with proptest): any text, and the example file
+/// with one line removed or one byte changed, loads or fails with a message naming the file;
+/// it never panics.
+#[cfg(test)]
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The shipped example (read at run time: deploy/ is not part of the image's build).
+    fn example() -> String {
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/web-config.example.yml"
+        ))
+        .unwrap_or_default()
+    }
+
+    fn load_text(text: &str) -> Result<WebConfig, WebConfigError> {
+        let dir = tempfile::tempdir().map_err(|e| WebConfigError::Read {
+            file: PathBuf::from("tempdir"),
+            reason: e.to_string(),
+        })?;
+        let file = dir.path().join("web.yml");
+        std::fs::write(&file, text).map_err(|e| WebConfigError::Read {
+            file: file.clone(),
+            reason: e.to_string(),
+        })?;
+        let loaded = WebConfig::load(&file);
+        if let Ok(c) = &loaded {
+            // Certificates that do not exist are an error too, never a panic.
+            let _ = c.server_config();
+        }
+        if let Err(e) = &loaded {
+            assert!(e.to_string().contains("web.yml"), "{e}");
+        }
+        loaded
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_text_loads_or_fails_with_the_file_named(text in "\\PC{0,300}") {
+            let _ = load_text(&text);
+        }
+
+        #[test]
+        fn the_example_with_one_line_removed_or_one_byte_changed_never_panics(
+            line in 0usize..40,
+            at in 0usize..2000,
+            byte in any::<u8>(),
+        ) {
+            let example = example();
+            prop_assert!(!example.is_empty());
+            let removed: Vec<&str> = example
+                .lines()
+                .enumerate()
+                .filter(|(i, _)| *i != line)
+                .map(|(_, l)| l)
+                .collect();
+            let _ = load_text(&removed.join("\n"));
+            let mut changed = example.as_bytes().to_vec();
+            if let Some(b) = changed.get_mut(at % example.len().max(1)) {
+                *b = byte;
+            }
+            let _ = load_text(&String::from_utf8_lossy(&changed));
+        }
+    }
+}

@@ -160,10 +160,16 @@ pub fn is_pool_busy(e: &PoolError) -> bool {
     matches!(e, PoolError::Timeout(TimeoutType::Wait))
 }
 
-/// The `SET LOCAL` statements that bound a transaction by server-side timeouts.
+/// The `SET LOCAL` statements that bound a transaction by server-side timeouts and pin its
+/// `search_path` to `pg_catalog, public, pg_temp`: built-ins are found first, and a schema
+/// named like the login (`"$user"`, which any role with CREATE on the database can make) is
+/// never searched, so no tenant's function or operator stands in for one a query names.
+/// `public` stays for custom catalogs that name their tables without a schema (since
+/// PostgreSQL 15 only its owner and roles granted CREATE can add objects there).
 pub fn timeouts_sql(timeout: Duration, lock_timeout: Duration) -> String {
     format!(
-        "SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}",
+        "SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}; \
+         SET LOCAL search_path = pg_catalog, public, pg_temp",
         millis(timeout),
         millis(lock_timeout.min(timeout))
     )
