@@ -129,8 +129,11 @@ mod tests {
         use proptest::prelude::*;
 
         fn header_value() -> impl Strategy<Value = HeaderValue> {
-            proptest::collection::vec(prop_oneof![0x20u8..0x7f, 0x80u8..=0xff, Just(b'\t')], 0..200)
-                .prop_filter_map("a valid header value", |b| HeaderValue::from_bytes(&b).ok())
+            proptest::collection::vec(
+                prop_oneof![0x20u8..0x7f, 0x80u8..=0xff, Just(b'\t')],
+                0..200,
+            )
+            .prop_filter_map("a valid header value", |b| HeaderValue::from_bytes(&b).ok())
         }
 
         fn q_like() -> impl Strategy<Value = String> {
