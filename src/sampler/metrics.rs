@@ -210,7 +210,7 @@ impl SamplerMetrics {
             m.dropped.clone(),
         );
         r.register(
-            "pgpulse_query_counter_samples_dropped",
+            "pgpulse_query_samples_rejected",
             "Counter samples dropped instead of served: negative, not finite, or lower than the \
              value served before while the source did not reset (the last value is held)",
             m.counter_drops.clone(),

@@ -26,7 +26,7 @@ fn dropped(body: &str, reason: &str) -> f64 {
     sample(
         body,
         &format!(
-            "pgpulse_query_counter_samples_dropped_total{{query=\"hostile_counter\",reason=\"{reason}\"}}"
+            "pgpulse_query_samples_rejected_total{{query=\"hostile_counter\",reason=\"{reason}\"}}"
         ),
     )
     .unwrap_or(-1.0)
