@@ -189,6 +189,61 @@ async fn applied(client: &Client) -> Result<Vec<(i32, String, String)>, MigrateE
         .collect())
 }
 
+/// The server-side bounds of every migration transaction: a lock held by another session (a
+/// trade statement) makes the migration give up and roll back whole within seconds, instead of
+/// queueing in front of the trading engine's statements.
+pub const MIGRATION_BOUNDS: &str =
+    "SET LOCAL lock_timeout = '2s'; SET LOCAL statement_timeout = '5min'";
+
+/// How often a migration is tried when a lock is not available (1 s, 2 s, ... between tries).
+const LOCK_ATTEMPTS: u32 = 5;
+
+/// Applies one migration and records it, in one transaction bounded by [`MIGRATION_BOUNDS`].
+async fn apply_one(client: &mut Client, m: &Migration) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(MIGRATION_BOUNDS).await?;
+    tx.batch_execute(m.sql).await?;
+    tx.execute(
+        "INSERT INTO monitoring.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+        &[&m.version, &m.name, &m.checksum()],
+    )
+    .await?;
+    tx.commit().await
+}
+
+/// Applies `m`, trying again when a lock it needs is held by another session.
+async fn apply_with_retries(client: &mut Client, m: &Migration) -> Result<(), MigrateError> {
+    let mut attempt = 1;
+    loop {
+        let e = match apply_one(client, m).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let locked = e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
+        if !locked || attempt >= LOCK_ATTEMPTS {
+            let mut reason = describe(&e);
+            if locked {
+                reason.push_str(&format!(
+                    " ({attempt} attempts: another session holds a lock this migration needs; \
+                     nothing of it was applied; run `pgpulse migrate` again when it is free)"
+                ));
+            }
+            return Err(MigrateError::Failed {
+                version: m.version,
+                name: m.name,
+                reason,
+            });
+        }
+        tracing::warn!(
+            version = m.version,
+            attempt,
+            "migration waits for a lock; trying again"
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(u64::from(attempt))).await;
+        attempt += 1;
+    }
+}
+
 /// Applies every pending migration in order and returns the ones it applied.
 pub async fn migrate(client: &mut Client) -> Result<Vec<Migration>, MigrateError> {
     with_lock(client, async |client: &mut Client| {
@@ -209,20 +264,7 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<Migration>, MigrateError
                 }
                 continue;
             }
-            let failed = |e: tokio_postgres::Error| MigrateError::Failed {
-                version: m.version,
-                name: m.name,
-                reason: describe(&e),
-            };
-            let tx = client.transaction().await.map_err(failed)?;
-            tx.batch_execute(m.sql).await.map_err(failed)?;
-            tx.execute(
-                "INSERT INTO monitoring.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                &[&m.version, &m.name, &m.checksum()],
-            )
-            .await
-            .map_err(failed)?;
-            tx.commit().await.map_err(failed)?;
+            apply_with_retries(client, m).await?;
             tracing::info!(version = m.version, name = m.name, "migration applied");
             newly.push(*m);
         }

@@ -174,3 +174,36 @@ async fn uninstall_drops_the_roles_the_migrations_created_on_a_cluster_of_its_ow
     drop(c);
     drop(db);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_gives_up_on_a_lock_held_by_the_trading_engine_and_applies_once_it_is_free() {
+    let db = TestDb::trade().await;
+    let engine = db.client().await;
+    // A long transaction of the trading engine holds orders (as an ALTER TABLE of its own
+    // would); the migration's autovacuum tuning of orders needs a lock on it.
+    engine
+        .batch_execute("BEGIN; LOCK TABLE public.orders IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut c = db.client().await;
+    let err = migrate(&mut c)
+        .await
+        .expect_err("the lock is held throughout");
+    let text = err.to_string();
+    assert!(
+        text.contains("lock timeout") && text.contains("run `pgpulse migrate` again"),
+        "{text}"
+    );
+    assert!(
+        history(&db).await.len() < MIGRATIONS.len(),
+        "the migration that needs the lock was not recorded"
+    );
+    // The engine's own statements were never queued behind the migration.
+    assert_eq!(
+        scalar(&engine, "SELECT count(*) FROM public.orders WHERE false").await,
+        0
+    );
+    engine.batch_execute("COMMIT").await.unwrap();
+    migrate(&mut c).await.unwrap();
+    assert_eq!(history(&db).await.len(), MIGRATIONS.len());
+}
