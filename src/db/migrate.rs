@@ -67,6 +67,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "log_reader",
         sql: include_str!("../../migrations/V009__log_reader.sql"),
     },
+    Migration {
+        version: 12,
+        name: "log_tally",
+        sql: include_str!("../../migrations/V012__log_tally.sql"),
+    },
 ];
 
 /// Errors of migrating.

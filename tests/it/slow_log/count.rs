@@ -1,4 +1,5 @@
-//! The exact count: the counter against an independent count of the log files on disk.
+//! The exact count: the counter against an independent count of the log files on disk, with
+//! statements whose text and parameters carry a secret literal that must not reach pgpulse.
 
 use std::path::Path;
 
@@ -11,6 +12,12 @@ use tokio_postgres::Client;
 
 const COUNTER: &str = "pg_statement_executions_over_threshold_total{";
 
+/// A literal in statement text and bind parameters: on disk in the log, never in what the
+/// sampling role receives.
+const SECRET: &str = "BTC-USD-secret-4711";
+
+/// The independent count: `duration:` executions at or over 100 ms by other roles than
+/// pgpulse's, after the line `from` and before the line `to`, and the plan lines at or over
 /// 100 ms (which must not count).
 fn count_on_disk(logdir: &Path, from: &str, to: &str) -> (u64, u64) {
     let mut names: Vec<_> = std::fs::read_dir(logdir)
@@ -101,11 +108,13 @@ async fn workload(clients: &[Client], admin: &Client, own: &Client, datadir: &Pa
     for i in 0..30usize {
         let c = &clients[i % clients.len()];
         if i % 2 == 0 {
-            c.batch_execute("SELECT pg_sleep(0.2), 'é€日本 slow'")
-                .await
-                .unwrap();
+            c.batch_execute(&format!(
+                "SELECT pg_sleep(0.2), 'é€日本 slow' WHERE '{SECRET}' <> ''"
+            ))
+            .await
+            .unwrap();
         } else {
-            c.query("SELECT pg_sleep($1), $2::text", &[&0.2f64, &"é€日本"])
+            c.query("SELECT pg_sleep($1), $2::text", &[&0.2f64, &SECRET])
                 .await
                 .unwrap();
         }
@@ -199,12 +208,13 @@ async fn the_counter_equals_an_independent_count_of_the_log_files() {
     assert!(files >= 5, "the run rotated the log: {files} jsonlog files");
     svc.stop().await;
 
-    // Phase 2: log_statement = all and auto_explain plans of every statement; a new pgpulse
-    // starts at the end of the log (nothing of phase 1 counted again), and a reload in the
-    // middle keeps the counter.
+    // Phase 2: log_statement = all, auto_explain plans of every statement and bind parameters
+    // in the log; a new pgpulse starts at the end of the log (nothing of phase 1 counted
+    // again), and a reload in the middle keeps the counter.
     for sql in [
         "LOAD 'auto_explain'",
         "ALTER SYSTEM SET log_statement = 'all'",
+        "ALTER SYSTEM SET log_parameter_max_length = -1",
         "ALTER SYSTEM SET session_preload_libraries = 'auto_explain'",
         "ALTER SYSTEM SET auto_explain.log_min_duration = 0",
         "SELECT pg_reload_conf()",
@@ -240,6 +250,68 @@ async fn the_counter_equals_an_independent_count_of_the_log_files() {
     crate::exporter::promtool_check(&body)
         .unwrap_or_else(|e| panic!("promtool check metrics:\n{e}\n{body}"));
     svc.stop().await;
+    secret_stays_on_the_server(&own, &logdir).await;
+}
+
+/// The literal is in the log files (statement text and bind parameters), and nothing the
+/// sampling role may call gives it back: V009's raw reader is gone, and `log_tally` over every
+/// byte of every log file returns counts and names only.
+async fn secret_stays_on_the_server(own: &Client, logdir: &Path) {
+    let mut on_disk = String::new();
+    for e in std::fs::read_dir(logdir).unwrap() {
+        on_disk.push_str(&String::from_utf8_lossy(
+            &std::fs::read(e.unwrap().path()).unwrap(),
+        ));
+    }
+    assert!(on_disk.contains(&format!(
+        "statement: SELECT pg_sleep(0.2), 'é€日本 slow' WHERE '{SECRET}'"
+    )));
+    assert!(
+        on_disk.contains(&format!("$2 = '{SECRET}'")),
+        "parameters are logged"
+    );
+    let raw_reader: bool = own
+        .query_one(
+            "SELECT to_regprocedure('monitoring.log_read(text,bigint,integer)') IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(raw_reader, "monitoring.log_read is gone");
+    let hex: String = SECRET.bytes().map(|b| format!("{b:02x}")).collect();
+    let files = own
+        .query("SELECT name FROM monitoring.log_files()", &[])
+        .await
+        .unwrap();
+    let mut windows = 0;
+    for f in &files {
+        let name: String = f.get(0);
+        let (mut offset, mut skip) = (0i64, false);
+        loop {
+            let row = own
+                .query_one(
+                    "SELECT t::text, t.consumed, t.skipping FROM monitoring.log_tally($1, $2, $3, 0, $4) AS t",
+                    &[&name, &offset, &(pgpulse::slowlog::poll::MAX_WINDOW as i32), &skip],
+                )
+                .await
+                .unwrap();
+            let (text, consumed): (String, Option<i32>) = (row.get(0), row.get(1));
+            assert!(
+                !text.contains(SECRET) && !text.contains(&hex),
+                "{name} at {offset}: {text}"
+            );
+            windows += 1;
+            match consumed {
+                Some(n) if n > 0 => {
+                    offset += i64::from(n);
+                    skip = row.get(2);
+                }
+                _ => break,
+            }
+        }
+    }
+    assert!(windows > files.len(), "every file was read through");
 }
 
 /// Prints the figures docs/statement-latency.md quotes (run with --nocapture).
