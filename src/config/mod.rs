@@ -421,7 +421,7 @@ impl SlowLogSettings {
             return Err(ConfigError::Invalid {
                 key: "slow_log.chunk_bytes",
                 reason: format!(
-                    "{} is outside 1..=1048576 (monitoring.log_read reads at most 1 MiB)",
+                    "{} is outside 1..=1048576 (the first window of each monitoring.log_tally call; it grows only for a longer line)",
                     self.chunk_bytes
                 ),
             });

@@ -29,7 +29,7 @@ pub struct Settings {
 }
 
 /// The slow-statement log reader of `serve` (docs/statement-latency.md). It runs only where
-/// the server has the prerequisites (jsonlog, `log_min_duration_statement`, the V009 helpers)
+/// the server has the prerequisites (jsonlog, `log_min_duration_statement`, the V012 helpers)
 /// and says once in the log what is missing otherwise.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -42,7 +42,8 @@ pub struct SlowLogSettings {
     /// `statement_timeout` of every statement of a poll.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// Bytes read per call of `monitoring.log_read` (1 ..= 1048576).
+    /// The first window of each `monitoring.log_tally` call, in bytes (1 ..= 1048576); a
+    /// window grows only to hold a longer line whole.
     pub chunk_bytes: u32,
     /// The most (database, user) pairs of `pg_statement_executions_over_threshold_total`.
     pub max_series: usize,

@@ -1,8 +1,15 @@
 //! What reading the slow-statement log over SQL needs from the server, and whether it has it:
 //! the log settings (`logging_collector`, `log_destination` with `jsonlog`,
-//! `log_min_duration_statement`, `log_parameter_max_length`) and the V009 helpers
-//! (`monitoring.log_read` and friends) installed and executable. One query answers all of it;
-//! the slow-log reader asks before every poll and `pgpulse verify` prints the verdict.
+//! `log_min_duration_statement`) and the V012 helpers (`monitoring.log_tally` and friends)
+//! installed and executable; and whether V009's raw reader `monitoring.log_read` is still
+//! there (it gives log lines, literals included, to whoever may execute it). One query answers
+//! all of it; the slow-log reader asks before every poll and `pgpulse verify` prints the
+//! verdict.
+//!
+//! `log_parameter_max_length` is no longer checked: the log is parsed on the server and only
+//! counts reach pgpulse, so bind parameters in the log never reach it either. Whether they
+//! belong in the log files is the operator's choice (docs/statement-latency.md still
+//! recommends 0), not a prerequisite of the reader.
 
 use tokio_postgres::Row;
 
@@ -11,13 +18,14 @@ use tokio_postgres::Row;
 pub const SETUP_SQL: &str = "SELECT current_setting('logging_collector') = 'on', \
     'jsonlog' = ANY (string_to_array(replace(lower(current_setting('log_destination')), ' ', ''), ',')), \
     (SELECT setting::bigint FROM pg_settings WHERE name = 'log_min_duration_statement'), \
-    (SELECT setting::bigint FROM pg_settings WHERE name = 'log_parameter_max_length'), \
-    to_regprocedure('monitoring.log_read(text,bigint,integer)') IS NOT NULL, \
-    coalesce(has_function_privilege(to_regprocedure('monitoring.log_read(text,bigint,integer)'), 'EXECUTE'), false), \
+    to_regprocedure('monitoring.log_tally(text,bigint,integer,double precision,boolean)') IS NOT NULL, \
+    coalesce(has_function_privilege( \
+        to_regprocedure('monitoring.log_tally(text,bigint,integer,double precision,boolean)'), 'EXECUTE'), false), \
     CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgpulse_monitor') \
          THEN coalesce(has_function_privilege('pgpulse_monitor', \
-              to_regprocedure('monitoring.log_read(text,bigint,integer)'), 'EXECUTE'), false) \
+              to_regprocedure('monitoring.log_tally(text,bigint,integer,double precision,boolean)'), 'EXECUTE'), false) \
          ELSE false END, \
+    to_regprocedure('monitoring.log_read(text,bigint,integer)') IS NOT NULL, \
     session_user::text";
 
 /// The threshold the specification sets: statements at or over 100 ms are slow.
@@ -32,14 +40,15 @@ pub struct LogSetup {
     pub jsonlog: bool,
     /// `log_min_duration_statement` in milliseconds (-1: off).
     pub min_duration_ms: i64,
-    /// `log_parameter_max_length` (-1: parameters logged in full, 0: not logged).
-    pub parameter_max_length: i64,
-    /// `monitoring.log_read` exists (V009 ran as a superuser, or `install_log_reader()` ran).
+    /// `monitoring.log_tally` exists (V012 ran as a superuser, or `install_log_reader()` ran).
     pub helper_installed: bool,
-    /// The connected role may execute `monitoring.log_read`.
+    /// The connected role may execute `monitoring.log_tally`.
     pub helper_executable: bool,
-    /// `pgpulse_monitor` may execute `monitoring.log_read`.
+    /// `pgpulse_monitor` may execute `monitoring.log_tally`.
     pub monitor_role_executes: bool,
+    /// V009's raw reader `monitoring.log_read` still exists (a superuser's
+    /// `install_log_reader()` drops it).
+    pub raw_reader_left: bool,
     /// The session's login role (the reader skips its statements).
     pub session_user: String,
 }
@@ -51,10 +60,10 @@ impl LogSetup {
             logging_collector: row.try_get(0)?,
             jsonlog: row.try_get(1)?,
             min_duration_ms: row.try_get(2)?,
-            parameter_max_length: row.try_get(3)?,
-            helper_installed: row.try_get(4)?,
-            helper_executable: row.try_get(5)?,
-            monitor_role_executes: row.try_get(6)?,
+            helper_installed: row.try_get(3)?,
+            helper_executable: row.try_get(4)?,
+            monitor_role_executes: row.try_get(5)?,
+            raw_reader_left: row.try_get(6)?,
             session_user: row.try_get(7)?,
         })
     }
@@ -86,9 +95,6 @@ impl LogSetup {
         if self.min_duration_ms >= 0 && self.min_duration_ms != SPEC_THRESHOLD_MS {
             out.push("log_min_duration_statement = 100ms (the alert's threshold)");
         }
-        if self.parameter_max_length != 0 {
-            out.push("log_parameter_max_length = 0 (keep bind parameters out of the log)");
-        }
         out
     }
 
@@ -105,7 +111,7 @@ impl LogSetup {
 
 /// Every setting the reader and the alert expect, as one line for logs and `verify`.
 pub const SETTINGS_LINE: &str = "logging_collector = on, log_destination = 'jsonlog' (may include others), \
-     log_min_duration_statement = 100ms, log_parameter_max_length = 0";
+     log_min_duration_statement = 100ms";
 
 #[cfg(test)]
 mod tests {
@@ -116,10 +122,10 @@ mod tests {
             logging_collector: true,
             jsonlog: true,
             min_duration_ms: 100,
-            parameter_max_length: 0,
             helper_installed: true,
             helper_executable: true,
             monitor_role_executes: true,
+            raw_reader_left: false,
             session_user: "pgpulse".into(),
         }
     }
@@ -152,11 +158,10 @@ mod tests {
         assert_eq!(s.threshold_seconds(), None);
         let s = LogSetup {
             helper_executable: false,
-            parameter_max_length: -1,
             min_duration_ms: 250,
             ..ok()
         };
         assert!(s.missing().join("").contains("GRANT pgpulse_monitor"));
-        assert_eq!(s.advice().len(), 2);
+        assert_eq!(s.advice().len(), 1);
     }
 }

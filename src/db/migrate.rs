@@ -77,6 +77,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "definer_hardening",
         sql: include_str!("../../migrations/V011__definer_hardening.sql"),
     },
+    Migration {
+        version: 12,
+        name: "log_tally",
+        sql: include_str!("../../migrations/V012__log_tally.sql"),
+    },
 ];
 
 /// Errors of migrating.

@@ -466,9 +466,17 @@ async fn slow_log(c: &Client) -> Result<Verdict, String> {
         .await
         .map_err(|e| describe(&e))?;
     let setup = LogSetup::from_row(&row).map_err(|e| describe(&e))?;
+    if setup.raw_reader_left {
+        return Ok((
+            Outcome::Fail,
+            "monitoring.log_read (V009's raw log reader) still exists and hands out log lines with \
+             their literals; as a superuser: SELECT monitoring.install_log_reader(); (drops it)"
+                .into(),
+        ));
+    }
     let mut missing = setup.missing();
     if setup.helper_installed && !setup.monitor_role_executes {
-        missing.push("as a superuser: SELECT monitoring.install_log_reader(); (pgpulse_monitor lacks EXECUTE)");
+        missing.push("as a superuser: SELECT monitoring.install_log_reader(); (pgpulse_monitor lacks EXECUTE on monitoring.log_tally)");
     }
     let advice = setup.advice();
     Ok(if !missing.is_empty() {
@@ -487,7 +495,7 @@ async fn slow_log(c: &Client) -> Result<Verdict, String> {
     } else {
         (
             Outcome::Pass,
-            "jsonlog at 100 ms, helpers installed, pgpulse_monitor may read the log".into(),
+            "jsonlog at 100 ms, monitoring.log_tally installed, pgpulse_monitor may count the log's slow executions".into(),
         )
     })
 }

@@ -1,20 +1,20 @@
-//! Where the reader is in each log file: an offset per file, the bytes of an incomplete last
-//! line, and the bookkeeping of rotations and removals. Pure state, no I/O; the poll lists the
-//! log directory, asks [`Tracker::reconcile`] what to read, reads, and feeds the bytes back.
+//! Where the reader is in each log file: an offset per file and whether it is inside a line
+//! too long to count, and the bookkeeping of rotations and removals. Pure state, no I/O; the
+//! poll lists the log directory, asks [`Tracker::reconcile`] what to read, has the server
+//! tally a window from [`Tracker::next_read`], and moves on by what the server consumed
+//! ([`Tracker::advance`]). No byte of the log passes through here.
 //!
 //! - At start (and after the reader was off) every listed file is taken as read to its end:
 //!   only what is logged from then on is counted, so a restart of pgpulse never counts a line
 //!   twice (and never counts what was logged while it was down).
 //! - A file that appears later (a rotation) is read from its first byte, so several rotations
 //!   between two polls lose nothing.
-//! - Only complete lines are handed on: bytes after the last newline wait for the next read.
+//! - An offset only moves past complete lines (the server consumes through a newline), or
+//!   through a line longer than the server's largest window, which is skipped to its end.
 //! - Bytes known to exist but never read, because their file was removed (or truncated)
 //!   first, are a gap.
 
 use std::collections::HashMap;
-
-/// The longest line kept whole; a longer line is skipped and counted, never split.
-pub const MAX_LINE: usize = 8 * 1024 * 1024;
 
 /// One file of a directory listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,15 +25,22 @@ pub struct Listed {
     pub size: u64,
 }
 
+/// Where the next read of a file starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// The byte offset.
+    pub offset: u64,
+    /// Inside a line too long to count: the next read drops bytes through its newline.
+    pub skipping: bool,
+}
+
 #[derive(Debug, Default, Clone)]
 struct FileState {
-    /// The next byte to read.
+    /// The next byte to read: the start of a line, or inside a line being skipped.
     offset: u64,
     /// The size when last listed.
     size: u64,
-    /// Bytes of the line in progress.
-    carry: Vec<u8>,
-    /// Inside a line longer than [`MAX_LINE`]: drop bytes up to its newline.
+    /// Inside a line too long to count.
     skipping: bool,
 }
 
@@ -42,13 +49,6 @@ struct FileState {
 pub struct Tracker {
     files: HashMap<String, FileState>,
     started: bool,
-}
-
-/// What feeding bytes did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Fed {
-    /// Lines longer than [`MAX_LINE`], skipped.
-    pub oversized: u64,
 }
 
 impl Tracker {
@@ -90,46 +90,25 @@ impl Tracker {
         gap
     }
 
-    /// The next read of `name`: its offset, and how many bytes are known to be unread.
-    pub fn next_read(&self, name: &str) -> Option<(u64, u64)> {
+    /// Where the next read of `name` starts, when it has bytes listed and not read yet.
+    pub fn next_read(&self, name: &str) -> Option<Position> {
         self.files
             .get(name)
-            .map(|st| (st.offset, st.size.saturating_sub(st.offset)))
-            .filter(|(_, left)| *left > 0)
+            .filter(|st| st.size > st.offset)
+            .map(|st| Position {
+                offset: st.offset,
+                skipping: st.skipping,
+            })
     }
 
-    /// Feeds `bytes` read from `name` at its offset; calls `line` with every complete line
-    /// (without its newline).
-    pub fn feed(&mut self, name: &str, bytes: &[u8], mut line: impl FnMut(&[u8])) -> Fed {
-        let mut fed = Fed::default();
-        let Some(st) = self.files.get_mut(name) else {
-            return fed;
-        };
-        st.offset += bytes.len() as u64;
-        st.size = st.size.max(st.offset);
-        let mut rest = bytes;
-        while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
-            let (head, tail) = rest.split_at(pos);
-            if st.skipping {
-                st.skipping = false;
-            } else if st.carry.is_empty() {
-                line(head);
-            } else {
-                st.carry.extend_from_slice(head);
-                line(&st.carry);
-                st.carry.clear();
-            }
-            rest = tail.get(1..).unwrap_or_default();
+    /// The server consumed `consumed` bytes of `name` from its offset (complete lines, or a
+    /// part of a line being skipped) and is `skipping` or not at the new offset.
+    pub fn advance(&mut self, name: &str, consumed: u64, skipping: bool) {
+        if let Some(st) = self.files.get_mut(name) {
+            st.offset += consumed;
+            st.size = st.size.max(st.offset);
+            st.skipping = skipping;
         }
-        if !st.skipping {
-            st.carry.extend_from_slice(rest);
-            if st.carry.len() > MAX_LINE {
-                st.carry = Vec::new();
-                st.skipping = true;
-                fed.oversized += 1;
-            }
-        }
-        fed
     }
 
     /// `name` was removed while being read: forgets it and returns its unread bytes (a gap).
@@ -146,7 +125,7 @@ impl Tracker {
         }
     }
 
-    /// Bytes listed and not read yet.
+    /// Bytes listed and not consumed yet (a line still being written included).
     pub fn lag(&self) -> u64 {
         self.files
             .values()
@@ -169,12 +148,8 @@ mod tests {
             .collect()
     }
 
-    fn lines(t: &mut Tracker, name: &str, bytes: &[u8]) -> Vec<String> {
-        let mut out = Vec::new();
-        t.feed(name, bytes, |l| {
-            out.push(String::from_utf8_lossy(l).into_owned())
-        });
-        out
+    fn at(offset: u64, skipping: bool) -> Option<Position> {
+        Some(Position { offset, skipping })
     }
 
     #[test]
@@ -184,27 +159,39 @@ mod tests {
         assert_eq!(t.next_read("a.json"), None, "nothing before the start");
         // a grew by 10; two rotations since: b and c are new.
         t.reconcile(&listed(&[("a.json", 110), ("b.json", 5), ("c.json", 7)]));
-        assert_eq!(t.next_read("a.json"), Some((100, 10)));
-        assert_eq!(t.next_read("b.json"), Some((0, 5)));
-        assert_eq!(t.next_read("c.json"), Some((0, 7)));
+        assert_eq!(t.next_read("a.json"), at(100, false));
+        assert_eq!(t.next_read("b.json"), at(0, false));
+        assert_eq!(t.next_read("c.json"), at(0, false));
         assert_eq!(t.lag(), 22);
     }
 
     #[test]
-    fn only_complete_lines_are_handed_on_across_small_chunks() {
+    fn an_offset_moves_by_what_was_consumed_and_a_line_being_written_stays_unread() {
         let mut t = Tracker::default();
         t.reconcile(&[]);
-        t.reconcile(&listed(&[("a.json", 20)]));
-        let text = "{\"é\":1}\n{\"x\":22}\n{\"y\"";
-        let bytes = text.as_bytes();
-        let mut got = Vec::new();
-        // Three bytes at a time: chunks end inside lines and inside 'é'.
-        for chunk in bytes.chunks(3) {
-            got.extend(lines(&mut t, "a.json", chunk));
-        }
-        assert_eq!(got, vec!["{\"é\":1}", "{\"x\":22}"]);
+        t.reconcile(&listed(&[("a.json", 30)]));
+        // 30 bytes listed: two complete lines of 12 bytes, then 6 bytes of a third.
+        t.advance("a.json", 24, false);
+        assert_eq!(t.next_read("a.json"), at(24, false));
+        assert_eq!(t.lag(), 6, "the line being written is lag, not read");
+        // The line was finished and another written since.
+        t.reconcile(&listed(&[("a.json", 48)]));
+        t.advance("a.json", 24, false);
         assert_eq!(t.next_read("a.json"), None);
-        assert_eq!(lines(&mut t, "a.json", b":3}\n"), vec!["{\"y\":3}"]);
+        assert_eq!(t.lag(), 0);
+    }
+
+    #[test]
+    fn a_line_being_skipped_is_carried_to_the_next_read() {
+        let mut t = Tracker::default();
+        t.reconcile(&[]);
+        t.reconcile(&listed(&[("a.json", 100)]));
+        t.advance("a.json", 60, true);
+        assert_eq!(t.next_read("a.json"), at(60, true));
+        t.advance("a.json", 40, false);
+        assert_eq!(t.next_read("a.json"), None);
+        t.reconcile(&listed(&[("a.json", 120)]));
+        assert_eq!(t.next_read("a.json"), at(100, false));
     }
 
     #[test]
@@ -212,28 +199,25 @@ mod tests {
         let mut t = Tracker::default();
         t.reconcile(&[]);
         t.reconcile(&listed(&[("a.json", 50), ("b.json", 30)]));
-        lines(&mut t, "a.json", &[b'x'; 20]);
+        t.advance("a.json", 20, false);
         // a removed with 30 bytes unread; b truncated to 10 with all 30 unread.
         assert_eq!(t.reconcile(&listed(&[("b.json", 40)])), 30);
-        lines(&mut t, "b.json", &[b'y'; 40]);
+        t.advance("b.json", 40, true);
         assert_eq!(t.reconcile(&listed(&[("b.json", 10)])), 0);
-        assert_eq!(t.next_read("b.json"), Some((0, 10)));
+        assert_eq!(t.next_read("b.json"), at(0, false), "a new file: no skip");
         assert_eq!(t.vanished("b.json"), 10);
         assert_eq!(t.lag(), 0);
     }
 
     #[test]
-    fn an_oversized_line_is_skipped_whole_and_counted() {
+    fn a_file_that_ended_before_its_listed_size_has_nothing_left() {
         let mut t = Tracker::default();
         t.reconcile(&[]);
-        t.reconcile(&listed(&[("a.json", (MAX_LINE * 2) as u64)]));
-        let big = vec![b'z'; MAX_LINE + 1];
-        let fed = t.feed("a.json", &big, |_| panic!("no line yet"));
-        assert_eq!(fed.oversized, 1);
-        assert_eq!(
-            lines(&mut t, "a.json", b"zz\n{\"ok\":1}\n"),
-            vec!["{\"ok\":1}"]
-        );
+        t.reconcile(&listed(&[("a.json", 50)]));
+        t.advance("a.json", 10, false);
+        t.ended("a.json");
+        assert_eq!(t.next_read("a.json"), None);
+        assert_eq!(t.lag(), 0);
     }
 
     #[test]

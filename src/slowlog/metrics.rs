@@ -5,10 +5,14 @@
 //! back.
 //!
 //! Cardinality: at most `max_series` (database, user) pairs; executions of pairs past the
-//! budget are counted in the pair `("", "")`, so sums stay exact. A pair seen for the first
-//! time is exposed at 0 and its executions are added one poll later: Prometheus takes a new
-//! series' first sample as its baseline, so an increment in the very first sample would be
-//! invisible to `increase()`.
+//! budget are counted in the pair `("", "")`, so sums stay exact.
+//!
+//! Prometheus takes a new series' first sample as its baseline, so an increment in the very
+//! first sample would be invisible to `increase()`. Every pair pgpulse knows of therefore
+//! starts at 0: the pairs of the sessions open at each poll are exposed at 0
+//! ([`SlowLogMetrics::expose`]), before their first slow execution; a pair first seen in the
+//! log (a session that came and went between two polls) is exposed at 0 and its executions
+//! are added one poll later.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -69,14 +73,19 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// One execution at or over the threshold.
-    pub fn add(&mut self, datname: String, user: String) {
-        *self.counts.entry(SlowLabels { datname, user }).or_insert(0) += 1;
+    /// `n` executions at or over the threshold.
+    pub fn add(&mut self, datname: String, user: String, n: u64) {
+        *self.counts.entry(SlowLabels { datname, user }).or_insert(0) += n;
     }
 
     /// Executions counted.
     pub fn total(&self) -> u64 {
         self.counts.values().sum()
+    }
+
+    /// Every pair with its executions.
+    pub fn iter(&self) -> impl Iterator<Item = (&SlowLabels, u64)> {
+        self.counts.iter().map(|(l, n)| (l, *n))
     }
 }
 
@@ -169,6 +178,22 @@ impl SlowLogMetrics {
         }
     }
 
+    /// Exposes at 0 the pairs not exposed yet (within `max_series`), so that their first slow
+    /// execution shows in `increase()`. Called after [`SlowLogMetrics::count`] of the same
+    /// poll: a pair that first appears in that poll's tally is held back there.
+    pub fn expose(&self, pairs: impl IntoIterator<Item = SlowLabels>, max_series: usize) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for labels in pairs {
+            if st.known.len() >= max_series {
+                break;
+            }
+            if !st.known.contains(&labels) {
+                let _ = self.over.get_or_create(&labels);
+                st.known.insert(labels);
+            }
+        }
+    }
+
     /// Records a successful poll: the threshold, pgpulse's role, the lag, the gap, the bytes
     /// read and the statements sent.
     pub fn record_poll(
@@ -241,9 +266,7 @@ mod tests {
     fn tally(pairs: &[(&str, &str, u64)]) -> Tally {
         let mut t = Tally::default();
         for (d, u, n) in pairs {
-            for _ in 0..*n {
-                t.add((*d).into(), (*u).into());
-            }
+            t.add((*d).into(), (*u).into(), *n);
         }
         t
     }
@@ -270,5 +293,24 @@ mod tests {
         assert_eq!(m.total(), 7);
         let st = m.state.lock().unwrap();
         assert_eq!(st.known.len(), 3, "two pairs and the overflow pair");
+    }
+
+    #[test]
+    fn a_pair_of_an_open_session_starts_at_zero_and_its_first_execution_counts_at_once() {
+        let m = SlowLogMetrics::register(&mut Registry::default());
+        m.count(Tally::default(), 3);
+        m.expose([pair("trade", "app"), pair("trade", "risk")], 3);
+        assert_eq!(m.over.get_or_create(&pair("trade", "app")).get(), 0);
+        m.count(tally(&[("trade", "app", 1)]), 3);
+        assert_eq!(m.over.get_or_create(&pair("trade", "app")).get(), 1);
+        // A pair new in the tally is held back even when its session is listed in the same poll.
+        m.count(tally(&[("trade", "late", 2)]), 3);
+        m.expose([pair("trade", "late")], 3);
+        assert_eq!(m.over.get_or_create(&pair("trade", "late")).get(), 0);
+        m.count(Tally::default(), 3);
+        assert_eq!(m.over.get_or_create(&pair("trade", "late")).get(), 2);
+        // The budget holds: a fourth pair is not exposed.
+        m.expose([pair("other", "x")], 3);
+        assert!(!m.state.lock().unwrap().known.contains(&pair("other", "x")));
     }
 }

@@ -5,11 +5,12 @@
 //! `pg_statement_latency_seconds` observes each statement at its mean between two samples, so
 //! a tail inside one statement is invisible to it. The slow-statement log is not sampled:
 //! every execution at or over the threshold is a line. This module follows that log and
-//! counts the lines, by database and user.
+//! counts the lines, by database and user. The lines are parsed on the server by the V012
+//! helper `monitoring.log_tally`, which returns counts: statement text, literals and
+//! parameters never reach pgpulse (nor its sampling role).
 //!
-//! - [`parse`]: one jsonlog line → an execution and its logged duration, or not.
-//! - [`files`]: offsets per file, complete lines only, rotations, gaps (pure state).
-//! - [`poll`]: one poll over SQL through the V009 helpers (`monitoring.log_read` …).
+//! - [`files`]: offsets per file, rotations, gaps (pure state; no log bytes).
+//! - [`poll`]: one poll over SQL through the V012 helpers (`monitoring.log_tally` …).
 //! - [`metrics`]: the counter, the threshold, pgpulse's role, the reader's health.
 //!
 //! Concurrency: one task polls on its own interval, one poll at a time, on the sampling pool
@@ -21,7 +22,6 @@
 
 pub mod files;
 pub mod metrics;
-pub mod parse;
 pub mod poll;
 
 use std::sync::Arc;
@@ -46,7 +46,8 @@ pub struct ReaderSettings {
     pub timeout: Duration,
     /// `lock_timeout` of every statement of a poll.
     pub lock_timeout: Duration,
-    /// Bytes read per `monitoring.log_read` call (at most 1 MiB, the helper's cap).
+    /// The first window of each `monitoring.log_tally` call (at most 1 MiB); a window grows
+    /// only to hold a longer line whole.
     pub chunk_bytes: u32,
     /// The most (database, user) pairs exposed.
     pub max_series: usize,
@@ -152,6 +153,7 @@ impl SlowLogReader {
                 );
                 self.metrics.record_unparsed(out.unparsed);
                 self.metrics.count(out.tally, self.settings.max_series);
+                self.metrics.expose(out.sessions, self.settings.max_series);
             }
             Err(e) => {
                 if !*failing {

@@ -1,7 +1,14 @@
 //! One poll of the slow-statement log, on one pooled connection, in one read-only
 //! transaction with `SET LOCAL statement_timeout` and `lock_timeout`: inspect the setup, list
-//! the log directory through `monitoring.log_files()`, read every file's new bytes in chunks
-//! through `monitoring.log_read(name, offset, length)`, and count the complete lines.
+//! the log directory through `monitoring.log_files()`, have the server tally every file's new
+//! complete lines through `monitoring.log_tally(...)` window by window, and list the
+//! (database, user) pairs of the sessions open now.
+//!
+//! The server parses the lines (V012): what comes back is how far the complete lines of a
+//! window go and the executions at or over the threshold in them per (database, user), never
+//! a line's text. A window starts at `slow_log.chunk_bytes`; when it holds no complete line it
+//! is read again twice as large, up to [`MAX_WINDOW`] (a line of 8 MiB and its newline), so a
+//! long line is counted whole; a longer one is skipped and counted as unparsed.
 //!
 //! Each statement also has a client-side guard (the statement timeout plus
 //! [`CLIENT_GRACE`]); a connection whose poll failed is dropped, not returned to the pool.
@@ -9,16 +16,33 @@
 use std::future::Future;
 use std::time::Duration;
 
+use tokio_postgres::{GenericClient, Statement};
+
 use super::ReaderSettings;
 use super::files::{Listed, Tracker};
-use super::metrics::Tally;
-use super::parse::{Line, parse};
+use super::metrics::{SlowLabels, Tally};
 use crate::db::lease::Budget;
 use crate::db::log_access::{LogSetup, SETUP_SQL};
-use crate::sampler::run::{CLIENT_GRACE, RunError, classify, pool_error, timeouts_sql};
+use crate::sampler::run::{CLIENT_GRACE, ErrorKind, RunError, classify, pool_error, timeouts_sql};
 
 /// The most bytes one poll reads; the rest waits for the next poll (and shows as lag).
 pub const MAX_BYTES_PER_POLL: u64 = 64 * 1024 * 1024;
+
+/// The largest window `monitoring.log_tally` reads: a line of 8 MiB and its newline.
+pub const MAX_WINDOW: u32 = 8 * 1024 * 1024 + 1;
+
+/// One window of one file, tallied on the server.
+pub const TALLY_SQL: &str = "SELECT bytes_read, consumed, skipping, unparsed, oversized, \
+     datnames, usernames, executions \
+     FROM monitoring.log_tally($1::text, $2::bigint, $3::integer, $4::float8, $5::boolean)";
+
+/// The (database, user) pairs of the client sessions open now, pgpulse's own role excepted,
+/// as bytes (a name need not be valid UTF-8).
+const SESSIONS_SQL: &str = "SELECT DISTINCT textsend(datname::text), textsend(usename::text) \
+     FROM pg_stat_activity \
+     WHERE backend_type = 'client backend' AND datname IS NOT NULL AND usename IS NOT NULL \
+       AND usename <> session_user \
+     ORDER BY 1, 2 LIMIT $1";
 
 /// What one poll found.
 #[derive(Debug)]
@@ -34,11 +58,13 @@ pub enum Polled {
 pub struct Outcome {
     /// Executions at or over the threshold, by (database, user).
     pub tally: Tally,
+    /// The (database, user) pairs of the sessions open during the poll.
+    pub sessions: Vec<SlowLabels>,
     /// The threshold in seconds.
     pub threshold_s: f64,
     /// pgpulse's login role.
     pub user: String,
-    /// Bytes read.
+    /// Bytes the server read for the poll.
     pub read: u64,
     /// Bytes lost to removed or truncated files.
     pub gap: u64,
@@ -50,6 +76,21 @@ pub struct Outcome {
     pub statements: u64,
 }
 
+/// What reading one file needs besides the connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Reading<'a> {
+    /// [`TALLY_SQL`], prepared.
+    pub statement: &'a Statement,
+    /// Executions at or over this many milliseconds count.
+    pub threshold_ms: f64,
+    /// pgpulse's own role, whose executions are not counted.
+    pub me: &'a str,
+    /// The first window (`slow_log.chunk_bytes`).
+    pub chunk: u32,
+    /// The client-side guard of each statement.
+    pub limit: Duration,
+}
+
 async fn guarded<T>(
     limit: Duration,
     f: impl Future<Output = Result<T, tokio_postgres::Error>>,
@@ -57,7 +98,7 @@ async fn guarded<T>(
     match tokio::time::timeout(limit, f).await {
         Ok(r) => r.map_err(|e| classify(&e)),
         Err(_) => Err(RunError::new(
-            crate::sampler::run::ErrorKind::Timeout,
+            ErrorKind::Timeout,
             "no answer from the database; connection dropped",
         )),
     }
@@ -74,10 +115,7 @@ pub async fn poll_once(
         .await
         .map_err(pool_error)?;
     let Some(client) = checkout.client() else {
-        return Err(RunError::new(
-            crate::sampler::run::ErrorKind::Connection,
-            "no connection",
-        ));
+        return Err(RunError::new(ErrorKind::Connection, "no connection"));
     };
     let polled = poll_on(client, settings, tracker).await?;
     checkout.release();
@@ -103,9 +141,35 @@ async fn poll_on(
         guarded(limit, txn.commit()).await?;
         return Ok(Polled::Off(setup));
     };
+    let listing = list(&txn, limit).await?;
+    let mut out = Outcome {
+        threshold_s,
+        user: setup.session_user.clone(),
+        gap: tracker.reconcile(&listing),
+        sessions: sessions(&txn, limit, settings.max_series).await?,
+        statements: 5,
+        ..Outcome::default()
+    };
+    let statement = guarded(limit, txn.prepare(TALLY_SQL)).await?;
+    let reading = Reading {
+        statement: &statement,
+        threshold_ms: setup.min_duration_ms as f64,
+        me: &setup.session_user,
+        chunk: settings.chunk_bytes,
+        limit,
+    };
+    for file in &listing {
+        tally_file(&txn, &reading, &file.name, tracker, &mut out).await?;
+    }
+    guarded(limit, txn.commit()).await?;
+    out.lag = tracker.lag();
+    Ok(Polled::Read(out))
+}
+
+async fn list(client: &impl GenericClient, limit: Duration) -> Result<Vec<Listed>, RunError> {
     let rows = guarded(
         limit,
-        txn.query("SELECT name, size FROM monitoring.log_files()", &[]),
+        client.query("SELECT name, size FROM monitoring.log_files()", &[]),
     )
     .await?;
     let mut listing = Vec::with_capacity(rows.len());
@@ -116,51 +180,109 @@ async fn poll_on(
             size: u64::try_from(size).unwrap_or(0),
         });
     }
-    let mut out = Outcome {
-        threshold_s,
-        user: setup.session_user.clone(),
-        gap: tracker.reconcile(&listing),
-        statements: 4,
-        ..Outcome::default()
-    };
-    let threshold_ms = setup.min_duration_ms as f64;
-    let read = guarded(limit, txn.prepare("SELECT monitoring.log_read($1, $2, $3)")).await?;
-    let chunk = i64::from(settings.chunk_bytes);
-    for file in &listing {
-        while let Some((offset, left)) = tracker.next_read(&file.name) {
-            if out.read >= MAX_BYTES_PER_POLL {
-                break;
-            }
-            let want =
-                i32::try_from(chunk.min(i64::try_from(left).unwrap_or(chunk))).unwrap_or(i32::MAX);
-            let off = i64::try_from(offset).unwrap_or(i64::MAX);
-            let row = guarded(limit, txn.query_one(&read, &[&file.name, &off, &want])).await?;
-            out.statements += 1;
-            let bytes: Option<Vec<u8>> = row.try_get(0).map_err(|e| classify(&e))?;
-            let Some(bytes) = bytes else {
-                out.gap += tracker.vanished(&file.name);
-                break;
-            };
-            if bytes.is_empty() {
-                tracker.ended(&file.name);
-                break;
-            }
-            out.read += bytes.len() as u64;
-            let me = &setup.session_user;
-            let (tally, unparsed) = (&mut out.tally, &mut out.unparsed);
-            let fed = tracker.feed(&file.name, &bytes, |line| match parse(line) {
-                Line::Execution { datname, user, ms } => {
-                    if ms >= threshold_ms && &user != me {
-                        tally.add(datname, user);
-                    }
-                }
-                Line::Unparsed => *unparsed += 1,
-                Line::NotExecution | Line::Other => {}
-            });
-            out.unparsed += fed.oversized;
+    Ok(listing)
+}
+
+async fn sessions(
+    client: &impl GenericClient,
+    limit: Duration,
+    max_series: usize,
+) -> Result<Vec<SlowLabels>, RunError> {
+    let most = i64::try_from(max_series).unwrap_or(i64::MAX);
+    let rows = guarded(limit, client.query(SESSIONS_SQL, &[&most])).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let datname: Vec<u8> = r.try_get(0).map_err(|e| classify(&e))?;
+        let user: Vec<u8> = r.try_get(1).map_err(|e| classify(&e))?;
+        out.push(SlowLabels {
+            datname: String::from_utf8_lossy(&datname).into_owned(),
+            user: String::from_utf8_lossy(&user).into_owned(),
+        });
+    }
+    Ok(out)
+}
+
+/// One window as the server tallied it.
+#[derive(Debug)]
+struct Window {
+    bytes_read: u64,
+    consumed: u64,
+    skipping: bool,
+    unparsed: u64,
+}
+
+/// Tallies the new complete lines of `name`, from the tracker's offset to the file's listed
+/// end (or until the poll's [`MAX_BYTES_PER_POLL`]), into `out`; a line still being written
+/// waits for the next poll.
+pub async fn tally_file(
+    client: &impl GenericClient,
+    reading: &Reading<'_>,
+    name: &str,
+    tracker: &mut Tracker,
+    out: &mut Outcome,
+) -> Result<(), RunError> {
+    let mut window = reading.chunk.clamp(1, MAX_WINDOW);
+    while let Some(at) = tracker.next_read(name) {
+        if out.read >= MAX_BYTES_PER_POLL {
+            break;
+        }
+        let offset = i64::try_from(at.offset).unwrap_or(i64::MAX);
+        let length = i32::try_from(window).unwrap_or(i32::MAX);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&name, &offset, &length, &reading.threshold_ms, &at.skipping];
+        let row = guarded(reading.limit, client.query_one(reading.statement, &params)).await?;
+        out.statements += 1;
+        let Some(w) = window_of(&row, reading.me, &mut out.tally)? else {
+            out.gap += tracker.vanished(name);
+            break;
+        };
+        if w.bytes_read == 0 {
+            tracker.ended(name);
+            break;
+        }
+        out.read += w.bytes_read;
+        out.unparsed += w.unparsed;
+        tracker.advance(name, w.consumed, w.skipping);
+        if w.consumed > 0 || w.skipping {
+            window = reading.chunk.clamp(1, MAX_WINDOW);
+        } else if w.bytes_read < u64::from(window) || window == MAX_WINDOW {
+            // A line still being written (the window came back short): the next poll.
+            break;
+        } else {
+            window = window.saturating_mul(2).min(MAX_WINDOW);
         }
     }
-    guarded(limit, txn.commit()).await?;
-    out.lag = tracker.lag();
-    Ok(Polled::Read(out))
+    Ok(())
+}
+
+/// Reads a row of [`TALLY_SQL`] (`None`: the file is gone) and adds its executions, but
+/// pgpulse's own, to `tally`.
+fn window_of(
+    row: &tokio_postgres::Row,
+    me: &str,
+    tally: &mut Tally,
+) -> Result<Option<Window>, RunError> {
+    let get = |e: tokio_postgres::Error| classify(&e);
+    let Some(bytes_read) = row.try_get::<_, Option<i32>>(0).map_err(get)? else {
+        return Ok(None);
+    };
+    let consumed: i32 = row.try_get(1).map_err(get)?;
+    let unparsed: i64 = row.try_get(3).map_err(get)?;
+    let oversized: i64 = row.try_get(4).map_err(get)?;
+    let datnames: Vec<Vec<u8>> = row.try_get(5).map_err(get)?;
+    let users: Vec<Vec<u8>> = row.try_get(6).map_err(get)?;
+    let executions: Vec<i64> = row.try_get(7).map_err(get)?;
+    for ((datname, user), n) in datnames.iter().zip(&users).zip(&executions) {
+        let user = String::from_utf8_lossy(user);
+        if user != me {
+            let datname = String::from_utf8_lossy(datname).into_owned();
+            tally.add(datname, user.into_owned(), u64::try_from(*n).unwrap_or(0));
+        }
+    }
+    Ok(Some(Window {
+        bytes_read: u64::try_from(bytes_read).unwrap_or(0),
+        consumed: u64::try_from(consumed).unwrap_or(0),
+        skipping: row.try_get(2).map_err(get)?,
+        unparsed: u64::try_from(unparsed.saturating_add(oversized)).unwrap_or(0),
+    }))
 }

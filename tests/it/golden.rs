@@ -88,7 +88,7 @@ fn slow_log_families() -> Vec<String> {
     let m = SlowLogMetrics::register(&mut registry);
     m.record_poll(0.1, "pgpulse", 0, 0, 1, 1);
     let mut t = Tally::default();
-    t.add("trade".into(), "app".into());
+    t.add("trade".into(), "app".into(), 1);
     m.count(t, 10);
     m.record_unparsed(1);
     m.record_error();

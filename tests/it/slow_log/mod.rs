@@ -1,11 +1,17 @@
-//! The slow-statement log reader (issue 15), against real clusters with jsonlog:
+//! The slow-statement log reader (issues 15 and 24), against real clusters with jsonlog:
 //!
-//! - [`access`]: the V009 helpers read the log and nothing else, and only a superuser
-//!   installs them;
+//! - [`access`]: the V012 helpers count the log and read nothing else, V009's raw reader is
+//!   gone, and only a superuser installs them;
 //! - [`count`]: `pg_statement_executions_over_threshold_total` equals an independent count of
 //!   the `duration:` lines in the jsonlog files on disk, across rotations, protocols,
 //!   databases, users, multibyte text, small chunks, `log_statement = all`, auto_explain, a
-//!   reload and a restart of pgpulse;
+//!   reload and a restart of pgpulse, while a literal in statements and parameters stays on
+//!   the server;
+//! - [`tally`]: `monitoring.log_tally` on hostile files (bytes that are not UTF-8, truncated
+//!   JSON, long lines, odd numbers) and on random ones, against [`reference`], pgpulse's
+//!   parser from before V012;
+//! - [`zero`]: the pair of a session that just opened is exposed at 0 before its first slow
+//!   execution;
 //! - [`alert`]: a real Prometheus with the shipped rules fires the SLO alert on the bimodal
 //!   statement the histogram cannot see;
 //! - [`gap`]: a log file removed before it was read is counted as a gap, never as statements.
@@ -14,6 +20,9 @@ mod access;
 mod alert;
 mod count;
 mod gap;
+mod reference;
+mod tally;
+mod zero;
 
 use std::path::{Path, PathBuf};
 
@@ -83,7 +92,8 @@ pub async fn current(admin: &Client, datadir: &Path) -> PathBuf {
 
 /// Rotates the log and returns the new jsonlog file. The default `log_filename` has a
 /// resolution of one second and a rotation to the same name appends to the same file, so the
-/// rotation is asked for once the server's clock has left the second of the current file.
+/// rotation is asked for once the server's clock has left the second of the current file
+/// (read in `log_timezone`, the zone of the file names).
 pub async fn rotate(admin: &Client, datadir: &Path) -> PathBuf {
     let before = current(admin, datadir).await;
     let stamp = |p: &Path| {
@@ -94,7 +104,8 @@ pub async fn rotate(admin: &Client, datadir: &Path) -> PathBuf {
     let later = || async {
         let now: String = admin
             .query_one(
-                "SELECT to_char(clock_timestamp(), 'YYYY-MM-DD_HH24MISS')",
+                "SELECT to_char(clock_timestamp() AT TIME ZONE current_setting('log_timezone'), \
+                 'YYYY-MM-DD_HH24MISS')",
                 &[],
             )
             .await
