@@ -54,7 +54,9 @@
 -- not (the schema created by another role), the DROP fails: a REVOKE could not help then, since only the
 -- role that granted EXECUTE (the function's owner) or a superuser can revoke it, and a role that could
 -- revoke it could drop it. The migration then leaves a WARNING, `pgpulse verify` fails check 14 while
--- log_read exists, and `SELECT monitoring.install_log_reader();` as a superuser removes it.
+-- log_read exists, and `pgpulse migrate` run by a superuser removes it. A superuser is never asked to
+-- call install_log_reader() as it stands in the database: its owner (the role that ran this migration)
+-- could have replaced its body; `pgpulse migrate` sends this file again from the binary instead.
 
 CREATE OR REPLACE FUNCTION monitoring.install_log_reader()
 RETURNS void
@@ -64,7 +66,7 @@ AS $install$
 BEGIN
     IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
         RAISE EXCEPTION 'pgpulse: the log reader helpers must be installed by a superuser, not %', current_user
-            USING HINT = 'Connect as a superuser and run SELECT monitoring.install_log_reader();';
+            USING HINT = 'As a superuser, run pgpulse migrate (it installs the helpers from the binary).';
     END IF;
 
     EXECUTE $f$
@@ -308,10 +310,10 @@ BEGIN
             DROP FUNCTION monitoring.log_read(text, bigint, integer);
         EXCEPTION WHEN insufficient_privilege THEN
             RAISE WARNING 'pgpulse: monitoring.log_read still gives pgpulse_monitor raw log lines: % may not drop it. '
-                          'A superuser removes it with: SELECT monitoring.install_log_reader();', current_user;
+                          'A superuser removes it by running pgpulse migrate.', current_user;
         END;
     END IF;
     RAISE NOTICE 'pgpulse: the slow-statement log reader helpers were not installed: % is not a superuser. '
-                 'A superuser installs them with: SELECT monitoring.install_log_reader();', current_user;
+                 'A superuser installs them by running pgpulse migrate.', current_user;
 END
 $$;

@@ -82,7 +82,7 @@ impl LogSetup {
             out.push("log_min_duration_statement = 100ms");
         }
         if !self.helper_installed {
-            out.push("as a superuser: SELECT monitoring.install_log_reader();");
+            out.push("run `pgpulse migrate` as a superuser (it installs the log reader helpers)");
         } else if !self.helper_executable {
             out.push("GRANT pgpulse_monitor TO <pgpulse's login role>;");
         }

@@ -249,7 +249,47 @@ async fn apply_with_retries(client: &mut Client, m: &Migration) -> Result<(), Mi
     }
 }
 
-/// Applies every pending migration in order and returns the ones it applied.
+/// The migration that installs the slow-statement log reader's helpers when a superuser runs it.
+const LOG_READER_VERSION: i32 = 12;
+
+/// Whether the session is a superuser and the log reader's helpers are missing (or the raw
+/// reader V009 made is left over).
+const LOG_READER_NEEDED_SQL: &str = "SELECT current_setting('is_superuser') = 'on' AND \
+    (to_regprocedure('monitoring.log_tally(text,bigint,integer,double precision,boolean)') IS NULL \
+     OR to_regprocedure('monitoring.log_read(text,bigint,integer)') IS NOT NULL)";
+
+/// Run by a superuser, installs the log reader's helpers that a migration run by a
+/// non-superuser could not: it sends the migration's SQL from the binary again (it is
+/// idempotent), which first replaces `monitoring.install_log_reader()` and then calls it, in one
+/// transaction. A superuser is never asked to call that function as it stands in the database:
+/// its owner, the non-superuser that migrated, could have replaced its body.
+async fn install_log_reader(client: &mut Client) -> Result<bool, MigrateError> {
+    let needed: bool = client
+        .query_one(LOG_READER_NEEDED_SQL, &[])
+        .await
+        .map_err(db("inspect the log reader helpers"))?
+        .get(0);
+    let Some(m) = MIGRATIONS.iter().find(|m| m.version == LOG_READER_VERSION) else {
+        return Ok(false);
+    };
+    if !needed {
+        return Ok(false);
+    }
+    let run = async {
+        let tx = client.transaction().await?;
+        tx.batch_execute(MIGRATION_BOUNDS).await?;
+        tx.batch_execute("SET LOCAL search_path = pg_catalog, pg_temp")
+            .await?;
+        tx.batch_execute(m.sql).await?;
+        tx.commit().await
+    };
+    run.await.map_err(db("install the log reader helpers"))?;
+    tracing::info!("slow-statement log reader helpers installed");
+    Ok(true)
+}
+
+/// Applies every pending migration in order and returns the ones it applied; run by a
+/// superuser, also installs the log reader's helpers when they are missing.
 pub async fn migrate(client: &mut Client) -> Result<Vec<Migration>, MigrateError> {
     with_lock(client, async |client: &mut Client| {
         client
@@ -273,6 +313,7 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<Migration>, MigrateError
             tracing::info!(version = m.version, name = m.name, "migration applied");
             newly.push(*m);
         }
+        install_log_reader(client).await?;
         Ok(newly)
     })
     .await

@@ -470,13 +470,13 @@ async fn slow_log(c: &Client) -> Result<Verdict, String> {
         return Ok((
             Outcome::Fail,
             "monitoring.log_read (V009's raw log reader) still exists and hands out log lines with \
-             their literals; as a superuser: SELECT monitoring.install_log_reader(); (drops it)"
+             their literals; run `pgpulse migrate` as a superuser (drops it)"
                 .into(),
         ));
     }
     let mut missing = setup.missing();
     if setup.helper_installed && !setup.monitor_role_executes {
-        missing.push("as a superuser: SELECT monitoring.install_log_reader(); (pgpulse_monitor lacks EXECUTE on monitoring.log_tally)");
+        missing.push("run `pgpulse migrate` as a superuser (pgpulse_monitor lacks EXECUTE on monitoring.log_tally)");
     }
     let advice = setup.advice();
     Ok(if !missing.is_empty() {

@@ -153,7 +153,7 @@ async fn without_a_superuser_the_helpers_wait_for_one_and_verify_says_how() {
     };
     let (line, stdout) = verify_line();
     assert!(
-        line.starts_with("WARN") && line.contains("SELECT monitoring.install_log_reader();"),
+        line.starts_with("WARN") && line.contains("run `pgpulse migrate` as a superuser"),
         "{stdout}"
     );
 
@@ -193,10 +193,31 @@ async fn without_a_superuser_the_helpers_wait_for_one_and_verify_says_how() {
             .is_err(),
         "only a superuser installs the helpers"
     );
-    admin
-        .batch_execute("SELECT monitoring.install_log_reader()")
+    // The non-superuser owns install_log_reader() and replaces its body with code that would
+    // make it a superuser; the superuser's `pgpulse migrate` never runs that body.
+    migrator
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION monitoring.install_log_reader() RETURNS void \
+             LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'ALTER ROLE pgpulse_migrator SUPERUSER'; END $$",
+        )
         .await
         .unwrap();
+    let mut superuser = db.client().await;
+    pgpulse::db::migrate::migrate(&mut superuser)
+        .await
+        .expect("migrate as a superuser installs the helpers");
+    let escalated: bool = admin
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = 'pgpulse_migrator'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        !escalated,
+        "the owner's replaced body never ran as the superuser"
+    );
     assert!(
         exists(&admin, LOG_TALLY).await,
         "a superuser installed the helpers"
