@@ -419,8 +419,15 @@ async fn a_check_that_cannot_run_is_counted_by_kind_and_publishes_no_plan_series
         "every kind starts at 0"
     );
     assert!(
-        !body.lines().any(|l| l.starts_with("pg_plan_")),
+        !body
+            .lines()
+            .any(|l| l.starts_with("pg_plan_") && !l.starts_with("pg_plan_check_applicable")),
         "no plan series without a plan:\n{body}"
+    );
+    // It names no trade table through a placeholder: it applies, and its failures count.
+    assert_eq!(
+        sample(&body, r#"pg_plan_check_applicable{query="latest_ticker"}"#),
+        Some(1.0)
     );
     // The connection of a failed check is dropped, not kept: no prepared statement lingers.
     let c = db.client().await;
