@@ -311,6 +311,32 @@ fn param(p: Spanned<RawParam>, n: usize) -> Result<Param, (Loc, String)> {
     Ok(Param { ty, value })
 }
 
+/// The expected indexes (each a plausible name) and the most partitions, as written; at least
+/// one of them (`qloc`: the query, for the message).
+fn expectations(
+    e: Option<Spanned<RawExpect>>,
+    qloc: Loc,
+) -> Result<(Vec<String>, Option<u32>), (Loc, String)> {
+    let nothing = || {
+        let why = "expect needs indexes or max_partitions (there is nothing to check)";
+        (qloc, why.to_owned())
+    };
+    let e = e.ok_or_else(nothing)?.value;
+    for i in &e.indexes {
+        if i.value.trim().is_empty() || !is_type_name(&i.value) {
+            return Err((
+                at(&i.referenced),
+                format!("`{}` is not an index name", i.value),
+            ));
+        }
+    }
+    let idx: Vec<String> = e.indexes.into_iter().map(|i| i.value).collect();
+    if idx.is_empty() && e.max_partitions.is_none() {
+        return Err(nothing());
+    }
+    Ok((idx, e.max_partitions))
+}
+
 /// Checks a parsed file into key queries.
 pub(crate) fn validate(
     raw: RawPlans,
@@ -360,28 +386,7 @@ pub(crate) fn validate(
             .map(|(i, p)| param(p, i + 1))
             .collect::<Result<Vec<_>, _>>()
             .map_err(ctx)?;
-        let (indexes, max_partitions) = match q.expect {
-            Some(e) => {
-                let e = e.value;
-                for i in &e.indexes {
-                    if i.value.trim().is_empty() || !is_type_name(&i.value) {
-                        return Err(ctx((
-                            at(&i.referenced),
-                            format!("`{}` is not an index name", i.value),
-                        )));
-                    }
-                }
-                let idx: Vec<String> = e.indexes.into_iter().map(|i| i.value).collect();
-                (idx, e.max_partitions)
-            }
-            None => (Vec::new(), None),
-        };
-        if indexes.is_empty() && max_partitions.is_none() {
-            return Err(ctx((
-                qloc,
-                "expect needs indexes or max_partitions (there is nothing to check)".into(),
-            )));
-        }
+        let (indexes, max_partitions) = expectations(q.expect, qloc).map_err(ctx)?;
         let target = q
             .target
             .as_ref()

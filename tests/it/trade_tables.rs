@@ -330,3 +330,56 @@ async fn without_trade_tables_plan_checks_are_not_applicable_and_every_family_wo
     );
     svc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_resets_only_the_exact_settings_pgpulse_left_on_a_same_named_unrelated_table() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE public.orders (id bigint); CREATE TABLE public.trades (id bigint)",
+    )
+    .await
+    .unwrap();
+    // A fresh install: V006 tunes the reference names, and migrate puts them back at once.
+    db.migrate().await;
+    assert_eq!(reloptions(&c, "public.orders").await, "");
+    assert_eq!(reloptions(&c, "public.trades").await, "");
+    // What an earlier pgpulse left (V006's exact values) and a setting of the shop's own.
+    c.batch_execute(
+        "ALTER TABLE public.orders SET (autovacuum_vacuum_scale_factor = 0.1, \
+                                        autovacuum_analyze_scale_factor = 0.05); \
+         ALTER TABLE public.trades SET (autovacuum_vacuum_scale_factor = 0.05, \
+                                        autovacuum_analyze_scale_factor = 0.03)",
+    )
+    .await
+    .unwrap();
+    let out = pgpulse(&["migrate", "--database-url", &db.url], &[]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    for want in [
+        r#"skipped orders "public"."orders": wrong shape: a plain table, expected partitioned by "created_at""#,
+        r#"skipped "public"."orders": not a configured trade table of the expected shape; its autovacuum settings left as they were (1 table(s) restored)"#,
+        r#"skipped "public"."trades": not a configured trade table of the expected shape; its autovacuum settings left as they were (0 table(s) restored)"#,
+    ] {
+        assert!(stdout.contains(want), "{want}\n{stdout}");
+    }
+    assert_eq!(reloptions(&c, "public.orders").await, "");
+    assert_eq!(
+        reloptions(&c, "public.trades").await,
+        "autovacuum_vacuum_scale_factor=0.05,autovacuum_analyze_scale_factor=0.03"
+    );
+}
+
+#[test]
+fn an_empty_trade_table_name_is_exit_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pgpulse.yaml");
+    std::fs::write(&cfg, "trade_tables:\n  orders: {name: \"\"}\n").unwrap();
+    let out = pgpulse(&["check-config", "--config", cfg.to_str().unwrap()], &[]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("`trade_tables.orders.name`: must not be empty"),
+        "{stderr}"
+    );
+}
