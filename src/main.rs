@@ -87,16 +87,16 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             pgpulse::cli::serve::check_config(config_file, cli.log_format, db, web, queries).await
         }
         Command::Migrate { db, status } => {
-            let target = pgpulse::cli::target(config_file, &db)?;
-            pgpulse::cli::migrate(&target, status).await
+            let config = pgpulse::cli::config_for(config_file, &db)?;
+            pgpulse::cli::migrate(&config.target, &config.trade_tables, status).await
         }
         Command::Uninstall { db } => {
             let target = pgpulse::cli::target(config_file, &db)?;
             pgpulse::cli::uninstall(&target).await
         }
         Command::Verify { db } => {
-            let target = pgpulse::cli::target(config_file, &db)?;
-            pgpulse::cli::verify(&target).await
+            let config = pgpulse::cli::config_for(config_file, &db)?;
+            pgpulse::cli::verify(&config.target, &config.trade_tables).await
         }
         Command::Maintain { db, run_now } => {
             let config = pgpulse::cli::config_for(config_file, &db)?;

@@ -1,6 +1,8 @@
 //! `pgpulse explain`: every key query of the plans file, explained on the database and judged;
 //! one line per query (or `--format json`). Exit code 0 when every check passes, 1 when one
-//! fails or cannot run, 2 on a bad plans file or configuration.
+//! fails or cannot run, 2 on a bad plans file or configuration. A query whose trade tables
+//! (`trade_tables:`) are missing or of another shape is "not applicable" (`N/A`), not a
+//! failure: on a database without trade tables explain says so and exits 0.
 //!
 //! By default each query runs under `EXPLAIN (ANALYZE, BUFFERS)` inside a transaction that is
 //! rolled back; `--no-analyze` sends plain EXPLAIN in a read-only transaction (for production:
@@ -54,7 +56,11 @@ pub async fn explain(config_file: Option<&Path>, args: ExplainArgs) -> Result<()
     if let Some(p) = &args.plans {
         settings.plans.file = Some(p.clone());
     }
-    let plans = PlanSet::load_or_default(settings.plans.file.as_deref())
+    settings
+        .trade_tables
+        .validate()
+        .map_err(|(key, reason)| crate::config::ConfigError::TradeTable { key, reason })?;
+    let plans = PlanSet::load_or_default(settings.plans.file.as_deref(), &settings.trade_tables)
         .map_err(crate::config::ConfigError::from)?
         .select(&args.queries)
         .map_err(|problem| CliError::UnknownPlanQuery { problem })?;
@@ -68,23 +74,14 @@ pub async fn explain(config_file: Option<&Path>, args: ExplainArgs) -> Result<()
         Mode::Analyze
     };
     let results = run_all(&config.target, &plans, mode, config.lock_timeout).await?;
-    match args.format {
-        OutputFormat::Text => {
-            for r in &results {
-                println!("{}", line(r));
-            }
-        }
-        OutputFormat::Json => {
-            let all: Vec<Value> = results.iter().map(to_json).collect();
-            println!("{}", Value::Array(all));
-        }
-    }
+    print(&results, args.format);
     let failed: Vec<&str> = results
         .iter()
         .filter_map(|r| match r {
-            Ok(o) if o.passed() => None,
-            Ok(o) => Some(o.spec.name.as_str()),
-            Err(e) => Some(e.query.as_str()),
+            Explained::Ran(Ok(o)) if o.passed() => None,
+            Explained::Ran(Ok(o)) => Some(o.spec.name.as_str()),
+            Explained::Ran(Err(e)) => Some(e.query.as_str()),
+            Explained::NotApplicable { .. } => None,
         })
         .collect();
     if failed.is_empty() {
@@ -98,16 +95,76 @@ pub async fn explain(config_file: Option<&Path>, args: ExplainArgs) -> Result<()
     }
 }
 
-/// Explains every query of `plans` on one connection (a new one after a failure).
+/// One key query's result in `explain`.
+#[derive(Debug)]
+pub enum Explained {
+    /// It was explained (or its check could not run).
+    Ran(Result<Outcome, CheckError>),
+    /// A trade table it reads is missing or of another shape: not explained.
+    NotApplicable {
+        /// The key query.
+        query: String,
+        /// Which table, and how it differs from the configuration.
+        reason: String,
+    },
+}
+
+fn print(results: &[Explained], format: OutputFormat) {
+    match format {
+        OutputFormat::Text => {
+            for r in results {
+                match r {
+                    Explained::Ran(r) => println!("{}", line(r)),
+                    Explained::NotApplicable { query, reason } => {
+                        println!("N/A   {query}: not applicable: {reason}")
+                    }
+                }
+            }
+            if results
+                .iter()
+                .all(|r| matches!(r, Explained::NotApplicable { .. }))
+            {
+                println!(
+                    "no key query applies to this database: its trade tables are missing or of \
+                     another shape (set trade_tables in the configuration where they live elsewhere)"
+                );
+            }
+        }
+        OutputFormat::Json => {
+            let all: Vec<Value> = results
+                .iter()
+                .map(|r| match r {
+                    Explained::Ran(r) => to_json(r),
+                    Explained::NotApplicable { query, reason } => json!({
+                        "query": query, "status": "not_applicable", "reason": reason,
+                    }),
+                })
+                .collect();
+            println!("{}", Value::Array(all));
+        }
+    }
+}
+
+/// Explains every applicable query of `plans` on one connection (a new one after a failure).
 pub async fn run_all(
     target: &crate::db::DatabaseTarget,
     plans: &PlanSet,
     mode: Mode,
     lock_timeout: std::time::Duration,
-) -> Result<Vec<Result<Outcome, CheckError>>, CliError> {
+) -> Result<Vec<Explained>, CliError> {
     let mut results = Vec::new();
-    let mut client = None;
-    for spec in &plans.queries {
+    let first = crate::db::connect(target).await?;
+    // Unreadable: every query is tried, and its own error tells why.
+    let why = check::applicability(&first, &plans.queries, lock_timeout)
+        .await
+        .unwrap_or_else(|_| vec![None; plans.queries.len()]);
+    let mut client = Some(first);
+    for (spec, why) in plans.queries.iter().zip(why) {
+        if let Some(reason) = why {
+            let query = spec.name.clone();
+            results.push(Explained::NotApplicable { query, reason });
+            continue;
+        }
         let c = match client.take() {
             Some(c) => c,
             None => crate::db::connect(target).await?,
@@ -117,7 +174,7 @@ pub async fn run_all(
             // A failed check may leave the prepared statement behind: start afresh.
             client = Some(c);
         }
-        results.push(r);
+        results.push(Explained::Ran(r));
     }
     Ok(results)
 }

@@ -231,8 +231,12 @@ pub fn config_for(
     Ok(settings.validate()?)
 }
 
-/// `pgpulse migrate [--status]`.
-pub async fn migrate(target: &crate::db::DatabaseTarget, status: bool) -> Result<(), CliError> {
+/// `pgpulse migrate [--status]`: the migrations, then one line per trade table tuned or skipped.
+pub async fn migrate(
+    target: &crate::db::DatabaseTarget,
+    tables: &crate::db::trade_tables::TradeTables,
+    status: bool,
+) -> Result<(), CliError> {
     let mut client = crate::db::connect(target).await?;
     if status {
         for s in crate::db::migrate::status(&client).await? {
@@ -246,12 +250,15 @@ pub async fn migrate(target: &crate::db::DatabaseTarget, status: bool) -> Result
         }
         return Ok(());
     }
-    let applied = crate::db::migrate::migrate(&mut client).await?;
+    let (applied, tuning) = crate::db::migrate::migrate_with(&mut client, tables).await?;
     for m in &applied {
         println!("applied V{:03} {}", m.version, m.name);
     }
     if applied.is_empty() {
         println!("nothing to apply: the monitoring schema is up to date");
+    }
+    for line in &tuning {
+        println!("{line}");
     }
     Ok(())
 }
@@ -303,16 +310,24 @@ pub async fn maintain(
     Ok(())
 }
 
-/// `pgpulse verify`: prints one line per check; fails when a check FAILs.
-pub async fn verify(target: &crate::db::DatabaseTarget) -> Result<(), CliError> {
+/// `pgpulse verify`: prints one line per check, then one per trade table of the configuration
+/// (found, missing, wrong shape: information, never a failure); fails when a check FAILs.
+pub async fn verify(
+    target: &crate::db::DatabaseTarget,
+    tables: &crate::db::trade_tables::TradeTables,
+) -> Result<(), CliError> {
     let mut client = crate::db::connect(target).await?;
     let checks = crate::db::verify::verify(&mut client).await;
+    let mapping = crate::db::verify::trade_tables(&client, tables).await;
     let mut failed = 0;
     for c in &checks {
         println!("{c}");
         if c.outcome == crate::db::verify::Outcome::Fail {
             failed += 1;
         }
+    }
+    for line in &mapping {
+        println!("{line}");
     }
     if failed > 0 {
         Err(CliError::VerifyFailed { failed })

@@ -74,6 +74,14 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// A `trade_tables` name is not acceptable.
+    #[error("configuration key `{key}`: {reason}")]
+    TradeTable {
+        /// The dotted key, e.g. `trade_tables.orders.name`.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The plans file (`plans.file`) is unreadable or invalid; the message has file:line:col.
     #[error("{0}")]
     Plans(#[from] crate::plans::PlansError),
@@ -112,6 +120,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The maintenance runner's timeouts and backoff (validated: all above zero).
     pub maintenance: MaintenanceRunnerSettings,
+    /// Which tables are the trade tables (validated names).
+    pub trade_tables: crate::db::trade_tables::TradeTables,
     /// The key-query plan check of `serve`; `None` when `plans.enabled` is false.
     pub plans: Option<crate::plans::GuardConfig>,
     /// The slow-statement log reader of `serve`; `None` when `slow_log.enabled` is false.
@@ -371,7 +381,10 @@ impl Settings {
                 reason: "must be shorter than sampling.default_interval".to_owned(),
             });
         }
-        let plans = self.plans.validate()?;
+        self.trade_tables
+            .validate()
+            .map_err(|(key, reason)| ConfigError::TradeTable { key, reason })?;
+        let plans = self.plans.validate(&self.trade_tables)?;
         let slow_log = self.slow_log.validate()?;
         Ok(Config {
             target,
@@ -402,6 +415,7 @@ impl Settings {
                 )?,
                 max_backoff: positive("maintenance.max_backoff", self.maintenance.max_backoff)?,
             },
+            trade_tables: self.trade_tables.clone(),
             plans,
             slow_log,
             settings: self,
@@ -437,9 +451,12 @@ impl SlowLogSettings {
 }
 
 impl PlanSettings {
-    /// The plan check's configuration: the plans file loaded and validated, or `None` when
-    /// the check is off.
-    fn validate(&self) -> Result<Option<crate::plans::GuardConfig>, ConfigError> {
+    /// The plan check's configuration: the plans file loaded and validated, its `{orders}`..
+    /// placeholders naming `tables`, or `None` when the check is off.
+    fn validate(
+        &self,
+        tables: &crate::db::trade_tables::TradeTables,
+    ) -> Result<Option<crate::plans::GuardConfig>, ConfigError> {
         if !self.enabled {
             return Ok(None);
         }
@@ -449,7 +466,7 @@ impl PlanSettings {
                 reason: "must be at least 1s (the default is 10m)".to_owned(),
             });
         }
-        let plans = crate::plans::PlanSet::load_or_default(self.file.as_deref())?;
+        let plans = crate::plans::PlanSet::load_or_default(self.file.as_deref(), tables)?;
         Ok(Some(crate::plans::GuardConfig {
             plans: std::sync::Arc::new(plans),
             interval: self.interval,

@@ -26,6 +26,8 @@ pub struct Settings {
     pub maintenance: MaintenanceRunnerSettings,
     /// The slow-statement log reader of `serve` (the exact count of slow executions).
     pub slow_log: SlowLogSettings,
+    /// Which tables are the trade tables (default: the reference schema).
+    pub trade_tables: crate::db::trade_tables::TradeTables,
 }
 
 /// The slow-statement log reader of `serve` (docs/statement-latency.md). It runs only where
@@ -97,6 +99,7 @@ impl Default for Settings {
             maintenance: MaintenanceRunnerSettings::default(),
             plans: PlanSettings::default(),
             slow_log: SlowLogSettings::default(),
+            trade_tables: crate::db::trade_tables::TradeTables::default(),
         }
     }
 }

@@ -2,6 +2,9 @@
 //! `pg_advisory_lock`, each in its own transaction, and recorded with a SHA-256 checksum in
 //! `monitoring.schema_migrations`.
 //!
+//! After the migrations, `migrate` tunes autovacuum on the configured trade tables only
+//! ([`super::tuning`]).
+//!
 //! The advisory lock makes concurrent runs safe: a second `pgpulse migrate` waits for the
 //! first, then finds nothing pending. An applied migration whose embedded text changed is an
 //! error (migrations are append-only).
@@ -10,6 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
 
 use super::connect::describe;
+use super::trade_tables::TradeTables;
 
 /// The advisory lock key held while migrating or uninstalling ("pgpulse" in ASCII).
 pub const LOCK_KEY: i64 = 0x0070_6770_756c_7365;
@@ -76,11 +80,6 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 11,
         name: "definer_hardening",
         sql: include_str!("../../migrations/V011__definer_hardening.sql"),
-    },
-    Migration {
-        version: 12,
-        name: "log_tally",
-        sql: include_str!("../../migrations/V012__log_tally.sql"),
     },
 ];
 
@@ -288,35 +287,63 @@ async fn install_log_reader(client: &mut Client) -> Result<bool, MigrateError> {
     Ok(true)
 }
 
-/// Applies every pending migration in order and returns the ones it applied; run by a
-/// superuser, also installs the log reader's helpers when they are missing.
+/// Applies every pending migration in order and returns the ones it applied; the autovacuum
+/// tuning then follows the reference schema (see [`migrate_with`]).
 pub async fn migrate(client: &mut Client) -> Result<Vec<Migration>, MigrateError> {
+    Ok(migrate_with(client, &TradeTables::default()).await?.0)
+}
+
+/// Applies every pending migration in order, then tunes autovacuum on the trade tables of
+/// `tables` that exist with their shape and leaves every other table as it was
+/// ([`super::tuning`]). Returns the migrations applied and one line per tuned or skipped table.
+/// Run by a superuser, it also installs the log reader's helpers when they are missing.
+pub async fn migrate_with(
+    client: &mut Client,
+    tables: &TradeTables,
+) -> Result<(Vec<Migration>, Vec<String>), MigrateError> {
     with_lock(client, async |client: &mut Client| {
         client
             .batch_execute(HISTORY_DDL)
             .await
             .map_err(db("create the migration history table"))?;
         let done = applied(client).await?;
-        let mut newly = Vec::new();
-        for m in MIGRATIONS {
-            if let Some((_, recorded, _)) = done.iter().find(|(v, _, _)| *v == m.version) {
-                if *recorded != m.checksum() {
-                    return Err(MigrateError::ChecksumMismatch {
-                        version: m.version,
-                        recorded: recorded.clone(),
-                        embedded: m.checksum(),
-                    });
-                }
-                continue;
-            }
-            apply_with_retries(client, m).await?;
-            tracing::info!(version = m.version, name = m.name, "migration applied");
-            newly.push(*m);
-        }
+        // V006 tunes the reference names; what it finds there now is what they get back.
+        let before = match done.iter().any(|(v, _, _)| *v == V006) {
+            true => None,
+            false => Some(super::tuning::before(client).await?),
+        };
+        let newly = apply_pending(client, &done).await?;
         install_log_reader(client).await?;
-        Ok(newly)
+        let lines = super::tuning::tune(client, tables, before.as_ref()).await?;
+        Ok((newly, lines))
     })
     .await
+}
+
+/// The migration that tunes autovacuum on the reference names.
+const V006: i32 = 6;
+
+async fn apply_pending(
+    client: &mut Client,
+    done: &[(i32, String, String)],
+) -> Result<Vec<Migration>, MigrateError> {
+    let mut newly = Vec::new();
+    for m in MIGRATIONS {
+        if let Some((_, recorded, _)) = done.iter().find(|(v, _, _)| *v == m.version) {
+            if *recorded != m.checksum() {
+                return Err(MigrateError::ChecksumMismatch {
+                    version: m.version,
+                    recorded: recorded.clone(),
+                    embedded: m.checksum(),
+                });
+            }
+            continue;
+        }
+        apply_with_retries(client, m).await?;
+        tracing::info!(version = m.version, name = m.name, "migration applied");
+        newly.push(*m);
+    }
+    Ok(newly)
 }
 
 /// Lists every migration with the time it was applied, or pending.

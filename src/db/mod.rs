@@ -1,6 +1,7 @@
 //! Everything that talks to PostgreSQL outside the sampler: connection settings and TLS, single
 //! connections for commands, the sampling pool and its connection slots, the monitoring
-//! schema's migrations, verification (with what it checks of the `SECURITY DEFINER` functions,
+//! schema's migrations, the trade tables of the configuration ([`trade_tables`]) and the autovacuum
+//! tuning `migrate` gives them ([`tuning`]), verification (with what it checks of the `SECURITY DEFINER` functions,
 //! [`definer`]) and removal, and what reading the slow-statement log needs ([`log_access`]).
 
 pub mod connect;
@@ -12,6 +13,8 @@ pub mod pool;
 pub mod slots;
 pub mod tls;
 mod tls_params;
+pub mod trade_tables;
+pub mod tuning;
 pub mod uninstall;
 pub mod verify;
 

@@ -500,6 +500,26 @@ async fn slow_log(c: &Client) -> Result<Verdict, String> {
     })
 }
 
+/// One line per trade table of the configuration: `TABLE orders "public"."orders": found,
+/// partitioned by "created_at"` (or missing, or wrong shape and why). Runs in verify's session
+/// (its timeouts); a catalog error is one line.
+pub async fn trade_tables(c: &Client, tables: &super::trade_tables::TradeTables) -> Vec<String> {
+    let refs: Vec<_> = tables.iter().map(|(_, t)| t).collect();
+    match super::trade_tables::shapes(c, &refs).await {
+        Ok(found) => tables
+            .iter()
+            .zip(&found)
+            .map(|((role, t), shape)| {
+                format!("TABLE {}", super::trade_tables::describe(role, t, shape))
+            })
+            .collect(),
+        Err(e) => vec![format!(
+            "TABLE cannot read the trade tables: {}",
+            describe(&e)
+        )],
+    }
+}
+
 /// The session of verify: a pinned `search_path` and timeouts, as every statement pgpulse sends.
 const SESSION_SQL: &str = "SET search_path = pg_catalog, pg_temp; SET lock_timeout = '2s'; \
      SET statement_timeout = '300s'";

@@ -17,6 +17,7 @@ use super::PlanSpec;
 use super::tree::{PlanTree, Scan};
 use super::verdict::{self, Relation, ResolvedIndex, index_verdict};
 pub use super::verdict::{IndexVerdict, Partitions};
+use crate::db::trade_tables::{TableRef, describe, shapes};
 
 /// The name of the prepared statement of a check.
 const STATEMENT: &str = "pgpulse_plan_check";
@@ -162,7 +163,8 @@ JOIN pg_class c ON c.oid = to_regclass(CASE WHEN s.nsp IS NULL THEN quote_ident(
                                             ELSE format('%I.%I', s.nsp, s.rel) END) \
 JOIN pg_class r ON r.oid = coalesce(pg_partition_root(c.oid), c.oid)";
 
-/// Expected indexes: whether each exists, its table's root, and every index of its partition
+/// Expected indexes (an unqualified name looked up in the schemas of the query's trade tables
+/// first, `$2`, then on the search path): whether each exists, its table's root, and every index of its partition
 /// tree as `schema.name`.
 const INDEXES_SQL: &str = "\
 SELECT e.i::int, x.oid IS NOT NULL, coalesce(x.relkind IN ('i', 'I'), false), \
@@ -172,7 +174,58 @@ SELECT e.i::int, x.oid IS NOT NULL, coalesce(x.relkind IN ('i', 'I'), false), \
                FROM (SELECT x.oid AS relid UNION SELECT relid FROM pg_partition_tree(x.oid)) t \
                JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace) \
 FROM unnest($1::text[]) WITH ORDINALITY AS e(name, i) \
-LEFT JOIN pg_class x ON x.oid = to_regclass(e.name)";
+LEFT JOIN pg_class x ON x.oid = coalesce( \
+    (SELECT r FROM (SELECT to_regclass(format('%I.%I', s.nsp, e.name)) AS r, s.o \
+                      FROM unnest($2::text[]) WITH ORDINALITY AS s(nsp, o) \
+                     WHERE strpos(e.name, '.') = 0) q \
+      WHERE r IS NOT NULL ORDER BY o LIMIT 1), \
+    to_regclass(e.name))";
+
+/// Why each of `specs` does not apply to the database (`None`: it applies): a trade table it
+/// names is missing or of another shape. One catalog query in a read-only transaction with the
+/// timeouts of the first spec.
+pub async fn applicability(
+    client: &Client,
+    specs: &[std::sync::Arc<PlanSpec>],
+    lock_timeout: Duration,
+) -> Result<Vec<Option<String>>, tokio_postgres::Error> {
+    let tables: Vec<&TableRef> = specs
+        .iter()
+        .flat_map(|s| s.tables.iter().map(|(_, t)| t))
+        .collect();
+    if tables.is_empty() {
+        return Ok(vec![None; specs.len()]);
+    }
+    let timeout = specs
+        .first()
+        .map_or(super::model::DEFAULT_TIMEOUT, |s| s.timeout);
+    client
+        .batch_execute(&format!(
+            "BEGIN READ ONLY; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}",
+            millis(timeout),
+            millis(lock_timeout.min(timeout))
+        ))
+        .await?;
+    let found = shapes(client, &tables).await;
+    let end = client
+        .batch_execute(if found.is_ok() { "COMMIT" } else { "ROLLBACK" })
+        .await;
+    let (found, ()) = (found?, end?);
+    let mut shapes = found.iter();
+    Ok(specs
+        .iter()
+        .map(|s| {
+            let why: Vec<String> = s
+                .tables
+                .iter()
+                .zip(shapes.by_ref())
+                .filter(|(_, shape)| !shape.is_found())
+                .map(|((role, t), shape)| describe(*role, t, shape))
+                .collect();
+            (!why.is_empty()).then(|| why.join("; "))
+        })
+        .collect())
+}
 
 fn fail(spec: &PlanSpec, e: &tokio_postgres::Error) -> CheckError {
     let kind = match e.code() {
@@ -284,8 +337,9 @@ async fn judge(
     };
     let mut indexes = Vec::new();
     if !spec.indexes.is_empty() {
+        let schemas: Vec<&str> = spec.tables.iter().map(|(_, t)| t.schema.as_str()).collect();
         let rows = client
-            .query(INDEXES_SQL, &[&spec.indexes])
+            .query(INDEXES_SQL, &[&spec.indexes, &schemas])
             .await
             .map_err(|e| fail(spec, &e))?;
         for (n, index) in spec.indexes.iter().enumerate() {

@@ -63,6 +63,8 @@ pub struct PlanMetrics {
     pub errors: Family<PlanErrorLabels, Counter>,
     /// `pgpulse_plan_check_last_success_timestamp_seconds`.
     pub last_success: Family<PlanLabel, FloatGauge>,
+    /// `pg_plan_check_applicable`.
+    pub applicable: Family<PlanLabel, Gauge>,
 }
 
 impl PlanMetrics {
@@ -99,6 +101,11 @@ impl PlanMetrics {
             "pgpulse_plan_check_errors",
             "Key-query plan checks that could not run, by kind (timeout, connection, sql, decode)",
             m.errors.clone(),
+        );
+        r.register(
+            "pg_plan_check_applicable",
+            "Whether a key query applies to the database (1) or not (0: a trade table it reads is missing or of another shape, see trade_tables; it is not checked)",
+            m.applicable.clone(),
         );
         r.register(
             "pgpulse_plan_check_last_success_timestamp_seconds",
@@ -182,8 +189,17 @@ pub struct PlanGuard {
     config: GuardConfig,
     lock_timeout: Duration,
     metrics: PlanMetrics,
-    /// When each query last succeeded (for expiry); one round at a time holds it.
-    last_good: Mutex<HashMap<String, Instant>>,
+    /// What outlives a round; one round at a time holds it.
+    state: Mutex<GuardState>,
+}
+
+/// What the guard remembers between rounds.
+#[derive(Debug, Default)]
+struct GuardState {
+    /// When each query last succeeded (for expiry).
+    last_good: HashMap<String, Instant>,
+    /// Whether each query applied at its last round (an INFO line when it changes).
+    applicable: HashMap<String, bool>,
 }
 
 /// What one round did.
@@ -195,6 +211,9 @@ pub struct Round {
     pub failed: Vec<String>,
     /// Queries whose check could not run.
     pub errors: Vec<String>,
+    /// Queries that do not apply to the database (a trade table they read is missing or of
+    /// another shape): not checked, not counted as errors.
+    pub not_applicable: Vec<String>,
     /// No connection could be had at all.
     pub no_connection: bool,
 }
@@ -227,7 +246,7 @@ impl PlanGuard {
             config,
             lock_timeout,
             metrics,
-            last_good: Mutex::new(HashMap::new()),
+            state: Mutex::new(GuardState::default()),
         })
     }
 
@@ -274,36 +293,37 @@ impl PlanGuard {
         }
     }
 
-    /// One round: every key query once, in file order, with plain EXPLAIN.
+    /// One round: which key queries apply (their trade tables exist with their configured
+    /// shape), then every applicable one once, in file order, with plain EXPLAIN.
     pub async fn check_once(&self) -> Round {
-        let mut last_good = self.last_good.lock().await;
+        let mut state = self.state.lock().await;
         let mut round = Round::default();
-        let mut conn: Option<Lease> = None;
-        let mut connected_once = false;
         let queries = &self.config.plans.queries;
+        let mut conn = self.lease(queries.first(), &mut round, 0).await;
+        let applies = match conn.as_mut() {
+            Some(c) => self.applicability(c, &mut state.applicable).await,
+            None => None,
+        };
+        if applies.is_none()
+            && let Some(mut c) = conn.take()
+        {
+            c.reset_with(check::DEALLOCATE);
+        }
         for (n, spec) in queries.iter().enumerate() {
-            let mut client = match conn.take() {
-                Some(c) => c,
-                None => match self.budget.lease(None, check::guard(spec.timeout)).await {
-                    Ok(c) => {
-                        connected_once = true;
-                        c
-                    }
-                    Err(e) => {
-                        // No connection now: the rest of the round would wait in vain.
-                        for rest in queries.iter().skip(n) {
-                            self.fail(
-                                &mut round,
-                                CheckError {
-                                    query: rest.name.clone(),
-                                    kind: FailureKind::Connection,
-                                    message: e.to_string(),
-                                },
-                            );
-                        }
-                        break;
-                    }
-                },
+            if round.no_connection {
+                break;
+            }
+            if applies.as_ref().and_then(|a| a.get(n)) == Some(&false) {
+                self.metrics.forget(&spec.name);
+                state.last_good.remove(&spec.name);
+                round.not_applicable.push(spec.name.clone());
+                continue;
+            }
+            let Some(mut client) = (match conn.take() {
+                Some(c) => Some(c),
+                None => self.lease(Some(spec), &mut round, n).await,
+            }) else {
+                break;
             };
             client.answer_within(check::guard(spec.timeout));
             let outcome = match client.client() {
@@ -314,7 +334,7 @@ impl PlanGuard {
                 Ok(outcome) => {
                     conn = Some(client);
                     self.metrics.publish(&outcome);
-                    last_good.insert(spec.name.clone(), Instant::now());
+                    state.last_good.insert(spec.name.clone(), Instant::now());
                     if outcome.passed() {
                         round.passed.push(spec.name.clone());
                     } else {
@@ -334,8 +354,86 @@ impl PlanGuard {
         if let Some(idle) = conn {
             idle.release();
         }
-        round.no_connection = !connected_once;
-        // Expire the last good values of queries that kept failing for three intervals.
+        self.expire(&mut state.last_good);
+        round
+    }
+
+    /// A connection for the check of `spec`; without one, every query from the `n`-th on
+    /// fails as `connection` (the rest of the round would wait in vain).
+    async fn lease(
+        &self,
+        spec: Option<&Arc<super::PlanSpec>>,
+        round: &mut Round,
+        n: usize,
+    ) -> Option<Lease> {
+        let timeout = spec.map_or(super::model::DEFAULT_TIMEOUT, |s| s.timeout);
+        match self.budget.lease(None, check::guard(timeout)).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                for rest in self.config.plans.queries.iter().skip(n) {
+                    let kind = FailureKind::Connection;
+                    let (query, message) = (rest.name.clone(), e.to_string());
+                    self.fail(
+                        round,
+                        CheckError {
+                            query,
+                            kind,
+                            message,
+                        },
+                    );
+                }
+                // Only when not one connection could be had this round.
+                round.no_connection = n == 0;
+                None
+            }
+        }
+    }
+
+    /// Whether each key query applies; sets `pg_plan_check_applicable` and logs one INFO line
+    /// for the queries whose applicability changed (all of them at the first round). `None`
+    /// when the catalog could not be read: the round then checks every query.
+    async fn applicability(
+        &self,
+        lease: &mut Lease,
+        known: &mut HashMap<String, bool>,
+    ) -> Option<Vec<bool>> {
+        let queries = &self.config.plans.queries;
+        let client = lease.client()?;
+        let why = match check::applicability(client, queries, self.lock_timeout).await {
+            Ok(w) => w,
+            Err(e) => {
+                let error = crate::db::connect::describe(&e);
+                tracing::warn!(%error, "cannot read which key queries apply");
+                return None;
+            }
+        };
+        let (mut now_not, mut now_yes) = (Vec::new(), Vec::new());
+        let first = known.is_empty();
+        for (spec, why) in queries.iter().zip(&why) {
+            let applies = why.is_none();
+            let l = PlanMetrics::label(&spec.name);
+            self.metrics
+                .applicable
+                .get_or_create(&l)
+                .set(i64::from(applies));
+            if known.insert(spec.name.clone(), applies) != Some(applies) {
+                match why {
+                    Some(w) => now_not.push(format!("{} ({w})", spec.name)),
+                    None => now_yes.push(spec.name.clone()),
+                }
+            }
+        }
+        if !now_not.is_empty() {
+            tracing::info!(queries = %now_not.join(", "), "key queries not applicable: a trade table they read is missing or of another shape (trade_tables)");
+        }
+        if !now_yes.is_empty() && !first {
+            tracing::info!(queries = %now_yes.join(", "), "key queries applicable");
+        }
+        Some(why.iter().map(Option::is_none).collect())
+    }
+
+    /// Expires the last good values of queries that kept failing for three intervals.
+    fn expire(&self, last_good: &mut HashMap<String, Instant>) {
         let expire = self.config.interval * 3;
         last_good.retain(|name, at| {
             let keep = at.elapsed() < expire;
@@ -344,7 +442,6 @@ impl PlanGuard {
             }
             keep
         });
-        round
     }
 
     fn fail(&self, round: &mut Round, e: CheckError) {

@@ -24,6 +24,8 @@ pub use model::{Param, ParamValue, PlanSpec};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::db::trade_tables::TradeTables;
+
 /// The default key queries, embedded so the binary works without a plans.yaml next to it.
 pub const DEFAULT_PLANS: &str = include_str!("../../plans.yaml");
 
@@ -54,32 +56,42 @@ pub struct PlanSet {
 }
 
 impl PlanSet {
-    /// Reads and validates a plans file.
+    /// Reads and validates a plans file, its placeholders naming the reference schema.
     pub fn load(path: &Path) -> Result<Self, PlansError> {
+        Self::load_with(path, &TradeTables::default())
+    }
+
+    /// Reads and validates a plans file, its placeholders naming `tables`.
+    pub fn load_with(path: &Path, tables: &TradeTables) -> Result<Self, PlansError> {
         let text = std::fs::read_to_string(path).map_err(|e| PlansError {
             file: path.to_owned(),
             line: 0,
             column: 0,
             message: format!("cannot read: {e}"),
         })?;
-        Self::parse(&text, path)
+        Self::parse_with(&text, path, tables)
     }
 
-    /// The embedded default (`plans.yaml` of the repository).
+    /// The embedded default (`plans.yaml` of the repository) on the reference schema.
     pub fn built_in() -> Result<Self, PlansError> {
         Self::parse(DEFAULT_PLANS, Path::new(BUILT_IN))
     }
 
-    /// `path`, or the embedded default when `None`.
-    pub fn load_or_default(path: Option<&Path>) -> Result<Self, PlansError> {
+    /// `path`, or the embedded default when `None`, its placeholders naming `tables`.
+    pub fn load_or_default(path: Option<&Path>, tables: &TradeTables) -> Result<Self, PlansError> {
         match path {
-            Some(p) => Self::load(p),
-            None => Self::built_in(),
+            Some(p) => Self::load_with(p, tables),
+            None => Self::parse_with(DEFAULT_PLANS, Path::new(BUILT_IN), tables),
         }
     }
 
-    /// Parses and validates plans text; `path` is only used in messages.
+    /// Parses and validates plans text on the reference schema; `path` is only for messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, PlansError> {
+        Self::parse_with(text, path, &TradeTables::default())
+    }
+
+    /// Parses and validates plans text, its placeholders naming `tables`.
+    pub fn parse_with(text: &str, path: &Path, tables: &TradeTables) -> Result<Self, PlansError> {
         let err = |line, column, message| PlansError {
             file: path.to_owned(),
             line,
@@ -90,8 +102,8 @@ impl PlanSet {
             let (line, column, message) = crate::yaml::describe(text, &e);
             err(line, column, message)
         })?;
-        let queries =
-            model::validate(raw).map_err(|((line, column), message)| err(line, column, message))?;
+        let queries = model::validate(raw, tables)
+            .map_err(|((line, column), message)| err(line, column, message))?;
         Ok(Self {
             queries: queries.into_iter().map(Arc::new).collect(),
             source: path.to_owned(),

@@ -1,11 +1,15 @@
 //! The shapes of `plans.yaml` as written ([`RawPlans`]) and as used ([`PlanSpec`]), and the
-//! semantic checks between them (names, parameter types and expressions, expectations).
+//! semantic checks between them (names, parameter types and expressions, expectations), and
+//! the trade-table placeholders of the SQL (`{orders}`, `{orders.partition_column}`), replaced
+//! by the configured, quoted names.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
+
+use crate::db::trade_tables::{Role, TableRef, TradeTables, quote_ident};
 
 /// Statement timeout of a key query that sets none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -95,8 +99,11 @@ pub struct PlanSpec {
     pub name: String,
     /// What the query is.
     pub help: String,
-    /// The SQL text with `$1`.. placeholders.
+    /// The SQL text with `$1`.. placeholders, trade-table placeholders replaced.
     pub sql: String,
+    /// The trade tables the SQL names through placeholders, in order of first use: the query
+    /// applies only where each of them exists with its configured shape.
+    pub tables: Vec<(Role, TableRef)>,
     /// The parameters, in placeholder order.
     pub params: Vec<Param>,
     /// Indexes the plan must use, as written (optionally schema-qualified).
@@ -172,6 +179,83 @@ fn max_placeholder(sql: &str) -> usize {
     max
 }
 
+/// The placeholders a plans file may use, for messages.
+fn known_placeholders() -> String {
+    Role::ALL
+        .iter()
+        .map(|r| format!("{{{}}}", r.key()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The replacement of one placeholder `{word}` (without braces), or `None` when `word` is not
+/// shaped like a placeholder at all (e.g. an array literal's content).
+fn placeholder(word: &str, tables: &TradeTables) -> Option<Result<(Role, String), String>> {
+    let shaped = word.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    if !shaped {
+        return None;
+    }
+    let (key, field) = word.split_once('.').unwrap_or((word, ""));
+    let Some(role) = Role::from_key(key) else {
+        return Some(Err(format!(
+            "unknown placeholder {{{word}}} (known: {}, each also with .partition_column)",
+            known_placeholders()
+        )));
+    };
+    let t = tables.get(role);
+    Some(match field {
+        "" => Ok((role, t.sql())),
+        "partition_column" => match t.partition_column() {
+            Some(c) => Ok((role, quote_ident(c))),
+            None => Err(format!(
+                "{{{word}}}: trade_tables.{key}.partition_column is not set"
+            )),
+        },
+        _ => Err(format!(
+            "unknown placeholder {{{word}}} (known: {}, each also with .partition_column)",
+            known_placeholders()
+        )),
+    })
+}
+
+/// `sql` with every `{orders}`-style placeholder outside quotes replaced by the quoted name of
+/// the configured table (or its partition column), and the tables it names.
+pub(crate) fn substitute(
+    sql: &str,
+    tables: &TradeTables,
+) -> Result<(String, Vec<(Role, TableRef)>), String> {
+    let (mut out, mut used) = (
+        String::with_capacity(sql.len()),
+        Vec::<(Role, TableRef)>::new(),
+    );
+    let (mut quote, mut rest) = (None::<char>, sql);
+    while let Some(c) = rest.chars().next() {
+        let close = rest.find('}').filter(|_| quote.is_none() && c == '{');
+        if let Some(end) = close
+            && let Some(r) = placeholder(&rest[1..end], tables)
+        {
+            let (role, text) = r?;
+            if !used.iter().any(|(u, _)| *u == role) {
+                used.push((role, tables.get(role).clone()));
+            }
+            out.push_str(&text);
+            rest = &rest[end + 1..];
+            continue;
+        }
+        quote = match (quote, c) {
+            (Some(q), c) if c == q => None,
+            (None, '\'' | '"') => Some(c),
+            (q, _) => q,
+        };
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    Ok((out, used))
+}
+
 fn duration(s: &Spanned<String>, key: &str) -> Result<Duration, (Loc, String)> {
     let d = humantime::parse_duration(s.value.trim()).map_err(|e| {
         (
@@ -227,8 +311,37 @@ fn param(p: Spanned<RawParam>, n: usize) -> Result<Param, (Loc, String)> {
     Ok(Param { ty, value })
 }
 
+/// The expected indexes (each a plausible name) and the most partitions, as written; at least
+/// one of them (`qloc`: the query, for the message).
+fn expectations(
+    e: Option<Spanned<RawExpect>>,
+    qloc: Loc,
+) -> Result<(Vec<String>, Option<u32>), (Loc, String)> {
+    let nothing = || {
+        let why = "expect needs indexes or max_partitions (there is nothing to check)";
+        (qloc, why.to_owned())
+    };
+    let e = e.ok_or_else(nothing)?.value;
+    for i in &e.indexes {
+        if i.value.trim().is_empty() || !is_type_name(&i.value) {
+            return Err((
+                at(&i.referenced),
+                format!("`{}` is not an index name", i.value),
+            ));
+        }
+    }
+    let idx: Vec<String> = e.indexes.into_iter().map(|i| i.value).collect();
+    if idx.is_empty() && e.max_partitions.is_none() {
+        return Err(nothing());
+    }
+    Ok((idx, e.max_partitions))
+}
+
 /// Checks a parsed file into key queries.
-pub(crate) fn validate(raw: RawPlans) -> Result<Vec<PlanSpec>, (Loc, String)> {
+pub(crate) fn validate(
+    raw: RawPlans,
+    tables: &TradeTables,
+) -> Result<Vec<PlanSpec>, (Loc, String)> {
     let mut names = HashSet::new();
     let mut out = Vec::new();
     if raw.queries.is_empty() {
@@ -265,6 +378,7 @@ pub(crate) fn validate(raw: RawPlans) -> Result<Vec<PlanSpec>, (Loc, String)> {
                 ),
             )));
         }
+        let (sql, used) = substitute(&sql, tables).map_err(|m| ctx((at(&q.sql.referenced), m)))?;
         let params = q
             .params
             .into_iter()
@@ -272,28 +386,7 @@ pub(crate) fn validate(raw: RawPlans) -> Result<Vec<PlanSpec>, (Loc, String)> {
             .map(|(i, p)| param(p, i + 1))
             .collect::<Result<Vec<_>, _>>()
             .map_err(ctx)?;
-        let (indexes, max_partitions) = match q.expect {
-            Some(e) => {
-                let e = e.value;
-                for i in &e.indexes {
-                    if i.value.trim().is_empty() || !is_type_name(&i.value) {
-                        return Err(ctx((
-                            at(&i.referenced),
-                            format!("`{}` is not an index name", i.value),
-                        )));
-                    }
-                }
-                let idx: Vec<String> = e.indexes.into_iter().map(|i| i.value).collect();
-                (idx, e.max_partitions)
-            }
-            None => (Vec::new(), None),
-        };
-        if indexes.is_empty() && max_partitions.is_none() {
-            return Err(ctx((
-                qloc,
-                "expect needs indexes or max_partitions (there is nothing to check)".into(),
-            )));
-        }
+        let (indexes, max_partitions) = expectations(q.expect, qloc).map_err(ctx)?;
         let target = q
             .target
             .as_ref()
@@ -311,6 +404,7 @@ pub(crate) fn validate(raw: RawPlans) -> Result<Vec<PlanSpec>, (Loc, String)> {
             name,
             help: q.help.unwrap_or_default().trim().to_owned(),
             sql,
+            tables: used,
             params,
             indexes,
             max_partitions,
@@ -334,6 +428,45 @@ mod tests {
         );
         assert_eq!(max_placeholder("SELECT 1"), 0);
         assert_eq!(max_placeholder("SELECT '$3'"), 0);
+    }
+
+    #[test]
+    fn placeholders_become_quoted_configured_names_and_hostile_names_stay_one_identifier() {
+        let mut t = TradeTables::default();
+        t.orders.schema = "ex\"; DROP TABLE x; --".into();
+        t.orders.name = "client orders".into();
+        t.orders.partition_column = "placed\"at".into();
+        let (sql, used) = substitute(
+            "SELECT {orders.partition_column} FROM {orders} o JOIN {trades} t ON true \
+             WHERE '{orders}' = '{1,2}' AND {orders}.x",
+            &t,
+        )
+        .unwrap();
+        assert_eq!(
+            sql,
+            "SELECT \"placed\"\"at\" FROM \"ex\"\"; DROP TABLE x; --\".\"client orders\" o \
+             JOIN \"public\".\"trades\" t ON true WHERE '{orders}' = '{1,2}' AND \
+             \"ex\"\"; DROP TABLE x; --\".\"client orders\".x"
+        );
+        assert!(
+            !has_semicolon(&sql),
+            "the semicolon stays inside the identifier"
+        );
+        let roles: Vec<Role> = used.iter().map(|(r, _)| *r).collect();
+        assert_eq!(roles, [Role::Orders, Role::Trades]);
+    }
+
+    #[test]
+    fn an_unknown_placeholder_or_a_missing_partition_column_is_an_error() {
+        let t = TradeTables::default();
+        let e = substitute("SELECT 1 FROM {order}", &t).unwrap_err();
+        assert!(e.contains("{order}") && e.contains("{orders}"), "{e}");
+        let e = substitute("SELECT {candles.partition_column} FROM {candles}", &t).unwrap_err();
+        assert!(e.contains("trade_tables.candles.partition_column"), "{e}");
+        assert!(substitute("SELECT 1 FROM {orders.name}", &t).is_err());
+        let (same, used) = substitute("SELECT '{x}', ARRAY[1] FROM t", &t).unwrap();
+        assert_eq!(same, "SELECT '{x}', ARRAY[1] FROM t");
+        assert!(used.is_empty());
     }
 
     #[test]

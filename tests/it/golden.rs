@@ -72,6 +72,7 @@ fn plan_guard_families() -> Vec<String> {
     m.partitions_expected.get_or_create(&q).set(1);
     m.cost.get_or_create(&q).set(1.0);
     m.last_success.get_or_create(&q).set(1.0);
+    m.applicable.get_or_create(&q).set(1);
     m.errors
         .get_or_create(&PlanErrorLabels {
             query: "q".into(),

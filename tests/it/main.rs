@@ -36,4 +36,5 @@ mod signals;
 mod slow_log;
 mod statement_text;
 mod tls;
+mod trade_tables;
 mod web;

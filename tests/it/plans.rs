@@ -387,11 +387,18 @@ fn the_shipped_plans_file_holds_the_ten_key_queries_with_the_specification_targe
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_check_that_cannot_run_is_counted_by_kind_and_publishes_no_plan_series() {
-    // No trade tables: every EXPLAIN fails with an SQL error.
+    // A key query that names its table directly (no {market_data} placeholder, so it always
+    // applies) on a database without it: every EXPLAIN fails with an SQL error.
     let db = TestDb::new().await;
+    let plans = PlanSet::parse(
+        "queries:\n  - name: latest_ticker\n    sql: SELECT ts FROM market_data WHERE symbol = $1\n    \
+         params: [{type: text, value: BTC-USD}]\n    expect: {indexes: [idx_market_data_symbol_timestamp]}\n",
+        "direct.yaml".as_ref(),
+    )
+    .unwrap();
     let svc = start(&db.url, "queries: []\n", |cfg| {
         cfg.plans = Some(GuardConfig {
-            plans: Arc::new(PlanSet::built_in().unwrap()),
+            plans: Arc::new(plans),
             interval: Duration::from_secs(2),
         });
     })
@@ -412,8 +419,15 @@ async fn a_check_that_cannot_run_is_counted_by_kind_and_publishes_no_plan_series
         "every kind starts at 0"
     );
     assert!(
-        !body.lines().any(|l| l.starts_with("pg_plan_")),
+        !body
+            .lines()
+            .any(|l| l.starts_with("pg_plan_") && !l.starts_with("pg_plan_check_applicable")),
         "no plan series without a plan:\n{body}"
+    );
+    // It names no trade table through a placeholder: it applies, and its failures count.
+    assert_eq!(
+        sample(&body, r#"pg_plan_check_applicable{query="latest_ticker"}"#),
+        Some(1.0)
     );
     // The connection of a failed check is dropped, not kept: no prepared statement lingers.
     let c = db.client().await;
