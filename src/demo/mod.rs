@@ -1,10 +1,14 @@
 //! The demo: a throwaway PostgreSQL cluster, the reference trade-engine schema and a
-//! synthetic workload, so a newcomer sees pgpulse work with one command.
+//! synthetic workload, so a newcomer sees pgpulse work with one command; and, where Prometheus
+//! and Alertmanager are installed, both watching it with the bundled rules and routing.
 
+mod alerting;
 pub mod cluster;
+pub mod rules;
 mod run;
 pub mod scenario;
 pub mod schema;
+mod status;
 pub mod workload;
 
 pub use cluster::{ClusterOptions, TempCluster};

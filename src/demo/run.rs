@@ -1,14 +1,19 @@
 //! `pgpulse demo`: throwaway cluster → trade-engine schema → migrations → workload →
-//! `/metrics`, until Ctrl-C; then everything is stopped and the temp cluster removed.
+//! `/metrics` (→ Prometheus → Alertmanager, when installed), until Ctrl-C or SIGTERM; then
+//! everything is stopped and the temp cluster and directories removed.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::alerting::AlertStack;
 use super::cluster::{ClusterError, ClusterOptions, TempCluster};
+use super::rules;
 use super::scenario::{self, Scenario};
+use super::status;
 use super::workload::{self, WorkloadStats};
 use crate::catalog::{Catalog, Defaults};
 use crate::db::connect::describe;
@@ -174,30 +179,14 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     let catalog = Catalog::builtin(DEMO_DEFAULTS)?;
     let app = crate::app::App::build(config, catalog).await?;
     let addr = app.local_addr();
-    println!("pgpulse demo is running:");
-    println!("  metrics:   http://{addr}/metrics");
-    println!("  status:    http://{addr}/");
-    println!("  database:  psql \"{}\"", cluster.url("trade_engine"));
-    if let Some(s) = args.scenario {
-        println!("  scenario:  {s:?}: watch {}", s.watch());
-    }
-    println!("Press Ctrl-C to stop; the throwaway cluster is removed on exit.");
-    let status_stats = stats.clone();
-    let status_stop = stop.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                _ = status_stop.cancelled() => return,
-                _ = tick.tick() => eprintln!(
-                    "workload: {} orders, {} trades, {} errors",
-                    status_stats.orders.load(Ordering::Relaxed),
-                    status_stats.trades.load(Ordering::Relaxed),
-                    status_stats.errors.load(Ordering::Relaxed)
-                ),
-            }
-        }
-    });
+    let alerting = start_alerting(addr).await;
+    print_banner(&args, addr, &cluster.url("trade_engine"), alerting.as_ref());
+    spawn_status(
+        stats.clone(),
+        alerting.as_ref(),
+        args.scenario,
+        stop.clone(),
+    );
     let limit = args.duration;
     let shutdown = async move {
         match limit {
@@ -214,10 +203,85 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     if let Some(t) = scenario_task {
         let _ = t.await;
     }
+    if let Some(a) = alerting {
+        a.stop().await;
+    }
     drop(client);
     tokio::task::spawn_blocking(move || drop(cluster))
         .await
         .ok();
     eprintln!("pgpulse demo: stopped; throwaway cluster removed");
     Ok(served?)
+}
+
+/// Starts Prometheus and Alertmanager when installed; says why not otherwise.
+async fn start_alerting(target: SocketAddr) -> Option<AlertStack> {
+    eprintln!("pgpulse demo: starting Prometheus and Alertmanager ...");
+    match super::alerting::start(target).await {
+        Ok(stack) => Some(stack),
+        Err(e) => {
+            eprintln!("pgpulse demo: running without Prometheus and Alertmanager: {e}");
+            None
+        }
+    }
+}
+
+fn print_banner(args: &DemoArgs, addr: SocketAddr, database: &str, alerting: Option<&AlertStack>) {
+    println!("pgpulse demo is running:");
+    println!("  metrics:      http://{addr}/metrics");
+    println!("  status:       http://{addr}/");
+    if let Some(a) = alerting {
+        let demo_for = |bundled: &str| {
+            let ms = rules::parse_duration(bundled).unwrap_or_default();
+            rules::format_duration(rules::scaled_for(ms))
+        };
+        println!("  prometheus:   http://{}/alerts", a.prometheus_addr);
+        println!("  alertmanager: http://{}/#/alerts", a.alertmanager_addr);
+        println!(
+            "  alert rules:  a demo copy of alerts/pgpulse.rules.yml with every `for:` divided by {} \
+             (PgTableBloatHigh 30m -> {}, PgLockWaitLong 1m -> {}); thresholds and windows as \
+             bundled, the bundled file unchanged",
+            rules::FOR_DIVISOR,
+            demo_for("30m"),
+            demo_for("1m"),
+        );
+        println!(
+            "  routing:      alerts/alertmanager.yml, its webhooks sent to the demo's receiver"
+        );
+    }
+    println!("  database:     psql \"{database}\"");
+    if let Some(s) = args.scenario {
+        println!("  scenario:     {s:?}: watch {}", s.watch());
+    }
+    println!("Press Ctrl-C to stop; the throwaway cluster is removed on exit.");
+}
+
+/// Prints the workload's counters and, with the alerting chain, each alert's state every 5 s.
+fn spawn_status(
+    stats: Arc<WorkloadStats>,
+    alerting: Option<&AlertStack>,
+    scenario: Option<Scenario>,
+    stop: CancellationToken,
+) {
+    let servers = alerting.map(|a| (a.prometheus_addr, a.alertmanager_addr, a.notified.clone()));
+    let focus = scenario.map(Scenario::alerts).unwrap_or_default();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            eprintln!(
+                "workload: {} orders, {} trades, {} errors",
+                stats.orders.load(Ordering::Relaxed),
+                stats.trades.load(Ordering::Relaxed),
+                stats.errors.load(Ordering::Relaxed)
+            );
+            if let Some((prometheus, alertmanager, notified)) = &servers {
+                let line = status::poll(*prometheus, *alertmanager, notified, focus).await;
+                eprintln!("{line}");
+            }
+        }
+    });
 }

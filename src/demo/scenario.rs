@@ -26,6 +26,18 @@ pub enum Scenario {
 }
 
 impl Scenario {
+    /// The alerts of the bundled rules the scenario makes fire (the demo's status line always
+    /// shows them).
+    pub fn alerts(self) -> &'static [&'static str] {
+        match self {
+            Self::Bloat => &["PgTableBloatHigh"],
+            Self::Slow => &["PgStatementLatencyP99High", "PgStatementSlowShareHigh"],
+            Self::Locks => &["PgLockWaitLong"],
+            Self::CacheMiss => &["PgCacheHitRatioLow"],
+            Self::PartitionGap => &["PgPartitionRunwayCritical", "PgDefaultPartitionHasRows"],
+        }
+    }
+
     /// The metric to watch, for the demo's banner.
     pub fn watch(self) -> &'static str {
         match self {

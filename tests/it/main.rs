@@ -13,6 +13,7 @@ mod commands;
 mod config;
 mod counter_guard;
 mod demo;
+mod demo_alerts;
 mod docker;
 mod exporter;
 mod golden;
