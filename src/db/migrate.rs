@@ -5,6 +5,16 @@
 //! The advisory lock makes concurrent runs safe: a second `pgpulse migrate` waits for the
 //! first, then finds nothing pending. An applied migration whose embedded text changed is an
 //! error (migrations are append-only).
+//!
+//! Numbering starts at V004: the specification this schema comes from (the database team's
+//! monitoring task) numbered its scripts after the trade engine's own V001–V003 (its tables,
+//! partitions and seed data), which pgpulse does not ship or apply. Keeping the numbers makes
+//! the two histories easy to compare; a gap below V004 is expected, never a lost migration.
+//!
+//! The migrations create what may already exist (`IF NOT EXISTS`, V004's schema right after
+//! the history table's); the server's "already exists, skipping" notices are no news to an
+//! operator and [`super::connect`] keeps them out of the output, while pgpulse's own notices
+//! (`pgpulse: ...`, e.g. an extension not created) are logged.
 
 use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
@@ -76,6 +86,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 11,
         name: "definer_hardening",
         sql: include_str!("../../migrations/V011__definer_hardening.sql"),
+    },
+    Migration {
+        version: 14,
+        name: "monitor_reads_sequences",
+        sql: include_str!("../../migrations/V014__monitor_reads_sequences.sql"),
     },
 ];
 
