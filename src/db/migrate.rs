@@ -7,9 +7,11 @@
 //! error (migrations are append-only).
 //!
 //! Numbering starts at V004: the specification this schema comes from (the database team's
-//! monitoring task) numbered its scripts after the trade engine's own V001–V003 (its tables,
-//! partitions and seed data), which pgpulse does not ship or apply. Keeping the numbers makes
-//! the two histories easy to compare; a gap below V004 is expected, never a lost migration.
+//! monitoring task, DESIGN.md) shipped it as `004-performance-monitoring.sql` to
+//! `006-automated-maintenance.sql` in the trade engine's own migrations directory, after that
+//! service's 001–003, which create the trade tables and are not pgpulse's to ship or apply.
+//! pgpulse kept the numbers so the two histories read side by side; nothing below V004 is
+//! missing.
 //!
 //! The migrations create what may already exist (`IF NOT EXISTS`, V004's schema right after
 //! the history table's); the server's "already exists, skipping" notices are no news to an
