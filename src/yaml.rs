@@ -16,13 +16,18 @@ pub fn describe(text: &str, e: &serde_saphyr::Error) -> (u64, u64, String) {
         .unwrap_or((0, 0));
     let mut msg = match e {
         serde_saphyr::Error::Message { msg, .. } => msg.clone(),
-        other => clean(&other.to_string()),
+        other => other.to_string(),
     };
-    if let Some((l, c, rest)) = leading_location(&msg) {
-        if line == 0 {
-            (line, column) = (l, c.unwrap_or_else(|| indent(text, l)));
+    msg = msg.lines().next().unwrap_or_default().to_owned();
+    msg = msg.strip_prefix("error: ").unwrap_or(&msg).to_owned();
+    // serde-saphyr's snippet puts the location before and after the message: strip both.
+    for strip in [leading_location, trailing_location] {
+        if let Some((l, c, rest)) = strip(&msg) {
+            if line == 0 {
+                (line, column) = (l, c.unwrap_or_else(|| indent(text, l)));
+            }
+            msg = rest.to_owned();
         }
-        msg = rest.to_owned();
     }
     if let Some(field) = msg
         .strip_prefix("unknown field `")
@@ -51,6 +56,13 @@ fn leading_location(msg: &str) -> Option<(u64, Option<u64>, &str)> {
     Some((l.parse().ok()?, c, rest))
 }
 
+/// `rest at line L, column C` (serde-saphyr's own decoration) → (L, C, rest).
+fn trailing_location(msg: &str) -> Option<(u64, Option<u64>, &str)> {
+    let i = msg.rfind(" at line ")?;
+    let (l, c) = msg.get(i + 9..)?.split_once(", column ")?;
+    Some((l.parse().ok()?, Some(c.parse().ok()?), msg.get(..i)?))
+}
+
 /// The 1-based column of the first non-blank character of 1-based `line` (1 when absent).
 fn indent(text: &str, line: u64) -> u64 {
     let l = text
@@ -58,14 +70,4 @@ fn indent(text: &str, line: u64) -> u64 {
         .nth(line.saturating_sub(1) as usize)
         .unwrap_or("");
     (l.len() - l.trim_start().len()) as u64 + 1
-}
-
-/// Strips serde-saphyr's own location decorations from a message.
-fn clean(msg: &str) -> String {
-    let first = msg.lines().next().unwrap_or(msg);
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    match first.rfind(" at line ") {
-        Some(i) => first[..i].to_owned(),
-        None => first.to_owned(),
-    }
 }

@@ -196,6 +196,19 @@ fn a_bad_duration_deep_in_the_catalog_is_file_line_column_never_0_0() {
         "file:line:col of the value: {msg}"
     );
     assert!(!msg.contains(":0:0") && !msg.contains(": line "), "{msg}");
+    // The parser's own errors: the location once, in front, not repeated after the message.
+    let q = write(
+        &dir,
+        "enum.yaml",
+        &format!("{padding}{}", GOOD.replace("type: gauge", "type: gaugey")),
+    );
+    let (code, msg) = check(&["check-config", "--queries", &q], &[]);
+    assert_eq!(code, Some(2), "{msg}");
+    assert!(
+        msg.contains(&format!("{q}:{}:15: unknown variant `gaugey`", 600 + 8)),
+        "{msg}"
+    );
+    assert!(!msg.contains("at line"), "{msg}");
 }
 
 #[test]
