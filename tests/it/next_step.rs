@@ -326,3 +326,58 @@ async fn migrate_prints_no_notice_noise_and_the_monitor_reads_sequences_but_cann
         "nothing more: {check12}"
     );
 }
+
+#[tokio::test]
+async fn migrate_as_a_non_superuser_owner_names_the_sequences_it_may_not_grant_and_verify_too() {
+    let tag = rand::random::<u32>();
+    let (owner, tenant) = (format!("seqowner_{tag}"), format!("seqtenant_{tag}"));
+    let db = TestDb::new().await;
+    let admin = db.client().await;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {owner} LOGIN CREATEROLE; CREATE ROLE {tenant} LOGIN; \
+             ALTER DATABASE {} OWNER TO {owner}; \
+             CREATE SCHEMA tenant AUTHORIZATION {tenant}; \
+             SET ROLE {tenant}; CREATE SEQUENCE tenant.ticket_seq; \
+             SELECT nextval('tenant.ticket_seq'); RESET ROLE",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let owner_url = db.url.replacen("postgres@", &format!("{owner}@"), 1);
+    assert_ne!(owner_url, db.url, "the harness URL names its user");
+    let o = crate::harness::connect(&owner_url).await;
+    pgpulse::demo::schema::install(&o).await.unwrap();
+    let out = pgpulse(&["migrate", "--database-url", &owner_url], &[]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("tenant.ticket_seq") && stderr.contains("GRANT SELECT ON SEQUENCE"),
+        "the NOTICE names the tenant's sequence: {stderr}"
+    );
+    assert!(!stderr.contains("already exists"), "{stderr}");
+    let unreadable = strings(
+        &admin,
+        "SELECT k.oid::regclass::text FROM pg_class k JOIN pg_namespace n ON n.oid = k.relnamespace \
+         WHERE k.relkind = 'S' AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema' \
+           AND NOT has_table_privilege('pgpulse_monitor', k.oid, 'SELECT') ORDER BY 1",
+    )
+    .await;
+    assert_eq!(unreadable, vec!["tenant.ticket_seq".to_owned()]);
+    let out = pgpulse(&["verify", "--database-url", &owner_url], &[]);
+    let (stdout, _) = text(&out);
+    let check12 = stdout.lines().nth(11).unwrap_or_default();
+    assert!(
+        check12.starts_with("WARN  12.") && check12.contains("tenant.ticket_seq"),
+        "{stdout}"
+    );
+    drop((o, admin));
+    drop(db);
+    // Best effort: the roles own nothing once their database is gone.
+    let c = crate::harness::connect(&crate::harness::admin_url()).await;
+    let _ = c
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {tenant}; DROP ROLE IF EXISTS {owner}"
+        ))
+        .await;
+}
