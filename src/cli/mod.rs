@@ -17,7 +17,7 @@ pub struct Cli {
     /// Log format [default: log_format of the config file, else text].
     #[arg(long, global = true, value_enum, env = "PGPULSE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
-    /// Config file (YAML).
+    /// Config file (YAML) [default: none; built-in defaults and PGPULSE_* variables].
     #[arg(long, global = true, env = "PGPULSE_CONFIG")]
     pub config: Option<PathBuf>,
     /// The command.
@@ -28,7 +28,8 @@ pub struct Cli {
 /// Database selection shared by the commands that connect.
 #[derive(Debug, clap::Args)]
 pub struct DbArgs {
-    /// PostgreSQL URL, e.g. postgres://user@host:5432/db.
+    /// PostgreSQL URL, e.g. postgres://user@host:5432/db [default: the database of the config
+    /// file].
     #[arg(long, env = "PGPULSE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 }
