@@ -1,7 +1,8 @@
--- pgpulse uninstall: removes everything V004..V009 created in this database.
+-- pgpulse uninstall: removes everything V004..V014 created in this database.
 --
 -- Run by `pgpulse uninstall` as ONE simple-query batch inside a transaction (no BEGIN/COMMIT here).
 --   * resets the autovacuum reloptions V006 set (on the trade-engine tables and partitions that exist);
+--   * revokes V014's SELECT on the sequences and its default privilege from pgpulse_monitor;
 --   * drops schema monitoring (views, functions, maintenance tables, migration history, and the V009
 --     log reader helpers monitoring.log_files/log_current_file/log_read/install_log_reader);
 --   * drops the roles pgpulse_monitor / pgpulse_maintainer only if pgpulse created them, after
@@ -62,6 +63,21 @@ BEGIN
                 v_table, v_skipped, v_error;
         END IF;
     END LOOP;
+
+    -- 2b. V014's SELECT on sequences and its default privilege for pgpulse_monitor (DROP OWNED BY
+    --     below revokes them only for a role pgpulse created; this covers a role that existed before).
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = 'pgpulse_monitor') THEN
+        FOR v_leaf IN
+            SELECT c.oid::pg_catalog.regclass
+              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind = 'S' AND n.nspname !~ '^pg_'
+               AND n.nspname NOT IN ('information_schema', 'monitoring')
+               AND pg_catalog.pg_has_role(c.relowner, 'USAGE')
+        LOOP
+            EXECUTE pg_catalog.format('REVOKE SELECT ON SEQUENCE %s FROM pgpulse_monitor', v_leaf);
+        END LOOP;
+        ALTER DEFAULT PRIVILEGES REVOKE SELECT ON SEQUENCES FROM pgpulse_monitor;
+    END IF;
 
     -- 3. The schema and everything in it (grants on its objects go with it).
     DROP SCHEMA IF EXISTS monitoring CASCADE;

@@ -174,6 +174,16 @@ impl App {
                 addr: config.listen,
                 source,
             })?;
+        Self::build_on(listener, config, catalog).await
+    }
+
+    /// Builds the service on a listener bound beforehand (the demo binds its port before it
+    /// spends time on a cluster); `config.listen` is not bound again.
+    pub async fn build_on(
+        listener: TcpListener,
+        config: Config,
+        catalog: Catalog,
+    ) -> Result<Self, AppError> {
         let w = &config.settings.web;
         let web = Arc::new(WebSecurity::load(
             w.config_file.clone(),

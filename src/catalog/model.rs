@@ -83,8 +83,9 @@ mod opt_duration {
                 .map(|v| Spanned::new(v, s.referenced, s.defined))
                 .map_err(|e| {
                     serde::de::Error::custom(format!(
-                        "line {}: invalid duration `{}`: {e} (write e.g. 15s, 2m)",
+                        "line {} column {}: invalid duration `{}`: {e} (write e.g. 15s, 2m)",
                         s.referenced.line(),
+                        s.referenced.column(),
                         s.value
                     ))
                 })

@@ -32,7 +32,7 @@ pub struct ExplainArgs {
     /// Database.
     #[command(flatten)]
     pub db: DbArgs,
-    /// The key queries (default: the config's plans.file, else the built-in plans.yaml).
+    /// The key queries [default: plans.file of the config file, else the built-in plans.yaml].
     #[arg(long)]
     pub plans: Option<PathBuf>,
     /// Plain EXPLAIN only: nothing is executed (for production); no latency is measured.

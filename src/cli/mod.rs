@@ -14,10 +14,10 @@ use crate::config::LogFormat;
 #[derive(Debug, Parser)]
 #[command(name = "pgpulse", version, about)]
 pub struct Cli {
-    /// Log format.
+    /// Log format [default: log_format of the config file, else text].
     #[arg(long, global = true, value_enum, env = "PGPULSE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
-    /// Config file (YAML).
+    /// Config file (YAML) [default: none; built-in defaults and PGPULSE_* variables].
     #[arg(long, global = true, env = "PGPULSE_CONFIG")]
     pub config: Option<PathBuf>,
     /// The command.
@@ -28,7 +28,8 @@ pub struct Cli {
 /// Database selection shared by the commands that connect.
 #[derive(Debug, clap::Args)]
 pub struct DbArgs {
-    /// PostgreSQL URL, e.g. postgres://user@host:5432/db.
+    /// PostgreSQL URL, e.g. postgres://user@host:5432/db [default: the database of the config
+    /// file].
     #[arg(long, env = "PGPULSE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 }
@@ -41,10 +42,12 @@ pub enum Command {
         /// Database.
         #[command(flatten)]
         db: DbArgs,
-        /// host:port to listen on.
+        /// host:port to listen on [default: web.listen_address of the config file, else
+        /// 127.0.0.1:9864].
         #[arg(long)]
         listen_address: Option<String>,
-        /// The metric catalog file (default: the configured one, else the built-in catalog).
+        /// The metric catalog file [default: queries_file of the config file, else the
+        /// built-in catalog (the shipped queries.yaml)].
         #[arg(long)]
         queries: Option<PathBuf>,
         /// Web configuration file (TLS, basic auth, headers) in the Prometheus exporter
@@ -52,12 +55,16 @@ pub enum Command {
         #[arg(long = "web.config.file", value_name = "FILE")]
         web_config_file: Option<PathBuf>,
     },
-    /// Validate the configuration and queries.yaml; exit 0 or 2.
+    /// Validate the configuration and queries.yaml; with --database-url also prepare every
+    /// query there. Exit 0 ok, 1 the database lacks the monitoring schema (run `pgpulse
+    /// migrate`), 2 a bad file or a query that does not fit the database.
     CheckConfig {
-        /// Database (optional; not contacted).
+        /// Database (optional; only a --database-url or PGPULSE_DATABASE_URL given here is
+        /// contacted).
         #[command(flatten)]
         db: DbArgs,
-        /// The metric catalog file (default: the configured one, else the built-in catalog).
+        /// The metric catalog file [default: queries_file of the config file, else the
+        /// built-in catalog].
         #[arg(long)]
         queries: Option<PathBuf>,
         /// Web configuration file to check as well.
@@ -90,7 +97,9 @@ pub enum Command {
         /// Database (a role that owns the trade tables and is granted pgpulse_maintainer).
         #[command(flatten)]
         db: DbArgs,
-        /// Run this job once now and exit, instead of following the schedule.
+        /// Run this job once now and exit, instead of following the schedule. The jobs of
+        /// monitoring.maintenance_schedule: daily_partition_creation, daily_statistics_update,
+        /// weekly_vacuum, hourly_query_stats.
         #[arg(long, value_name = "JOB")]
         run_now: Option<String>,
     },
@@ -104,7 +113,7 @@ pub enum Command {
         /// As the Markdown metrics reference (docs/metrics.md).
         #[arg(long)]
         markdown: bool,
-        /// The metric catalog (the built-in one when unset).
+        /// The metric catalog [default: the built-in one].
         #[arg(long)]
         queries: Option<PathBuf>,
     },
@@ -134,6 +143,10 @@ pub enum CliError {
         /// One line per problem, each naming file, line, column and query.
         problems: Vec<String>,
     },
+    /// The database lacks the monitoring schema the catalog reads (exit 1: the files are
+    /// fine, the database needs `migrate`).
+    #[error("the monitoring schema is not installed: run `pgpulse migrate`")]
+    SchemaMissing,
     /// The service failed (exit 1).
     #[error(transparent)]
     App(#[from] crate::app::AppError),
@@ -143,6 +156,14 @@ pub enum CliError {
     /// The maintenance runner failed (exit 1).
     #[error(transparent)]
     Maintenance(#[from] crate::maintenance::MaintenanceError),
+    /// `maintain --run-now` named a job the schedule does not have (exit 2).
+    #[error("unknown job \"{job}\": the jobs of monitoring.maintenance_schedule are {known}")]
+    UnknownJob {
+        /// The name given.
+        job: String,
+        /// The scheduled jobs, comma-separated.
+        known: String,
+    },
     /// A maintenance job ran but did not succeed (exit 1).
     #[error("job {job} did not succeed")]
     JobFailed {
@@ -193,6 +214,7 @@ impl CliError {
             | Self::WebConfig(_)
             | Self::NoDatabase
             | Self::Queries { .. }
+            | Self::UnknownJob { .. }
             | Self::UnknownPlanQuery { .. } => 2,
             Self::Connect(
                 crate::db::ConnectError::InvalidUrl(_) | crate::db::ConnectError::Tls(_),
@@ -285,6 +307,13 @@ pub async fn maintain(
     if let Some(job) = run_now {
         let client = crate::db::connect(target).await?;
         crate::maintenance::prepare_session(&client, settings).await?;
+        let known = crate::maintenance::job_names(&client).await?;
+        if !known.contains(&job) {
+            return Err(CliError::UnknownJob {
+                job,
+                known: known.join(", "),
+            });
+        }
         let o = crate::maintenance::run_job(&client, &job).await?;
         println!(
             "job {job}: {} (log id {}, {} client statements, {} failed){}",

@@ -72,21 +72,32 @@ pub async fn check_config(
     Ok(())
 }
 
-/// Prepares each query and compares its result columns with the declared ones.
+/// Prepares each query and compares its result columns with the declared ones. Before
+/// `migrate`, the queries that read the monitoring schema fail for one reason, said once.
 async fn check_columns(config: &Config, catalog: &Catalog) -> Result<(), CliError> {
     let client = crate::db::connect(&config.target).await?;
-    let mut problems = Vec::new();
-    // Queries for other server versions reference views this server lacks: skip them.
-    let version: i32 = client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
+    let setup = |e: tokio_postgres::Error| CliError::Queries {
+        problems: vec![format!(
+            "cannot read the server version: {}",
+            crate::db::connect::describe(&e)
+        )],
+    };
+    client
+        .batch_execute("SET lock_timeout = '2s'; SET statement_timeout = '30s'")
         .await
-        .map(|r| r.get(0))
-        .map_err(|e| CliError::Queries {
-            problems: vec![format!(
-                "cannot read the server version: {}",
-                crate::db::connect::describe(&e)
-            )],
-        })?;
+        .map_err(setup)?;
+    // Queries for other server versions reference views this server lacks: skip them.
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int, \
+                    to_regclass('monitoring.schema_migrations') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(setup)?;
+    let (version, installed): (i32, bool) = (row.get(0), row.get(1));
+    let mut problems = Vec::new();
+    let mut objects_missing = false;
     for q in &catalog.queries {
         if q.min_server_version.is_some_and(|v| version < v)
             || q.max_server_version.is_some_and(|v| version > v)
@@ -98,7 +109,10 @@ async fn check_columns(config: &Config, catalog: &Catalog) -> Result<(), CliErro
             catalog.source, q.location.0, q.location.1, q.name
         );
         match client.prepare(&q.sql).await {
-            Err(e) => problems.push(format!("{at}: {}", crate::db::connect::describe(&e))),
+            Err(e) => {
+                objects_missing |= is_missing_object(&e) && reads_monitoring(&q.sql);
+                problems.push(format!("{at}: {}", crate::db::connect::describe(&e)));
+            }
             // A derived family's columns come from pgpulse (checked when the catalog
             // loaded); its statement is the relation pass's, prepared above.
             Ok(_) if q.derive.is_some() => {}
@@ -111,11 +125,32 @@ async fn check_columns(config: &Config, catalog: &Catalog) -> Result<(), CliErro
             }
         }
     }
-    if problems.is_empty() {
+    if !installed && objects_missing {
+        Err(CliError::SchemaMissing)
+    } else if problems.is_empty() {
         Ok(())
     } else {
         Err(CliError::Queries { problems })
     }
+}
+
+/// Whether a query's text names the monitoring schema (the catalog's own text: a custom
+/// query that reads a missing table of its own is a problem of the file, not of `migrate`).
+fn reads_monitoring(sql: &str) -> bool {
+    sql.to_ascii_lowercase().contains("monitoring.")
+}
+
+/// Whether a statement failed because a relation, function or schema it names is missing.
+fn is_missing_object(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|c| {
+        [
+            SqlState::UNDEFINED_TABLE,
+            SqlState::UNDEFINED_FUNCTION,
+            SqlState::INVALID_SCHEMA_NAME,
+        ]
+        .contains(c)
+    })
 }
 
 /// `pgpulse serve`.

@@ -222,12 +222,46 @@ pub async fn connect(target: &DatabaseTarget) -> Result<Client, ConnectError> {
                 None => describe(&e),
             },
         })?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "database connection closed");
-        }
-    });
+    tokio::spawn(drive(connection));
     Ok(client)
+}
+
+/// Drives a command's connection until it closes, logging the server's notices: those that
+/// only say an `IF NOT EXISTS` object already exists at debug level (no news to an operator),
+/// every other one (pgpulse's own, e.g. an extension not created) at info.
+async fn drive<S, T>(mut connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio_postgres::AsyncMessage;
+    use tokio_postgres::error::SqlState;
+    let skipped = [
+        SqlState::DUPLICATE_SCHEMA,
+        SqlState::DUPLICATE_TABLE,
+        SqlState::DUPLICATE_OBJECT,
+        SqlState::DUPLICATE_FUNCTION,
+    ];
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notice(n))) if skipped.contains(n.code()) => {
+                tracing::debug!(notice = n.message(), "database notice");
+            }
+            Some(Ok(AsyncMessage::Notice(n))) => {
+                tracing::info!(
+                    severity = n.severity(),
+                    notice = n.message(),
+                    "database notice"
+                );
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "database connection closed");
+                return;
+            }
+            None => return,
+        }
+    }
 }
 
 /// A one-line description of a driver error, including the server's message when there is one.

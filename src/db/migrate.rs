@@ -8,6 +8,18 @@
 //! The advisory lock makes concurrent runs safe: a second `pgpulse migrate` waits for the
 //! first, then finds nothing pending. An applied migration whose embedded text changed is an
 //! error (migrations are append-only).
+//!
+//! Numbering starts at V004: the specification this schema comes from (the database team's
+//! monitoring task, DESIGN.md) shipped it as `004-performance-monitoring.sql` to
+//! `006-automated-maintenance.sql` in the trade engine's own migrations directory, after that
+//! service's 001–003, which create the trade tables and are not pgpulse's to ship or apply.
+//! pgpulse kept the numbers so the two histories read side by side; nothing below V004 is
+//! missing.
+//!
+//! The migrations create what may already exist (`IF NOT EXISTS`, V004's schema right after
+//! the history table's); the server's "already exists, skipping" notices are no news to an
+//! operator and [`super::connect`] keeps them out of the output, while pgpulse's own notices
+//! (`pgpulse: ...`, e.g. an extension not created) are logged.
 
 use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
@@ -80,6 +92,16 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 11,
         name: "definer_hardening",
         sql: include_str!("../../migrations/V011__definer_hardening.sql"),
+    },
+    Migration {
+        version: 12,
+        name: "log_tally",
+        sql: include_str!("../../migrations/V012__log_tally.sql"),
+    },
+    Migration {
+        version: 14,
+        name: "monitor_reads_sequences",
+        sql: include_str!("../../migrations/V014__monitor_reads_sequences.sql"),
     },
 ];
 

@@ -6,7 +6,10 @@
 //! The session pins `search_path` (verify runs as the schema's owner: no unqualified name of
 //! its SQL may resolve to another role's function) and carries a lock and a statement timeout.
 //! A check that needs a privilege the role lacks says which grant it needs (a WARN), rather
-//! than failing with the server's message.
+//! than failing with the server's message. Check 12 also covers the sequences: the sampling
+//! role reads each one's state (SELECT) and can neither advance nor set one. The detail of a
+//! check is folded into its one line (how many failed, which, the first error), and without
+//! the schema verify says to migrate once instead of failing every check on "does not exist".
 
 use std::fmt;
 
@@ -82,7 +85,9 @@ impl fmt::Display for Check {
             Outcome::Warn => "WARN",
             Outcome::Fail => "FAIL",
         };
-        write!(f, "{o}  {:>2}. {}: {}", self.number, self.name, self.reason)
+        // One line per check, whatever the server's message holds.
+        let reason = self.reason.split_whitespace().collect::<Vec<_>>().join(" ");
+        write!(f, "{o}  {:>2}. {}: {reason}", self.number, self.name)
     }
 }
 
@@ -160,14 +165,31 @@ async fn view_reads(c: &Client) -> Result<Verdict, String> {
     for v in VIEWS {
         match scalar_i64(c, &format!("SELECT count(*) FROM monitoring.{v}")).await {
             Ok(n) => rows += n,
-            Err(e) => failed.push(format!("{v}: {e}")),
+            Err(e) => failed.push((v.to_owned(), e)),
         }
     }
     Ok(if failed.is_empty() {
         (Outcome::Pass, format!("13 views read, {rows} rows in all"))
     } else {
-        (Outcome::Fail, failed.join("; "))
+        (Outcome::Fail, fold("views", VIEWS.len(), &failed))
     })
+}
+
+/// Many failures of one check as one line: how many of how many, which, and the first
+/// error (the others are usually the same, e.g. 13 times "does not exist").
+fn fold(what: &str, of: usize, failed: &[(String, String)]) -> String {
+    match failed {
+        [] => String::new(),
+        [(name, error)] => format!("{name}: {error}"),
+        [(name, error), ..] => {
+            let names: Vec<&str> = failed.iter().map(|(n, _)| n.as_str()).collect();
+            format!(
+                "{} of {of} {what} failed ({}); the first, {name}: {error}",
+                failed.len(),
+                names.join(", ")
+            )
+        }
+    }
 }
 
 async fn read_functions(c: &Client) -> Result<Verdict, String> {
@@ -183,7 +205,12 @@ async fn read_functions(c: &Client) -> Result<Verdict, String> {
     let mut failed = Vec::new();
     for sql in calls {
         if let Err(e) = scalar_i64(c, sql).await {
-            failed.push(format!("{sql}: {e}"));
+            let name = sql
+                .split("monitoring.")
+                .nth(1)
+                .and_then(|f| f.split('(').next())
+                .unwrap_or(sql);
+            failed.push((name.to_owned(), e));
         }
     }
     Ok(if failed.is_empty() {
@@ -192,7 +219,10 @@ async fn read_functions(c: &Client) -> Result<Verdict, String> {
             format!("{} analysis functions ran", calls.len()),
         )
     } else {
-        (Outcome::Fail, failed.join("; "))
+        (
+            Outcome::Fail,
+            fold("analysis functions", calls.len(), &failed),
+        )
     })
 }
 
@@ -428,9 +458,49 @@ async fn permissions(c: &Client) -> Result<Verdict, String> {
             format!("{public} monitoring functions executable by PUBLIC"),
         )
     } else {
+        return sequences(c).await;
+    })
+}
+
+/// The part of check 12 about sequences: pgpulse_monitor reads every sequence's state (the
+/// `sequences` query needs SELECT to see `last_value`), and may neither advance nor set one.
+async fn sequences(c: &Client) -> Result<Verdict, String> {
+    let row = c
+        .query_one(
+            "SELECT count(*) FILTER (WHERE NOT has_sequence_privilege('pgpulse_monitor', k.oid, 'SELECT')), \
+                    coalesce(string_agg(k.oid::regclass::text, ', ' ORDER BY k.oid::regclass::text) \
+                      FILTER (WHERE NOT has_sequence_privilege('pgpulse_monitor', k.oid, 'SELECT')), ''), \
+                    count(*) FILTER (WHERE has_sequence_privilege('pgpulse_monitor', k.oid, 'USAGE') \
+                                        OR has_sequence_privilege('pgpulse_monitor', k.oid, 'UPDATE')), \
+                    count(*) \
+             FROM pg_class k JOIN pg_namespace n ON n.oid = k.relnamespace \
+             WHERE k.relkind = 'S' AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'",
+            &[],
+        )
+        .await
+        .map_err(|e| describe(&e))?;
+    let (unread, names, writable, all): (i64, String, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    Ok(if writable > 0 {
+        (
+            Outcome::Fail,
+            format!(
+                "pgpulse_monitor may advance or set {writable} sequence(s) (USAGE or UPDATE): it needs SELECT only"
+            ),
+        )
+    } else if unread > 0 {
+        (
+            Outcome::Warn,
+            format!(
+                "pgpulse_monitor reads all 13 views but not {unread} of {all} sequences ({names}): the sequence metrics miss them; as their owner: GRANT SELECT ON SEQUENCE ... TO pgpulse_monitor"
+            ),
+        )
+    } else {
         (
             Outcome::Pass,
-            "pgpulse_monitor reads all 13 views; nothing granted to PUBLIC".into(),
+            format!(
+                "pgpulse_monitor reads all 13 views and all {all} sequences (SELECT only); nothing granted to PUBLIC"
+            ),
         )
     })
 }
@@ -524,7 +594,31 @@ pub async fn trade_tables(c: &Client, tables: &super::trade_tables::TradeTables)
 const SESSION_SQL: &str = "SET search_path = pg_catalog, pg_temp; SET lock_timeout = '2s'; \
      SET statement_timeout = '300s'";
 
+/// The checks' names, in order (check N is `NAMES[N - 1]`).
+const NAMES: [&str; 15] = [
+    "required extensions",
+    "monitoring schema and views",
+    "monitoring functions",
+    "data retrieval from all views",
+    "performance functions",
+    "partition management functions",
+    "database health check",
+    "autovacuum configuration",
+    "maintenance schedule",
+    "maintenance runner",
+    "pg_stat_statements collection",
+    "permissions",
+    "performance baseline",
+    "slow-statement log reader",
+    "SECURITY DEFINER functions",
+];
+
+/// What check 2 says when the schema is missing; the checks after it say they were skipped.
+pub const NOT_INSTALLED: &str = "the monitoring schema is not installed: run `pgpulse migrate`";
+
 /// Runs the 15 checks in order; a check that errors is a FAIL with the server's message.
+/// Without the monitoring schema, check 2 says to migrate and the checks that need the
+/// schema say they were skipped, rather than each repeating "does not exist".
 pub async fn verify(c: &mut Client) -> Vec<Check> {
     if let Err(e) = c.batch_execute(SESSION_SQL).await {
         return vec![Check {
@@ -534,38 +628,65 @@ pub async fn verify(c: &mut Client) -> Vec<Check> {
             reason: describe(&e),
         }];
     }
-    let mut out = Vec::new();
-    let mut push = |number, name, r: Result<Verdict, String>| {
-        let (outcome, reason) = r.unwrap_or_else(|e| (Outcome::Fail, e));
-        out.push(Check {
-            number,
-            name,
-            outcome,
-            reason,
-        });
-    };
-    push(1, "required extensions", extensions(c).await);
-    push(2, "monitoring schema and views", objects(c, "views").await);
-    push(3, "monitoring functions", objects(c, "functions").await);
-    push(4, "data retrieval from all views", view_reads(c).await);
-    push(5, "performance functions", read_functions(c).await);
-    push(
-        6,
-        "partition management functions",
-        partition_functions(c).await,
-    );
-    push(7, "database health check", health(c).await);
-    push(8, "autovacuum configuration", autovacuum(c).await);
-    push(9, "maintenance schedule", schedule(c).await);
-    push(10, "maintenance runner", runner(c).await);
-    push(11, "pg_stat_statements collection", statements(c).await);
-    push(12, "permissions", permissions(c).await);
-    push(13, "performance baseline", baseline(c).await);
-    push(14, "slow-statement log reader", slow_log(c).await);
-    push(
-        15,
-        "SECURITY DEFINER functions",
-        super::definer::check(c).await,
-    );
-    out
+    let mut results: Vec<Result<Verdict, String>> = vec![extensions(c).await];
+    match installed(c).await {
+        Ok(true) => {}
+        Ok(false) => {
+            results.push(Ok((Outcome::Fail, NOT_INSTALLED.to_owned())));
+            while results.len() < NAMES.len() {
+                results.push(Ok((
+                    Outcome::Fail,
+                    "skipped: needs the monitoring schema (check 2)".to_owned(),
+                )));
+            }
+            return checks(results);
+        }
+        Err(e) => results.push(Err(e)),
+    }
+    if results.len() == 1 {
+        results.push(objects(c, "views").await);
+    }
+    results.push(objects(c, "functions").await);
+    results.push(view_reads(c).await);
+    results.push(read_functions(c).await);
+    results.push(partition_functions(c).await);
+    results.push(health(c).await);
+    results.push(autovacuum(c).await);
+    results.push(schedule(c).await);
+    results.push(runner(c).await);
+    results.push(statements(c).await);
+    results.push(permissions(c).await);
+    results.push(baseline(c).await);
+    results.push(slow_log(c).await);
+    results.push(super::definer::check(c).await);
+    checks(results)
+}
+
+/// Whether the monitoring schema and its migration history exist.
+async fn installed(c: &Client) -> Result<bool, String> {
+    c.query_one(
+        "SELECT to_regclass('monitoring.schema_migrations') IS NOT NULL",
+        &[],
+    )
+    .await
+    .map(|r| r.get(0))
+    .map_err(|e| describe(&e))
+}
+
+/// Numbers and names the results, in order; an error is a FAIL with its message.
+fn checks(results: Vec<Result<Verdict, String>>) -> Vec<Check> {
+    results
+        .into_iter()
+        .zip(NAMES)
+        .zip(1u8..)
+        .map(|((r, name), number)| {
+            let (outcome, reason) = r.unwrap_or_else(|e| (Outcome::Fail, e));
+            Check {
+                number,
+                name,
+                outcome,
+                reason,
+            }
+        })
+        .collect()
 }

@@ -81,8 +81,9 @@ pub struct DemoArgs {
     /// Workload rounds per second.
     #[arg(long, default_value_t = 20)]
     pub rate: u32,
-    /// host:port for /metrics.
-    #[arg(long, default_value = "127.0.0.1:9864")]
+    /// host:port for /metrics (an address and a port, e.g. 127.0.0.1:9864; checked and
+    /// bound before the cluster starts).
+    #[arg(long, default_value = "127.0.0.1:9864", value_parser = listen_address)]
     pub listen_address: String,
     /// Stop by itself after this long (e.g. 30s); runs until Ctrl-C when unset.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -92,8 +93,27 @@ pub struct DemoArgs {
     pub scenario: Option<Scenario>,
 }
 
+/// `--listen-address` as clap checks it: `host:port`, so a bare port is refused at once.
+fn listen_address(s: &str) -> Result<String, String> {
+    s.parse::<std::net::SocketAddr>()
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("{e}: expected host:port, e.g. 127.0.0.1:{s}"))
+}
+
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
+    // The port first: a taken port fails now, not after the cluster's setup.
+    let addr: std::net::SocketAddr = args.listen_address.parse().map_err(|_| {
+        DemoError::Config(crate::config::ConfigError::Invalid {
+            key: "--listen-address",
+            reason: listen_address(&args.listen_address)
+                .err()
+                .unwrap_or_default(),
+        })
+    })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| crate::app::AppError::Bind { addr, source })?;
     eprintln!("pgpulse demo: starting a throwaway PostgreSQL ...");
     let opts = ClusterOptions {
         // Cache misses need shared_buffers smaller than the table the scenario scans.
@@ -177,7 +197,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     config.default_interval = DEMO_DEFAULTS.interval;
     config.default_timeout = DEMO_DEFAULTS.timeout;
     let catalog = Catalog::builtin(DEMO_DEFAULTS)?;
-    let app = crate::app::App::build(config, catalog).await?;
+    let app = crate::app::App::build_on(listener, config, catalog).await?;
     let addr = app.local_addr();
     let alerting = start_alerting(addr).await;
     print_banner(&args, addr, &cluster.url("trade_engine"), alerting.as_ref());

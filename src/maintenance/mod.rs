@@ -159,6 +159,18 @@ pub async fn schedule(client: &Client) -> Result<Vec<Job>, MaintenanceError> {
         .collect()
 }
 
+/// The names of every job of the schedule, enabled or not, in name order.
+pub async fn job_names(client: &Client) -> Result<Vec<String>, MaintenanceError> {
+    let rows = client
+        .query(
+            "SELECT job_name FROM monitoring.maintenance_schedule ORDER BY job_name",
+            &[],
+        )
+        .await
+        .map_err(db("read the maintenance schedule"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// Runs one job now: the SQL function, then any statements it leaves to the client.
 pub async fn run_job(client: &Client, job: &str) -> Result<JobOutcome, MaintenanceError> {
     let row = client

@@ -36,6 +36,10 @@ pub struct ServerInfo {
     features: std::sync::Mutex<(Vec<String>, Vec<String>)>,
     /// A digest of pg_stat_statements' last reset, from the last probe that could read it.
     statements_epoch: std::sync::atomic::AtomicU64,
+    /// Whether the monitoring schema is installed: 0 unknown, 1 no, 2 yes.
+    schema: std::sync::atomic::AtomicU8,
+    /// Whether pg_stat_statements is preloaded: 0 unknown, 1 no, 2 yes.
+    preloaded: std::sync::atomic::AtomicU8,
     /// Why the last connection attempt failed (logged when it changes).
     last_failure: std::sync::Mutex<String>,
 }
@@ -49,6 +53,11 @@ impl ServerInfo {
     /// Whether the server is a standby (`pg_is_in_recovery()` at the last probe).
     pub fn in_recovery(&self) -> bool {
         self.in_recovery.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last probe found the monitoring schema missing.
+    pub fn schema_missing(&self) -> bool {
+        self.schema.load(Ordering::Relaxed) == 1
     }
 
     /// Installed extensions and preloaded libraries (bare names), from the last probe that
@@ -194,6 +203,29 @@ impl Sampler {
         true
     }
 
+    /// Says once, and again only after it was fixed and broke anew, what the operator must do
+    /// before pgpulse can serve everything: install the monitoring schema, preload
+    /// pg_stat_statements.
+    fn note_setup(&self, schema: bool, preload: Option<Vec<String>>) {
+        let was = self.server.schema.swap(schema as u8 + 1, Ordering::Relaxed);
+        if !schema && was != 1 {
+            tracing::warn!(
+                "the monitoring schema is not installed: run `pgpulse migrate`; until then the queries that read it are unavailable"
+            );
+        }
+        let Some(preload) = preload else { return };
+        let preloaded = preload.iter().any(|l| l == "pg_stat_statements");
+        let was = self
+            .server
+            .preloaded
+            .swap(preloaded as u8 + 1, Ordering::Relaxed);
+        if !preloaded && was != 1 {
+            tracing::warn!(
+                "pg_stat_statements is not preloaded: add shared_preload_libraries = 'pg_stat_statements' to postgresql.conf and restart PostgreSQL; statement metrics stay absent until then"
+            );
+        }
+    }
+
     /// Records a successful probe.
     fn record_up(&self, live: &Liveness, was_up: bool) {
         if let Ok(mut last) = self.server.last_failure.lock() {
@@ -231,13 +263,15 @@ impl Sampler {
         };
         match outcome {
             Ok(Ok(msgs)) => {
-                let mut parts = first_value(&msgs).unwrap_or_default().split('|');
-                let (exts, preload, statements) = (parts.next(), parts.next(), parts.next());
+                let mut parts = first_value(&msgs).unwrap_or_default().splitn(4, '|');
+                let (exts, preload) = (parts.next(), parts.next());
+                let (schema, statements) = (parts.next(), parts.next());
                 if let (Some(exts), Some(preload)) = (exts, preload)
                     && let Ok(mut f) = self.server.features.lock()
                 {
                     *f = (split_list(exts), split_list(preload));
                 }
+                self.note_setup(schema == Some("true"), preload.map(split_list));
                 self.server
                     .statements_epoch
                     .store(digest(statements.unwrap_or_default()), Ordering::Relaxed);
@@ -271,10 +305,12 @@ const LIVENESS_SQL: &str = "SELECT current_setting('server_version_num') || '|' 
     (SELECT string_agg(coalesce(stats_reset::text, '-'), ',' ORDER BY name) FROM pg_stat_slru), \
     (SELECT string_agg(coalesce(stats_reset::text, '-'), ',' ORDER BY slot_name) FROM pg_stat_replication_slots)))";
 
-/// Extensions, preloaded libraries, and when pg_stat_statements was last reset (read only
-/// where it is preloaded: its view errors otherwise).
+/// Extensions, preloaded libraries, whether the monitoring schema is installed, and when
+/// pg_stat_statements was last reset (read only where it is preloaded: its view errors
+/// otherwise).
 const FEATURES_SQL: &str = "SELECT coalesce((SELECT string_agg(extname, ',') FROM pg_extension), '') || '|' || \
-    current_setting('shared_preload_libraries') || '|' || coalesce((SELECT CASE \
+    current_setting('shared_preload_libraries') || '|' || \
+    (to_regclass('monitoring.schema_migrations') IS NOT NULL) || '|' || coalesce((SELECT CASE \
     WHEN current_setting('shared_preload_libraries') ~ 'pg_stat_statements' \
      AND to_regclass(format('%I.pg_stat_statements_info', n.nspname)) IS NOT NULL \
     THEN query_to_xml(format('SELECT stats_reset FROM %I.pg_stat_statements_info', n.nspname), false, false, '')::text END \

@@ -98,7 +98,12 @@ impl Sampler {
             }
             Err(e) => {
                 // The server's message may quote column values: details at debug level only.
-                tracing::warn!(query = %spec.name, kind = e.kind.as_str(), "query failed");
+                // Without the monitoring schema the probe has said once what to do.
+                if e.kind == ErrorKind::Unavailable && self.server.schema_missing() {
+                    tracing::debug!(query = %spec.name, kind = e.kind.as_str(), "query failed");
+                } else {
+                    tracing::warn!(query = %spec.name, kind = e.kind.as_str(), "query failed");
+                }
                 tracing::debug!(query = %spec.name, kind = e.kind.as_str(), error = %e.message, "query failure detail");
                 if e.kind == ErrorKind::Unavailable {
                     self.snapshot.clear(&spec.name);

@@ -181,6 +181,37 @@ fn catalog_errors_name_file_line_column_query_and_key() {
 }
 
 #[test]
+fn a_bad_duration_deep_in_the_catalog_is_file_line_column_never_0_0() {
+    // The duration is checked by pgpulse's own deserializer, which serde-saphyr gives no
+    // location: it once printed `file:0:0: line 640: ...`. Put it far down the file.
+    let dir = tempfile::tempdir().unwrap();
+    let padding = "# filler\n".repeat(600);
+    let bad = GOOD.replace("    help: one\n", "    help: one\n    interval: soon\n");
+    let q = write(&dir, "queries.yaml", &format!("{padding}{bad}"));
+    let (code, msg) = check(&["check-config", "--queries", &q], &[]);
+    assert_eq!(code, Some(2), "{msg}");
+    let line = 600 + 4;
+    assert!(
+        msg.contains(&format!("{q}:{line}:15: invalid duration `soon`")),
+        "file:line:col of the value: {msg}"
+    );
+    assert!(!msg.contains(":0:0") && !msg.contains(": line "), "{msg}");
+    // The parser's own errors: the location once, in front, not repeated after the message.
+    let q = write(
+        &dir,
+        "enum.yaml",
+        &format!("{padding}{}", GOOD.replace("type: gauge", "type: gaugey")),
+    );
+    let (code, msg) = check(&["check-config", "--queries", &q], &[]);
+    assert_eq!(code, Some(2), "{msg}");
+    assert!(
+        msg.contains(&format!("{q}:{}:15: unknown variant `gaugey`", 600 + 8)),
+        "{msg}"
+    );
+    assert!(!msg.contains("at line"), "{msg}");
+}
+
+#[test]
 fn a_metric_name_may_repeat_only_in_queries_for_disjoint_server_versions() {
     let dir = tempfile::tempdir().unwrap();
     let old = GOOD.replace(

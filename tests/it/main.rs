@@ -23,6 +23,7 @@ mod hostile_tenant;
 mod http_limits;
 mod maintenance;
 mod migrations;
+mod next_step;
 mod partitions;
 mod pass_round;
 mod plans;

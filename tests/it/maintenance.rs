@@ -104,7 +104,8 @@ async fn an_unknown_job_is_a_clear_error() {
         &[],
     );
     let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // A usage error (issue 27): exit 2, and the jobs are listed (see next_step.rs).
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("no_such_job"), "{stderr}");
 }
 

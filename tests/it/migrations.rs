@@ -115,6 +115,12 @@ async fn trade_counts(db: &TestDb) -> Vec<i64> {
     out
 }
 
+/// How many privileges on sequences, and default privileges, name pgpulse_monitor here.
+const SEQUENCE_GRANTS: &str = "SELECT (SELECT count(*) FROM pg_class k, aclexplode(k.relacl) a \
+     WHERE k.relkind = 'S' AND a.grantee::regrole::text = 'pgpulse_monitor') \
+     + (SELECT count(*) FROM pg_default_acl d, aclexplode(d.defaclacl) a \
+     WHERE a.grantee::regrole::text = 'pgpulse_monitor')";
+
 #[tokio::test]
 async fn uninstall_then_migrate_again_works_and_leaves_trade_data_untouched() {
     let db = TestDb::trade_migrated().await;
@@ -123,6 +129,7 @@ async fn uninstall_then_migrate_again_works_and_leaves_trade_data_untouched() {
         before.iter().all(|n| *n > 0),
         "sample data loaded: {before:?}"
     );
+    let granted_before = crate::harness::scalar(&db.client().await, SEQUENCE_GRANTS).await;
     let out = pgpulse(&["uninstall", "--database-url", &db.url], &[]);
     assert!(out.status.success(), "{}", text(&out).1);
     let c = db.client().await;
@@ -145,6 +152,13 @@ async fn uninstall_then_migrate_again_works_and_leaves_trade_data_untouched() {
         .unwrap()
         .get(0);
     assert_eq!(tuned, 0, "autovacuum reloptions reset");
+    // V014's grants on the sequences, whether the role was dropped or kept for another database.
+    assert!(granted_before > 0, "V014 granted SELECT on the sequences");
+    assert_eq!(
+        crate::harness::scalar(&c, SEQUENCE_GRANTS).await,
+        0,
+        "sequence grants revoked"
+    );
     assert_eq!(trade_counts(&db).await, before);
     let out = pgpulse(&["migrate", "--database-url", &db.url], &[]);
     assert!(out.status.success(), "{}", text(&out).1);

@@ -124,8 +124,8 @@ fn amtool_accepts_the_alertmanager_example_and_routes_critical_to_the_pager_and_
 }
 
 /// A real Alertmanager with our example config: PgDown silences its instance's other alerts,
-/// PgpulseDown silences PgDown, the critical runway silences the warning of the same parent;
-/// other instances and parents stay active.
+/// PgpulseDown silences PgDown, the critical runway silences the warning of the same parent,
+/// the critical idle transaction its warning; other instances and parents stay active.
 #[tokio::test]
 async fn a_real_alertmanager_inhibits_the_alerts_of_an_instance_whose_database_or_exporter_is_down()
 {
@@ -140,6 +140,9 @@ async fn a_real_alertmanager_inhibits_the_alerts_of_an_instance_whose_database_o
         ["PgPartitionRunwayCritical", "db2", "trades", "active"],
         ["PgPartitionRunwayLow", "db2", "trades", "suppressed"],
         ["PgPartitionRunwayLow", "db2", "orders", "active"],
+        ["PgIdleInTransactionCritical", "db2", "", "active"],
+        ["PgIdleInTransactionLong", "db2", "", "suppressed"],
+        ["PgIdleInTransactionLong", "db4", "", "active"],
     ];
     let dir = tempfile::tempdir().unwrap();
     // Our config, with the example receivers pointed at a closed local port.
