@@ -27,6 +27,7 @@ mod next_step;
 mod partitions;
 mod pass_round;
 mod plans;
+mod readme;
 mod readonly;
 mod relations;
 mod replication;
