@@ -140,10 +140,18 @@ pub enum MigrateError {
     },
 }
 
-fn db(step: &'static str) -> impl Fn(tokio_postgres::Error) -> MigrateError {
-    move |e| MigrateError::Database {
-        step,
-        reason: describe(&e),
+/// The error of a runner statement: the server's message, and the next step when a lock held by
+/// another session made it give up.
+pub(super) fn db(step: &'static str) -> impl Fn(tokio_postgres::Error) -> MigrateError {
+    move |e| {
+        let mut reason = describe(&e);
+        if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+            reason.push_str(
+                " (another session holds a lock this step needs; nothing of it was applied; \
+                 run `pgpulse migrate` again when it is free)",
+            );
+        }
+        MigrateError::Database { step, reason }
     }
 }
 

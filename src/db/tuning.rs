@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashSet};
 use tokio_postgres::Client;
 
 use super::connect::describe;
-use super::migrate::MigrateError;
+use super::migrate::{MigrateError, db};
 use super::trade_tables::{Role, Shape, TradeTables, describe as describe_table, shapes};
 
 const VACUUM: &str = "autovacuum_vacuum_scale_factor";
@@ -66,13 +66,6 @@ CROSS JOIN LATERAL pg_catalog.pg_partition_tree(b.partition_oid) t \
 JOIN pg_catalog.pg_class c ON c.oid = t.relid \
 WHERE p.relkind = 'p' AND c.relkind = 'r' \
   AND (b.is_default OR b.range_end IS NULL OR b.range_end > cutoff.at)";
-
-fn db(step: &'static str) -> impl Fn(tokio_postgres::Error) -> MigrateError {
-    move |e| MigrateError::Database {
-        step,
-        reason: describe(&e),
-    }
-}
 
 fn option<'a>(opts: &'a Option<Vec<String>>, key: &str) -> Option<&'a str> {
     opts.iter()

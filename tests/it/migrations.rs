@@ -205,7 +205,8 @@ async fn a_migration_gives_up_on_a_lock_held_by_the_trading_engine_and_applies_o
         .expect_err("the lock is held throughout");
     let text = err.to_string();
     assert!(
-        text.contains("lock timeout") && text.contains("run `pgpulse migrate` again"),
+        text.contains("lock timeout")
+            && text.contains("run `pgpulse migrate` again when it is free"),
         "{text}"
     );
     assert!(
