@@ -332,10 +332,11 @@ async fn many_concurrent_scrapes_during_sampling_never_see_a_partial_body() {
     }
     for t in tasks {
         for b in t.await.unwrap() {
-            assert_eq!(
-                families(&b),
-                reference,
-                "a body with a different family count:\n{b}"
+            // Families only ever join (the plan guard's first verdict may come later);
+            // a partial body would miss some.
+            assert!(
+                families(&b) >= reference,
+                "a body with fewer families than a complete one:\n{b}"
             );
             assert!(b.ends_with('\n'));
             assert!(sample(&b, "pg_test_answer") == Some(42.0));
