@@ -151,7 +151,7 @@ mod tests {
             "logging_collector = on",
             "log_destination = 'jsonlog'",
             "log_min_duration_statement = 100ms",
-            "install_log_reader()",
+            "run `pgpulse migrate` as a superuser",
         ] {
             assert!(m.contains(want), "{m}");
         }
