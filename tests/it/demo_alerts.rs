@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
 
@@ -361,14 +361,8 @@ async fn the_locks_scenario_reaches_alertmanager_and_sigterm_leaves_nothing() {
         .args(["-TERM", &pid.to_string()])
         .status()
         .unwrap();
-    let end = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(s) = demo.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < end, "demo did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status =
+        crate::harness::wait_exit(&mut demo.child, PATIENCE).expect("demo did not stop on SIGTERM");
     assert!(status.success(), "demo exit {status}:\n{}", demo.logs());
     for p in servers {
         let alive = Command::new("kill")

@@ -224,3 +224,25 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Waits for `child` to exit, at most `patience`; `None` when it is still running then. Blocks
+/// on the child's exit (a waiter thread), no polling.
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    patience: Duration,
+) -> Option<std::process::ExitStatus> {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).ok()?);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(nix::sys::wait::waitpid(pid, None));
+    });
+    match rx.recv_timeout(patience) {
+        Ok(Ok(nix::sys::wait::WaitStatus::Exited(_, code))) => {
+            Some(std::os::unix::process::ExitStatusExt::from_raw(code << 8))
+        }
+        Ok(Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _))) => {
+            Some(std::os::unix::process::ExitStatusExt::from_raw(sig as i32))
+        }
+        _ => None,
+    }
+}

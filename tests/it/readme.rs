@@ -6,7 +6,6 @@
 //! the environment; the commands themselves are the README's.
 
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use crate::harness::{PATIENCE, TestDb, eventually, scalar, text};
 
@@ -52,16 +51,9 @@ fn pgpulse(args: &[&str], env: &[(String, String)]) -> Command {
 fn stop(mut child: Child, signal: &str) {
     let pid = child.id().to_string();
     Command::new("kill").args([signal, &pid]).status().unwrap();
-    let mut waited = Duration::ZERO;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "exit after {signal}: {status}");
-            return;
-        }
-        assert!(waited < PATIENCE, "no exit after {signal}");
-        std::thread::sleep(Duration::from_millis(100));
-        waited += Duration::from_millis(100);
-    }
+    let status = crate::harness::wait_exit(&mut child, PATIENCE)
+        .unwrap_or_else(|| panic!("no exit after {signal}"));
+    assert!(status.success(), "exit after {signal}: {status}");
 }
 
 async fn http_status(url: &str) -> Option<u16> {
