@@ -137,24 +137,35 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let admin = self.admin.clone();
-        let name = self.name.clone();
-        // Drop runs also while a test panics; use a runtime of our own on a plain thread.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let (c, conn) = tokio_postgres::connect(&admin, NoTls).await.ok()?;
-                tokio::spawn(conn);
-                c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await
-                    .ok()
-            })
-        })
-        .join();
+        cleanup(
+            &self.admin,
+            vec![format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )],
+        );
     }
+}
+
+/// Runs `statements` on `admin`, ignoring failures, from a plain thread with a runtime of its
+/// own: for `Drop`, which runs also while a test panics.
+pub fn cleanup(admin: &str, statements: Vec<String>) {
+    let admin = admin.to_owned();
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(&admin, NoTls).await.ok()?;
+            tokio::spawn(conn);
+            for sql in statements {
+                let _ = c.batch_execute(&sql).await;
+            }
+            Some(())
+        })
+    })
+    .join();
 }
 
 /// Starts a cluster of its own with `opts` (stopped and removed when dropped).

@@ -19,25 +19,11 @@ struct Roles {
 
 impl Drop for Roles {
     fn drop(&mut self) {
-        let names = std::mem::take(&mut self.names);
-        let admin = crate::harness::admin_url();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let (c, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
-                    .await
-                    .ok()?;
-                tokio::spawn(conn);
-                for n in names {
-                    let _ = c.batch_execute(&format!("DROP ROLE IF EXISTS {n}")).await;
-                }
-                Some(())
-            })
-        })
-        .join();
+        let drops = std::mem::take(&mut self.names)
+            .into_iter()
+            .map(|n| format!("DROP ROLE IF EXISTS {n}"))
+            .collect();
+        crate::harness::cleanup(&crate::harness::admin_url(), drops);
     }
 }
 
