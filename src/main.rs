@@ -103,13 +103,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Maintain { db, run_now } => {
             let config = pgpulse::cli::config_for(config_file, &db)?;
-            let m = &config.maintenance;
-            let settings = pgpulse::maintenance::MaintenanceSettings {
-                lock_timeout: m.lock_timeout,
-                statement_timeout: m.statement_timeout,
-                max_backoff: m.max_backoff,
-            };
-            pgpulse::cli::maintain(&config.target, &settings, run_now).await
+            pgpulse::cli::maintain(&config.target, &config.maintenance, run_now).await
         }
         Command::Demo(args) => Ok(pgpulse::demo::run(args).await?),
         Command::Explain(args) => pgpulse::cli::explain::explain(config_file, args).await,

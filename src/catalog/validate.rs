@@ -446,7 +446,7 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Validated, Invali
             requires_preload: q.requires_preload,
             role: q.role,
             accumulate: q.accumulate.map(|a| a.value),
-            location: qloc,
+            location: super::model::Location(qloc.0, qloc.1),
             name,
         });
     }

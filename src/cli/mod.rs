@@ -195,14 +195,6 @@ pub enum CliError {
     /// The demo failed (exit 1).
     #[error(transparent)]
     Demo(#[from] crate::demo::DemoError),
-    /// A signal handler could not be installed (exit 1).
-    #[error("cannot install the {signal} handler: {source}")]
-    Signal {
-        /// Which signal.
-        signal: &'static str,
-        /// Why.
-        source: std::io::Error,
-    },
 }
 
 impl CliError {

@@ -48,7 +48,7 @@ pub async fn check_config(
 ) -> Result<(), CliError> {
     let explicit_db = db.database_url.is_some();
     let (config, catalog) = load_config(config_file, log_format, db, web, queries)?;
-    if let Some(file) = &config.settings.web.config_file {
+    if let Some(file) = &config.web.config_file {
         crate::http::webconfig::WebConfig::load(file)
             .and_then(|w| w.server_config())
             .map_err(CliError::WebConfig)?;
@@ -168,22 +168,8 @@ pub async fn serve(
 /// Builds and runs the service with signal handling until SIGTERM or SIGINT.
 pub async fn run_service(config: Config, catalog: Catalog) -> Result<(), CliError> {
     let app = App::build(config, catalog).await?;
-    spawn_sighup(app.reloader())?;
+    app.reload_on_sighup()?;
     Ok(app.run_until_stopped(crate::shutdown::signal()).await?)
-}
-
-fn spawn_sighup(reloader: crate::app::Reloader) -> Result<(), CliError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup()).map_err(|source| CliError::Signal {
-        signal: "SIGHUP",
-        source,
-    })?;
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            let _ = reloader.reload();
-        }
-    });
-    Ok(())
 }
 
 /// `pgpulse catalog [--markdown]`.

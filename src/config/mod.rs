@@ -119,14 +119,18 @@ pub struct Config {
     /// Log format.
     pub log_format: LogFormat,
     /// The maintenance runner's timeouts and backoff (validated: all above zero).
-    pub maintenance: MaintenanceRunnerSettings,
+    pub maintenance: crate::maintenance::MaintenanceSettings,
     /// Which tables are the trade tables (validated names).
     pub trade_tables: crate::db::trade_tables::TradeTables,
     /// The key-query plan check of `serve`; `None` when `plans.enabled` is false.
     pub plans: Option<crate::plans::GuardConfig>,
     /// The slow-statement log reader of `serve`; `None` when `slow_log.enabled` is false.
-    pub slow_log: Option<SlowLogSettings>,
-    /// The settings the configuration came from, for the landing page (no secrets).
+    pub slow_log: Option<crate::slowlog::ReaderSettings>,
+    /// The web settings (validated: listen address, request timeout and connection cap
+    /// above are their parsed forms).
+    pub web: WebSettings,
+    /// The settings the configuration came from, shown on the landing page (no secrets);
+    /// nothing reads behaviour from it.
     pub settings: Settings,
 }
 
@@ -251,6 +255,26 @@ impl Config {
         }
     }
 
+    /// What the sampler needs.
+    pub fn sampler_settings(&self) -> crate::sampler::SamplerSettings {
+        crate::sampler::SamplerSettings {
+            lock_timeout: self.lock_timeout,
+            max_backoff: self.reconnect_max_backoff,
+            probe_timeout: self.probe_timeout,
+        }
+    }
+
+    /// The web security (TLS, basic auth) from the web configuration file, if any.
+    pub fn web_security(
+        &self,
+    ) -> Result<crate::http::auth::WebSecurity, crate::http::auth::AuthError> {
+        crate::http::auth::WebSecurity::load(
+            self.web.config_file.clone(),
+            self.web.open_health,
+            self.web.landing_page,
+        )
+    }
+
     /// Defaults for queries of the catalog that set no interval or timeout.
     pub fn catalog_defaults(&self) -> Defaults {
         Defaults {
@@ -297,65 +321,7 @@ impl Settings {
     /// Validates the settings into a [`Config`].
     pub fn validate(self) -> Result<Config, ConfigError> {
         let db = &self.database;
-        let url_from_file = match (&db.url, &db.url_file) {
-            (None, Some(file)) => Some(secrets::read_secret_file("database.url_file", file)?),
-            _ => None,
-        };
-        let url = db
-            .url
-            .as_ref()
-            .map(|u| u.expose_secret())
-            .or(url_from_file.as_deref());
-        let url_key = if db.url.is_some() {
-            "database.url"
-        } else {
-            "database.url_file"
-        };
-        let mut target = match url {
-            Some(url) => DatabaseTarget::parse(url).map_err(|e| match e {
-                crate::db::ConnectError::Tls(t) => ConfigError::Tls(t.to_string()),
-                e => ConfigError::Invalid {
-                    key: url_key,
-                    reason: e.to_string(),
-                },
-            })?,
-            None => {
-                let mut c = tokio_postgres::Config::new();
-                c.host(db.host.as_deref().unwrap_or("localhost"));
-                c.port(db.port.unwrap_or(5432));
-                c.user(db.user.as_deref().unwrap_or("postgres"));
-                c.dbname(db.dbname.as_deref().unwrap_or("postgres"));
-                c.application_name("pgpulse");
-                DatabaseTarget::from_config(c)
-            }
-        };
-        if let Some(pw) = &db.password {
-            target.set_password(pw.expose_secret());
-        }
-        if let Some(file) = &db.password_file {
-            let pw = secrets::read_secret_file("database.password_file", file)?;
-            target.set_password(&pw);
-        }
-        if target.config().get_password().is_none()
-            && let Some(file) = secrets::pgpass_file()
-            && let Some(pw) = secrets::pgpass_password(&file, target.config())
-        {
-            target.set_password(&pw);
-        }
-        let keys = crate::db::tls::SslParams {
-            mode: db.sslmode.as_deref().map(str::parse).transpose().map_err(
-                |e: crate::db::tls::TlsError| ConfigError::Invalid {
-                    key: "database.sslmode",
-                    reason: e.to_string(),
-                },
-            )?,
-            root_cert: db.sslrootcert.clone(),
-            cert: db.sslcert.clone(),
-            key: db.sslkey.clone(),
-        };
-        target
-            .configure_tls(keys)
-            .map_err(|e| ConfigError::Tls(e.to_string()))?;
+        let mut target = db.target()?;
         let connect_timeout = positive("database.connect_timeout", db.connect_timeout)?;
         target.set_connect_timeout(connect_timeout);
         if !(1..=20).contains(&db.pool_size) {
@@ -364,28 +330,14 @@ impl Settings {
                 reason: format!("{} is outside 1..=20", db.pool_size),
             });
         }
-        let listen =
-            self.web
-                .listen_address
-                .parse::<SocketAddr>()
-                .map_err(|e| ConfigError::Invalid {
-                    key: "web.listen_address",
-                    reason: format!("`{}`: {e} (expected host:port)", self.web.listen_address),
-                })?;
-        let s = &self.sampling;
-        let default_interval = positive("sampling.default_interval", s.default_interval)?;
-        let default_timeout = positive("sampling.default_timeout", s.default_timeout)?;
-        if default_timeout >= default_interval {
-            return Err(ConfigError::Invalid {
-                key: "sampling.default_timeout",
-                reason: "must be shorter than sampling.default_interval".to_owned(),
-            });
-        }
+        let listen = self.web.listen()?;
+        let (default_interval, default_timeout) = self.sampling.defaults()?;
         self.trade_tables
             .validate()
             .map_err(|(key, reason)| ConfigError::TradeTable { key, reason })?;
         let plans = self.plans.validate(&self.trade_tables)?;
-        let slow_log = self.slow_log.validate()?;
+        let lock_timeout = positive("sampling.lock_timeout", self.sampling.lock_timeout)?;
+        let slow_log = self.slow_log.validate(lock_timeout)?;
         Ok(Config {
             target,
             pool_size: db.pool_size,
@@ -399,22 +351,16 @@ impl Settings {
             listen,
             request_timeout: positive("web.request_timeout", self.web.request_timeout)?,
             max_http_connections: at_least_one("web.max_connections", self.web.max_connections)?,
+            web: self.web.clone(),
             catalog_source: match &self.queries_file {
                 Some(p) => Source::File(p.clone()),
                 None => Source::Builtin,
             },
             default_interval,
             default_timeout,
-            lock_timeout: positive("sampling.lock_timeout", s.lock_timeout)?,
+            lock_timeout,
             log_format: self.log_format,
-            maintenance: MaintenanceRunnerSettings {
-                lock_timeout: positive("maintenance.lock_timeout", self.maintenance.lock_timeout)?,
-                statement_timeout: positive(
-                    "maintenance.statement_timeout",
-                    self.maintenance.statement_timeout,
-                )?,
-                max_backoff: positive("maintenance.max_backoff", self.maintenance.max_backoff)?,
-            },
+            maintenance: self.maintenance.validate()?,
             trade_tables: self.trade_tables.clone(),
             plans,
             slow_log,
@@ -423,9 +369,131 @@ impl Settings {
     }
 }
 
+impl DatabaseSettings {
+    /// The database target: the URL (or its file) or the discrete keys, the password (or
+    /// its file, or `~/.pgpass`) and TLS.
+    fn target(&self) -> Result<DatabaseTarget, ConfigError> {
+        let url_from_file = match (&self.url, &self.url_file) {
+            (None, Some(file)) => Some(secrets::read_secret_file("database.url_file", file)?),
+            _ => None,
+        };
+        let url = self
+            .url
+            .as_ref()
+            .map(|u| u.expose_secret())
+            .or(url_from_file.as_deref());
+        let url_key = if self.url.is_some() {
+            "database.url"
+        } else {
+            "database.url_file"
+        };
+        let mut target = match url {
+            Some(url) => DatabaseTarget::parse(url).map_err(|e| match e {
+                crate::db::ConnectError::Tls(t) => ConfigError::Tls(t.to_string()),
+                e => ConfigError::Invalid {
+                    key: url_key,
+                    reason: e.to_string(),
+                },
+            })?,
+            None => DatabaseTarget::from_config(self.discrete()),
+        };
+        self.set_password(&mut target)?;
+        target
+            .configure_tls(self.ssl_params()?)
+            .map_err(|e| ConfigError::Tls(e.to_string()))?;
+        Ok(target)
+    }
+
+    /// The connection of the discrete keys (host, port, user, dbname), with their defaults.
+    fn discrete(&self) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host(self.host.as_deref().unwrap_or("localhost"));
+        c.port(self.port.unwrap_or(5432));
+        c.user(self.user.as_deref().unwrap_or("postgres"));
+        c.dbname(self.dbname.as_deref().unwrap_or("postgres"));
+        c.application_name("pgpulse");
+        c
+    }
+
+    /// The password: `password`, then `password_file`, then `~/.pgpass` when neither the
+    /// URL nor the keys gave one.
+    fn set_password(&self, target: &mut DatabaseTarget) -> Result<(), ConfigError> {
+        if let Some(pw) = &self.password {
+            target.set_password(pw.expose_secret());
+        }
+        if let Some(file) = &self.password_file {
+            let pw = secrets::read_secret_file("database.password_file", file)?;
+            target.set_password(&pw);
+        }
+        if target.config().get_password().is_none()
+            && let Some(file) = secrets::pgpass_file()
+            && let Some(pw) = secrets::pgpass_password(&file, target.config())
+        {
+            target.set_password(&pw);
+        }
+        Ok(())
+    }
+
+    fn ssl_params(&self) -> Result<crate::db::tls::SslParams, ConfigError> {
+        Ok(crate::db::tls::SslParams {
+            mode: self
+                .sslmode
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e: crate::db::tls::TlsError| ConfigError::Invalid {
+                    key: "database.sslmode",
+                    reason: e.to_string(),
+                })?,
+            root_cert: self.sslrootcert.clone(),
+            cert: self.sslcert.clone(),
+            key: self.sslkey.clone(),
+        })
+    }
+}
+
+impl WebSettings {
+    fn listen(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen_address
+            .parse::<SocketAddr>()
+            .map_err(|e| ConfigError::Invalid {
+                key: "web.listen_address",
+                reason: format!("`{}`: {e} (expected host:port)", self.listen_address),
+            })
+    }
+}
+
+impl SamplingSettings {
+    /// The default interval and timeout of queries that set none; the timeout is shorter.
+    fn defaults(&self) -> Result<(Duration, Duration), ConfigError> {
+        let interval = positive("sampling.default_interval", self.default_interval)?;
+        let timeout = positive("sampling.default_timeout", self.default_timeout)?;
+        if timeout >= interval {
+            return Err(ConfigError::Invalid {
+                key: "sampling.default_timeout",
+                reason: "must be shorter than sampling.default_interval".to_owned(),
+            });
+        }
+        Ok((interval, timeout))
+    }
+}
+
+impl MaintenanceRunnerSettings {
+    fn validate(&self) -> Result<crate::maintenance::MaintenanceSettings, ConfigError> {
+        Ok(crate::maintenance::MaintenanceSettings {
+            lock_timeout: positive("maintenance.lock_timeout", self.lock_timeout)?,
+            statement_timeout: positive("maintenance.statement_timeout", self.statement_timeout)?,
+            max_backoff: positive("maintenance.max_backoff", self.max_backoff)?,
+        })
+    }
+}
+
 impl SlowLogSettings {
     /// The reader's settings, or `None` when it is off.
-    fn validate(&self) -> Result<Option<SlowLogSettings>, ConfigError> {
+    fn validate(
+        &self,
+        lock_timeout: Duration,
+    ) -> Result<Option<crate::slowlog::ReaderSettings>, ConfigError> {
         if !self.enabled {
             return Ok(None);
         }
@@ -446,7 +514,13 @@ impl SlowLogSettings {
                 reason: "must be at least 1".to_owned(),
             });
         }
-        Ok(Some(self.clone()))
+        Ok(Some(crate::slowlog::ReaderSettings {
+            interval: self.interval,
+            timeout: self.timeout,
+            lock_timeout,
+            chunk_bytes: self.chunk_bytes,
+            max_series: self.max_series,
+        }))
     }
 }
 

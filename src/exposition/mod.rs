@@ -64,8 +64,30 @@ impl std::fmt::Debug for Value {
     }
 }
 
+/// `pg_up` and `pg_server_version_num`, from the probe's verdict in the snapshot.
+fn encode_probe(snapshot: &Snapshot, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+    let facts = [
+        (
+            "pg_up",
+            "Whether the last connection attempt to PostgreSQL succeeded (1) or not (0)",
+            i64::from(snapshot.is_up()),
+        ),
+        (
+            "pg_server_version_num",
+            "server_version_num of the PostgreSQL server (0 before the first connection)",
+            snapshot.server_version(),
+        ),
+    ];
+    for (name, help, value) in facts {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        family.encode_gauge(&value)?;
+    }
+    Ok(())
+}
+
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        encode_probe(&self.snapshot, &mut encoder)?;
         for result in self.snapshot.results() {
             if let (Some(spec), Some(h)) = (&result.spec.histogram, &result.histogram) {
                 let family = encoder.encode_descriptor(
@@ -166,6 +188,20 @@ impl Renderer {
     /// The handle scrapes read from.
     pub fn handle(&self) -> Arc<ArcSwap<Exposition>> {
         self.current.clone()
+    }
+
+    /// Renders on every change notice until `stop` is cancelled.
+    pub async fn render_on_change(
+        self: Arc<Self>,
+        changed: Arc<tokio::sync::Notify>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = changed.notified() => self.render(),
+            }
+        }
     }
 
     /// Renders the current snapshot and swaps it in.

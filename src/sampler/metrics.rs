@@ -1,6 +1,6 @@
-//! The sampler's own metrics (`pgpulse_*`, plus `pg_up` and the server version): a struct
-//! that registers its handles in the service's registry and offers domain methods
-//! (`record_run`, `record_skip`, `record_reload`, a drop-guard [`RunTimer`]) so that callers
+//! The sampler's own metrics (`pgpulse_query_*`, `pgpulse_connection_failures_total`): a
+//! struct that registers its handles in the service's registry and offers domain methods
+//! (`record_run`, `record_skip`, a drop-guard [`RunTimer`]) so that callers
 //! never touch a metric family directly. Handles are lock-free atomics; the renderer encodes
 //! them with the rest of the snapshot.
 
@@ -42,20 +42,6 @@ pub struct ErrorReason {
     pub reason: &'static str,
 }
 
-/// Labels of the build info.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct BuildLabels {
-    /// Crate version.
-    pub version: String,
-}
-
-/// Labels of the reload counter.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
-    /// `success` or `failure`.
-    pub result: String,
-}
-
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Upper bounds (seconds) of the query duration histogram: from 1 ms, the cost of a catalog
@@ -94,8 +80,6 @@ pub enum RunOutcome {
 /// Every self-metric handle.
 #[derive(Debug)]
 pub struct SamplerMetrics {
-    up: Gauge,
-    server_version: Gauge,
     duration: Family<QueryLabel, Histogram, fn() -> Histogram>,
     runs: Family<QueryLabel, Counter>,
     errors: Family<ErrorLabels, Counter>,
@@ -106,9 +90,6 @@ pub struct SamplerMetrics {
     counter_drops: Family<ErrorReason, Counter>,
     skipped: Family<QueryLabel, Counter>,
     enabled: Family<QueryLabel, Gauge>,
-    reloads: Family<ResultLabel, Counter>,
-    reload_ok: Gauge,
-    reload_time: FloatGauge,
     connect_failures: Counter,
 }
 
@@ -144,8 +125,6 @@ impl SamplerMetrics {
     /// Creates the handles and registers them in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
-            up: Gauge::default(),
-            server_version: Gauge::default(),
             duration: Family::new_with_constructor(duration_histogram),
             runs: Family::default(),
             errors: Family::default(),
@@ -156,33 +135,9 @@ impl SamplerMetrics {
             counter_drops: Family::default(),
             skipped: Family::default(),
             enabled: Family::default(),
-            reloads: Family::default(),
-            reload_ok: Gauge::default(),
-            reload_time: FloatGauge::default(),
             connect_failures: Counter::default(),
         };
-        let build: Family<BuildLabels, Gauge> = Family::default();
-        build
-            .get_or_create(&BuildLabels {
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-            })
-            .set(1);
         let r = registry;
-        r.register(
-            "pg_up",
-            "Whether the last connection attempt to PostgreSQL succeeded (1) or not (0)",
-            m.up.clone(),
-        );
-        r.register(
-            "pg_server_version_num",
-            "server_version_num of the PostgreSQL server (0 before the first connection)",
-            m.server_version.clone(),
-        );
-        r.register(
-            "pgpulse_build_info",
-            "pgpulse build information; always 1",
-            build,
-        );
         r.register(
             "pgpulse_query_duration_seconds",
             "Wall time of a sampling query run, including waiting for a connection",
@@ -231,27 +186,10 @@ impl SamplerMetrics {
             m.enabled.clone(),
         );
         r.register(
-            "pgpulse_config_reloads",
-            "Catalog reloads (SIGHUP) by result",
-            m.reloads.clone(),
-        );
-        r.register(
-            "pgpulse_config_last_reload_successful",
-            "Whether the last catalog reload succeeded",
-            m.reload_ok.clone(),
-        );
-        r.register(
-            "pgpulse_config_last_reload_success_timestamp_seconds",
-            "Unix time of the last successful catalog load",
-            m.reload_time.clone(),
-        );
-        r.register(
             "pgpulse_connection_failures",
             "Failed attempts to reach the database",
             m.connect_failures.clone(),
         );
-        m.reload_ok.set(1);
-        m.reload_time.set(crate::clock::unix_now());
         m
     }
 
@@ -373,31 +311,9 @@ impl SamplerMetrics {
         }
     }
 
-    /// Records the probe's verdict and, when up, the server version.
-    pub fn record_probe(&self, up: bool, version: Option<i64>) {
-        self.up.set(i64::from(up));
-        if let Some(v) = version {
-            self.server_version.set(v);
-        }
-    }
-
     /// Records a failed attempt to reach the database.
     pub fn record_connect_failure(&self) {
         self.connect_failures.inc();
-    }
-
-    /// Records a catalog reload and its result.
-    pub fn record_reload(&self, ok: bool) {
-        let result = if ok { "success" } else { "failure" };
-        self.reloads
-            .get_or_create(&ResultLabel {
-                result: result.to_owned(),
-            })
-            .inc();
-        self.reload_ok.set(i64::from(ok));
-        if ok {
-            self.reload_time.set(crate::clock::unix_now());
-        }
     }
 }
 
@@ -468,18 +384,5 @@ mod tests {
         // the detached handle.
         assert!(!m.duration.remove(&label(&s)));
         assert!(!m.runs.remove(&label(&s)));
-    }
-
-    #[test]
-    fn reloads_are_counted_by_result() {
-        let m = SamplerMetrics::register(&mut Registry::default());
-        m.record_reload(false);
-        assert_eq!(m.reload_ok.get(), 0);
-        m.record_reload(true);
-        assert_eq!(m.reload_ok.get(), 1);
-        let ok = ResultLabel {
-            result: "success".into(),
-        };
-        assert_eq!(m.reloads.get_or_create(&ok).get(), 1);
     }
 }

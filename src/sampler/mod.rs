@@ -59,11 +59,18 @@ pub struct SamplerSettings {
     pub probe_timeout: Duration,
 }
 
-/// A running query task.
+/// The current catalog and the stop handle of each of its running query tasks: the one home
+/// of "which spec of each query is current".
 #[derive(Debug)]
-struct Task {
-    spec: Arc<QuerySpec>,
-    stop: CancellationToken,
+struct Roster {
+    catalog: Catalog,
+    tasks: HashMap<String, CancellationToken>,
+}
+
+impl Roster {
+    fn spec(&self, name: &str) -> Option<&Arc<QuerySpec>> {
+        self.catalog.queries.iter().find(|q| q.name == name)
+    }
 }
 
 /// What [`Sampler::apply`] did.
@@ -88,7 +95,7 @@ pub struct Sampler {
     server: ServerInfo,
     changed: Arc<Notify>,
     settings: SamplerSettings,
-    roster: Mutex<HashMap<String, Task>>,
+    roster: Mutex<Roster>,
     relations: relations::RelationSource,
     /// True once the probe has given its first verdict (up or down): until then the first
     /// runs wait, instead of being skipped as if the database were down.
@@ -98,9 +105,12 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// Creates a sampler; nothing runs until [`Sampler::start_probe`] and
-    /// [`Sampler::apply`]. Tasks are spawned on `tracker` and stop with `stop`.
+    /// Creates a sampler holding `catalog` as its current one; nothing runs until
+    /// [`Sampler::start_probe`] and [`Sampler::start`]. Tasks are spawned on `tracker` and
+    /// stop with `stop`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
+        catalog: Catalog,
         budget: Budget,
         snapshot: Arc<Snapshot>,
         metrics: Arc<SamplerMetrics>,
@@ -116,7 +126,10 @@ impl Sampler {
             server: ServerInfo::default(),
             changed,
             settings,
-            roster: Mutex::new(HashMap::new()),
+            roster: Mutex::new(Roster {
+                catalog,
+                tasks: HashMap::new(),
+            }),
             relations: relations::RelationSource::default(),
             probed: tokio::sync::watch::Sender::new(false),
             tracker,
@@ -129,7 +142,7 @@ impl Sampler {
         &self.server
     }
 
-    fn roster(&self) -> MutexGuard<'_, HashMap<String, Task>> {
+    fn roster(&self) -> MutexGuard<'_, Roster> {
         // Poisoning only means a panic elsewhere while holding a plain map.
         self.roster.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -137,61 +150,80 @@ impl Sampler {
     /// Runs `f` while holding the roster, only if `spec` is still its query's current spec.
     fn commit<R>(&self, spec: &Arc<QuerySpec>, f: impl FnOnce() -> R) -> Option<R> {
         let roster = self.roster();
-        let current = roster
-            .get(&spec.name)
-            .is_some_and(|t| Arc::ptr_eq(&t.spec, spec));
+        let current = roster.tasks.contains_key(&spec.name)
+            && roster
+                .spec(&spec.name)
+                .is_some_and(|s| Arc::ptr_eq(s, spec));
         let out = current.then(f);
         drop(roster);
         out
+    }
+
+    /// The current catalog (the one [`Sampler::apply`] last switched to, or the one it was
+    /// created with).
+    pub fn catalog(&self) -> Catalog {
+        self.roster().catalog.clone()
+    }
+
+    /// Starts the current catalog's queries.
+    pub fn start(self: &Arc<Self>) -> Applied {
+        let catalog = self.catalog();
+        self.apply(catalog)
     }
 
     /// Switches to `catalog` as a diff: unchanged queries keep running with their state,
     /// changed ones restart, removed ones stop and their series and self-metrics are
     /// forgotten, new ones start. First runs of started queries are spread over
     /// [`FIRST_ROUND_SPREAD`].
-    pub fn apply(self: &Arc<Self>, catalog: &Catalog) -> Applied {
+    pub fn apply(self: &Arc<Self>, mut catalog: Catalog) -> Applied {
         let mut applied = Applied::default();
         let mut roster = self.roster();
-        roster.retain(|name, task| {
+        let Roster {
+            catalog: old,
+            tasks,
+        } = &mut *roster;
+        tasks.retain(|name, stop| {
             let keep = catalog.queries.iter().any(|q| &q.name == name);
             if !keep {
-                task.stop.cancel();
+                stop.cancel();
                 self.metrics.forget_query(name);
                 applied.stopped += 1;
             }
             keep
         });
-        let mut specs = Vec::with_capacity(catalog.queries.len());
         let mut start = Vec::new();
-        for spec in &catalog.queries {
-            match roster.get(&spec.name) {
-                Some(task) if task.spec.same_definition(spec) => {
+        for spec in &mut catalog.queries {
+            let running = old.queries.iter().find(|q| q.name == spec.name);
+            match (tasks.get(&spec.name), running) {
+                (Some(_), Some(cur)) if **cur == **spec => {
                     applied.kept += 1;
-                    specs.push(task.spec.clone());
+                    *spec = cur.clone();
                     continue;
                 }
-                Some(task) => {
-                    task.stop.cancel();
+                (Some(stop), _) => {
+                    stop.cancel();
                     applied.restarted += 1;
                 }
-                None => {
+                (None, _) => {
                     self.metrics.init_query(spec);
                     applied.started += 1;
                 }
             }
             let stop = self.stop.child_token();
-            roster.insert(
-                spec.name.clone(),
-                Task {
-                    spec: spec.clone(),
-                    stop: stop.clone(),
-                },
-            );
-            specs.push(spec.clone());
+            tasks.insert(spec.name.clone(), stop.clone());
             start.push((spec.clone(), stop));
         }
-        self.snapshot.install(&specs);
+        self.snapshot.install(&catalog.queries);
+        *old = catalog;
         drop(roster);
+        self.spawn_started(start);
+        self.changed.notify_one();
+        applied
+    }
+
+    /// Spawns the loops of started queries, their first runs spread over
+    /// [`FIRST_ROUND_SPREAD`] in catalog order.
+    fn spawn_started(self: &Arc<Self>, start: Vec<(Arc<QuerySpec>, CancellationToken)>) {
         let n = start.len().max(1) as u32;
         for (i, (spec, stop)) in start.into_iter().enumerate() {
             let offset = spec.interval.min(FIRST_ROUND_SPREAD) * (i as u32) / n;
@@ -199,7 +231,5 @@ impl Sampler {
             self.tracker
                 .spawn(async move { me.query_loop(spec, offset, stop).await });
         }
-        self.changed.notify_one();
-        applied
     }
 }

@@ -10,7 +10,7 @@
 //! busy connection is past the time its answer was due ([`crate::db::lease::Budget::unanswered`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio_postgres::SimpleQueryMessage;
@@ -31,7 +31,6 @@ pub const BACKOFF_BASE: Duration = Duration::from_millis(250);
 /// What the probe learnt about the server.
 #[derive(Debug, Default)]
 pub struct ServerInfo {
-    version_num: AtomicI64,
     in_recovery: std::sync::atomic::AtomicBool,
     features: std::sync::Mutex<(Vec<String>, Vec<String>)>,
     /// A digest of pg_stat_statements' last reset, from the last probe that could read it.
@@ -45,11 +44,6 @@ pub struct ServerInfo {
 }
 
 impl ServerInfo {
-    /// `server_version_num`, 0 before the first connection.
-    pub fn version_num(&self) -> i64 {
-        self.version_num.load(Ordering::Relaxed)
-    }
-
     /// Whether the server is a standby (`pg_is_in_recovery()` at the last probe).
     pub fn in_recovery(&self) -> bool {
         self.in_recovery.load(Ordering::Relaxed)
@@ -188,8 +182,7 @@ impl Sampler {
             // Dropping the lease lets the connection settle: its slot stays taken until the
             // server answers.
             drop(lease);
-            self.snapshot.set_up(false);
-            self.metrics.record_probe(false, None);
+            self.snapshot.set_up(false, None);
             if was_up {
                 tracing::warn!("database unreachable");
             }
@@ -232,16 +225,12 @@ impl Sampler {
             last.clear();
         }
         self.server
-            .version_num
-            .store(live.version, Ordering::Relaxed);
-        self.server
             .in_recovery
             .store(live.in_recovery, Ordering::Relaxed);
         let statements = self.server.statements_epoch.load(Ordering::Relaxed);
         self.snapshot
             .set_reset_epoch(live.epoch ^ statements.rotate_left(1));
-        self.snapshot.set_up(true);
-        self.metrics.record_probe(true, Some(live.version));
+        self.snapshot.set_up(true, Some(live.version));
         if !was_up {
             tracing::info!(version = live.version, "database reachable");
             self.changed.notify_one();

@@ -49,7 +49,7 @@ impl Sampler {
             self.changed.notify_one();
             return;
         }
-        let reason = gate::check(spec, &self.server);
+        let reason = gate::check(spec, self.snapshot.server_version(), &self.server);
         let enabled = reason.is_none();
         self.commit(spec, || {
             self.metrics.record_gate(spec, enabled);

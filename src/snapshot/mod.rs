@@ -17,7 +17,7 @@ pub mod monotonic;
 pub mod rollup;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -130,7 +130,6 @@ struct Inner {
     /// Whether a catalog was installed (readiness waits for one).
     installed: bool,
     order: Vec<String>,
-    specs: HashMap<String, Arc<QuerySpec>>,
     results: HashMap<String, Arc<QueryResult>>,
     status: HashMap<String, QueryStatus>,
     carried: HashMap<String, Carried>,
@@ -140,7 +139,10 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     inner: Mutex<Inner>,
+    /// Whether the database answered the last probe: the one home of `pg_up`.
     up: AtomicBool,
+    /// `server_version_num` from the last probe that reached the server, 0 before.
+    server_version: AtomicI64,
     /// The server's statistics reset epoch as the probe last read it (0: not read yet).
     reset_epoch: AtomicU64,
     /// Latched once every enabled query has succeeded (see [`Snapshot::readiness`]).
@@ -161,29 +163,38 @@ impl Snapshot {
         let mut g = self.lock();
         g.installed = true;
         g.order = specs.iter().map(|q| q.name.clone()).collect();
-        g.specs = specs.iter().map(|q| (q.name.clone(), q.clone())).collect();
+        let specs: HashMap<&str, &Arc<QuerySpec>> =
+            specs.iter().map(|q| (q.name.as_str(), q)).collect();
         let Inner {
-            specs,
             results,
             status,
             carried,
             ..
         } = &mut *g;
-        results.retain(|k, r| specs.get(k).is_some_and(|new| same_shape(&r.spec, new)));
-        status.retain(|k, _| specs.contains_key(k));
-        carried.retain(|k, c| specs.get(k).is_some_and(|new| same_state(&c.spec, new)));
-        for (name, spec) in specs.iter() {
-            status.entry(name.clone()).or_default();
+        results.retain(|k, r| {
+            specs
+                .get(k.as_str())
+                .is_some_and(|new| same_shape(&r.spec, new))
+        });
+        status.retain(|k, _| specs.contains_key(k.as_str()));
+        carried.retain(|k, c| {
+            specs
+                .get(k.as_str())
+                .is_some_and(|new| same_state(&c.spec, new))
+        });
+        for (name, spec) in specs {
+            status.entry(name.to_owned()).or_default();
             if let Some(c) = carried.get_mut(name) {
-                c.spec = spec.clone();
+                c.spec = Arc::clone(spec);
             }
         }
     }
 
     /// Publishes a successful run, replacing that query's series wholesale: per-object
     /// series are rolled up and statement samples accumulated into the query's histogram
-    /// first. A result of a spec that is no longer current (a run that finished after a
-    /// reload) is discarded and `None` returned.
+    /// first. A result of a query that is not in the installed catalog is discarded and
+    /// `None` returned; whether a spec is still its query's current one is the sampler's
+    /// roster to say (it publishes only while holding it).
     pub fn publish(
         &self,
         mut result: QueryResult,
@@ -191,11 +202,7 @@ impl Snapshot {
     ) -> Option<Published> {
         let mut g = self.lock();
         let name = result.spec.name.clone();
-        if !g
-            .specs
-            .get(&name)
-            .is_some_and(|s| Arc::ptr_eq(s, &result.spec))
-        {
+        if !g.status.contains_key(&name) {
             return None;
         }
         let epoch = self.reset_epoch.load(Ordering::Relaxed);
@@ -276,9 +283,17 @@ impl Snapshot {
         }
     }
 
-    /// Records whether the database answered the last probe.
-    pub fn set_up(&self, up: bool) {
+    /// Records the probe's verdict and, when it reached the server, the server's version.
+    pub fn set_up(&self, up: bool, version: Option<i64>) {
+        if let Some(v) = version {
+            self.server_version.store(v, Ordering::Relaxed);
+        }
         self.up.store(up, Ordering::Relaxed);
+    }
+
+    /// `server_version_num` from the last probe that reached the server, 0 before.
+    pub fn server_version(&self) -> i64 {
+        self.server_version.load(Ordering::Relaxed)
     }
 
     /// Records the server's statistics reset epoch (a digest the probe reads; it changes when

@@ -39,6 +39,7 @@ fn golden(path: &str, actual: &str, how: &str) {
 fn self_metric_families() -> Vec<String> {
     use pgpulse::sampler::metrics::RunOutcome;
     let mut registry = prometheus_client::registry::Registry::default();
+    pgpulse::app::metrics::AppMetrics::register(&mut registry).record_reload(true);
     let m = pgpulse::sampler::SamplerMetrics::register(&mut registry);
     pgpulse::http::metrics::HttpMetrics::register(&mut registry).set_open(0);
     let yaml = "queries:\n  - name: q\n    sql: SELECT 1 AS v\n    metrics:\n      - {column: v, name: pg_v_total, type: counter, help: v}\n";
@@ -56,8 +57,12 @@ fn self_metric_families() -> Vec<String> {
     };
     m.record_run(&spec, 0, &outcome);
     m.record_gate(&spec, true);
-    m.record_reload(true);
-    rendered_families(&registry, "pgpulse")
+    // The renderer adds the snapshot's families (pg_up, pg_server_version_num).
+    let snapshot = std::sync::Arc::new(pgpulse::snapshot::Snapshot::default());
+    let renderer = pgpulse::exposition::Renderer::new(registry, snapshot);
+    renderer.render();
+    let om = String::from_utf8_lossy(&renderer.handle().load().openmetrics).into_owned();
+    families(&om, "pgpulse")
 }
 
 /// The plan guard's families (`pg_plan_*`, `pgpulse_plan_check_*`), every series touched once.
@@ -103,7 +108,12 @@ fn rendered_families(
 ) -> Vec<String> {
     let mut om = String::new();
     prometheus_client::encoding::text::encode(&mut om, registry).unwrap();
-    let body = pgpulse::exposition::to_prometheus_text(&om);
+    families(&om, source)
+}
+
+/// `name type {labels} (source)` of every family of an OpenMetrics body.
+fn families(om: &str, source: &str) -> Vec<String> {
+    let body = pgpulse::exposition::to_prometheus_text(om);
     body.lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .map(|l| {

@@ -7,7 +7,7 @@ use super::{as_user, log_cluster, rotate, setup};
 use crate::harness::{PATIENCE, TestDb, connect, eventually};
 use crate::service::{Running, sample, start};
 use crate::signals::shipped;
-use pgpulse::config::SlowLogSettings;
+use pgpulse::slowlog::ReaderSettings;
 use tokio_postgres::Client;
 
 const COUNTER: &str = "pg_statement_executions_over_threshold_total{";
@@ -169,10 +169,10 @@ async fn clients(one: &TestDb, two: &TestDb) -> Vec<Client> {
 
 pub(super) fn reader_config(cfg: &mut pgpulse::config::Config) {
     cfg.plans = None;
-    cfg.slow_log = Some(SlowLogSettings {
-        enabled: true,
+    cfg.slow_log = Some(ReaderSettings {
         interval: std::time::Duration::from_millis(500),
         timeout: std::time::Duration::from_secs(5),
+        lock_timeout: cfg.lock_timeout,
         chunk_bytes: 4096,
         max_series: 50,
     });
