@@ -53,12 +53,6 @@ impl Default for MaintenanceSettings {
     }
 }
 
-/// The pause after `failures` consecutive failures (at least one), capped at `max`.
-pub fn backoff(failures: u32, max: Duration) -> Duration {
-    RETRY_BASE
-        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
-        .min(max)
-}
 
 fn millis(d: Duration) -> u128 {
     d.as_millis().max(1)
@@ -332,7 +326,7 @@ pub async fn run(
                 }
                 other => {
                     let failures = retries.get(&name).map_or(0, |(n, _)| *n) + 1;
-                    let pause = backoff(failures, settings.max_backoff);
+                    let pause = crate::clock::backoff(RETRY_BASE, failures, settings.max_backoff);
                     let retry_at = Utc::now()
                         + chrono::Duration::from_std(pause).unwrap_or(chrono::Duration::zero());
                     let next = jobs
@@ -381,7 +375,7 @@ pub async fn serve(
             Ok(()) => return,
             Err(error) => {
                 failures = failures.saturating_add(1);
-                let pause = backoff(failures, settings.max_backoff);
+                let pause = crate::clock::backoff(RETRY_BASE, failures, settings.max_backoff);
                 tracing::error!(error = %error, retry_in = ?pause, "maintenance runner lost the database; reconnecting");
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -402,14 +396,6 @@ mod tests {
             name: name.into(),
             cron: croner::Cron::from_str(expr).unwrap(),
         }
-    }
-
-    #[test]
-    fn retries_back_off_from_fifteen_seconds_up_to_the_maximum() {
-        let max = Duration::from_secs(900);
-        assert_eq!(backoff(1, max), Duration::from_secs(15));
-        assert_eq!(backoff(3, max), Duration::from_secs(60));
-        assert_eq!(backoff(30, max), max);
     }
 
     #[test]

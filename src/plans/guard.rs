@@ -283,9 +283,7 @@ impl PlanGuard {
             // Without a connection, retry sooner, backing off: 30s, 1m, 2m, ... up to the interval.
             pause = if round.no_connection {
                 down_rounds = down_rounds.saturating_add(1);
-                let backoff =
-                    Duration::from_secs(30) * 2u32.saturating_pow(down_rounds.min(10) - 1);
-                self.config.interval.min(backoff)
+                crate::clock::backoff(Duration::from_secs(30), down_rounds, self.config.interval)
             } else {
                 down_rounds = 0;
                 self.config.interval

@@ -24,8 +24,8 @@ use crate::db::lease::Lease;
 /// outage within seconds, long enough to cost nothing.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// First reconnect pause after a failed probe; it doubles per failure up to the configured
-/// maximum.
+/// Reconnect pause after the first failed probe (before jitter, see
+/// [`crate::clock::backoff`]); it doubles per failure up to the configured maximum.
 pub const BACKOFF_BASE: Duration = Duration::from_millis(250);
 
 /// What the probe learnt about the server.
@@ -90,13 +90,6 @@ fn guarded(sql: &str, timeout: Duration) -> String {
     )
 }
 
-/// The pause after `failures` consecutive failed probes (at least one).
-pub fn backoff(failures: u32, max: Duration) -> Duration {
-    BACKOFF_BASE
-        .saturating_mul(2u32.saturating_pow(failures.min(16)))
-        .min(max)
-}
-
 impl Sampler {
     /// Starts the probe, which keeps running across reloads until the service stops.
     pub fn start_probe(self: &Arc<Self>) {
@@ -120,7 +113,7 @@ impl Sampler {
             } else {
                 failures = failures.saturating_add(1);
                 self.metrics.record_connect_failure();
-                backoff(failures, self.settings.max_backoff)
+                crate::clock::backoff(BACKOFF_BASE, failures, self.settings.max_backoff)
             };
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -360,13 +353,5 @@ mod tests {
             vec!["pg_stat_statements", "auto_explain"]
         );
         assert!(split_list("").is_empty());
-    }
-
-    #[test]
-    fn backoff_doubles_from_its_base_up_to_the_maximum() {
-        let max = Duration::from_secs(30);
-        assert_eq!(backoff(1, max), Duration::from_millis(500));
-        assert_eq!(backoff(2, max), Duration::from_secs(1));
-        assert_eq!(backoff(40, max), max);
     }
 }
