@@ -43,7 +43,11 @@ pub async fn every<F, Fut>(
 /// `base` after the first, doubling per failure, capped at `max`; then "equal jitter" takes
 /// it to a random point of its upper half, so that retries of many tasks (or of many pgpulse
 /// processes after one outage) do not arrive in step.
-pub fn backoff(base: std::time::Duration, failures: u32, max: std::time::Duration) -> std::time::Duration {
+pub fn backoff(
+    base: std::time::Duration,
+    failures: u32,
+    max: std::time::Duration,
+) -> std::time::Duration {
     let exponent = failures.saturating_sub(1).min(16);
     let full = base.saturating_mul(2u32.saturating_pow(exponent)).min(max);
     let half = full / 2;
@@ -77,7 +81,10 @@ mod tests {
             for (failures, full) in [(1, 250), (2, 500), (3, 1000), (40, 30_000)] {
                 let full = Duration::from_millis(full);
                 let got = backoff(base, failures, max);
-                assert!(got >= full / 2 && got <= full, "{failures}: {got:?} of {full:?}");
+                assert!(
+                    got >= full / 2 && got <= full,
+                    "{failures}: {got:?} of {full:?}"
+                );
             }
         }
         let spread: std::collections::HashSet<Duration> =

@@ -53,7 +53,6 @@ impl Default for MaintenanceSettings {
     }
 }
 
-
 fn millis(d: Duration) -> u128 {
     d.as_millis().max(1)
 }

@@ -49,13 +49,7 @@ impl Sampler {
             self.changed.notify_one();
             return;
         }
-        let reason = gate::check(spec, self.snapshot.server_version(), &self.server);
-        let enabled = reason.is_none();
-        self.commit(spec, || {
-            self.metrics.record_gate(spec, enabled);
-            self.snapshot.set_enabled(&spec.name, enabled, reason);
-        });
-        if !enabled {
+        if !self.gate(spec) {
             self.changed.notify_one();
             return;
         }
@@ -71,62 +65,78 @@ impl Sampler {
         };
         // A run longer than the interval makes the ticker skip the ticks it overran.
         let overran = (timer.elapsed().as_secs_f64() / spec.interval.as_secs_f64()).floor() as u64;
-        let mut maybe_down = false;
-        self.commit(spec, || match outcome {
-            Ok(sampled) => {
-                let (nulls, dropped) = (sampled.stats.nulls, sampled.stats.dropped);
-                let published = self
-                    .snapshot
-                    .publish(sampled.result, &sampled.stats.statements);
-                let (series, rolled_dropped, counter_drops) = published
-                    .map(|p| (p.series, p.dropped, p.counter_drops))
-                    .unwrap_or_default();
-                let dropped = dropped + rolled_dropped;
-                if dropped > 0 {
-                    tracing::warn!(query = %spec.name, dropped, budget = spec.max_series, "series over budget dropped");
+        let maybe_down = self
+            .commit(spec, || match outcome {
+                Ok(sampled) => {
+                    self.record_published(spec, sampled, overran);
+                    false
                 }
-                self.metrics.record_run(
-                    spec,
-                    overran,
-                    &RunOutcome::Published {
-                        series,
-                        dropped,
-                        nulls,
-                        counter_drops,
-                    },
-                );
-            }
-            Err(e) => {
-                // The server's message may quote column values: details at debug level only.
-                // Without the monitoring schema the probe has said once what to do.
-                if e.kind == ErrorKind::Unavailable && self.server.schema_missing() {
-                    tracing::debug!(query = %spec.name, kind = e.kind.as_str(), "query failed");
-                } else {
-                    tracing::warn!(query = %spec.name, kind = e.kind.as_str(), "query failed");
-                }
-                tracing::debug!(query = %spec.name, kind = e.kind.as_str(), error = %e.message, "query failure detail");
-                if e.kind == ErrorKind::Unavailable {
-                    self.snapshot.clear(&spec.name);
-                }
-                let series =
-                    self.snapshot
-                        .fail(spec, e.kind.summary().to_owned(), SystemTime::now(), true);
-                self.metrics.record_run(
-                    spec,
-                    overran,
-                    &RunOutcome::Failed {
-                        kind: e.kind,
-                        series,
-                    },
-                );
-                maybe_down = e.maybe_down();
-            }
-        });
+                Err(e) => self.record_failed(spec, &e, overran),
+            })
+            .unwrap_or(false);
         drop(timer);
         if maybe_down {
             // Let the probe confirm and take over reconnecting.
             self.probe_once().await;
         }
         self.changed.notify_one();
+    }
+
+    /// Whether gating lets `spec` run on this server; records the verdict.
+    fn gate(&self, spec: &Arc<QuerySpec>) -> bool {
+        let reason = gate::check(spec, self.snapshot.server_version(), &self.server);
+        let enabled = reason.is_none();
+        self.commit(spec, || {
+            self.metrics.record_gate(spec, enabled);
+            self.snapshot.set_enabled(&spec.name, enabled, reason);
+        });
+        enabled
+    }
+
+    /// Publishes a successful run and records it (called under the roster).
+    fn record_published(&self, spec: &QuerySpec, sampled: run::Sampled, overran: u64) {
+        let (nulls, dropped) = (sampled.stats.nulls, sampled.stats.dropped);
+        let published = self
+            .snapshot
+            .publish(sampled.result, &sampled.stats.statements);
+        let (series, rolled_dropped, counter_drops) = published
+            .map(|p| (p.series, p.dropped, p.counter_drops))
+            .unwrap_or_default();
+        let dropped = dropped + rolled_dropped;
+        if dropped > 0 {
+            tracing::warn!(query = %spec.name, dropped, budget = spec.max_series, "series over budget dropped");
+        }
+        let outcome = RunOutcome::Published {
+            series,
+            dropped,
+            nulls,
+            counter_drops,
+        };
+        self.metrics.record_run(spec, overran, &outcome);
+    }
+
+    /// Records a failed run (called under the roster); whether the failure may mean the
+    /// database is down.
+    fn record_failed(&self, spec: &QuerySpec, e: &run::RunError, overran: u64) -> bool {
+        // The server's message may quote column values: details at debug level only.
+        // Without the monitoring schema the probe has said once what to do.
+        if e.kind == ErrorKind::Unavailable && self.server.schema_missing() {
+            tracing::debug!(query = %spec.name, kind = e.kind.as_str(), "query failed");
+        } else {
+            tracing::warn!(query = %spec.name, kind = e.kind.as_str(), "query failed");
+        }
+        tracing::debug!(query = %spec.name, kind = e.kind.as_str(), error = %e.message, "query failure detail");
+        if e.kind == ErrorKind::Unavailable {
+            self.snapshot.clear(&spec.name);
+        }
+        let series = self
+            .snapshot
+            .fail(spec, e.kind.summary().to_owned(), SystemTime::now(), true);
+        let outcome = RunOutcome::Failed {
+            kind: e.kind,
+            series,
+        };
+        self.metrics.record_run(spec, overran, &outcome);
+        e.maybe_down()
     }
 }
