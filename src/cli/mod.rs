@@ -321,13 +321,17 @@ pub async fn maintain(
             Err(CliError::JobFailed { job })
         };
     }
+    // The runner stops through its token at SIGTERM/SIGINT, finishing the statement in flight.
     let stop = tokio_util::sync::CancellationToken::new();
-    let s = stop.clone();
-    tokio::spawn(async move {
-        crate::shutdown::signal().await;
-        s.cancel();
-    });
-    crate::maintenance::serve(target, settings, stop).await;
+    let runner = crate::maintenance::serve(target, settings, stop.clone());
+    tokio::pin!(runner);
+    tokio::select! {
+        () = &mut runner => {}
+        () = crate::shutdown::signal() => {
+            stop.cancel();
+            runner.await;
+        }
+    }
     Ok(())
 }
 
