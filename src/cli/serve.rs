@@ -110,7 +110,8 @@ async fn check_columns(config: &Config, catalog: &Catalog) -> Result<(), CliErro
         );
         match client.prepare(&q.sql).await {
             Err(e) => {
-                objects_missing |= is_missing_object(&e) && reads_monitoring(&q.sql);
+                objects_missing |=
+                    crate::db::outcome::missing_object(&e) && reads_monitoring(&q.sql);
                 problems.push(format!("{at}: {}", crate::db::connect::describe(&e)));
             }
             // A derived family's columns come from pgpulse (checked when the catalog
@@ -138,19 +139,6 @@ async fn check_columns(config: &Config, catalog: &Catalog) -> Result<(), CliErro
 /// query that reads a missing table of its own is a problem of the file, not of `migrate`).
 fn reads_monitoring(sql: &str) -> bool {
     sql.to_ascii_lowercase().contains("monitoring.")
-}
-
-/// Whether a statement failed because a relation, function or schema it names is missing.
-fn is_missing_object(e: &tokio_postgres::Error) -> bool {
-    use tokio_postgres::error::SqlState;
-    e.code().is_some_and(|c| {
-        [
-            SqlState::UNDEFINED_TABLE,
-            SqlState::UNDEFINED_FUNCTION,
-            SqlState::INVALID_SCHEMA_NAME,
-        ]
-        .contains(c)
-    })
 }
 
 /// `pgpulse serve`.

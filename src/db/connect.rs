@@ -235,16 +235,9 @@ where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use tokio_postgres::AsyncMessage;
-    use tokio_postgres::error::SqlState;
-    let skipped = [
-        SqlState::DUPLICATE_SCHEMA,
-        SqlState::DUPLICATE_TABLE,
-        SqlState::DUPLICATE_OBJECT,
-        SqlState::DUPLICATE_FUNCTION,
-    ];
     loop {
         match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-            Some(Ok(AsyncMessage::Notice(n))) if skipped.contains(n.code()) => {
+            Some(Ok(AsyncMessage::Notice(n))) if super::outcome::already_exists(n.code()) => {
                 tracing::debug!(notice = n.message(), "database notice");
             }
             Some(Ok(AsyncMessage::Notice(n))) => {

@@ -145,7 +145,7 @@ pub enum MigrateError {
 pub(super) fn db(step: &'static str) -> impl Fn(tokio_postgres::Error) -> MigrateError {
     move |e| {
         let mut reason = describe(&e);
-        if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+        if super::outcome::lock_not_available(&e) {
             reason.push_str(
                 " (another session holds a lock this step needs; nothing of it was applied; \
                  run `pgpulse migrate` again when it is free)",
@@ -253,7 +253,7 @@ async fn apply_with_retries(client: &mut Client, m: &Migration) -> Result<(), Mi
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
-        let locked = e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
+        let locked = super::outcome::lock_not_available(&e);
         if !locked || attempt >= LOCK_ATTEMPTS {
             let mut reason = describe(&e);
             if locked {

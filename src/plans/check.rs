@@ -11,7 +11,6 @@
 use std::time::Duration;
 
 use tokio_postgres::Client;
-use tokio_postgres::error::SqlState;
 
 use super::PlanSpec;
 use super::tree::{PlanTree, Scan};
@@ -228,12 +227,11 @@ pub async fn applicability(
 }
 
 fn fail(spec: &PlanSpec, e: &tokio_postgres::Error) -> CheckError {
-    let kind = match e.code() {
-        Some(c) if *c == SqlState::QUERY_CANCELED || *c == SqlState::LOCK_NOT_AVAILABLE => {
-            FailureKind::Timeout
-        }
-        Some(_) => FailureKind::Sql,
-        None => FailureKind::Connection,
+    use crate::db::outcome::{ErrorKind, classify};
+    let kind = match classify(e).kind {
+        ErrorKind::Timeout => FailureKind::Timeout,
+        ErrorKind::Connection | ErrorKind::Pool => FailureKind::Connection,
+        ErrorKind::Unavailable | ErrorKind::Sql | ErrorKind::Decode => FailureKind::Sql,
     };
     CheckError {
         query: spec.name.clone(),

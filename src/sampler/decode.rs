@@ -11,8 +11,8 @@ use tokio_postgres::Row;
 use tokio_postgres::types::Type;
 
 use super::cell::{Cell, parse_value};
-use super::run::{ErrorKind, RunError};
 use crate::catalog::QuerySpec;
+use crate::db::outcome::{ErrorKind, RunError};
 use crate::snapshot::histogram::StatementSample;
 use crate::snapshot::{QueryResult, Series};
 

@@ -14,8 +14,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use super::run::ErrorKind;
 use crate::catalog::QuerySpec;
+use crate::db::outcome::ErrorKind;
 
 /// Labels naming a query.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -28,7 +28,7 @@ pub mod run;
 pub mod schedule;
 
 pub use metrics::SamplerMetrics;
-pub use run::{ErrorKind, RunError, sample_once};
+pub use run::sample_once;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -17,8 +17,9 @@ use tokio_postgres::SimpleQueryMessage;
 use tokio_util::sync::CancellationToken;
 
 use super::Sampler;
-use super::run::{is_pool_busy, timeouts_sql};
 use crate::db::lease::Lease;
+use crate::db::outcome::{is_pool_busy, pool_error};
+use crate::db::session::timeouts_sql;
 
 /// Pause between probes while the database answers: short enough that `pg_up` follows an
 /// outage within seconds, long enough to cost nothing.
@@ -155,7 +156,7 @@ impl Sampler {
                 None
             }
             Err(e) => {
-                self.note_failure(super::run::pool_error(e).message);
+                self.note_failure(pool_error(e).message);
                 None
             }
             Ok(c) => Some(c),

@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::RunOutcome;
-use super::run::ErrorKind;
 use super::{Sampler, gate, run};
 use crate::catalog::QuerySpec;
+use crate::db::outcome::{ErrorKind, RunError};
 
 impl Sampler {
     pub(super) async fn query_loop(
@@ -117,7 +117,7 @@ impl Sampler {
 
     /// Records a failed run (called under the roster); whether the failure may mean the
     /// database is down.
-    fn record_failed(&self, spec: &QuerySpec, e: &run::RunError, overran: u64) -> bool {
+    fn record_failed(&self, spec: &QuerySpec, e: &RunError, overran: u64) -> bool {
         // The server's message may quote column values: details at debug level only.
         // Without the monitoring schema the probe has said once what to do.
         if e.kind == ErrorKind::Unavailable && self.server.schema_missing() {

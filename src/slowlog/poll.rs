@@ -23,7 +23,8 @@ use super::files::{Listed, Tracker};
 use super::metrics::{SlowLabels, Tally};
 use crate::db::lease::Budget;
 use crate::db::log_access::{LogSetup, SETUP_SQL};
-use crate::sampler::run::{CLIENT_GRACE, ErrorKind, RunError, classify, pool_error, timeouts_sql};
+use crate::db::outcome::{ErrorKind, RunError, classify, pool_error};
+use crate::db::session::{CLIENT_GRACE, timeouts_sql};
 
 /// The most bytes one poll reads; the rest waits for the next poll (and shows as lag).
 pub const MAX_BYTES_PER_POLL: u64 = 64 * 1024 * 1024;

@@ -15,7 +15,7 @@ use tokio_postgres::{Row, Transaction};
 use crate::catalog::derive::{
     BOUNDS_SQL, DEFAULT_ROWS_SQL, FACTS_SQL, NOW_SQL, SIZES_SQL, STATS_COLUMNS, STATS_SQL,
 };
-use crate::sampler::run::{ErrorKind, RunError, classify};
+use crate::db::outcome::{ErrorKind, RunError, classify};
 
 /// One relation of the pass (a table, partitioned table, TOAST table, index or foreign
 /// table). Kept between rounds for every relation, so it is compact: a statistic the

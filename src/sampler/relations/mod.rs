@@ -23,11 +23,11 @@ use tokio::sync::Mutex;
 use tokio_postgres::types::Type;
 
 use super::decode::Decoder;
-use super::run::{
-    CLIENT_GRACE, ErrorKind, RunError, Sampled, begin_read_only, classify, pool_error, timeouts_sql,
-};
+use super::run::Sampled;
 use crate::catalog::{Derive, QuerySpec};
 use crate::db::lease::Budget;
+use crate::db::outcome::{ErrorKind, RunError, classify, pool_error};
+use crate::db::session::{CLIENT_GRACE, begin_read_only, timeouts_sql};
 use facts::{Bounds, Facts, Sizes};
 
 /// Exact sizes stat every file of every relation: all of them are read again after this many
