@@ -141,6 +141,18 @@ pub struct MetricSpec {
     pub unit: Option<String>,
 }
 
+impl MetricSpec {
+    /// The family's name as an OpenMetrics encoder takes it: a counter's name without its
+    /// `_total` (the encoder adds it to the samples, and the Prometheus text form to the
+    /// family, in [`crate::exposition`]), a gauge's name as it is.
+    pub fn family(&self) -> &str {
+        match self.kind {
+            MetricKind::Counter => self.name.strip_suffix("_total").unwrap_or(&self.name),
+            MetricKind::Gauge => &self.name,
+        }
+    }
+}
+
 /// A latency histogram built from cumulative (calls, total time) pairs per statement:
 /// between two samples, each statement's added calls are observed at their mean latency.
 #[derive(Debug, Clone, PartialEq)]

@@ -99,14 +99,11 @@ impl Collector for SnapshotCollector {
                 encode_histogram(family, h)?;
             }
             for (spec, series) in result.spec.metrics.iter().zip(&result.families) {
-                let (name, ty) = match spec.kind {
-                    MetricKind::Gauge => (spec.name.as_str(), MetricType::Gauge),
-                    MetricKind::Counter => (
-                        spec.name.strip_suffix("_total").unwrap_or(&spec.name),
-                        MetricType::Counter,
-                    ),
+                let ty = match spec.kind {
+                    MetricKind::Gauge => MetricType::Gauge,
+                    MetricKind::Counter => MetricType::Counter,
                 };
-                let mut family = encoder.encode_descriptor(name, &spec.help, None, ty)?;
+                let mut family = encoder.encode_descriptor(spec.family(), &spec.help, None, ty)?;
                 if result.spec.labels.is_empty() {
                     // No labels: at most one series (duplicates are dropped when sampling).
                     if let Some(s) = series.first() {

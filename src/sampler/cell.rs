@@ -1,9 +1,13 @@
-//! One result value of a catalog query, decoded from PostgreSQL's binary format into the
-//! text PostgreSQL itself would print (`t`/`f`, integers, shortest floats, exact `numeric`),
-//! so labels and published rows read as in psql and values parse as numbers.
+//! One result value of a catalog query or of a derived family, kept as what it is: a number
+//! stays a number from the wire (or from pgpulse's own computation) to the series, and is
+//! printed as PostgreSQL prints it (`t`/`f`, integers, shortest floats, exact `numeric`) only
+//! where text is wanted: labels and published rows.
 //!
 //! Catalog queries run over the extended protocol (one statement per query, enforced by the
 //! server), whose results arrive binary; this is the only place that knows their encodings.
+//! `numeric` is decoded here, exactly, into its decimal text: no crate of the registry decodes
+//! it over PostgreSQL's whole range (rust_decimal stops at 28 digits and refuses NaN and
+//! ±Infinity), and the decimal text is what a correctly rounded conversion to `f64` needs.
 
 use std::error::Error;
 
@@ -11,9 +15,52 @@ use tokio_postgres::types::{FromSql, Type};
 
 type BoxError = Box<dyn Error + Sync + Send>;
 
-/// A decoded value: its text, or `None` for NULL.
+/// A decoded value.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Cell(pub Option<String>);
+pub enum Cell {
+    /// SQL NULL.
+    Null,
+    /// `boolean`: 1 or 0 as a number, `t` or `f` as text.
+    Bool(bool),
+    /// Integers (`int2`, `int4`, `int8`, `oid`, `xid`, `pg_lsn`), exact.
+    Int(i128),
+    /// `float4`, `float8`, and timestamps as Unix seconds.
+    Float(f64),
+    /// `numeric`, as its exact decimal text (`NaN`, `Infinity` included).
+    Numeric(String),
+    /// Text of any text type.
+    Text(String),
+}
+
+impl Cell {
+    /// A text cell, or NULL.
+    pub fn text_or_null(text: Option<String>) -> Self {
+        text.map_or(Cell::Null, Cell::Text)
+    }
+
+    /// The value as PostgreSQL prints it, `None` for NULL (labels and published rows).
+    pub fn text(&self) -> Option<String> {
+        match self {
+            Cell::Null => None,
+            Cell::Bool(b) => Some(if *b { "t" } else { "f" }.to_owned()),
+            Cell::Int(i) => Some(i.to_string()),
+            Cell::Float(v) => Some(float_text(*v)),
+            Cell::Numeric(t) | Cell::Text(t) => Some(t.clone()),
+        }
+    }
+
+    /// The value as a number, `Ok(None)` for NULL; `Err` holds text that is not a number.
+    /// Text is parsed only where text truly arrived (a text column declared as a value).
+    pub fn number(&self) -> Result<Option<f64>, &str> {
+        match self {
+            Cell::Null => Ok(None),
+            Cell::Bool(b) => Ok(Some(if *b { 1.0 } else { 0.0 })),
+            Cell::Int(i) => Ok(Some(*i as f64)),
+            Cell::Float(v) => Ok(Some(*v)),
+            Cell::Numeric(t) | Cell::Text(t) => parse_value(t).map(Some).ok_or(t.as_str()),
+        }
+    }
+}
 
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
@@ -94,36 +141,34 @@ fn numeric_text(raw: &[u8]) -> Result<String, BoxError> {
 
 impl<'a> FromSql<'a> for Cell {
     fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, BoxError> {
-        let text = match *ty {
-            Type::BOOL => if raw.first() == Some(&1) { "t" } else { "f" }.to_owned(),
-            Type::INT2 => i16::from_be_bytes(be(raw)?).to_string(),
-            Type::INT4 => i32::from_be_bytes(be(raw)?).to_string(),
-            Type::INT8 => i64::from_be_bytes(be(raw)?).to_string(),
-            Type::OID | Type::XID => u32::from_be_bytes(be(raw)?).to_string(),
-            Type::FLOAT4 => float_text(f64::from(f32::from_be_bytes(be(raw)?))),
-            Type::FLOAT8 => float_text(f64::from_be_bytes(be(raw)?)),
-            Type::NUMERIC => numeric_text(raw)?,
-            Type::PG_LSN => u64::from_be_bytes(be(raw)?).to_string(),
+        Ok(match *ty {
+            Type::BOOL => Cell::Bool(raw.first() == Some(&1)),
+            Type::INT2 => Cell::Int(i16::from_be_bytes(be(raw)?).into()),
+            Type::INT4 => Cell::Int(i32::from_be_bytes(be(raw)?).into()),
+            Type::INT8 => Cell::Int(i64::from_be_bytes(be(raw)?).into()),
+            Type::OID | Type::XID => Cell::Int(u32::from_be_bytes(be(raw)?).into()),
+            Type::PG_LSN => Cell::Int(u64::from_be_bytes(be(raw)?).into()),
+            Type::FLOAT4 => Cell::Float(f64::from(f32::from_be_bytes(be(raw)?))),
+            Type::FLOAT8 => Cell::Float(f64::from_be_bytes(be(raw)?)),
+            Type::NUMERIC => Cell::Numeric(numeric_text(raw)?),
             Type::TIMESTAMP | Type::TIMESTAMPTZ => {
                 let micros = i64::from_be_bytes(be(raw)?);
-                float_text(micros.saturating_add(PG_EPOCH_OFFSET_MICROS) as f64 / 1e6)
+                Cell::Float(micros.saturating_add(PG_EPOCH_OFFSET_MICROS) as f64 / 1e6)
             }
-            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
-                String::from_utf8_lossy(raw).into_owned()
+            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN | Type::CHAR => {
+                Cell::Text(String::from_utf8_lossy(raw).into_owned())
             }
-            Type::CHAR => String::from_utf8_lossy(raw).into_owned(),
             ref other => {
                 return Err(format!(
                     "type {other} is not supported; cast the column to text or a number in the SQL"
                 )
                 .into());
             }
-        };
-        Ok(Cell(Some(text)))
+        })
     }
 
     fn from_sql_null(_: &Type) -> Result<Self, BoxError> {
-        Ok(Cell(None))
+        Ok(Cell::Null)
     }
 
     fn accepts(_: &Type) -> bool {
@@ -132,7 +177,7 @@ impl<'a> FromSql<'a> for Cell {
 }
 
 /// Parses a value's text as a number: integers, floats, NaN/Infinity, booleans (t/f).
-pub fn parse_value(text: &str) -> Option<f64> {
+fn parse_value(text: &str) -> Option<f64> {
     match text {
         "t" | "true" => Some(1.0),
         "f" | "false" => Some(0.0),
@@ -182,5 +227,35 @@ mod tests {
         assert_eq!(parse_value("x"), None);
         assert_eq!(float_text(0.25), "0.25");
         assert_eq!(float_text(3.0), "3");
+    }
+
+    #[test]
+    fn cells_are_numbers_for_values_and_postgres_text_for_labels() {
+        let big = Cell::Int(i128::from(i64::MIN));
+        assert_eq!(big.text().as_deref(), Some("-9223372036854775808"), "exact");
+        assert_eq!(Cell::Bool(true).number(), Ok(Some(1.0)));
+        assert_eq!(Cell::Bool(false).text().as_deref(), Some("f"));
+        assert_eq!(Cell::Null.number(), Ok(None));
+        assert_eq!(Cell::Null.text(), None);
+        assert_eq!(Cell::Float(-0.0).text().as_deref(), Some("-0"));
+        assert_eq!(
+            Cell::Float(f64::INFINITY).text().as_deref(),
+            Some("Infinity")
+        );
+        assert!(Cell::Float(f64::NAN).number().unwrap().unwrap().is_nan());
+        assert_eq!(Cell::Float(1e-300).number(), Ok(Some(1e-300)));
+        let n = Cell::Numeric("12345.670".into());
+        assert_eq!(n.number(), Ok(Some(12345.67)));
+        assert_eq!(
+            n.text().as_deref(),
+            Some("12345.670"),
+            "the scale PostgreSQL prints"
+        );
+        assert_eq!(
+            Cell::Numeric("Infinity".into()).number(),
+            Ok(Some(f64::INFINITY))
+        );
+        assert_eq!(Cell::Text("x".into()).number(), Err("x"));
+        assert_eq!(Cell::Text("12".into()).number(), Ok(Some(12.0)));
     }
 }

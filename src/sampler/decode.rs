@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio_postgres::Row;
 use tokio_postgres::types::Type;
 
-use super::cell::{Cell, parse_value};
+use super::cell::Cell;
 use crate::catalog::QuerySpec;
 use crate::db::outcome::{ErrorKind, RunError};
 use crate::snapshot::histogram::StatementSample;
@@ -125,7 +125,7 @@ impl Decoder {
         }
         let cells = (0..self.names.len())
             .map(|i| {
-                row.try_get::<_, Cell>(i).map(|c| c.0).map_err(|e| {
+                row.try_get::<_, Cell>(i).map_err(|e| {
                     let col = row.columns().get(i).map(|c| c.name()).unwrap_or("?");
                     decode_error(format!("column \"{col}\": {e}"))
                 })
@@ -134,28 +134,27 @@ impl Decoder {
         self.push_cells(&cells)
     }
 
-    /// Decodes one row given as text cells in the order of the columns.
-    pub fn push_cells(&mut self, cells: &[Option<String>]) -> Result<(), RunError> {
+    /// Decodes one row given as cells in the order of the columns.
+    pub fn push_cells(&mut self, cells: &[Cell]) -> Result<(), RunError> {
         if self.full() && self.spec.histogram.is_none() && !self.spec.publish_rows {
             self.skip_rows(1);
             return Ok(());
         }
-        let cell = |i: usize| -> Result<Option<String>, RunError> {
+        let cell = |i: usize| -> Result<&Cell, RunError> {
             cells
                 .get(i)
-                .cloned()
                 .ok_or_else(|| decode_error(format!("row has no column {i}")))
         };
         if let Some(rows) = self.result.rows.as_mut() {
             let mut out = Vec::with_capacity(self.names.len());
             for (i, name) in self.names.iter().enumerate() {
-                out.push((name.clone(), cell(i)?));
+                out.push((name.clone(), cell(i)?.text()));
             }
             rows.push(out);
         }
         if let Some([k, c, t]) = self.columns.histogram {
-            let num = |i| cell(i).map(|v| v.as_deref().and_then(parse_value));
-            if let (Some(key), Some(calls), Some(total_ms)) = (cell(k)?, num(c)?, num(t)?) {
+            let num = |i| cell(i).map(|v| v.number().ok().flatten());
+            if let (Some(key), Some(calls), Some(total_ms)) = (cell(k)?.text(), num(c)?, num(t)?) {
                 self.stats.statements.push(StatementSample {
                     key,
                     calls,
@@ -170,7 +169,7 @@ impl Decoder {
             .columns
             .labels
             .iter()
-            .map(|&i| cell(i).map(Option::unwrap_or_default))
+            .map(|&i| cell(i).map(|c| c.text().unwrap_or_default()))
             .collect::<Result<Vec<String>, _>>()?;
         if self.seen.contains(&labels) {
             self.stats.dropped += self.spec.metrics.len() as u64;
@@ -178,23 +177,10 @@ impl Decoder {
         }
         let mut series = Vec::with_capacity(self.columns.values.len());
         for (m, &i) in self.columns.values.iter().enumerate() {
-            match cell(i)? {
-                None => self.stats.nulls += 1,
-                Some(text) => {
-                    let value = parse_value(&text).ok_or_else(|| {
-                        let column = self
-                            .spec
-                            .metrics
-                            .get(m)
-                            .map(|s| s.column.as_str())
-                            .unwrap_or("?");
-                        decode_error(format!(
-                            "column \"{column}\" holds \"{}\", not a number",
-                            text.chars().take(40).collect::<String>()
-                        ))
-                    })?;
-                    series.push((m, value));
-                }
+            match cell(i)?.number() {
+                Ok(None) => self.stats.nulls += 1,
+                Ok(Some(value)) => series.push((m, value)),
+                Err(text) => return Err(self.not_a_number(m, text)),
             }
         }
         if self.kept + series.len() > self.budget {
@@ -212,6 +198,19 @@ impl Decoder {
             }
         }
         Ok(())
+    }
+
+    fn not_a_number(&self, metric: usize, text: &str) -> RunError {
+        let column = self
+            .spec
+            .metrics
+            .get(metric)
+            .map(|s| s.column.as_str())
+            .unwrap_or("?");
+        decode_error(format!(
+            "column \"{column}\" holds \"{}\", not a number",
+            text.chars().take(40).collect::<String>()
+        ))
     }
 
     /// The result and the run's counters.

@@ -6,9 +6,10 @@ use std::collections::{HashMap, HashSet};
 
 use super::facts::{Bounds, Facts, Relation, Sizes};
 use crate::catalog::Derive;
+use crate::sampler::cell::Cell;
 
 /// One row: a text value (or NULL) per column of the family.
-pub type Row = Vec<Option<String>>;
+pub type Row = Vec<Cell>;
 
 /// What a family reads: the pass's facts, and its sizes and bounds when it needs them.
 #[derive(Debug, Clone, Copy)]
@@ -47,12 +48,24 @@ pub fn rows(family: Derive, input: Inputs<'_>) -> Vec<Row> {
     }
 }
 
-fn int(v: i64) -> Option<String> {
-    Some(v.to_string())
+fn int(v: i64) -> Cell {
+    Cell::Int(v.into())
 }
 
-fn float(v: f64) -> Option<String> {
-    v.is_finite().then(|| v.to_string())
+fn float(v: f64) -> Cell {
+    if v.is_finite() {
+        Cell::Float(v)
+    } else {
+        Cell::Null
+    }
+}
+
+fn text(s: impl Into<String>) -> Cell {
+    Cell::Text(s.into())
+}
+
+fn opt_int(v: Option<i32>) -> Cell {
+    v.map_or(Cell::Null, |v| Cell::Int(v.into()))
 }
 
 /// Not a system schema (`pg_stat_user_tables`' filter).
@@ -166,8 +179,8 @@ fn tables(input: Inputs<'_>, scans: bool) -> Vec<Row> {
                 top.contains(&key).then(|| {
                     let row = vec![
                         int(i64::from(t.oid)),
-                        Some(key.0.to_owned()),
-                        Some(key.1.to_owned()),
+                        text(key.0.to_owned()),
+                        text(key.1.to_owned()),
                         int(t.scans),
                         int(idx_scans(t)),
                     ];
@@ -189,17 +202,17 @@ fn tables(input: Inputs<'_>, scans: bool) -> Vec<Row> {
             };
             let scans = g.idx + g.seq;
             vec![
-                Some(schema.to_owned()),
-                Some(name.to_owned()),
+                text(schema.to_owned()),
+                text(name.to_owned()),
                 int(g.live),
                 int(g.dead),
                 float(dead_ratio),
                 int(g.bytes),
                 (scans > 0)
                     .then(|| g.idx as f64 / scans as f64)
-                    .and_then(float),
-                g.vacuum_age.and_then(float),
-                g.analyze_age.and_then(float),
+                    .map_or(Cell::Null, float),
+                g.vacuum_age.map_or(Cell::Null, float),
+                g.analyze_age.map_or(Cell::Null, float),
             ]
         })
         .collect()
@@ -233,9 +246,9 @@ fn indexes(input: Inputs<'_>) -> Vec<Row> {
         .map(|((schema, table, name), i)| {
             vec![
                 int(i64::from(i.oid)),
-                Some(schema.to_owned()),
-                Some(table.to_owned()),
-                Some(name.to_owned()),
+                text(schema.to_owned()),
+                text(table.to_owned()),
+                text(name.to_owned()),
                 int(i.scans),
                 int(bytes(i)),
             ]
@@ -260,8 +273,8 @@ fn index_cache(input: Inputs<'_>) -> Vec<Row> {
         .into_iter()
         .map(|((schema, table), (hit, read))| {
             vec![
-                Some(schema.to_owned()),
-                Some(table.to_owned()),
+                text(schema.to_owned()),
+                text(table.to_owned()),
                 float(hit as f64 / (hit + read) as f64),
             ]
         })
@@ -297,10 +310,12 @@ fn cache_hit(input: Inputs<'_>) -> Vec<Row> {
         .map(|(kind, (hit, read))| {
             let all = hit + read;
             vec![
-                Some(kind.to_owned()),
+                text(kind.to_owned()),
                 int(hit),
                 int(read),
-                (all > 0).then(|| hit as f64 / all as f64).and_then(float),
+                (all > 0)
+                    .then(|| hit as f64 / all as f64)
+                    .map_or(Cell::Null, float),
             ]
         })
         .collect()
@@ -371,17 +386,23 @@ fn partitions(input: Inputs<'_>) -> Vec<Row> {
                 .flatten()
                 .map(|end| end - now);
             let row = vec![
-                Some(parent_label(p)),
+                text(parent_label(p)),
                 int(bounds.len() as i64),
                 int(bytes),
                 int(rows),
                 int(input.bounds.default_rows.get(&p.oid).copied().unwrap_or(0)),
-                runway.and_then(float),
+                runway.map_or(Cell::Null, float),
             ];
             (bytes, row)
         })
         .collect();
-    out.sort_by(|(a, ra), (b, rb)| b.cmp(a).then(ra.first().cmp(&rb.first())));
+    out.sort_by(|(a, ra), (b, rb)| {
+        b.cmp(a).then_with(|| {
+            ra.first()
+                .and_then(Cell::text)
+                .cmp(&rb.first().and_then(Cell::text))
+        })
+    });
     out.truncate(TOP_PARTITIONED);
     out.into_iter().map(|(_, r)| r).collect()
 }
@@ -397,8 +418,8 @@ fn partition_growth(input: Inputs<'_>) -> Vec<Row> {
             let p = facts.get(r.parent?)?;
             (p.kind == b'p').then(|| {
                 vec![
-                    Some(parent_label(p)),
-                    Some(format!("{}.{}", r.schema, r.name)),
+                    text(parent_label(p)),
+                    text(format!("{}.{}", r.schema, r.name)),
                     int(r.inserted),
                 ]
             })
@@ -448,10 +469,10 @@ fn table_wraparound(input: Inputs<'_>) -> Vec<Row> {
         .into_iter()
         .map(|((schema, name), (xid, mxid))| {
             vec![
-                Some(schema.to_owned()),
-                Some(name.to_owned()),
-                xid.map(|v| v.to_string()),
-                mxid.map(|v| v.to_string()),
+                text(schema.to_owned()),
+                text(name.to_owned()),
+                opt_int(xid),
+                opt_int(mxid),
             ]
         })
         .collect()
