@@ -1,12 +1,15 @@
 //! Semantic checks of a parsed catalog: names, label grammar, collisions, timing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use serde_saphyr::Location;
+use serde_saphyr::{Location, Spanned};
 
 use super::Defaults;
-use super::model::{HistogramSpec, MetricKind, MetricSpec, QuerySpec, RawCatalog};
+use super::derive::Derive;
+use super::model::{
+    HistogramSpec, MetricKind, MetricSpec, QuerySpec, RawCatalog, RawHistogram, RawMetric, RawQuery,
+};
 
 /// Line and column (1-based).
 pub type Loc = (u64, u64);
@@ -178,277 +181,32 @@ const RESERVED: &[&str] = &["pg_up", "pg_server_version_num"];
 /// Default series budget of a query.
 pub const DEFAULT_MAX_SERIES: usize = 1000;
 
+/// A problem and where it is, before the query's name is attached.
+type Found<T> = Result<T, (Loc, Problem)>;
+
+/// Names met so far in the file.
+#[derive(Default)]
+struct Seen {
+    queries: HashSet<String>,
+    metrics: HashSet<String>,
+    /// The server versions of the query that first exposed each metric name: a name may be
+    /// exposed again only by a query for disjoint versions (PG 17 moved the checkpoint
+    /// counters to pg_stat_checkpointer: two queries, one family on any one server).
+    versions: HashMap<String, (i32, i32)>,
+}
+
 pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Validated, Invalid> {
-    let mut query_names = HashSet::new();
-    let mut metric_names = HashSet::new();
-    // The server versions of the query that first exposed each metric name: a name may be
-    // exposed again only by a query for disjoint versions (PG 17 moved the checkpoint counters
-    // to pg_stat_checkpointer: two queries, one family on any one server).
-    let mut versions: std::collections::HashMap<String, (i32, i32)> = Default::default();
+    let mut seen = Seen::default();
     let mut out = Vec::new();
     for q in raw.queries {
         let qloc = at(&q.referenced);
-        let q = q.value;
-        let name = q.name.value.clone();
-        let err = |at: Loc, problem: Problem| {
-            Err(Invalid {
-                at,
-                query: Some(name.clone()),
-                problem,
-            })
-        };
-        if !is_label_name(&name) {
-            return err(at(&q.name.referenced), Problem::BadQueryName);
-        }
-        if !query_names.insert(name.clone()) {
-            return err(at(&q.name.referenced), Problem::DuplicateQuery);
-        }
-        let (sql, derive) = match (q.sql, q.derive) {
-            (Some(s), None) if s.value.trim().is_empty() => {
-                return err(at(&s.referenced), Problem::EmptySql);
-            }
-            (Some(s), None) => (s.value, None),
-            (None, Some(d)) => {
-                if q.histogram.is_some() || q.publish_rows || q.accumulate.is_some() {
-                    return err(at(&d.referenced), Problem::DeriveCombined);
-                }
-                (super::derive::FACTS_SQL.to_owned(), Some(d.value))
-            }
-            (Some(s), Some(_)) => return err(at(&s.referenced), Problem::SqlOrDerive),
-            (None, None) => return err(qloc, Problem::SqlOrDerive),
-        };
-        let interval = q.interval.as_ref().map(|s| s.value).unwrap_or(d.interval);
-        let timeout = q.timeout.as_ref().map(|s| s.value).unwrap_or(d.timeout);
-        let tloc = q
-            .timeout
-            .as_ref()
-            .map(|s| at(&s.referenced))
-            .unwrap_or(qloc);
-        if interval < Duration::from_secs(1) {
-            let l = q
-                .interval
-                .as_ref()
-                .map(|s| at(&s.referenced))
-                .unwrap_or(qloc);
-            return err(l, Problem::IntervalTooShort);
-        }
-        if timeout.is_zero() || timeout >= interval {
-            return err(
-                tloc,
-                Problem::Timeout {
-                    timeout: humantime::format_duration(timeout).to_string(),
-                    interval: humantime::format_duration(interval).to_string(),
-                },
-            );
-        }
-        let expire_after = q
-            .expire_after
-            .as_ref()
-            .map(|s| s.value)
-            .unwrap_or(interval * 3);
-        if expire_after < interval {
-            let l = q
-                .expire_after
-                .as_ref()
-                .map(|s| at(&s.referenced))
-                .unwrap_or(qloc);
-            return err(l, Problem::ExpireTooShort);
-        }
-        let mut labels = Vec::new();
-        for l in &q.labels {
-            if !is_label_name(&l.value) || l.value == "le" || l.value == "quantile" {
-                return err(at(&l.referenced), Problem::BadLabel(l.value.clone()));
-            }
-            if labels.contains(&l.value) {
-                return err(at(&l.referenced), Problem::DuplicateLabel(l.value.clone()));
-            }
-            labels.push(l.value.clone());
-        }
-        if q.metrics.is_empty() && q.histogram.is_none() {
-            return err(qloc, Problem::NoMetrics);
-        }
-        let histogram = match q.histogram {
-            None => None,
-            Some(h) => {
-                let hloc = at(&h.referenced);
-                let h = h.value;
-                let n = &h.name.value;
-                if !is_metric_name(n) || !n.starts_with("pg_") || !n.ends_with("_seconds") {
-                    return err(at(&h.name.referenced), Problem::BadHistogramName(n.clone()));
-                }
-                if !metric_names.insert(n.clone()) {
-                    return err(at(&h.name.referenced), Problem::DuplicateMetric(n.clone()));
-                }
-                let increasing = h
-                    .buckets
-                    .iter()
-                    .zip(h.buckets.iter().skip(1))
-                    .all(|(a, b)| a < b);
-                if h.buckets.is_empty()
-                    || !increasing
-                    || h.buckets.iter().any(|b| !b.is_finite() || *b <= 0.0)
-                {
-                    return err(hloc, Problem::BadBuckets);
-                }
-                Some(HistogramSpec {
-                    name: n.clone(),
-                    help: h.help,
-                    key_column: h.key_column,
-                    calls_column: h.calls_column,
-                    time_ms_column: h.time_ms_column,
-                    buckets: h.buckets,
-                })
-            }
-        };
-        let mut metrics = Vec::new();
-        let mut columns: HashSet<String> = labels.iter().cloned().collect();
-        for m in q.metrics {
-            let mloc = at(&m.referenced);
-            let m = m.value;
-            let n = &m.name.value;
-            let nloc = at(&m.name.referenced);
-            if !is_metric_name(n) {
-                return err(nloc, Problem::BadMetricName(n.clone()));
-            }
-            if !n.starts_with("pg_") || n.starts_with("pgpulse_") || RESERVED.contains(&n.as_str())
-            {
-                return err(nloc, Problem::ReservedMetricName(n.clone()));
-            }
-            if ["_count", "_sum", "_bucket", "_info"]
-                .iter()
-                .any(|s| n.ends_with(s))
-            {
-                return err(nloc, Problem::ReservedSuffix(n.clone()));
-            }
-            match m.kind {
-                MetricKind::Counter if !n.ends_with("_total") => {
-                    return err(nloc, Problem::CounterWithoutTotal(n.clone()));
-                }
-                MetricKind::Gauge if n.ends_with("_total") => {
-                    return err(nloc, Problem::GaugeWithTotal(n.clone()));
-                }
-                _ => {}
-            }
-            let range = (
-                q.min_server_version.unwrap_or(i32::MIN),
-                q.max_server_version.unwrap_or(i32::MAX),
-            );
-            let disjoint = |(lo, hi): (i32, i32)| hi < range.0 || range.1 < lo;
-            if !metric_names.insert(n.clone()) && !versions.get(n).copied().is_some_and(disjoint) {
-                return err(nloc, Problem::DuplicateMetric(n.clone()));
-            }
-            versions.insert(n.clone(), range);
-            if m.help.contains(['\n', '\r', '\\']) {
-                return err(mloc, Problem::BadHelp(n.clone()));
-            }
-            let family = n.strip_suffix("_total").unwrap_or(n);
-            let other = if m.kind == MetricKind::Counter {
-                family.to_owned()
-            } else {
-                format!("{n}_total")
-            };
-            if metric_names.contains(&other) {
-                return err(
-                    nloc,
-                    Problem::FamilyClash {
-                        metric: n.clone(),
-                        other: other.clone(),
-                    },
-                );
-            }
-            if m.help.trim().is_empty() {
-                return err(mloc, Problem::NoHelp(n.clone()));
-            }
-            if let Some(u) = &m.unit
-                && !n.contains(&format!("_{u}"))
-            {
-                return err(
-                    mloc,
-                    Problem::UnitNotInName {
-                        metric: n.clone(),
-                        unit: u.clone(),
-                    },
-                );
-            }
-            if !is_label_name(&m.column.value) {
-                return err(
-                    at(&m.column.referenced),
-                    Problem::BadColumn(m.column.value.clone()),
-                );
-            }
-            if !columns.insert(m.column.value.clone()) {
-                return err(
-                    at(&m.column.referenced),
-                    Problem::DuplicateColumn(m.column.value.clone()),
-                );
-            }
-            metrics.push(MetricSpec {
-                column: m.column.value,
-                name: n.clone(),
-                kind: m.kind,
-                help: m.help,
-                unit: m.unit,
-            });
-        }
-        if let Some(k) = &q.rollup_key
-            && (!is_label_name(&k.value) || !columns.insert(k.value.clone()))
-        {
-            return err(at(&k.referenced), Problem::BadRollupKey(k.value.clone()));
-        }
-        if let Some(a) = &q.accumulate {
-            let aloc = at(&a.referenced);
-            if histogram.is_some() || q.rollup_key.is_some() {
-                return err(aloc, Problem::AccumulateCombined);
-            }
-            if let Some(m) = metrics.iter().find(|m| m.kind != MetricKind::Counter) {
-                return err(aloc, Problem::AccumulateNeedsCounter(m.name.clone()));
-            }
-        }
-        if let Some(d) = derive {
-            let produced = d.columns();
-            let wanted = labels
-                .iter()
-                .chain(metrics.iter().map(|m| &m.column))
-                .chain(q.rollup_key.as_ref().map(|k| &k.value));
-            for column in wanted {
-                if !produced.contains(&column.as_str()) {
-                    return err(
-                        qloc,
-                        Problem::NotDerived {
-                            column: column.clone(),
-                            derive: d.name().to_owned(),
-                            columns: produced.join(", "),
-                        },
-                    );
-                }
-            }
-        }
-        let max_series = q.max_series.unwrap_or(DEFAULT_MAX_SERIES);
-        if max_series == 0 {
-            return err(qloc, Problem::ZeroBudget);
-        }
-        out.push(QuerySpec {
-            help: q.help.unwrap_or_default(),
-            sql,
-            derive,
-            interval,
-            timeout,
-            expire_after,
-            labels,
-            metrics,
-            histogram,
-            publish_rows: q.publish_rows,
-            rollup_key: q.rollup_key.map(|k| k.value),
-            max_series,
-            min_server_version: q.min_server_version,
-            max_server_version: q.max_server_version,
-            requires_extension: q.requires_extension,
-            requires_preload: q.requires_preload,
-            role: q.role,
-            accumulate: q.accumulate.map(|a| a.value),
-            location: super::model::Location(qloc.0, qloc.1),
-            name,
-        });
+        let name = q.value.name.value.clone();
+        let spec = query(q.value, qloc, d, &mut seen).map_err(|(at, problem)| Invalid {
+            at,
+            query: Some(name),
+            problem,
+        })?;
+        out.push(spec);
     }
     let health_query = match raw.health_query {
         None => None,
@@ -469,4 +227,282 @@ pub(crate) fn validate(raw: RawCatalog, d: Defaults) -> Result<Validated, Invali
         queries: out,
         health_query,
     })
+}
+
+/// One query, checked concern by concern in the order of the file's keys.
+fn query(q: RawQuery, qloc: Loc, d: Defaults, seen: &mut Seen) -> Found<QuerySpec> {
+    let name = q.name.value.clone();
+    if !is_label_name(&name) {
+        return Err((at(&q.name.referenced), Problem::BadQueryName));
+    }
+    if !seen.queries.insert(name.clone()) {
+        return Err((at(&q.name.referenced), Problem::DuplicateQuery));
+    }
+    let (sql, derive) = source(&q, qloc)?;
+    let (interval, timeout, expire_after) = timing(&q, qloc, d)?;
+    let labels = labels(&q.labels)?;
+    if q.metrics.is_empty() && q.histogram.is_none() {
+        return Err((qloc, Problem::NoMetrics));
+    }
+    let histogram = q.histogram.map(|h| histogram(h, seen)).transpose()?;
+    let range = (
+        q.min_server_version.unwrap_or(i32::MIN),
+        q.max_server_version.unwrap_or(i32::MAX),
+    );
+    let mut columns: HashSet<String> = labels.iter().cloned().collect();
+    let metrics = q
+        .metrics
+        .into_iter()
+        .map(|m| metric(m, range, seen, &mut columns))
+        .collect::<Found<Vec<_>>>()?;
+    if let Some(k) = &q.rollup_key
+        && (!is_label_name(&k.value) || !columns.insert(k.value.clone()))
+    {
+        return Err((at(&k.referenced), Problem::BadRollupKey(k.value.clone())));
+    }
+    if let Some(a) = &q.accumulate {
+        accumulate(
+            at(&a.referenced),
+            histogram.is_some() || q.rollup_key.is_some(),
+            &metrics,
+        )?;
+    }
+    let rollup_key = q.rollup_key.map(|k| k.value);
+    if let Some(d) = derive {
+        derived_columns(d, qloc, &labels, &metrics, rollup_key.as_ref())?;
+    }
+    let max_series = q.max_series.unwrap_or(DEFAULT_MAX_SERIES);
+    if max_series == 0 {
+        return Err((qloc, Problem::ZeroBudget));
+    }
+    Ok(QuerySpec {
+        help: q.help.unwrap_or_default(),
+        sql,
+        derive,
+        interval,
+        timeout,
+        expire_after,
+        labels,
+        metrics,
+        histogram,
+        publish_rows: q.publish_rows,
+        rollup_key,
+        max_series,
+        min_server_version: q.min_server_version,
+        max_server_version: q.max_server_version,
+        requires_extension: q.requires_extension,
+        requires_preload: q.requires_preload,
+        role: q.role,
+        accumulate: q.accumulate.map(|a| a.value),
+        location: super::model::Location(qloc.0, qloc.1),
+        name,
+    })
+}
+
+/// The statement: SQL of its own, or the relation pass's for a derived family (which then
+/// takes no histogram, published rows or accumulation).
+fn source(q: &RawQuery, qloc: Loc) -> Found<(String, Option<Derive>)> {
+    match (&q.sql, &q.derive) {
+        (Some(s), None) if s.value.trim().is_empty() => Err((at(&s.referenced), Problem::EmptySql)),
+        (Some(s), None) => Ok((s.value.clone(), None)),
+        (None, Some(d)) => {
+            if q.histogram.is_some() || q.publish_rows || q.accumulate.is_some() {
+                return Err((at(&d.referenced), Problem::DeriveCombined));
+            }
+            Ok((super::derive::FACTS_SQL.to_owned(), Some(d.value)))
+        }
+        (Some(s), Some(_)) => Err((at(&s.referenced), Problem::SqlOrDerive)),
+        (None, None) => Err((qloc, Problem::SqlOrDerive)),
+    }
+}
+
+/// Interval (at least 1 s), timeout (shorter than the interval) and expiry (at least the
+/// interval; three intervals by default).
+fn timing(q: &RawQuery, qloc: Loc, d: Defaults) -> Found<(Duration, Duration, Duration)> {
+    let loc = |v: &Option<Spanned<Duration>>| v.as_ref().map_or(qloc, |s| at(&s.referenced));
+    let interval = q.interval.as_ref().map_or(d.interval, |s| s.value);
+    let timeout = q.timeout.as_ref().map_or(d.timeout, |s| s.value);
+    if interval < Duration::from_secs(1) {
+        return Err((loc(&q.interval), Problem::IntervalTooShort));
+    }
+    if timeout.is_zero() || timeout >= interval {
+        let problem = Problem::Timeout {
+            timeout: humantime::format_duration(timeout).to_string(),
+            interval: humantime::format_duration(interval).to_string(),
+        };
+        return Err((loc(&q.timeout), problem));
+    }
+    let expire_after = q.expire_after.as_ref().map_or(interval * 3, |s| s.value);
+    if expire_after < interval {
+        return Err((loc(&q.expire_after), Problem::ExpireTooShort));
+    }
+    Ok((interval, timeout, expire_after))
+}
+
+/// Label names: the grammar, not `le`/`quantile`, no repeats.
+fn labels(raw: &[Spanned<String>]) -> Found<Vec<String>> {
+    let mut labels = Vec::new();
+    for l in raw {
+        if !is_label_name(&l.value) || l.value == "le" || l.value == "quantile" {
+            return Err((at(&l.referenced), Problem::BadLabel(l.value.clone())));
+        }
+        if labels.contains(&l.value) {
+            return Err((at(&l.referenced), Problem::DuplicateLabel(l.value.clone())));
+        }
+        labels.push(l.value.clone());
+    }
+    Ok(labels)
+}
+
+/// A statement-latency histogram: a `pg_*_seconds` name of its own and increasing, finite,
+/// positive bucket bounds.
+fn histogram(h: Spanned<RawHistogram>, seen: &mut Seen) -> Found<HistogramSpec> {
+    let hloc = at(&h.referenced);
+    let h = h.value;
+    let n = &h.name.value;
+    if !is_metric_name(n) || !n.starts_with("pg_") || !n.ends_with("_seconds") {
+        return Err((at(&h.name.referenced), Problem::BadHistogramName(n.clone())));
+    }
+    if !seen.metrics.insert(n.clone()) {
+        return Err((at(&h.name.referenced), Problem::DuplicateMetric(n.clone())));
+    }
+    let increasing = h
+        .buckets
+        .iter()
+        .zip(h.buckets.iter().skip(1))
+        .all(|(a, b)| a < b);
+    if h.buckets.is_empty() || !increasing || h.buckets.iter().any(|b| !b.is_finite() || *b <= 0.0)
+    {
+        return Err((hloc, Problem::BadBuckets));
+    }
+    Ok(HistogramSpec {
+        name: n.clone(),
+        help: h.help,
+        key_column: h.key_column,
+        calls_column: h.calls_column,
+        time_ms_column: h.time_ms_column,
+        buckets: h.buckets,
+    })
+}
+
+/// One metric: its name (grammar, prefix, suffixes, kind, collisions), help, unit and column.
+fn metric(
+    m: Spanned<RawMetric>,
+    range: (i32, i32),
+    seen: &mut Seen,
+    columns: &mut HashSet<String>,
+) -> Found<MetricSpec> {
+    let mloc = at(&m.referenced);
+    let m = m.value;
+    let nloc = at(&m.name.referenced);
+    let n = &m.name.value;
+    metric_name(n, m.kind).map_err(|p| (nloc, p))?;
+    let disjoint = |(lo, hi): (i32, i32)| hi < range.0 || range.1 < lo;
+    if !seen.metrics.insert(n.clone()) && !seen.versions.get(n).copied().is_some_and(disjoint) {
+        return Err((nloc, Problem::DuplicateMetric(n.clone())));
+    }
+    seen.versions.insert(n.clone(), range);
+    if m.help.contains(['\n', '\r', '\\']) {
+        return Err((mloc, Problem::BadHelp(n.clone())));
+    }
+    let other = match m.kind {
+        MetricKind::Counter => n.strip_suffix("_total").unwrap_or(n).to_owned(),
+        MetricKind::Gauge => format!("{n}_total"),
+    };
+    if seen.metrics.contains(&other) {
+        return Err((
+            nloc,
+            Problem::FamilyClash {
+                metric: n.clone(),
+                other,
+            },
+        ));
+    }
+    if m.help.trim().is_empty() {
+        return Err((mloc, Problem::NoHelp(n.clone())));
+    }
+    if let Some(u) = &m.unit
+        && !n.contains(&format!("_{u}"))
+    {
+        let problem = Problem::UnitNotInName {
+            metric: n.clone(),
+            unit: u.clone(),
+        };
+        return Err((mloc, problem));
+    }
+    let (column, cloc) = (&m.column.value, at(&m.column.referenced));
+    if !is_label_name(column) {
+        return Err((cloc, Problem::BadColumn(column.clone())));
+    }
+    if !columns.insert(column.clone()) {
+        return Err((cloc, Problem::DuplicateColumn(column.clone())));
+    }
+    Ok(MetricSpec {
+        column: m.column.value,
+        name: m.name.value,
+        kind: m.kind,
+        help: m.help,
+        unit: m.unit,
+    })
+}
+
+/// The grammar of a catalog metric's own name: `pg_*`, not reserved, no suffix of another
+/// type's samples, `_total` exactly for counters.
+fn metric_name(n: &str, kind: MetricKind) -> Result<(), Problem> {
+    if !is_metric_name(n) {
+        return Err(Problem::BadMetricName(n.to_owned()));
+    }
+    if !n.starts_with("pg_") || n.starts_with("pgpulse_") || RESERVED.contains(&n) {
+        return Err(Problem::ReservedMetricName(n.to_owned()));
+    }
+    if ["_count", "_sum", "_bucket", "_info"]
+        .iter()
+        .any(|s| n.ends_with(s))
+    {
+        return Err(Problem::ReservedSuffix(n.to_owned()));
+    }
+    match kind {
+        MetricKind::Counter if !n.ends_with("_total") => {
+            Err(Problem::CounterWithoutTotal(n.to_owned()))
+        }
+        MetricKind::Gauge if n.ends_with("_total") => Err(Problem::GaugeWithTotal(n.to_owned())),
+        _ => Ok(()),
+    }
+}
+
+/// Accumulation: counters only, without a histogram or a roll-up.
+fn accumulate(aloc: Loc, combined: bool, metrics: &[MetricSpec]) -> Found<()> {
+    if combined {
+        return Err((aloc, Problem::AccumulateCombined));
+    }
+    match metrics.iter().find(|m| m.kind != MetricKind::Counter) {
+        Some(m) => Err((aloc, Problem::AccumulateNeedsCounter(m.name.clone()))),
+        None => Ok(()),
+    }
+}
+
+/// A derived family reads only columns its derivation produces.
+fn derived_columns(
+    d: Derive,
+    qloc: Loc,
+    labels: &[String],
+    metrics: &[MetricSpec],
+    rollup_key: Option<&String>,
+) -> Found<()> {
+    let produced = d.columns();
+    let wanted = labels
+        .iter()
+        .chain(metrics.iter().map(|m| &m.column))
+        .chain(rollup_key);
+    for column in wanted {
+        if !produced.contains(&column.as_str()) {
+            let problem = Problem::NotDerived {
+                column: column.clone(),
+                derive: d.name().to_owned(),
+                columns: produced.join(", "),
+            };
+            return Err((qloc, problem));
+        }
+    }
+    Ok(())
 }

@@ -52,9 +52,9 @@ async fn serve(file: &Path, open_health: bool, landing_page: bool) -> (Running, 
     let db = TestDb::new().await;
     let file = file.to_owned();
     let svc = start(&db.url, CATALOG, move |c| {
-        c.settings.web.config_file = Some(file);
-        c.settings.web.open_health = open_health;
-        c.settings.web.landing_page = landing_page;
+        c.web.config_file = Some(file);
+        c.web.open_health = open_health;
+        c.web.landing_page = landing_page;
     })
     .await;
     (svc, db)
@@ -426,7 +426,7 @@ async fn the_tls_demo_stack_files_work_together() {
         d.join("ca.crt").display()
     );
     let svc = start(&url, CATALOG, |c| {
-        c.settings.web.config_file = Some(d.join("web-config.yml"));
+        c.web.config_file = Some(d.join("web-config.yml"));
     })
     .await;
     let (https_url, resolve) = https(&svc, "/metrics");
@@ -555,7 +555,7 @@ async fn tls_connections_silent_before_or_after_the_handshake_are_closed_by_the_
     let file = web_config(dir.path(), &pki, yaml);
     let db = TestDb::new().await;
     let svc = start(&db.url, CATALOG, move |c| {
-        c.settings.web.config_file = Some(file);
+        c.web.config_file = Some(file);
         c.request_timeout = std::time::Duration::from_secs(1);
     })
     .await;
