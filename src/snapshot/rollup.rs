@@ -101,66 +101,84 @@ impl Rollup {
                 match kind {
                     MetricKind::Gauge => *slot.get_or_insert(0.0) += value,
                     MetricKind::Counter => {
-                        let key = object_key(labels);
-                        let delta = match objects.get(&key) {
-                            Some(prev) if *value >= prev.value => value - prev.value,
-                            Some(_) => *value,
-                            None => 0.0,
-                        };
-                        objects.insert(
-                            key,
-                            Seen {
-                                value: *value,
-                                at: now,
-                            },
-                        );
-                        if !totals.contains_key(parent) {
-                            totals.insert(
-                                parent.to_vec(),
-                                Seen {
-                                    value: 0.0,
-                                    at: now,
-                                },
-                            );
-                        }
-                        if let Some(total) = totals.get_mut(parent) {
-                            total.value += delta;
-                            total.at = now;
-                            *slot = Some(total.value);
-                        }
+                        *slot = Some(accumulate(objects, totals, labels, parent, *value, now));
                     }
                 }
             }
             objects.retain(|_, s| fresh(now, s));
             totals.retain(|_, s| fresh(now, s));
         }
-        let max = result.spec.max_series;
-        let mut kept = 0usize;
-        let mut dropped = 0u64;
-        let mut families = vec![Vec::new(); n];
-        for (p, parent) in order.iter().enumerate() {
-            let series: Vec<(usize, f64)> = rolled
-                .iter()
-                .enumerate()
-                .filter_map(|(m, r)| r.get(p).copied().flatten().map(|v| (m, v)))
-                .collect();
-            if kept + series.len() > max {
-                dropped += series.len() as u64;
-                continue;
-            }
-            kept += series.len();
-            for (m, value) in series {
-                if let Some(f) = families.get_mut(m) {
-                    f.push(Series {
-                        labels: parent.to_vec(),
-                        value,
-                    });
-                }
-            }
-        }
+        let (families, dropped) = within_budget(&order, &rolled, result.spec.max_series);
         result.families = families;
         dropped
     }
+}
+
+/// Adds an object's counter increase since its last sample (all of it after a reset, none
+/// on its first sample) to its parent's total, and returns the total.
+fn accumulate(
+    objects: &mut HashMap<ObjectKey, Seen>,
+    totals: &mut HashMap<Vec<String>, Seen>,
+    labels: &[String],
+    parent: &[String],
+    value: f64,
+    now: u32,
+) -> f64 {
+    let key = object_key(labels);
+    let delta = match objects.get(&key) {
+        Some(prev) if value >= prev.value => value - prev.value,
+        Some(_) => value,
+        None => 0.0,
+    };
+    objects.insert(key, Seen { value, at: now });
+    // Look up before inserting: the parent's labels are copied once, not per object.
+    if !totals.contains_key(parent) {
+        totals.insert(
+            parent.to_vec(),
+            Seen {
+                value: 0.0,
+                at: now,
+            },
+        );
+    }
+    totals.get_mut(parent).map_or(delta, |total| {
+        total.value += delta;
+        total.at = now;
+        total.value
+    })
+}
+
+/// The rolled-up series, parents in order of first appearance, at most `max` series (a
+/// parent's series are kept or dropped together); and how many were dropped.
+fn within_budget(
+    order: &[&[String]],
+    rolled: &[Vec<Option<f64>>],
+    max: usize,
+) -> (Vec<Vec<Series>>, u64) {
+    let mut kept = 0usize;
+    let mut dropped = 0u64;
+    let mut families = vec![Vec::new(); rolled.len()];
+    for (p, parent) in order.iter().enumerate() {
+        let series: Vec<(usize, f64)> = rolled
+            .iter()
+            .enumerate()
+            .filter_map(|(m, r)| r.get(p).copied().flatten().map(|v| (m, v)))
+            .collect();
+        if kept + series.len() > max {
+            dropped += series.len() as u64;
+            continue;
+        }
+        kept += series.len();
+        for (m, value) in series {
+            if let Some(f) = families.get_mut(m) {
+                f.push(Series {
+                    labels: parent.to_vec(),
+                    value,
+                });
+            }
+        }
+    }
+    (families, dropped)
 }
 
 #[cfg(test)]
