@@ -29,42 +29,9 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-pub use super::tls_params::{SslMode, SslParams, strip_ssl_params};
+pub use super::tls_params::{SslMode, SslParams, TlsError, strip_ssl_params};
 
 use crate::crypto::PemError;
-
-/// Errors of the TLS settings; each names the setting, the file or the reason.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    /// `sslmode` has a value libpq does not know.
-    #[error("sslmode `{0}` is not one of disable, allow, prefer, require, verify-ca, verify-full")]
-    InvalidMode(String),
-    /// A certificate or key file could not be used.
-    #[error("{setting}: {source}")]
-    File {
-        /// `sslrootcert`, `sslcert` or `sslkey`.
-        setting: &'static str,
-        /// The file and what is wrong with it.
-        source: PemError,
-    },
-    /// `verify-ca`/`verify-full` without a root certificate file.
-    #[error(
-        "sslmode={mode} needs a root certificate: {file} does not exist; set sslrootcert \
-         (or sslrootcert=system for the public CAs), or use sslmode=require"
-    )]
-    MissingRoot {
-        /// The mode.
-        mode: SslMode,
-        /// The file looked for.
-        file: String,
-    },
-    /// Settings that contradict each other.
-    #[error("{0}")]
-    Conflict(String),
-    /// rustls refused the configuration.
-    #[error("TLS configuration: {0}")]
-    Rustls(String),
-}
 
 /// Where the server certificate's chain must lead.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,105 +91,26 @@ impl PgTls {
     /// Builds the connector from layered settings (unset values take libpq's defaults).
     pub fn build(params: &SslParams) -> Result<Self, TlsError> {
         let system = params.root_cert.as_deref() == Some("system");
-        let mode = match (params.mode, system) {
-            (Some(m), false) => m,
-            (None, false) => SslMode::Prefer,
-            (None | Some(SslMode::VerifyFull), true) => SslMode::VerifyFull,
-            (Some(m), true) if m != SslMode::Disable => {
-                return Err(TlsError::Conflict(format!(
-                    "sslrootcert=system needs sslmode=verify-full, not {m}"
-                )));
-            }
-            (Some(m), true) => m,
-        };
-        let root_setting = params
-            .root_cert
-            .as_deref()
-            .map(PathBuf::from)
-            .or_else(|| home_file("root.crt"));
-        let roots = match mode {
-            SslMode::Disable => Roots::None,
-            _ if system => Roots::System,
-            SslMode::VerifyCa | SslMode::VerifyFull => match root_setting {
-                Some(p) if p.exists() => Roots::File(p),
-                other => {
-                    return Err(TlsError::MissingRoot {
-                        mode,
-                        file: other
-                            .map(|p| p.display().to_string())
-                            .unwrap_or_else(|| "~/.postgresql/root.crt".to_owned()),
-                    });
-                }
-            },
-            // libpq: a root file that exists is used also by the weaker modes.
-            _ => match root_setting {
-                Some(p) if p.exists() => Roots::File(p),
-                Some(p) if params.root_cert.is_some() => {
-                    return Err(TlsError::File {
-                        setting: "sslrootcert",
-                        source: PemError::File {
-                            file: p,
-                            reason: "does not exist".to_owned(),
-                        },
-                    });
-                }
-                _ => Roots::None,
-            },
-        };
-        let (cert, key) = match (&params.cert, &params.key) {
-            // A plain connection reads no file.
-            _ if mode == SslMode::Disable => (None, None),
-            (Some(c), Some(k)) => (Some(c.clone()), Some(k.clone())),
-            (Some(_), None) | (None, Some(_)) => {
-                return Err(TlsError::Conflict(
-                    "sslcert and sslkey must be given together".to_owned(),
-                ));
-            }
-            (None, None) => match (home_file("postgresql.crt"), home_file("postgresql.key")) {
-                (Some(c), Some(k)) if c.exists() && k.exists() => (Some(c), Some(k)),
-                _ => (None, None),
-            },
-        };
+        let mode = effective_mode(params.mode, system)?;
+        let roots = roots(params, mode, system)?;
+        let (cert, key) = client_files(params, mode)?;
         let provider = crate::crypto::provider();
-        let verifier: Arc<dyn ServerCertVerifier> = match &roots {
-            Roots::None => Arc::new(NoVerification(provider.clone())),
-            Roots::File(p) => {
-                let store = crate::crypto::load_roots(p).map_err(|source| TlsError::File {
-                    setting: "sslrootcert",
-                    source,
-                })?;
-                webpki(store, &provider, mode == SslMode::VerifyFull)?
-            }
-            Roots::System => {
-                let store = rustls::RootCertStore {
-                    roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-                };
-                webpki(store, &provider, true)?
-            }
-        };
+        let verifier = verifier(&roots, &provider, mode)?;
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Rustls(e.to_string()))?
             .dangerous()
             .with_custom_certificate_verifier(verifier);
         let config = match (&cert, &key) {
-            (Some(c), Some(k)) => {
-                let chain = crate::crypto::load_certs(c).map_err(|source| TlsError::File {
-                    setting: "sslcert",
-                    source,
-                })?;
-                let key = crate::crypto::load_key(k).map_err(|source| TlsError::File {
-                    setting: "sslkey",
-                    source,
-                })?;
-                builder.with_client_auth_cert(chain, key).map_err(|e| {
+            (Some(c), Some(k)) => builder
+                .with_client_auth_cert(load_client_chain(c)?, load_client_key(k)?)
+                .map_err(|e| {
                     TlsError::Rustls(format!(
                         "client certificate {} with key {}: {e}",
                         c.display(),
                         k.display()
                     ))
-                })?
-            }
+                })?,
             _ => builder.with_no_client_auth(),
         };
         Ok(Self {
@@ -242,6 +130,111 @@ impl PgTls {
     pub fn connector(&self) -> MakeRustlsConnect {
         self.connector.clone()
     }
+}
+
+/// The mode in effect: `prefer` when unset; `sslrootcert=system` implies `verify-full` and
+/// accepts no weaker mode but `disable`.
+fn effective_mode(mode: Option<SslMode>, system: bool) -> Result<SslMode, TlsError> {
+    match (mode, system) {
+        (Some(m), false) => Ok(m),
+        (None, false) => Ok(SslMode::Prefer),
+        (None | Some(SslMode::VerifyFull), true) => Ok(SslMode::VerifyFull),
+        (Some(m), true) if m != SslMode::Disable => Err(TlsError::Conflict(format!(
+            "sslrootcert=system needs sslmode=verify-full, not {m}"
+        ))),
+        (Some(m), true) => Ok(m),
+    }
+}
+
+/// Where the server certificate's chain must lead, by libpq's rules: the verifying modes
+/// need the root file; a root file that exists is used also by the weaker modes.
+fn roots(params: &SslParams, mode: SslMode, system: bool) -> Result<Roots, TlsError> {
+    let root_setting = params
+        .root_cert
+        .as_deref()
+        .map(PathBuf::from)
+        .or_else(|| home_file("root.crt"));
+    match mode {
+        SslMode::Disable => Ok(Roots::None),
+        _ if system => Ok(Roots::System),
+        SslMode::VerifyCa | SslMode::VerifyFull => match root_setting {
+            Some(p) if p.exists() => Ok(Roots::File(p)),
+            other => Err(TlsError::MissingRoot {
+                mode,
+                file: other
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "~/.postgresql/root.crt".to_owned()),
+            }),
+        },
+        _ => match root_setting {
+            Some(p) if p.exists() => Ok(Roots::File(p)),
+            Some(p) if params.root_cert.is_some() => Err(TlsError::File {
+                setting: "sslrootcert",
+                source: PemError::File {
+                    file: p,
+                    reason: "does not exist".to_owned(),
+                },
+            }),
+            _ => Ok(Roots::None),
+        },
+    }
+}
+
+/// The client certificate and key: both or neither; libpq's default files when both exist.
+fn client_files(
+    params: &SslParams,
+    mode: SslMode,
+) -> Result<(Option<PathBuf>, Option<PathBuf>), TlsError> {
+    match (&params.cert, &params.key) {
+        // A plain connection reads no file.
+        _ if mode == SslMode::Disable => Ok((None, None)),
+        (Some(c), Some(k)) => Ok((Some(c.clone()), Some(k.clone()))),
+        (Some(_), None) | (None, Some(_)) => Err(TlsError::Conflict(
+            "sslcert and sslkey must be given together".to_owned(),
+        )),
+        (None, None) => match (home_file("postgresql.crt"), home_file("postgresql.key")) {
+            (Some(c), Some(k)) if c.exists() && k.exists() => Ok((Some(c), Some(k))),
+            _ => Ok((None, None)),
+        },
+    }
+}
+
+/// The server certificate verifier of `roots`.
+fn verifier(
+    roots: &Roots,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+    mode: SslMode,
+) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+    Ok(match roots {
+        Roots::None => Arc::new(NoVerification(provider.clone())),
+        Roots::File(p) => {
+            let store = crate::crypto::load_roots(p).map_err(|source| TlsError::File {
+                setting: "sslrootcert",
+                source,
+            })?;
+            webpki(store, provider, mode == SslMode::VerifyFull)?
+        }
+        Roots::System => {
+            let store = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            webpki(store, provider, true)?
+        }
+    })
+}
+
+fn load_client_chain(file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    crate::crypto::load_certs(file).map_err(|source| TlsError::File {
+        setting: "sslcert",
+        source,
+    })
+}
+
+fn load_client_key(file: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, TlsError> {
+    crate::crypto::load_key(file).map_err(|source| TlsError::File {
+        setting: "sslkey",
+        source,
+    })
 }
 
 fn webpki(

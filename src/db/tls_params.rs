@@ -1,12 +1,45 @@
 //! libpq's TLS settings as values: [`SslMode`], the layered [`SslParams`], taking them out of
 //! a connection string ([`strip_ssl_params`], which tokio-postgres would refuse) and reading
-//! the `PGSSL*` environment variables.
+//! the `PGSSL*` environment variables; and [`TlsError`], the errors of every TLS setting.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use super::tls::TlsError;
+use crate::crypto::PemError;
+
+/// Errors of the TLS settings; each names the setting, the file or the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// `sslmode` has a value libpq does not know.
+    #[error("sslmode `{0}` is not one of disable, allow, prefer, require, verify-ca, verify-full")]
+    InvalidMode(String),
+    /// A certificate or key file could not be used.
+    #[error("{setting}: {source}")]
+    File {
+        /// `sslrootcert`, `sslcert` or `sslkey`.
+        setting: &'static str,
+        /// The file and what is wrong with it.
+        source: PemError,
+    },
+    /// `verify-ca`/`verify-full` without a root certificate file.
+    #[error(
+        "sslmode={mode} needs a root certificate: {file} does not exist; set sslrootcert \
+         (or sslrootcert=system for the public CAs), or use sslmode=require"
+    )]
+    MissingRoot {
+        /// The mode.
+        mode: SslMode,
+        /// The file looked for.
+        file: String,
+    },
+    /// Settings that contradict each other.
+    #[error("{0}")]
+    Conflict(String),
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Rustls(String),
+}
 
 /// libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -305,19 +305,12 @@ fn tls_settings(
     invalid: &dyn Fn(&str, String) -> WebConfigError,
 ) -> Result<TlsSettings, WebConfigError> {
     let k = |s: &str| format!("tls_server_config.{s}");
-    let unsupported = "not supported by pgpulse (rustls chooses safe defaults); remove the key";
-    if t.cipher_suites.as_ref().is_some_and(|c| !c.is_empty()) {
-        return Err(invalid(&k("cipher_suites"), unsupported.to_owned()));
-    }
-    if t.curve_preferences.as_ref().is_some_and(|c| !c.is_empty()) {
-        return Err(invalid(&k("curve_preferences"), unsupported.to_owned()));
-    }
-    if t.client_allowed_sans
-        .as_ref()
-        .is_some_and(|c| !c.is_empty())
-    {
-        return Err(invalid(&k("client_allowed_sans"), unsupported.to_owned()));
-    }
+    unsupported_keys(&t).map_err(|key| {
+        invalid(
+            &k(key),
+            "not supported by pgpulse (rustls chooses safe defaults); remove the key".to_owned(),
+        )
+    })?;
     let resolve = |p: PathBuf| if p.is_absolute() { p } else { dir.join(p) };
     let cert_file = t
         .cert_file
@@ -327,25 +320,8 @@ fn tls_settings(
         .key_file
         .map(resolve)
         .ok_or_else(|| invalid(&k("key_file"), "missing (and cert_file with it)".to_owned()))?;
-    let client_auth = match t.client_auth_type.as_deref().unwrap_or("NoClientCert") {
-        "NoClientCert" => ClientAuth::None,
-        "VerifyClientCertIfGiven" => ClientAuth::VerifyIfGiven,
-        "RequireAndVerifyClientCert" => ClientAuth::Require,
-        "RequestClientCert" | "RequireAnyClientCert" => {
-            return Err(invalid(
-                &k("client_auth_type"),
-                "certificates that are not verified are not accepted; use VerifyClientCertIfGiven or RequireAndVerifyClientCert".to_owned(),
-            ));
-        }
-        other => {
-            return Err(invalid(
-                &k("client_auth_type"),
-                format!(
-                    "`{other}` is not one of NoClientCert, VerifyClientCertIfGiven, RequireAndVerifyClientCert"
-                ),
-            ));
-        }
-    };
+    let client_auth = client_auth(t.client_auth_type.as_deref())
+        .map_err(|r| invalid(&k("client_auth_type"), r))?;
     let client_ca_file = t.client_ca_file.map(resolve);
     match (client_auth, &client_ca_file) {
         (ClientAuth::None, Some(_)) => {
@@ -362,27 +338,8 @@ fn tls_settings(
         }
         _ => {}
     }
-    let min = match &t.min_version {
-        Some(v) => version(v).map_err(|r| invalid(&k("min_version"), r))?,
-        None => 12,
-    };
-    let max = match &t.max_version {
-        Some(v) => version(v).map_err(|r| invalid(&k("max_version"), r))?,
-        None => 13,
-    };
-    if min > max {
-        return Err(invalid(
-            &k("max_version"),
-            "lower than min_version".to_owned(),
-        ));
-    }
-    let mut versions = Vec::new();
-    if min <= 12 {
-        versions.push(&rustls::version::TLS12);
-    }
-    if max >= 13 {
-        versions.push(&rustls::version::TLS13);
-    }
+    let range = (t.min_version.as_deref(), t.max_version.as_deref());
+    let versions = versions(range, &|key, r| invalid(&k(key), r))?;
     Ok(TlsSettings {
         cert_file,
         key_file,
@@ -391,6 +348,62 @@ fn tls_settings(
         versions,
         prefer_server_order: t.prefer_server_cipher_suites.unwrap_or(true),
     })
+}
+
+/// The first key of the exporter toolkit that pgpulse does not support, if one is set.
+fn unsupported_keys(t: &TlsFile) -> Result<(), &'static str> {
+    let set = |v: &Option<Vec<String>>| v.as_ref().is_some_and(|c| !c.is_empty());
+    if set(&t.cipher_suites) {
+        return Err("cipher_suites");
+    }
+    if set(&t.curve_preferences) {
+        return Err("curve_preferences");
+    }
+    if set(&t.client_allowed_sans) {
+        return Err("client_allowed_sans");
+    }
+    Ok(())
+}
+
+/// `client_auth_type`: only the modes that verify a certificate given.
+fn client_auth(value: Option<&str>) -> Result<ClientAuth, String> {
+    match value.unwrap_or("NoClientCert") {
+        "NoClientCert" => Ok(ClientAuth::None),
+        "VerifyClientCertIfGiven" => Ok(ClientAuth::VerifyIfGiven),
+        "RequireAndVerifyClientCert" => Ok(ClientAuth::Require),
+        "RequestClientCert" | "RequireAnyClientCert" => Err(
+            "certificates that are not verified are not accepted; use VerifyClientCertIfGiven or RequireAndVerifyClientCert".to_owned(),
+        ),
+        other => Err(format!(
+            "`{other}` is not one of NoClientCert, VerifyClientCertIfGiven, RequireAndVerifyClientCert"
+        )),
+    }
+}
+
+/// The TLS versions between `min_version` (default 1.2) and `max_version` (default 1.3).
+fn versions(
+    (min, max): (Option<&str>, Option<&str>),
+    invalid: &dyn Fn(&str, String) -> WebConfigError,
+) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, WebConfigError> {
+    let min = match min {
+        Some(v) => version(v).map_err(|r| invalid("min_version", r))?,
+        None => 12,
+    };
+    let max = match max {
+        Some(v) => version(v).map_err(|r| invalid("max_version", r))?,
+        None => 13,
+    };
+    if min > max {
+        return Err(invalid("max_version", "lower than min_version".to_owned()));
+    }
+    let mut versions = Vec::new();
+    if min <= 12 {
+        versions.push(&rustls::version::TLS12);
+    }
+    if max >= 13 {
+        versions.push(&rustls::version::TLS13);
+    }
+    Ok(versions)
 }
 
 /// Hostile web configuration files (fuzzed with proptest): any text, and the example file
