@@ -7,44 +7,52 @@
 //!
 //! # Layout
 //!
-//! The modules follow the data flow of DESIGN.md §1, and a module imports only from the
-//! modules listed before it (the architecture test in `tests/it/architecture.rs` keeps it so):
+//! The modules sit in layers along the data flow of DESIGN.md §1, declared below in that
+//! order; a module uses the leaf helpers and modules of lower layers only (the architecture
+//! test in `tests/it/architecture.rs` holds the table and checks this file against it):
 //!
-//! - [`clock`], [`yaml`], [`shutdown`]: small shared helpers.
-//! - [`catalog`]: the `queries.yaml` model, parsing, validation, the built-in catalog.
-//! - [`db`]: connection settings, the pool (its own [`db::pool::PoolSettings`]) and the budget
-//!   that keeps abandoned connections in their slot ([`db::lease`]), migrations,
-//!   `verify`, `uninstall`.
-//! - [`config`]: settings layered by figment, validated into [`config::Config`].
-//! - [`crypto`]: the one rustls crypto provider and PEM loading.
-//! - [`snapshot`]: the latest result of every query, statuses, and the counter state that
-//!   outlives a reload (roll-ups, histograms). The sampler writes it; the exposition reads it.
-//! - [`sampler`]: probe, gating, scheduling, running a query, rows → series, budgets, its own
-//!   self-metrics, reload as a diff (`Sampler::apply`).
-//! - [`slowlog`]: the slow-statement log reader: the exact count of executions at or over
-//!   `log_min_duration_statement`, read from the server's jsonlog over SQL.
-//! - [`exposition`]: snapshot + self-metrics → text/OpenMetrics, gzip, atomic swap.
-//! - [`http`]: router, handlers, content negotiation, web config (TLS, basic auth).
-//! - [`maintenance`]: the job runner (leader lock, schedule, client-side VACUUM).
-//! - [`app`]: `App::build` / `run_until_stopped` and the reloader: the wiring.
-//! - [`demo`]: throwaway cluster, reference trade-engine schema and workload.
-//! - [`plans`]: the key queries' plan check (`pgpulse explain`, `pg_plan_*` in `serve`).
-//! - [`cli`]: the command line and the commands besides `serve`'s service loop.
+//! - leaves, open to all: [`clock`] (time, the loop of background tasks, the one backoff),
+//!   [`crypto`] (the rustls provider, PEM), [`shutdown`] (SIGTERM/SIGINT), [`yaml`] (error
+//!   locations).
+//! - 1: [`catalog`] (the `queries.yaml` model, validation, the built-in catalog); [`db`]
+//!   (connections, TLS, the pool and its budget, read-only sessions, the one SQLSTATE
+//!   classification, migrations, `verify`, `uninstall`).
+//! - 2: [`snapshot`] (the latest result of every query, `pg_up`, the state that outlives a
+//!   reload); [`plans`] (the key queries' plan check).
+//! - 3: [`sampler`] (probe, gating, scheduling, running a query, rows → series, the current
+//!   catalog and reload as a diff); [`slowlog`] (the exact slow-statement counter);
+//!   [`maintenance`] (the job runner).
+//! - 4: [`exposition`] (snapshot + self-metrics → text/OpenMetrics, gzip, the render loop).
+//! - 5: [`http`] (server with deadlines and a connection cap, router, auth, handlers).
+//! - 6: [`config`] (settings layered by figment, validated into [`config::Config`], whose
+//!   methods hand each feature its settings).
+//! - 7: [`app`] (`App::build` / `run_until_stopped`, the reloader, build and reload metrics).
+//! - 8: [`demo`] (throwaway cluster, trade-engine schema and workload, Prometheus).
+//! - 9: [`cli`] (the command line and the commands besides `serve`'s service loop).
+
+pub mod clock;
+pub mod crypto;
+pub mod shutdown;
+pub mod yaml;
+
+pub mod catalog;
+pub mod db;
+
+pub mod plans;
+pub mod snapshot;
+
+pub mod maintenance;
+pub mod sampler;
+pub mod slowlog;
+
+pub mod exposition;
+
+pub mod http;
+
+pub mod config;
 
 pub mod app;
-pub mod catalog;
-pub mod cli;
-pub mod clock;
-pub mod config;
-pub mod crypto;
-pub mod db;
+
 pub mod demo;
-pub mod exposition;
-pub mod http;
-pub mod maintenance;
-pub mod plans;
-pub mod sampler;
-pub mod shutdown;
-pub mod slowlog;
-pub mod snapshot;
-pub mod yaml;
+
+pub mod cli;

@@ -79,7 +79,7 @@ async fn check_columns(config: &Config, catalog: &Catalog) -> Result<(), CliErro
     let setup = |e: tokio_postgres::Error| CliError::Queries {
         problems: vec![format!(
             "cannot read the server version: {}",
-            crate::db::connect::describe(&e)
+            crate::db::outcome::describe(&e)
         )],
     };
     client
@@ -112,7 +112,7 @@ async fn check_columns(config: &Config, catalog: &Catalog) -> Result<(), CliErro
             Err(e) => {
                 objects_missing |=
                     crate::db::outcome::missing_object(&e) && reads_monitoring(&q.sql);
-                problems.push(format!("{at}: {}", crate::db::connect::describe(&e)));
+                problems.push(format!("{at}: {}", crate::db::outcome::describe(&e)));
             }
             // A derived family's columns come from pgpulse (checked when the catalog
             // loaded); its statement is the relation pass's, prepared above.

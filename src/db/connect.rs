@@ -219,7 +219,7 @@ pub async fn connect(target: &DatabaseTarget) -> Result<Client, ConnectError> {
             reason: match super::tls::explain(&e) {
                 // Name the settings that decided, e.g. which sslrootcert did not match.
                 Some(tls) => format!("{tls} ({})", target.tls),
-                None => describe(&e),
+                None => super::outcome::describe(&e),
             },
         })?;
     tokio::spawn(drive(connection));
@@ -255,24 +255,6 @@ where
             None => return,
         }
     }
-}
-
-/// A one-line description of a driver error, including the server's message when there is one.
-pub fn describe(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return format!("{}: {}", db.severity(), db.message());
-    }
-    if let Some(reason) = super::tls::explain(e) {
-        return reason;
-    }
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@
 
 use tokio_postgres::Client;
 
-use super::connect::describe;
-use super::verify::Outcome;
+use super::check::Outcome;
+use super::outcome::describe;
 
 /// The line V011 put at the head of `default_partition_rows`' body.
 pub const HARDENED_MARKER: &str = "pgpulse V011 hardened";

@@ -24,7 +24,7 @@
 use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
 
-use super::connect::describe;
+use super::outcome::describe;
 use super::trade_tables::TradeTables;
 
 /// The advisory lock key held while migrating or uninstalling ("pgpulse" in ASCII).
@@ -105,55 +105,8 @@ pub const MIGRATIONS: &[Migration] = &[
     },
 ];
 
-/// Errors of migrating.
-#[derive(Debug, thiserror::Error)]
-pub enum MigrateError {
-    /// A migration's SQL failed; nothing of it was applied.
-    #[error("migration V{version:03} {name} failed: {reason}")]
-    Failed {
-        /// Its version.
-        version: i32,
-        /// Its name.
-        name: &'static str,
-        /// The server's message.
-        reason: String,
-    },
-    /// An applied migration's recorded checksum differs from the embedded text.
-    #[error(
-        "migration V{version:03} was applied with checksum {recorded} but this binary carries {embedded}; migrations are append-only"
-    )]
-    ChecksumMismatch {
-        /// Its version.
-        version: i32,
-        /// The checksum in the history table.
-        recorded: String,
-        /// The checksum of the embedded SQL.
-        embedded: String,
-    },
-    /// A statement of the runner itself failed.
-    #[error("{step}: {reason}")]
-    Database {
-        /// What was being done.
-        step: &'static str,
-        /// The server's message.
-        reason: String,
-    },
-}
-
-/// The error of a runner statement: the server's message, and the next step when a lock held by
-/// another session made it give up.
-pub(super) fn db(step: &'static str) -> impl Fn(tokio_postgres::Error) -> MigrateError {
-    move |e| {
-        let mut reason = describe(&e);
-        if super::outcome::lock_not_available(&e) {
-            reason.push_str(
-                " (another session holds a lock this step needs; nothing of it was applied; \
-                 run `pgpulse migrate` again when it is free)",
-            );
-        }
-        MigrateError::Database { step, reason }
-    }
-}
+pub use super::migrate_error::MigrateError;
+use super::migrate_error::db;
 
 /// The state of one migration in a database.
 #[derive(Debug, Clone)]

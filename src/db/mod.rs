@@ -4,11 +4,13 @@
 //! tuning `migrate` gives them ([`tuning`]), verification (with what it checks of the `SECURITY DEFINER` functions,
 //! [`definer`]) and removal, and what reading the slow-statement log needs ([`log_access`]).
 
+pub mod check;
 pub mod connect;
 pub mod definer;
 pub mod lease;
 pub mod log_access;
 pub mod migrate;
+mod migrate_error;
 pub mod outcome;
 pub mod pool;
 pub mod session;

@@ -108,7 +108,7 @@ const UNAVAILABLE: [SqlState; 5] = [
 
 /// Classifies a driver error.
 pub fn classify(e: &tokio_postgres::Error) -> RunError {
-    let msg = crate::db::connect::describe(e);
+    let msg = describe(e);
     match e.code() {
         Some(c) if *c == SqlState::QUERY_CANCELED || *c == SqlState::LOCK_NOT_AVAILABLE => {
             RunError::new(ErrorKind::Timeout, msg)
@@ -126,9 +126,7 @@ pub fn pool_error(e: PoolError) -> RunError {
             ErrorKind::Pool,
             "every pooled connection stayed busy for the query's timeout",
         ),
-        PoolError::Backend(be) => {
-            RunError::new(ErrorKind::Connection, crate::db::connect::describe(be))
-        }
+        PoolError::Backend(be) => RunError::new(ErrorKind::Connection, describe(be)),
         PoolError::Timeout(_) => RunError::new(
             ErrorKind::Connection,
             "timed out connecting to the database",
@@ -169,4 +167,22 @@ pub fn already_exists(code: &SqlState) -> bool {
         SqlState::DUPLICATE_FUNCTION,
     ]
     .contains(code)
+}
+
+/// A one-line description of a driver error, including the server's message when there is one.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    if let Some(reason) = super::tls::explain(e) {
+        return reason;
+    }
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
 }

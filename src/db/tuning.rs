@@ -18,8 +18,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use tokio_postgres::Client;
 
-use super::connect::describe;
-use super::migrate::{MigrateError, db};
+use super::migrate_error::{MigrateError, db};
+use super::outcome::describe;
 use super::trade_tables::{Role, Shape, TradeTables, describe as describe_table, shapes};
 
 const VACUUM: &str = "autovacuum_vacuum_scale_factor";

@@ -4,8 +4,8 @@
 
 use tokio_postgres::Client;
 
-use super::connect::describe;
 use super::migrate::{MigrateError, with_lock};
+use super::outcome::describe;
 
 /// The embedded uninstall script.
 pub const UNINSTALL_SQL: &str = include_str!("../../migrations/uninstall.sql");

@@ -11,13 +11,11 @@
 //! check is folded into its one line (how many failed, which, the first error), and without
 //! the schema verify says to migrate once instead of failing every check on "does not exist".
 
-use std::fmt;
-
 use std::str::FromStr;
 
 use tokio_postgres::Client;
 
-use super::connect::describe;
+use super::outcome::describe;
 
 /// The 13 views the schema provides.
 pub const VIEWS: [&str; 13] = [
@@ -54,42 +52,7 @@ pub const FUNCTIONS: [&str; 14] = [
     "run_scheduled_maintenance",
 ];
 
-/// The verdict of a check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// As expected.
-    Pass,
-    /// Works, but something deserves attention; the reason says what to change.
-    Warn,
-    /// Broken.
-    Fail,
-}
-
-/// One check's result.
-#[derive(Debug, Clone)]
-pub struct Check {
-    /// 1..=15 (0: the session could not be prepared).
-    pub number: u8,
-    /// What was checked.
-    pub name: &'static str,
-    /// The verdict.
-    pub outcome: Outcome,
-    /// Why.
-    pub reason: String,
-}
-
-impl fmt::Display for Check {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let o = match self.outcome {
-            Outcome::Pass => "PASS",
-            Outcome::Warn => "WARN",
-            Outcome::Fail => "FAIL",
-        };
-        // One line per check, whatever the server's message holds.
-        let reason = self.reason.split_whitespace().collect::<Vec<_>>().join(" ");
-        write!(f, "{o}  {:>2}. {}: {reason}", self.number, self.name)
-    }
-}
+pub use super::check::{Check, Outcome};
 
 type Verdict = (Outcome, String);
 

@@ -16,7 +16,7 @@ use super::scenario::{self, Scenario};
 use super::status;
 use super::workload::{self, WorkloadStats};
 use crate::catalog::{Catalog, Defaults};
-use crate::db::connect::describe;
+use crate::db::outcome::describe;
 
 /// Interval and timeout of the demo's queries: short, so a newcomer sees values move.
 const DEMO_DEFAULTS: Defaults = Defaults {

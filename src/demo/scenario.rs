@@ -66,7 +66,7 @@ pub async fn apply(
     target: &DatabaseTarget,
     stop: CancellationToken,
 ) -> std::result::Result<Option<tokio::task::JoinHandle<()>>, String> {
-    let e = |e: tokio_postgres::Error| crate::db::connect::describe(&e);
+    let e = |e: tokio_postgres::Error| crate::db::outcome::describe(&e);
     match scenario {
         Scenario::Bloat => {
             client

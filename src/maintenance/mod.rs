@@ -21,7 +21,7 @@ use chrono::Utc;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::connect::describe;
+use crate::db::outcome::describe;
 
 /// Advisory lock key of the runner's leadership ("pgpmain" in ASCII).
 pub const LEADER_KEY: i64 = 0x0070_6770_6d61_696e;

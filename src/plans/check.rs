@@ -236,7 +236,7 @@ fn fail(spec: &PlanSpec, e: &tokio_postgres::Error) -> CheckError {
     CheckError {
         query: spec.name.clone(),
         kind,
-        message: crate::db::connect::describe(e),
+        message: crate::db::outcome::describe(e),
     }
 }
 

@@ -400,7 +400,7 @@ impl PlanGuard {
         let why = match check::applicability(client, queries, self.lock_timeout).await {
             Ok(w) => w,
             Err(e) => {
-                let error = crate::db::connect::describe(&e);
+                let error = crate::db::outcome::describe(&e);
                 tracing::warn!(%error, "cannot read which key queries apply");
                 return None;
             }

@@ -335,7 +335,7 @@ async fn liveness(
                 epoch,
             })
         })),
-        Ok(Err(e)) => Err(crate::db::connect::describe(&e)),
+        Ok(Err(e)) => Err(crate::db::outcome::describe(&e)),
         Err(_) => Err(format!(
             "no answer within the probe timeout ({}ms)",
             timeout.as_millis()
