@@ -234,11 +234,8 @@ fn a_metric_name_may_repeat_only_in_queries_for_disjoint_server_versions() {
 async fn a_reload_with_a_bad_file_keeps_the_running_catalog_and_a_good_one_switches() {
     let db = TestDb::new().await;
     let svc = start(&db.url, GOOD, |_| {}).await;
-    eventually(crate::harness::PATIENCE, || async {
-        has_family(&svc.metrics().await, "pg_test_one").then_some(())
-    })
-    .await
-    .expect("first catalog sampled");
+    svc.wait_for("first catalog sampled", |b| has_family(b, "pg_test_one"))
+        .await;
     std::fs::write(&svc.catalog_path, "queries:\n  - name: [broken\n").unwrap();
     assert!(svc.reloader.reload().is_err());
     let body = eventually(crate::harness::PATIENCE, || async {
@@ -258,15 +255,12 @@ async fn a_reload_with_a_bad_file_keeps_the_running_catalog_and_a_good_one_switc
     .unwrap();
     let applied = svc.reloader.reload().expect("a good catalog reloads");
     assert_eq!((applied.started, applied.stopped, applied.kept), (1, 1, 0));
-    eventually(crate::harness::PATIENCE, || async {
-        let b = svc.metrics().await;
-        (has_family(&b, "pg_test_two")
-            && !has_family(&b, "pg_test_one")
-            && !b.contains("query=\"one\""))
-        .then_some(())
+    svc.wait_for("switched to the new catalog", |b| {
+        has_family(b, "pg_test_two")
+            && !has_family(b, "pg_test_one")
+            && !b.contains("query=\"one\"")
     })
-    .await
-    .expect("switched to the new catalog");
+    .await;
     svc.stop().await;
 }
 

@@ -148,12 +148,9 @@ async fn gzip_is_negotiated_and_vary_is_set() {
 async fn exact_values_and_counter_naming_in_both_formats() {
     let db = TestDb::new().await;
     let svc = start(&db.url, ONE_QUERY, |_| {}).await;
-    let body = eventually(crate::harness::PATIENCE, || async {
-        let b = svc.metrics().await;
-        b.contains("pg_test_answer").then_some(b)
-    })
-    .await
-    .expect("sampled");
+    let body = svc
+        .wait_for("sampled", |b| b.contains("pg_test_answer"))
+        .await;
     assert!(
         body.contains("# TYPE pg_test_answer gauge\npg_test_answer 42\n"),
         "{body}"
@@ -267,12 +264,7 @@ async fn metrics_still_answer_when_the_database_is_down_and_recover_without_rest
     .await;
     svc.wait_ready().await;
     tokio::task::block_in_place(|| cluster.stop()).expect("stop cluster");
-    let body = eventually(crate::harness::PATIENCE, || async {
-        let b = svc.metrics().await;
-        (sample(&b, "pg_up") == Some(0.0)).then_some(b)
-    })
-    .await
-    .expect("pg_up 0 while down");
+    let body = svc.wait_for_sample("pg_up", |v| v == 0.0).await;
     assert!(body.contains("pgpulse_build_info"));
     let started = std::time::Instant::now();
     let (status, _) = svc.get("/metrics").await;
@@ -288,12 +280,11 @@ async fn metrics_still_answer_when_the_database_is_down_and_recover_without_rest
     c.batch_execute("CREATE TABLE fresh (x int); INSERT INTO fresh VALUES (1); ANALYZE fresh;")
         .await
         .unwrap();
-    eventually(crate::harness::PATIENCE, || async {
-        let b = svc.metrics().await;
-        (sample(&b, "pg_up") == Some(1.0) && b.contains("relname=\"fresh\"")).then_some(())
-    })
-    .await
-    .expect("pg_up 1 and fresh series after the database came back");
+    svc.wait_for(
+        "pg_up 1 and fresh series after the database came back",
+        |b| sample(b, "pg_up") == Some(1.0) && b.contains("relname=\"fresh\""),
+    )
+    .await;
     assert_eq!(svc.get("/ready").await.0, 200);
     svc.stop().await;
 }
@@ -429,12 +420,7 @@ async fn a_role_without_monitoring_privileges_still_shows_pg_up_1() {
         .url
         .replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
     let svc = start(&url, ONE_QUERY, |_| {}).await;
-    let body = eventually(crate::harness::PATIENCE, || async {
-        let b = svc.metrics().await;
-        (sample(&b, "pg_test_answer") == Some(42.0)).then_some(b)
-    })
-    .await
-    .expect("sampled as an unprivileged role");
+    let body = svc.wait_for_sample("pg_test_answer", |v| v == 42.0).await;
     assert_eq!(sample(&body, "pg_up"), Some(1.0));
     svc.stop().await;
     admin
@@ -464,20 +450,11 @@ async fn a_failing_querys_last_good_series_stay_until_expire_after_then_vanish()
       - {column: v, name: pg_test_fleeting, type: gauge, help: The value.}
 ";
     let svc = start(&db.url, catalog, |_| {}).await;
-    eventually(crate::harness::PATIENCE, || async {
-        (sample(&svc.metrics().await, "pg_test_fleeting") == Some(7.0)).then_some(())
-    })
-    .await
-    .expect("sampled");
+    svc.wait_for_sample("pg_test_fleeting", |v| v == 7.0).await;
     // Division by zero from now on: a SQL error, not a missing object.
     c.batch_execute("DELETE FROM divisor").await.unwrap();
     let failing = "pgpulse_query_errors_total{query=\"fleeting\",kind=\"sql\"}";
-    let first_failure = eventually(crate::harness::PATIENCE, || async {
-        let b = svc.metrics().await;
-        (sample(&b, failing).unwrap_or(0.0) >= 1.0).then_some(b)
-    })
-    .await
-    .expect("the failure is counted");
+    let first_failure = svc.wait_for_sample(failing, |v| v >= 1.0).await;
     assert_eq!(
         sample(&first_failure, "pg_test_fleeting"),
         Some(7.0),
@@ -488,11 +465,10 @@ async fn a_failing_querys_last_good_series_stay_until_expire_after_then_vanish()
         "pgpulse_query_last_success_timestamp_seconds{query=\"fleeting\"}",
     )
     .unwrap();
-    eventually(crate::harness::PATIENCE, || async {
-        (!has_family(&svc.metrics().await, "pg_test_fleeting")).then_some(())
+    svc.wait_for("the series vanish after expire_after", |b| {
+        !has_family(b, "pg_test_fleeting")
     })
-    .await
-    .expect("the series vanish after expire_after");
+    .await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -527,11 +503,7 @@ async fn ready_waits_for_a_real_sample_after_the_database_comes_up() {
     .await;
     // Ticks are skipped while the database is down; they must not make pgpulse ready.
     let skipped = "pgpulse_query_skipped_ticks_total{query=\"constant\"}";
-    eventually(crate::harness::PATIENCE, || async {
-        (sample(&svc.metrics().await, skipped).unwrap_or(0.0) >= 2.0).then_some(())
-    })
-    .await
-    .expect("ticks skipped while the database is down");
+    svc.wait_for_sample(skipped, |v| v >= 2.0).await;
     assert_eq!(svc.get("/ready").await.0, 503);
     tokio::task::block_in_place(|| cluster.start_again()).expect("start cluster");
     eventually(crate::harness::PATIENCE, || async {

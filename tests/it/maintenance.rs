@@ -16,16 +16,7 @@ async fn the_weekly_vacuum_runs_its_statements_from_the_client_and_logs_them() {
     )
     .await
     .unwrap();
-    let out = pgpulse(
-        &[
-            "maintain",
-            "--run-now",
-            "weekly_vacuum",
-            "--database-url",
-            &db.url,
-        ],
-        &[],
-    );
+    let out = run_now("weekly_vacuum", &db.url);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("weekly_vacuum: success"), "{stdout}");
@@ -66,16 +57,7 @@ async fn the_daily_partition_job_recreates_missing_future_partitions() {
     };
     let before = count().await;
     assert!(drop_future_trade_partitions(&c).await < before);
-    let out = pgpulse(
-        &[
-            "maintain",
-            "--run-now",
-            "daily_partition_creation",
-            "--database-url",
-            &db.url,
-        ],
-        &[],
-    );
+    let out = run_now("daily_partition_creation", &db.url);
     assert!(out.status.success(), "{:?}", text(&out));
     assert_eq!(
         count().await,
@@ -93,16 +75,7 @@ async fn the_daily_partition_job_recreates_missing_future_partitions() {
 #[tokio::test]
 async fn an_unknown_job_is_a_clear_error() {
     let db = TestDb::trade_migrated().await;
-    let out = pgpulse(
-        &[
-            "maintain",
-            "--run-now",
-            "no_such_job",
-            "--database-url",
-            &db.url,
-        ],
-        &[],
-    );
+    let out = run_now("no_such_job", &db.url);
     let (_, stderr) = text(&out);
     // A usage error (issue 27): exit 2, and the jobs are listed (see next_step.rs).
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -238,16 +211,7 @@ async fn a_partition_job_behind_a_lock_gives_up_blocks_no_insert_leaves_nothing_
     .await;
     assert_eq!(failed, 1, "the failure is logged");
     holder.batch_execute("COMMIT").await.unwrap();
-    let out = pgpulse(
-        &[
-            "maintain",
-            "--run-now",
-            "daily_partition_creation",
-            "--database-url",
-            &db.url,
-        ],
-        &[],
-    );
+    let out = run_now("daily_partition_creation", &db.url);
     assert!(out.status.success(), "{:?}", text(&out));
     let after = crate::harness::scalar(
         &c,
@@ -285,16 +249,7 @@ async fn behind_a_long_reader_of_one_partition_the_partition_job_attaches_withou
         ))
         .await
         .unwrap();
-    let out = pgpulse(
-        &[
-            "maintain",
-            "--run-now",
-            "daily_partition_creation",
-            "--database-url",
-            &db.url,
-        ],
-        &[],
-    );
+    let out = run_now("daily_partition_creation", &db.url);
     assert!(out.status.success(), "{:?}", text(&out));
     assert_eq!(c.execute(INSERT_TRADE, &[]).await.unwrap(), 1);
     let after = crate::harness::scalar(
@@ -318,20 +273,8 @@ async fn behind_a_long_reader_of_one_partition_the_partition_job_attaches_withou
 async fn job_outcomes_from_the_log_are_metrics() {
     let db = TestDb::trade_migrated().await;
     let c = db.client().await;
-    let run = |url: String| {
-        tokio::task::spawn_blocking(move || {
-            pgpulse(
-                &[
-                    "maintain",
-                    "--run-now",
-                    "hourly_query_stats",
-                    "--database-url",
-                    &url,
-                ],
-                &[],
-            )
-        })
-    };
+    let run =
+        |url: String| tokio::task::spawn_blocking(move || run_now("hourly_query_stats", &url));
     // A bad function_call makes the job fail (logged), then a good one succeeds.
     c.batch_execute("UPDATE monitoring.maintenance_schedule SET function_call = 'DROP TABLE trades' WHERE job_name = 'hourly_query_stats'")
         .await
@@ -374,4 +317,9 @@ async fn job_outcomes_from_the_log_are_metrics() {
         Some(604800.0)
     );
     svc.stop().await;
+}
+
+/// `pgpulse maintain --run-now JOB` against `url`.
+fn run_now(job: &str, url: &str) -> std::process::Output {
+    pgpulse(&["maintain", "--run-now", job, "--database-url", url], &[])
 }

@@ -404,12 +404,7 @@ async fn a_check_that_cannot_run_is_counted_by_kind_and_publishes_no_plan_series
     })
     .await;
     let failing = r#"pgpulse_plan_check_errors_total{query="latest_ticker",kind="sql"}"#;
-    let body = eventually(crate::harness::PATIENCE, || async {
-        let b = svc.metrics().await;
-        sample(&b, failing).is_some_and(|v| v >= 2.0).then_some(b)
-    })
-    .await
-    .expect("the failed checks are counted");
+    let body = svc.wait_for_sample(failing, |v| v >= 2.0).await;
     assert_eq!(
         sample(
             &body,
@@ -475,13 +470,11 @@ async fn serve_never_executes_a_key_query_and_a_failing_checks_series_vanish_aft
     })
     .await;
     let cost = |q: &str| format!("pg_plan_estimated_cost{{query=\"{q}\"}}");
-    let both = eventually(crate::harness::PATIENCE, || async {
-        let b = svc.metrics().await;
-        (sample(&b, &cost("ticker")).is_some() && sample(&b, &cost("never_executed")).is_some())
-            .then_some(b)
-    })
-    .await
-    .expect("both plans checked");
+    let both = svc
+        .wait_for("both plans checked", |b| {
+            sample(b, &cost("ticker")).is_some() && sample(b, &cost("never_executed")).is_some()
+        })
+        .await;
     // Planned, not executed: executing it raises division by zero.
     let errors = |q: &str| format!("pgpulse_plan_check_errors_total{{query=\"{q}\",kind=\"sql\"}}");
     assert_eq!(sample(&both, &errors("never_executed")), Some(0.0));
@@ -513,19 +506,17 @@ async fn serve_never_executes_a_key_query_and_a_failing_checks_series_vanish_aft
         .batch_execute("DROP TABLE market_data")
         .await
         .unwrap();
-    let first = eventually(crate::harness::PATIENCE, || async {
-        let b = svc.metrics().await;
-        (sample(&b, &errors("ticker")) == Some(1.0)).then_some(b)
-    })
-    .await
-    .expect("the failed check is counted");
+    let first = svc
+        .wait_for("the failed check is counted", |b| {
+            sample(b, &errors("ticker")) == Some(1.0)
+        })
+        .await;
     assert!(sample(&first, &cost("ticker")).is_some(), "{first}");
-    let gone = eventually(crate::harness::PATIENCE, || async {
-        let b = svc.metrics().await;
-        sample(&b, &cost("ticker")).is_none().then_some(b)
-    })
-    .await
-    .expect("the ticker's series vanish");
+    let gone = svc
+        .wait_for("the ticker's series vanish", |b| {
+            sample(b, &cost("ticker")).is_none()
+        })
+        .await;
     assert!(
         sample(&gone, &errors("ticker")).is_some_and(|n| n >= 3.0),
         "{gone}"

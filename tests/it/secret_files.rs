@@ -14,16 +14,7 @@ use crate::service::sample;
 
 const SECRET: &str = "S3cret-From-File-7a";
 
-const CATALOG: &str = r#"
-queries:
-  - name: constant
-    help: a constant
-    interval: 1s
-    timeout: 900ms
-    sql: SELECT 42 AS answer
-    metrics:
-      - {column: answer, name: pg_test_answer, type: gauge, help: The answer.}
-"#;
+use crate::service::CONSTANT_CATALOG as CATALOG;
 
 /// A cluster where TCP logins need the password; role `scraper` has [`SECRET`].
 async fn scram_cluster() -> TempCluster {

@@ -11,6 +11,19 @@ use pgpulse::app::{App, Reloader};
 use pgpulse::catalog::{Catalog, Defaults};
 use pgpulse::config::{Config, Settings};
 
+/// A catalog of one constant query (`pg_test_answer 42`, every second): for tests about
+/// connections, TLS and the web layer, where what is sampled does not matter.
+pub const CONSTANT_CATALOG: &str = r#"
+queries:
+  - name: constant
+    help: a constant
+    interval: 1s
+    timeout: 900ms
+    sql: SELECT 42 AS answer
+    metrics:
+      - {column: answer, name: pg_test_answer, type: gauge, help: The answer.}
+"#;
+
 /// A running exporter.
 pub struct Running {
     /// Its address.
@@ -141,6 +154,13 @@ impl Running {
     }
 
     /// The /metrics body.
+    /// Waits until the series `series` (name and labels, as [`sample`] reads it) has a value
+    /// that satisfies `ok`; returns that body.
+    pub async fn wait_for_sample(&self, series: &str, ok: impl Fn(f64) -> bool) -> String {
+        self.wait_for(series, |b| sample(b, series).is_some_and(&ok))
+            .await
+    }
+
     pub async fn metrics(&self) -> String {
         self.get("/metrics").await.1
     }

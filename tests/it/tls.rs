@@ -167,16 +167,7 @@ fn url(host: &str, db: &str, query: &str) -> String {
     format!("postgres://postgres:{PASSWORD}@{host}:{port}/{db}?connect_timeout=10&{query}")
 }
 
-const CATALOG: &str = r#"
-queries:
-  - name: constant
-    help: a constant
-    interval: 1s
-    timeout: 900ms
-    sql: SELECT 42 AS answer
-    metrics:
-      - {column: answer, name: pg_test_answer, type: gauge, help: The answer.}
-"#;
+use crate::service::CONSTANT_CATALOG as CATALOG;
 
 /// Runs the binary against `url` (HOME is an empty dir: no ~/.postgresql defaults).
 fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
@@ -231,12 +222,7 @@ async fn verify_full_to_localhost_samples_over_tls_and_pg_stat_ssl_shows_it() {
         &format!("sslmode=verify-full&sslrootcert={}", pki.ca.display()),
     );
     let svc = start(&u, CATALOG, |_| {}).await;
-    let body = eventually(crate::harness::PATIENCE, || async {
-        let b = svc.metrics().await;
-        (sample(&b, "pg_test_answer") == Some(42.0)).then_some(b)
-    })
-    .await
-    .expect("a sample over verify-full");
+    let body = svc.wait_for_sample("pg_test_answer", |v| v == 42.0).await;
     assert_eq!(sample(&body, "pg_up"), Some(1.0));
     // The pool holds its connections between runs; wait until the server lists one.
     let sessions = eventually(crate::harness::PATIENCE, || async {
@@ -264,12 +250,9 @@ async fn a_name_mismatch_is_refused_with_a_clear_error_and_pg_up_0() {
         &format!("sslmode=verify-full&sslrootcert={}", pki.ca.display()),
     );
     let svc = start(&u, CATALOG, |_| {}).await;
-    let body = eventually(crate::harness::PATIENCE, || async {
-        let b = svc.metrics().await;
-        (sample(&b, "pgpulse_connection_failures_total").unwrap_or(0.0) >= 1.0).then_some(b)
-    })
-    .await
-    .expect("connection attempts fail");
+    let body = svc
+        .wait_for_sample("pgpulse_connection_failures_total", |v| v >= 1.0)
+        .await;
     assert_eq!(sample(&body, "pg_up"), Some(0.0));
     assert_eq!(sample(&body, "pg_test_answer"), None);
     svc.stop().await;
@@ -304,12 +287,9 @@ async fn another_ca_is_refused_also_by_require_with_a_root_file_like_libpq() {
         &format!("sslmode=verify-full&sslrootcert={}", pki.other_ca.display()),
     );
     let svc = start(&u, CATALOG, |_| {}).await;
-    let body = eventually(crate::harness::PATIENCE, || async {
-        let b = svc.metrics().await;
-        (sample(&b, "pgpulse_connection_failures_total").unwrap_or(0.0) >= 1.0).then_some(b)
-    })
-    .await
-    .expect("connection attempts fail");
+    let body = svc
+        .wait_for_sample("pgpulse_connection_failures_total", |v| v >= 1.0)
+        .await;
     assert_eq!(sample(&body, "pg_up"), Some(0.0));
     svc.stop().await;
 }
@@ -375,12 +355,7 @@ async fn a_client_certificate_opens_a_clientcert_database_and_its_absence_does_n
         pgpulse::db::tls::SslMode::VerifyFull
     );
     let svc = start(&url("localhost", "certdb", ""), CATALOG, |c| *c = cfg).await;
-    let body = eventually(crate::harness::PATIENCE, || async {
-        let b = svc.metrics().await;
-        (sample(&b, "pg_test_answer") == Some(42.0)).then_some(b)
-    })
-    .await
-    .expect("a sample with the client certificate");
+    let body = svc.wait_for_sample("pg_test_answer", |v| v == 42.0).await;
     assert_eq!(sample(&body, "pg_up"), Some(1.0));
     svc.stop().await;
 }

@@ -193,12 +193,7 @@ async fn trade_tables_under_other_names_in_another_schema_work_through_the_whole
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/queries.yaml")).unwrap();
     let svc = start(&db.url, &catalog, |_| {}).await;
     let series = r#"pg_partitions{parent="exchange.client_orders"}"#;
-    let body = eventually(PATIENCE, || async {
-        let b = svc.metrics().await;
-        sample(&b, series).is_some().then_some(b)
-    })
-    .await
-    .expect("the partitions family reports exchange.client_orders");
+    let body = svc.wait_for_sample(series, |_| true).await;
     let direct = scalar(
         &c,
         "SELECT count(*) FROM pg_inherits WHERE inhparent = 'exchange.client_orders'::regclass",

@@ -10,16 +10,7 @@ use crate::harness::{TestDb, pgpulse, text};
 use crate::service::{Running, sample, start};
 use crate::tls::Pki;
 
-const CATALOG: &str = r#"
-queries:
-  - name: constant
-    help: a constant
-    interval: 1s
-    timeout: 900ms
-    sql: SELECT 42 AS answer
-    metrics:
-      - {column: answer, name: pg_test_answer, type: gauge, help: The answer.}
-"#;
+use crate::service::CONSTANT_CATALOG as CATALOG;
 
 const USER: &str = "prometheus";
 const PASSWORD: &str = "Scrape-Pw-41c7";
@@ -155,25 +146,15 @@ async fn https_needs_the_ca_and_a_client_certificate_when_required() {
     let cert = pki.client_cert.to_str().unwrap();
     let key = pki.client_key.to_str().unwrap();
     let right = format!("{USER}:{PASSWORD}");
-    let (exit, code, body) = curl(
-        &url,
-        &[
-            "--resolve",
-            &resolve,
-            "--cacert",
-            ca,
-            "--cert",
-            cert,
-            "--key",
-            key,
-            "-u",
-            &right,
-        ],
+    let (trust, client) = (
+        ["--resolve", &resolve, "--cacert", ca],
+        ["--cert", cert, "--key", key],
     );
+    let (exit, code, body) = curl(&url, &[&trust[..], &client, &["-u", &right]].concat());
     assert_eq!((exit, code), (0, 200), "{body}");
     assert!(body.contains("# TYPE pg_up gauge"), "{body}");
     // Without the client certificate the handshake (or the first read) fails.
-    let (exit, code, body) = curl(&url, &["--resolve", &resolve, "--cacert", ca, "-u", &right]);
+    let (exit, code, body) = curl(&url, &[&trust[..], &["-u", &right]].concat());
     assert!(
         exit != 0 && code == 0,
         "refused without a client certificate: {body}"
@@ -181,35 +162,14 @@ async fn https_needs_the_ca_and_a_client_certificate_when_required() {
     // Without our CA, curl does not trust the server (exit 60).
     let (exit, _, body) = curl(
         &url,
-        &[
-            "--resolve",
-            &resolve,
-            "--cert",
-            cert,
-            "--key",
-            key,
-            "-u",
-            &right,
-        ],
+        &[&["--resolve", &resolve][..], &client, &["-u", &right]].concat(),
     );
     assert_eq!(exit, 60, "{body}");
     // Plain HTTP on the TLS port gets no metrics.
     let (_, code, _) = curl(&format!("http://{}/metrics", svc.addr), &["-u", &right]);
     assert_ne!(code, 200);
     // Basic auth still applies over mutual TLS.
-    let (_, code, _) = curl(
-        &url,
-        &[
-            "--resolve",
-            &resolve,
-            "--cacert",
-            ca,
-            "--cert",
-            cert,
-            "--key",
-            key,
-        ],
-    );
+    let (_, code, _) = curl(&url, &[&trust[..], &client].concat());
     assert_eq!(code, 401);
     svc.stop().await;
 }

@@ -167,6 +167,15 @@ async fn clients(one: &TestDb, two: &TestDb) -> Vec<Client> {
     out
 }
 
+/// Starts pgpulse as `url` with `catalog` and the slow-log reader on, and waits until the
+/// reader is up.
+pub(super) async fn start_reader(url: &str, catalog: &str) -> Running {
+    let svc = start(url, catalog, reader_config).await;
+    svc.wait_for_sample("pgpulse_slow_log_up", |v| v == 1.0)
+        .await;
+    svc
+}
+
 pub(super) fn reader_config(cfg: &mut pgpulse::config::Config) {
     cfg.plans = None;
     cfg.slow_log = Some(ReaderSettings {
@@ -190,11 +199,7 @@ async fn the_counter_equals_an_independent_count_of_the_log_files() {
     let catalog = shipped(&["statement_latency"], "2s");
 
     // Phase 1: plain logging.
-    let svc = start(&own_url, &catalog, reader_config).await;
-    svc.wait_for("the reader up", |b| {
-        sample(b, "pgpulse_slow_log_up") == Some(1.0)
-    })
-    .await;
+    let svc = start_reader(&own_url, &catalog).await;
     let before = exposed_total(&settled(&svc).await);
     mark(&admin, "pgpulse-test-phase-1").await;
     workload(&clients(&one, &two).await, &admin, &own, &datadir).await;
@@ -247,11 +252,7 @@ async fn the_counter_equals_an_independent_count_of_the_log_files() {
     ] {
         admin.simple_query(sql).await.unwrap();
     }
-    let svc = start(&own_url, &catalog, reader_config).await;
-    svc.wait_for("the reader up", |b| {
-        sample(b, "pgpulse_slow_log_up") == Some(1.0)
-    })
-    .await;
+    let svc = start_reader(&own_url, &catalog).await;
     let start_total = exposed_total(&settled(&svc).await);
     assert_eq!(
         start_total, 0.0,

@@ -5,10 +5,10 @@
 //! The test makes the file unreadable to the server (mode 000) while it is still listed, logs
 //! slow statements into it, rotates, and removes it.
 
-use super::count::{exposed_total, reader_config, settled};
+use super::count::{exposed_total, settled, start_reader};
 use super::{as_user, log_cluster, rotate, setup};
 use crate::harness::{PATIENCE, connect, eventually, with_db};
-use crate::service::{Running, sample, start};
+use crate::service::{Running, sample};
 use crate::signals::shipped;
 
 const MARKER: &str = "gap-marker";
@@ -29,15 +29,10 @@ async fn a_log_file_removed_before_it_was_read_is_a_gap_and_its_statements_are_n
     let datadir = cluster.dir().join("data");
     let admin = connect(&with_db(&cluster.url("postgres"), &one.name)).await;
     let trader = connect(&as_user(&one.url, "trader_a")).await;
-    let svc = start(
+    let svc = start_reader(
         &as_user(&one.url, "pgpulse_login"),
         &shipped(&["statements_available"], "2s"),
-        reader_config,
     )
-    .await;
-    svc.wait_for("the reader up", |b| {
-        sample(b, "pgpulse_slow_log_up") == Some(1.0)
-    })
     .await;
 
     // A fresh file, read to its end.

@@ -3,10 +3,10 @@
 //! just connected is exposed at 0 before it runs anything slow, and one slow statement makes
 //! it 1, as the log on disk says.
 
-use super::count::{reader_config, settled};
+use super::count::{settled, start_reader};
 use super::{as_user, log_cluster, setup};
 use crate::harness::connect;
-use crate::service::{sample, start};
+use crate::service::sample;
 use crate::signals::shipped;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -14,15 +14,10 @@ async fn a_new_pair_is_exposed_at_zero_before_its_first_slow_statement() {
     let cluster = log_cluster(&[]);
     let (one, _two) = setup(&cluster).await;
     let logdir = cluster.dir().join("data/log");
-    let svc = start(
+    let svc = start_reader(
         &as_user(&one.url, "pgpulse_login"),
         &shipped(&["statements_available"], "2s"),
-        reader_config,
     )
-    .await;
-    svc.wait_for("the reader up", |b| {
-        sample(b, "pgpulse_slow_log_up") == Some(1.0)
-    })
     .await;
     let series = format!(
         "pg_statement_executions_over_threshold_total{{datname=\"{}\",user=\"trader_c\"}}",
