@@ -11,14 +11,14 @@ use pgpulse::demo::{ClusterOptions, TempCluster};
 use tokio_postgres::{Client, NoTls};
 
 /// Connects to `url` (panics on failure: benchmarks have no error path worth keeping).
-pub async fn connect(url: &str) -> Client {
+pub(crate) async fn connect(url: &str) -> Client {
     let (c, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect");
     tokio::spawn(conn);
     c
 }
 
 /// A cluster with database `bench`, migrated.
-pub async fn cluster() -> (TempCluster, String) {
+pub(crate) async fn cluster() -> (TempCluster, String) {
     let cluster = tokio::task::spawn_blocking(|| TempCluster::start(&ClusterOptions::default()))
         .await
         .unwrap()
@@ -38,7 +38,7 @@ pub async fn cluster() -> (TempCluster, String) {
 
 /// Serves pgpulse in-process on 127.0.0.1:0 for `url` with `catalog` (YAML text).
 /// The temp dir holding the catalog is removed when the returned guard drops.
-pub async fn serve(
+pub(crate) async fn serve(
     url: &str,
     catalog: &str,
 ) -> (
@@ -71,7 +71,7 @@ pub async fn serve(
 }
 
 /// GET /metrics as text.
-pub async fn metrics(addr: SocketAddr) -> String {
+pub(crate) async fn metrics(addr: SocketAddr) -> String {
     reqwest::get(format!("http://{addr}/metrics"))
         .await
         .unwrap()
@@ -81,7 +81,7 @@ pub async fn metrics(addr: SocketAddr) -> String {
 }
 
 /// The value of the series `series` in `body`.
-pub fn sample(body: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(body: &str, series: &str) -> Option<f64> {
     body.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())

@@ -18,7 +18,7 @@ pub enum PemError {
     /// The file could not be read or holds no PEM section of the wanted kind.
     #[error("{file}: {reason}")]
     File {
-        /// The file.
+        /// The file that could not be used.
         file: PathBuf,
         /// What is wrong.
         reason: String,

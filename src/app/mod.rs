@@ -11,7 +11,7 @@
 //!   sampler, the owner of the current catalog.
 
 pub mod metrics;
-pub mod reload;
+pub(crate) mod reload;
 
 pub use reload::{ReloadError, Reloader};
 
@@ -42,7 +42,7 @@ pub enum AppError {
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
-        /// The address.
+        /// The address that could not be bound.
         addr: SocketAddr,
         /// The operating system's error.
         source: std::io::Error,
@@ -191,16 +191,6 @@ impl App {
     /// The handle that reloads the catalog (what SIGHUP calls); always the same reloader.
     pub fn reloader(&self) -> Reloader {
         self.reloader.clone()
-    }
-
-    /// The state the router serves.
-    pub fn state(&self) -> AppState {
-        self.state.clone()
-    }
-
-    /// The slow-statement log reader, when configured.
-    pub fn slow_log(&self) -> Option<Arc<SlowLogReader>> {
-        self.features.slow_log.clone()
     }
 
     /// Reloads on every SIGHUP until the service stops (a task on the tracker).

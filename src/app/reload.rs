@@ -119,10 +119,4 @@ impl Reloader {
             })
         }
     }
-
-    /// Names of the queries of the running catalog.
-    pub fn query_names(&self) -> Vec<String> {
-        let catalog = self.inner.sampler.catalog();
-        catalog.queries.iter().map(|q| q.name.clone()).collect()
-    }
 }

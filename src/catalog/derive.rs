@@ -155,7 +155,7 @@ macro_rules! statistics_of_the_pass {
 }
 
 /// The columns of [`statistics_of_the_pass`], in order, after `oid` and `version`.
-pub const STATS_COLUMNS: [&str; 13] = [
+pub(crate) const STATS_COLUMNS: [&str; 13] = [
     "scans",
     "blks_fetched",
     "blks_hit",
@@ -178,7 +178,7 @@ pub const STATS_COLUMNS: [&str; 13] = [
 /// [`SHAPE_EVERY`](crate::sampler::relations::SHAPE_EVERY)th round as a safety net. Run
 /// with `stats_fetch_consistency = snapshot`, so every `pg_stat_get_*` call reads one
 /// consistent copy of the statistics, built once, instead of a shared-memory lookup per call.
-pub const FACTS_SQL: &str = concat!(
+pub(crate) const FACTS_SQL: &str = concat!(
     "SELECT c.oid, c.xmin AS version,",
     statistics_of_the_pass!(),
     ",
@@ -202,7 +202,7 @@ pub const FACTS_SQL: &str = concat!(
 /// statement of an ordinary round, about a third of the full one's cost at 10,000
 /// relations. When a relation is missing, new, or its `version` changed, the round reads
 /// [`FACTS_SQL`] instead.
-pub const STATS_SQL: &str = concat!(
+pub(crate) const STATS_SQL: &str = concat!(
     "SELECT c.oid, c.xmin AS version,",
     statistics_of_the_pass!(),
     relations_of_the_pass!(),
@@ -210,13 +210,13 @@ pub const STATS_SQL: &str = concat!(
 );
 
 /// The server's time of the pass (its transaction's `now()`), as a Unix time.
-pub const NOW_SQL: &str = "SELECT pg_catalog.date_part('epoch', pg_catalog.now())";
+pub(crate) const NOW_SQL: &str = "SELECT pg_catalog.date_part('epoch', pg_catalog.now())";
 
 /// The exact sizes: what `v_table_stats` (`pg_table_size`, `pg_indexes_size`) and
 /// `v_index_usage` (`pg_relation_size`) report. Each call stats the relation's files, so a
 /// round reads only the relations written, vacuumed or altered since their size was read
 /// (`$2`), and every fifteenth round all of them (`$1`).
-pub const SIZES_SQL: &str = "\
+pub(crate) const SIZES_SQL: &str = "\
 SELECT c.oid::int8 AS oid,
        CASE WHEN c.relkind IN ('r', 'm') THEN pg_catalog.pg_table_size(c.oid) END AS table_bytes,
        CASE WHEN c.relkind IN ('r', 'm') THEN pg_catalog.pg_indexes_size(c.oid) END AS indexes_bytes,
@@ -230,14 +230,14 @@ SELECT c.oid::int8 AS oid,
 /// The rows of each DEFAULT partition (`monitoring.default_partition_rows`, which counts
 /// them: a sequential scan of that partition), read only for the `partitions` family's runs,
 /// not every round, so pgpulse's own counting does not inflate the scans it reports.
-pub const DEFAULT_ROWS_SQL: &str = "\
+pub(crate) const DEFAULT_ROWS_SQL: &str = "\
 SELECT pt.partrelid::int8 AS oid, coalesce(monitoring.default_partition_rows(pt.partdefid), 0) AS default_rows
   FROM pg_catalog.pg_partitioned_table pt
  WHERE pt.partdefid <> 0";
 
 /// The partition bounds (`monitoring.partition_bounds()`, as `v_partition_health` reads
 /// them), read again only when the set of partitions or one of their catalog rows changed.
-pub const BOUNDS_SQL: &str = "\
+pub(crate) const BOUNDS_SQL: &str = "\
 SELECT partition_oid::int8 AS oid, parent_oid::int8 AS parent, is_default,
        extract(epoch FROM range_end)::float8 AS range_end, range_end_is_maxvalue AS maxvalue
   FROM monitoring.partition_bounds()";

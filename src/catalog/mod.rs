@@ -4,7 +4,7 @@
 //! Every error names the file, line and column, the query and what is wrong, e.g.
 //! `queries.yaml:12:7: query "cache": metric name "pg cache" is not a valid Prometheus name`.
 
-pub mod derive;
+pub(crate) mod derive;
 mod model;
 mod validate;
 
@@ -46,15 +46,15 @@ pub enum CatalogError {
     /// The file could not be read.
     #[error("{source_name}: cannot read: {error}")]
     Read {
-        /// The file.
+        /// Where the catalog comes from (a file or the built-in catalog).
         source_name: Source,
-        /// Why.
+        /// The operating system's error.
         error: std::io::Error,
     },
     /// The file is not valid YAML for the catalog (syntax, unknown key, wrong type).
     #[error("{source_name}:{line}:{column}: {message}")]
     Syntax {
-        /// The file.
+        /// Where the catalog comes from (a file or the built-in catalog).
         source_name: Source,
         /// 1-based line (0 when unknown).
         line: u64,
@@ -66,7 +66,7 @@ pub enum CatalogError {
     /// An entry breaks a rule of the catalog.
     #[error("{source_name}:{}:{}: {}{}", invalid.at.0, invalid.at.1, query_prefix(invalid.query.as_deref()), invalid.problem)]
     Invalid {
-        /// The file.
+        /// Where the catalog comes from (a file or the built-in catalog).
         source_name: Source,
         /// Where, which query and what is wrong.
         invalid: Box<Invalid>,

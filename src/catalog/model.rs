@@ -74,7 +74,7 @@ mod opt_duration {
     use super::*;
     use serde::Deserializer;
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Option<Spanned<Duration>>, D::Error> {
         let s: Option<Spanned<String>> = Option::deserialize(d)?;

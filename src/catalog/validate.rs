@@ -54,9 +54,9 @@ pub enum Problem {
     /// A label, value or roll-up key that the derived family does not produce.
     #[error("column \"{column}\" is not produced by derive: {derive} (it produces {columns})")]
     NotDerived {
-        /// The column.
+        /// The column the query reads.
         column: String,
-        /// The family.
+        /// The derived family's name.
         derive: String,
         /// What it produces.
         columns: String,
@@ -69,7 +69,7 @@ pub enum Problem {
     Timeout {
         /// The timeout as written.
         timeout: String,
-        /// The interval.
+        /// The query's interval, as written.
         interval: String,
     },
     /// `expire_after` is below the interval.
@@ -118,7 +118,7 @@ pub enum Problem {
     /// A gauge and a counter would expose the same family.
     #[error("metric \"{metric}\" and \"{other}\" would expose the same family")]
     FamilyClash {
-        /// The metric.
+        /// The metric's name.
         metric: String,
         /// The other metric.
         other: String,
@@ -129,9 +129,9 @@ pub enum Problem {
     /// A metric's unit is not in its name.
     #[error("metric \"{metric}\" has unit {unit} but its name does not say so")]
     UnitNotInName {
-        /// The metric.
+        /// The metric's name.
         metric: String,
-        /// The unit.
+        /// The declared unit.
         unit: String,
     },
     /// A value column is not a plain column name.
@@ -179,7 +179,7 @@ pub(crate) struct Validated {
 const RESERVED: &[&str] = &["pg_up", "pg_server_version_num"];
 
 /// Default series budget of a query.
-pub const DEFAULT_MAX_SERIES: usize = 1000;
+pub(super) const DEFAULT_MAX_SERIES: usize = 1000;
 
 /// A problem and where it is, before the query's name is attached.
 type Found<T> = Result<T, (Loc, Problem)>;

@@ -20,7 +20,7 @@ pub struct Cli {
     /// Config file (YAML) [default: none; built-in defaults and PGPULSE_* variables].
     #[arg(long, global = true, env = "PGPULSE_CONFIG")]
     pub config: Option<PathBuf>,
-    /// The command.
+    /// The subcommand to run.
     #[command(subcommand)]
     pub command: Command,
 }
@@ -167,7 +167,7 @@ pub enum CliError {
     /// A maintenance job ran but did not succeed (exit 1).
     #[error("job {job} did not succeed")]
     JobFailed {
-        /// The job.
+        /// The maintenance job's name.
         job: String,
     },
     /// `explain --query` named a query the plans file does not have (exit 2).

@@ -5,7 +5,7 @@
 //! Unknown keys are errors. A file is first parsed on its own with serde-saphyr so that its
 //! errors carry `file:line:column`; errors of the environment name the variable.
 
-pub mod secrets;
+pub(crate) mod secrets;
 mod settings;
 
 pub use settings::{
@@ -47,15 +47,15 @@ pub enum ConfigError {
     /// The config file could not be read.
     #[error("{file}: cannot read: {reason}")]
     Read {
-        /// The file.
+        /// The file that could not be used.
         file: PathBuf,
-        /// Why.
+        /// The cause, in words an operator can act on.
         reason: String,
     },
     /// The config file is not valid YAML for the settings (unknown key, wrong type, ...).
     #[error("{file}:{detail}")]
     File {
-        /// The file.
+        /// The file that could not be used.
         file: PathBuf,
         /// `line:column: message`.
         detail: String,

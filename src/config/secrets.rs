@@ -13,7 +13,7 @@ use super::ConfigError;
 
 /// Reads a secret from `file` for the setting `key`; one trailing newline (`\n` or `\r\n`)
 /// is dropped, as `echo secret > file` and Kubernetes secrets leave one.
-pub fn read_secret_file(key: &'static str, file: &Path) -> Result<String, ConfigError> {
+pub(crate) fn read_secret_file(key: &'static str, file: &Path) -> Result<String, ConfigError> {
     let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Invalid {
         key,
         reason: format!("{}: cannot read: {}", file.display(), e.kind()),
@@ -32,7 +32,7 @@ pub fn read_secret_file(key: &'static str, file: &Path) -> Result<String, Config
 }
 
 /// The password file libpq would read: `PGPASSFILE`, else `~/.pgpass`.
-pub fn pgpass_file() -> Option<PathBuf> {
+pub(crate) fn pgpass_file() -> Option<PathBuf> {
     if let Some(f) = std::env::var_os("PGPASSFILE").filter(|f| !f.is_empty()) {
         return Some(PathBuf::from(f));
     }
@@ -64,7 +64,7 @@ fn fields(line: &str) -> Vec<String> {
 /// The password of the first matching line of a `.pgpass` file for `config`'s first host,
 /// port, database and user (`*` matches anything), as libpq finds it. A file readable by
 /// group or others is ignored with a warning, like libpq does.
-pub fn pgpass_password(file: &Path, config: &tokio_postgres::Config) -> Option<String> {
+pub(crate) fn pgpass_password(file: &Path, config: &tokio_postgres::Config) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(file).ok()?;
     if meta.permissions().mode() & 0o077 != 0 {

@@ -23,7 +23,7 @@ pub struct Check {
     pub name: &'static str,
     /// The verdict.
     pub outcome: Outcome,
-    /// Why.
+    /// The cause, in words an operator can act on.
     pub reason: String,
 }
 

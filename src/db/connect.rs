@@ -13,7 +13,7 @@ use tokio_postgres::{Client, Config};
 use super::tls::{PgTls, SslParams, TlsError};
 
 /// Default connect timeout when the URL does not set `connect_timeout`.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// TCP keepalive idle time when the URL does not set `keepalives_idle` (libpq's and the
 /// driver's default is the operating system's, two hours). A connection, or an abandoned
@@ -26,18 +26,18 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// server may still hold pgpulse's former sessions until its own keepalives notice
 /// (`tcp_keepalives_idle` on the server) while pgpulse opens new ones; without it, pgpulse
 /// could stay without a connection for hours after the network is back.
-pub const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
 
 /// TCP keepalive probe interval when the URL does not set `keepalives_interval`.
-pub const DEFAULT_KEEPALIVES_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_KEEPALIVES_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Unanswered keepalive probes before the connection is dropped, when the URL does not set
 /// `keepalives_retries`.
-pub const DEFAULT_KEEPALIVES_RETRIES: u32 = 3;
+pub(crate) const DEFAULT_KEEPALIVES_RETRIES: u32 = 3;
 
 /// How long sent data may stay unacknowledged before the connection is closed, when the URL
 /// does not set `tcp_user_timeout` (given in seconds to this driver, in milliseconds to libpq).
-pub const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The driver's keepalive idle time when none is given.
 const DRIVER_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);

@@ -9,7 +9,7 @@ use super::check::Outcome;
 use super::outcome::describe;
 
 /// The line V011 put at the head of `default_partition_rows`' body.
-pub const HARDENED_MARKER: &str = "pgpulse V011 hardened";
+pub(crate) const HARDENED_MARKER: &str = "pgpulse V011 hardened";
 
 /// One row per `SECURITY DEFINER` function in `monitoring`: its signature, its `SET` options,
 /// and whether it is `default_partition_rows` carrying the V011 marker.
@@ -24,7 +24,7 @@ SELECT p.oid::regprocedure::text,
 
 /// Whether a function's `SET` options (`proconfig`) pin `search_path` with `pg_temp` as its
 /// last entry (before it, a schema the caller may write to could shadow a name).
-pub fn search_path_pinned(config: &[String]) -> bool {
+pub(crate) fn search_path_pinned(config: &[String]) -> bool {
     config
         .iter()
         .filter_map(|c| c.strip_prefix("search_path="))
@@ -36,7 +36,7 @@ pub fn search_path_pinned(config: &[String]) -> bool {
 }
 
 /// Verify's check: every definer function pinned, `default_partition_rows` hardened.
-pub async fn check(c: &Client) -> Result<(Outcome, String), String> {
+pub(crate) async fn check(c: &Client) -> Result<(Outcome, String), String> {
     let rows = c
         .query(DEFINERS_SQL, &[&HARDENED_MARKER])
         .await

@@ -15,7 +15,7 @@ use tokio_postgres::Row;
 
 /// The query that inspects the setup; one row, read by [`LogSetup::from_row`]. It reads only
 /// settings and catalogs every role may read.
-pub const SETUP_SQL: &str = "SELECT current_setting('logging_collector') = 'on', \
+pub(crate) const SETUP_SQL: &str = "SELECT current_setting('logging_collector') = 'on', \
     'jsonlog' = ANY (string_to_array(replace(lower(current_setting('log_destination')), ' ', ''), ',')), \
     (SELECT setting::bigint FROM pg_settings WHERE name = 'log_min_duration_statement'), \
     to_regprocedure('monitoring.log_tally(text,bigint,integer,double precision,boolean)') IS NOT NULL, \
@@ -29,7 +29,7 @@ pub const SETUP_SQL: &str = "SELECT current_setting('logging_collector') = 'on',
     session_user::text";
 
 /// The threshold the specification sets: statements at or over 100 ms are slow.
-pub const SPEC_THRESHOLD_MS: i64 = 100;
+pub(crate) const SPEC_THRESHOLD_MS: i64 = 100;
 
 /// The server's log setup as far as the slow-statement log reader cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,7 +110,7 @@ impl LogSetup {
 }
 
 /// Every setting the reader and the alert expect, as one line for logs and `verify`.
-pub const SETTINGS_LINE: &str = "logging_collector = on, log_destination = 'jsonlog' (may include others), \
+pub(crate) const SETTINGS_LINE: &str = "logging_collector = on, log_destination = 'jsonlog' (may include others), \
      log_min_duration_statement = 100ms";
 
 #[cfg(test)]

@@ -7,9 +7,9 @@ pub enum MigrateError {
     /// A migration's SQL failed; nothing of it was applied.
     #[error("migration V{version:03} {name} failed: {reason}")]
     Failed {
-        /// Its version.
+        /// The migration's version (the V-number).
         version: i32,
-        /// Its name.
+        /// The migration's name.
         name: &'static str,
         /// The server's message.
         reason: String,
@@ -19,7 +19,7 @@ pub enum MigrateError {
         "migration V{version:03} was applied with checksum {recorded} but this binary carries {embedded}; migrations are append-only"
     )]
     ChecksumMismatch {
-        /// Its version.
+        /// The migration's version (the V-number).
         version: i32,
         /// The checksum in the history table.
         recorded: String,

@@ -4,22 +4,22 @@
 //! tuning `migrate` gives them ([`tuning`]), verification (with what it checks of the `SECURITY DEFINER` functions,
 //! [`definer`]) and removal, and what reading the slow-statement log needs ([`log_access`]).
 
-pub mod check;
-pub mod connect;
-pub mod definer;
+pub(crate) mod check;
+pub(crate) mod connect;
+pub(crate) mod definer;
 pub mod lease;
-pub mod log_access;
+pub(crate) mod log_access;
 pub mod migrate;
 mod migrate_error;
-pub mod outcome;
+pub(crate) mod outcome;
 pub mod pool;
-pub mod session;
-pub mod slots;
+pub(crate) mod session;
+pub(crate) mod slots;
 pub mod tls;
 mod tls_params;
-pub mod trade_tables;
-pub mod tuning;
-pub mod uninstall;
+pub(crate) mod trade_tables;
+pub(crate) mod tuning;
+pub(crate) mod uninstall;
 pub mod verify;
 
 pub use connect::{ConnectError, DatabaseTarget, connect};

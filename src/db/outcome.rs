@@ -107,7 +107,7 @@ const UNAVAILABLE: [SqlState; 5] = [
 ];
 
 /// Classifies a driver error.
-pub fn classify(e: &tokio_postgres::Error) -> RunError {
+pub(crate) fn classify(e: &tokio_postgres::Error) -> RunError {
     let msg = describe(e);
     match e.code() {
         Some(c) if *c == SqlState::QUERY_CANCELED || *c == SqlState::LOCK_NOT_AVAILABLE => {
@@ -120,7 +120,7 @@ pub fn classify(e: &tokio_postgres::Error) -> RunError {
 }
 
 /// A pool failure as a counted error (pool or connection kind; the reason says TLS or network).
-pub fn pool_error(e: PoolError) -> RunError {
+pub(crate) fn pool_error(e: PoolError) -> RunError {
     match &e {
         PoolError::Timeout(TimeoutType::Wait) => RunError::new(
             ErrorKind::Pool,
@@ -136,18 +136,18 @@ pub fn pool_error(e: PoolError) -> RunError {
 }
 
 /// Whether a pool error only means every connection of the budget is in use.
-pub fn is_pool_busy(e: &PoolError) -> bool {
+pub(crate) fn is_pool_busy(e: &PoolError) -> bool {
     matches!(e, PoolError::Timeout(TimeoutType::Wait))
 }
 
 /// Whether the statement gave up because another session holds a lock it needs
 /// (`lock_timeout` fired): nothing of it was done, and a retry may succeed.
-pub fn lock_not_available(e: &tokio_postgres::Error) -> bool {
+pub(crate) fn lock_not_available(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)
 }
 
 /// Whether a statement failed because a relation, function or schema it names is missing.
-pub fn missing_object(e: &tokio_postgres::Error) -> bool {
+pub(crate) fn missing_object(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| {
         [
             SqlState::UNDEFINED_TABLE,
@@ -159,7 +159,7 @@ pub fn missing_object(e: &tokio_postgres::Error) -> bool {
 }
 
 /// Whether a notice or error says an object already exists (`IF NOT EXISTS` met one).
-pub fn already_exists(code: &SqlState) -> bool {
+pub(crate) fn already_exists(code: &SqlState) -> bool {
     [
         SqlState::DUPLICATE_SCHEMA,
         SqlState::DUPLICATE_TABLE,
@@ -170,7 +170,7 @@ pub fn already_exists(code: &SqlState) -> bool {
 }
 
 /// A one-line description of a driver error, including the server's message when there is one.
-pub fn describe(e: &tokio_postgres::Error) -> String {
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return format!("{}: {}", db.severity(), db.message());
     }

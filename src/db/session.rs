@@ -9,7 +9,7 @@ use super::outcome::{RunError, classify};
 
 /// Extra time past the statement timeout before the client gives up on the connection: the
 /// server cancels the statement itself; this only catches a dead network.
-pub const CLIENT_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const CLIENT_GRACE: Duration = Duration::from_secs(5);
 
 /// The `SET LOCAL` statements that bound a transaction by server-side timeouts and pin its
 /// `search_path` to `pg_catalog, public, pg_temp`: built-ins are found first, and a schema
@@ -17,7 +17,7 @@ pub const CLIENT_GRACE: Duration = Duration::from_secs(5);
 /// never searched, so no tenant's function or operator stands in for one a query names.
 /// `public` stays for custom catalogs that name their tables without a schema (since
 /// PostgreSQL 15 only its owner and roles granted CREATE can add objects there).
-pub fn timeouts_sql(timeout: Duration, lock_timeout: Duration) -> String {
+pub(crate) fn timeouts_sql(timeout: Duration, lock_timeout: Duration) -> String {
     format!(
         "SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}; \
          SET LOCAL search_path = pg_catalog, public, pg_temp",
@@ -31,7 +31,7 @@ fn millis(d: Duration) -> u128 {
 }
 
 /// Starts a read-only transaction on `client` and runs `settings` (its `SET LOCAL`s) in it.
-pub async fn begin_read_only<'a>(
+pub(crate) async fn begin_read_only<'a>(
     client: &'a mut Object,
     settings: &str,
 ) -> Result<tokio_postgres::Transaction<'a>, RunError> {

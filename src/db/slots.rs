@@ -32,14 +32,14 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 /// The pool's connector: every socket it opens holds one of the budget's slots from before the
 /// first byte until it is closed.
 #[derive(Clone)]
-pub struct SlotConnect {
+pub(crate) struct SlotConnect {
     tls: MakeRustlsConnect,
     slots: Arc<Semaphore>,
 }
 
 impl SlotConnect {
     /// A connector allowing at most `size` sockets, attempts included.
-    pub fn new(tls: MakeRustlsConnect, size: usize) -> Self {
+    pub(crate) fn new(tls: MakeRustlsConnect, size: usize) -> Self {
         Self {
             tls,
             slots: Arc::new(Semaphore::new(size)),
@@ -47,7 +47,7 @@ impl SlotConnect {
     }
 
     /// Slots not held by a socket or an attempt.
-    pub fn free(&self) -> usize {
+    pub(crate) fn free(&self) -> usize {
         self.slots.available_permits()
     }
 }

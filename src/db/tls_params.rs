@@ -28,7 +28,7 @@ pub enum TlsError {
          (or sslrootcert=system for the public CAs), or use sslmode=require"
     )]
     MissingRoot {
-        /// The mode.
+        /// The sslmode that needs the root certificate.
         mode: SslMode,
         /// The file looked for.
         file: String,

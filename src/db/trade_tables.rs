@@ -198,13 +198,13 @@ impl TradeTables {
 }
 
 /// `s` as a quoted SQL identifier: always double-quoted, inner quotes doubled.
-pub fn quote_ident(s: &str) -> String {
+pub(crate) fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// How a database holds a configured trade table.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Shape {
+pub(crate) enum Shape {
     /// It exists with the expected shape (partitioned by the configured column, or a plain
     /// table when no partition column is configured).
     Found,
@@ -216,7 +216,7 @@ pub enum Shape {
 
 impl Shape {
     /// Whether the table exists with the expected shape.
-    pub fn is_found(&self) -> bool {
+    pub(crate) fn is_found(&self) -> bool {
         *self == Shape::Found
     }
 }
@@ -233,7 +233,7 @@ LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND pt.partnatts = 1 \
 
 /// The shape of each table of `tables`, in order. One catalog query; the caller's session or
 /// transaction carries the timeouts.
-pub async fn shapes(
+pub(crate) async fn shapes(
     client: &Client,
     tables: &[&TableRef],
 ) -> Result<Vec<Shape>, tokio_postgres::Error> {
@@ -295,7 +295,7 @@ fn judge(
 }
 
 /// One line of `verify` / `migrate` about a table: `orders "public"."orders": found ...`.
-pub fn describe(role: Role, t: &TableRef, shape: &Shape) -> String {
+pub(crate) fn describe(role: Role, t: &TableRef, shape: &Shape) -> String {
     let expected = match t.partition_column() {
         Some(c) => format!("partitioned by {}", quote_ident(c)),
         None => "a plain table".to_owned(),

@@ -30,7 +30,7 @@ const TIMEOUTS: &str = "SET LOCAL lock_timeout = '2s'; SET LOCAL statement_timeo
 
 /// Reloptions of relations by oid, as read before V006 ran.
 #[derive(Debug, Clone, Default)]
-pub struct Before(Vec<(u32, Option<Vec<String>>)>);
+pub(crate) struct Before(Vec<(u32, Option<Vec<String>>)>);
 
 /// Every relation of the reference-named tables' trees (the table and its partitions): oid,
 /// quoted name, reloptions, and which reference table it belongs to.
@@ -74,7 +74,7 @@ fn option<'a>(opts: &'a Option<Vec<String>>, key: &str) -> Option<&'a str> {
 }
 
 /// Reads the reloptions of the reference-named tables (call before V006 runs).
-pub async fn before(client: &mut Client) -> Result<Before, MigrateError> {
+pub(crate) async fn before(client: &mut Client) -> Result<Before, MigrateError> {
     let tx = client.transaction().await.map_err(db("read reloptions"))?;
     tx.batch_execute(TIMEOUTS)
         .await
@@ -98,7 +98,7 @@ async fn alter(client: &mut Client, sql: &str) -> Result<(), String> {
 /// Tunes the configured tables that exist with their shape and leaves every other
 /// reference-named table as `before` found it (or resets V006's exact values on it when
 /// `before` is `None`). Returns one line per table: what was tuned, skipped or restored.
-pub async fn tune(
+pub(crate) async fn tune(
     client: &mut Client,
     tables: &TradeTables,
     before: Option<&Before>,

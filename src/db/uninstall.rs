@@ -8,10 +8,10 @@ use super::migrate::{MigrateError, with_lock};
 use super::outcome::describe;
 
 /// The embedded uninstall script.
-pub const UNINSTALL_SQL: &str = include_str!("../../migrations/uninstall.sql");
+pub(crate) const UNINSTALL_SQL: &str = include_str!("../../migrations/uninstall.sql");
 
 /// Removes everything the migrations created; returns whether anything was installed.
-pub async fn uninstall(client: &mut Client) -> Result<bool, MigrateError> {
+pub(crate) async fn uninstall(client: &mut Client) -> Result<bool, MigrateError> {
     with_lock(client, async |client: &mut Client| {
         let installed: bool = client
             .query_one(

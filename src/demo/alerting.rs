@@ -26,7 +26,7 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Why the alerting chain could not start; the demo goes on without it.
 #[derive(Debug, thiserror::Error)]
-pub enum AlertingError {
+pub(super) enum AlertingError {
     /// A binary is not installed.
     #[error(
         "{0} not found in PATH; install it to see alerts fire (Debian: apt-get install prometheus prometheus-alertmanager, or scripts/setup demo)"
@@ -73,7 +73,7 @@ fn find(names: &[&'static str]) -> Result<PathBuf, AlertingError> {
 
 /// A running Prometheus, Alertmanager and webhook receiver.
 #[derive(Debug)]
-pub struct AlertStack {
+pub(super) struct AlertStack {
     prometheus: Child,
     alertmanager: Child,
     /// Where Prometheus listens.
@@ -87,7 +87,7 @@ pub struct AlertStack {
 }
 
 /// Starts the chain scraping pgpulse at `target`.
-pub async fn start(target: SocketAddr) -> Result<AlertStack, AlertingError> {
+pub(super) async fn start(target: SocketAddr) -> Result<AlertStack, AlertingError> {
     let prometheus_bin = find(&["prometheus"])?;
     let alertmanager_bin = find(&["prometheus-alertmanager", "alertmanager"])?;
     let dir = tempfile::Builder::new()
@@ -253,7 +253,7 @@ async fn sink(notified: Notified, stop: CancellationToken) -> Result<SocketAddr,
 impl AlertStack {
     /// Stops both servers (SIGTERM, SIGKILL after [`STOP_GRACE`]) and the receiver, and
     /// removes the temp dir.
-    pub async fn stop(mut self) {
+    pub(super) async fn stop(mut self) {
         for child in [&mut self.prometheus, &mut self.alertmanager] {
             if let Some(pid) = child.id() {
                 let pid = nix::unistd::Pid::from_raw(pid as i32);

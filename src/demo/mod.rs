@@ -6,7 +6,7 @@ mod alerting;
 pub mod cluster;
 pub mod rules;
 mod run;
-pub mod scenario;
+pub(crate) mod scenario;
 pub mod schema;
 mod status;
 pub mod workload;

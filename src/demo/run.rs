@@ -25,7 +25,7 @@ const DEMO_DEFAULTS: Defaults = Defaults {
 };
 
 /// The login role the demo's pgpulse samples as (a member of `pgpulse_monitor`).
-pub const DEMO_ROLE: &str = "pgpulse";
+pub(super) const DEMO_ROLE: &str = "pgpulse";
 
 /// Why the demo stopped early; each variant names the step.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +39,7 @@ pub enum DemoError {
     /// A statement of a setup step failed.
     #[error("{step}: {reason}")]
     Database {
-        /// The step.
+        /// What the demo was doing.
         step: &'static str,
         /// The server's message.
         reason: String,

@@ -56,11 +56,8 @@ impl Scenario {
     }
 }
 
-/// Errors are reported by the caller as one line.
-pub type Result<T> = std::result::Result<T, tokio_postgres::Error>;
-
 /// Prepares the condition; returns a task that keeps it true until `stop`, if one is needed.
-pub async fn apply(
+pub(crate) async fn apply(
     scenario: Scenario,
     client: &Client,
     target: &DatabaseTarget,

@@ -16,7 +16,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `GET path` from a loopback server as HTTP/1.0 (no chunking, the body ends at close);
 /// returns the status code and body.
-pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+pub(super) async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let request = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         let head = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
@@ -39,17 +39,17 @@ pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)>
 }
 
 /// The value at a JSON pointer (`/data/groups`), or null.
-pub fn at<'a>(v: &'a Value, pointer: &str) -> &'a Value {
+pub(super) fn at<'a>(v: &'a Value, pointer: &str) -> &'a Value {
     static NULL: Value = Value::Null;
     v.pointer(pointer).unwrap_or(&NULL)
 }
 
 /// The (receiver, alertname) pairs the demo's webhook receiver was notified of.
-pub type Notified = Arc<Mutex<BTreeSet<(String, String)>>>;
+pub(super) type Notified = Arc<Mutex<BTreeSet<(String, String)>>>;
 
 /// One alert's state, most advanced first in the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AlertState {
+pub(super) enum AlertState {
     /// Its condition is false.
     Inactive,
     /// Its condition is true, not yet for its `for:`; fires in about this long.
@@ -92,7 +92,7 @@ impl std::fmt::Display for AlertState {
 }
 
 /// Each alerting rule's state in Prometheus, from `/api/v1/rules?type=alert`, at `now`.
-pub fn prometheus_states(
+pub(super) fn prometheus_states(
     rules: &Value,
     now: chrono::DateTime<chrono::Utc>,
 ) -> BTreeMap<String, AlertState> {
@@ -126,7 +126,7 @@ pub fn prometheus_states(
 }
 
 /// Marks the alerts Alertmanager has (`/api/v2/alerts`) as delivered.
-pub fn add_alertmanager(
+pub(super) fn add_alertmanager(
     states: &mut BTreeMap<String, AlertState>,
     alerts: &Value,
     notified: &Notified,
@@ -156,7 +156,7 @@ pub fn add_alertmanager(
 
 /// The status line: the scenario's alerts (`focus`) always, every other alert that is not
 /// inactive, and how many are.
-pub fn line(states: &BTreeMap<String, AlertState>, focus: &[&str]) -> String {
+pub(super) fn line(states: &BTreeMap<String, AlertState>, focus: &[&str]) -> String {
     let mut parts: Vec<String> = focus
         .iter()
         .map(|a| {
@@ -173,7 +173,7 @@ pub fn line(states: &BTreeMap<String, AlertState>, focus: &[&str]) -> String {
 }
 
 /// Queries both servers and renders [`line`]; says which one did not answer.
-pub async fn poll(
+pub(super) async fn poll(
     prometheus: SocketAddr,
     alertmanager: SocketAddr,
     notified: &Notified,

@@ -263,7 +263,11 @@ fn basic_credentials(v: &HeaderValue) -> Option<(String, String)> {
 }
 
 /// The middleware: landing page switch, basic auth, response headers.
-pub async fn guard(State(sec): State<Arc<WebSecurity>>, req: Request, next: Next) -> Response {
+pub(crate) async fn guard(
+    State(sec): State<Arc<WebSecurity>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let path = req.uri().path();
     let mut resp = if path == "/" && !sec.landing_page {
         (StatusCode::NOT_FOUND, "not found; try /metrics\n").into_response()
@@ -290,7 +294,7 @@ pub async fn guard(State(sec): State<Arc<WebSecurity>>, req: Request, next: Next
 }
 
 /// Wraps `router` in [`guard`].
-pub fn protect(router: axum::Router, sec: Arc<WebSecurity>) -> axum::Router {
+pub(crate) fn protect(router: axum::Router, sec: Arc<WebSecurity>) -> axum::Router {
     router.layer(axum::middleware::from_fn_with_state(sec, guard))
 }
 

@@ -5,13 +5,13 @@
 //! and deadlines ([`server`]). The router is built from
 //! an [`AppState`] and can be tested without a socket (`tower::ServiceExt::oneshot`).
 
-pub mod auth;
+pub(crate) mod auth;
 mod health_db;
 mod landing;
 pub mod metrics;
 mod negotiate;
-pub mod server;
-pub mod webconfig;
+pub(crate) mod server;
+pub(crate) mod webconfig;
 
 use std::sync::Arc;
 use std::time::Duration;

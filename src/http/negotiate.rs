@@ -66,7 +66,7 @@ fn weight(items: &[Item], token: &str) -> Option<f32> {
 
 /// Whether the client prefers OpenMetrics over the Prometheus text format; ties and an absent
 /// header choose the text format.
-pub fn wants_openmetrics(headers: &HeaderMap) -> bool {
+pub(super) fn wants_openmetrics(headers: &HeaderMap) -> bool {
     let list = items(headers, ACCEPT);
     let om = weight(&list, "application/openmetrics-text").unwrap_or(0.0);
     let text = weight(&list, "text/plain").unwrap_or(0.0);
@@ -74,7 +74,7 @@ pub fn wants_openmetrics(headers: &HeaderMap) -> bool {
 }
 
 /// Whether the client accepts gzip (then it is sent: the body is pre-compressed).
-pub fn wants_gzip(headers: &HeaderMap) -> bool {
+pub(super) fn wants_gzip(headers: &HeaderMap) -> bool {
     let list = items(headers, ACCEPT_ENCODING);
     weight(&list, "gzip").unwrap_or(0.0) > 0.0
 }

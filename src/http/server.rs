@@ -38,17 +38,17 @@ use tokio_util::task::TaskTracker;
 use super::metrics::HttpMetrics;
 
 /// How long a shutdown waits for open requests before it closes their connections.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// The pause after a failed accept (out of descriptors), so the loop does not spin.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// The HTTPS configuration; swapped whole on reload, read at every handshake.
-pub type TlsConfig = Arc<ArcSwap<rustls::ServerConfig>>;
+pub(crate) type TlsConfig = Arc<ArcSwap<rustls::ServerConfig>>;
 
 /// What bounds the server.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// The deadline of each phase of a connection (`web.request_timeout`).
     pub phase_timeout: Duration,
     /// The most connections open at once (`web.max_connections`).
@@ -143,7 +143,7 @@ impl Registry {
 /// Serves `router` on `listener` (HTTPS when `tls` is given) until `shutdown` completes. On
 /// shutdown the listener closes, idle connections close at once and open requests get
 /// [`SHUTDOWN_GRACE`] to finish.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: axum::Router,
     tls: Option<TlsConfig>,

@@ -37,15 +37,15 @@ pub enum WebConfigError {
     /// The file could not be read.
     #[error("{file}: cannot read: {reason}")]
     Read {
-        /// The file.
+        /// The file that could not be used.
         file: PathBuf,
-        /// Why.
+        /// The cause, in words an operator can act on.
         reason: String,
     },
     /// The file is not valid YAML for the format.
     #[error("{file}:{line}:{column}: {message}")]
     Syntax {
-        /// The file.
+        /// The file that could not be used.
         file: PathBuf,
         /// Line (1-based).
         line: u64,
@@ -57,7 +57,7 @@ pub enum WebConfigError {
     /// A value is not acceptable.
     #[error("{file}: {key}: {reason}")]
     Invalid {
-        /// The file.
+        /// The file that could not be used.
         file: PathBuf,
         /// The dotted key.
         key: String,
@@ -112,7 +112,7 @@ struct HttpFile {
 
 /// Who must present a client certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAuth {
+pub(crate) enum ClientAuth {
     /// No client certificate is asked for.
     None,
     /// A certificate, when given, must chain to the client CA.
@@ -123,7 +123,7 @@ pub enum ClientAuth {
 
 /// The TLS part, with paths resolved against the file's directory.
 #[derive(Debug, Clone)]
-pub struct TlsSettings {
+pub(crate) struct TlsSettings {
     /// Server certificate chain (PEM).
     pub cert_file: PathBuf,
     /// Server private key (PEM).
@@ -140,7 +140,7 @@ pub struct TlsSettings {
 
 /// A validated web configuration.
 #[derive(Debug, Clone)]
-pub struct WebConfig {
+pub(crate) struct WebConfig {
     /// The file it came from.
     pub source: PathBuf,
     /// HTTPS settings, when `tls_server_config` is given.
@@ -173,7 +173,7 @@ fn version(v: &str) -> Result<u8, String> {
 
 impl WebConfig {
     /// Reads and validates `file`; reads no certificate yet (see [`WebConfig::server_config`]).
-    pub fn load(file: &Path) -> Result<Self, WebConfigError> {
+    pub(crate) fn load(file: &Path) -> Result<Self, WebConfigError> {
         let text = std::fs::read_to_string(file).map_err(|e| WebConfigError::Read {
             file: file.to_owned(),
             reason: e.to_string(),
@@ -249,7 +249,7 @@ impl WebConfig {
     }
 
     /// Reads the certificate files and builds the rustls server configuration.
-    pub fn server_config(&self) -> Result<Option<Arc<ServerConfig>>, WebConfigError> {
+    pub(crate) fn server_config(&self) -> Result<Option<Arc<ServerConfig>>, WebConfigError> {
         let Some(t) = &self.tls else {
             return Ok(None);
         };

@@ -89,11 +89,11 @@ pub enum MaintenanceError {
     /// A job's cron expression does not parse.
     #[error("job \"{job}\": bad cron expression `{expr}`: {reason}")]
     Cron {
-        /// The job.
+        /// The maintenance job's name.
         job: String,
         /// The expression.
         expr: String,
-        /// Why.
+        /// The cause, in words an operator can act on.
         reason: String,
     },
 }

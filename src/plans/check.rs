@@ -15,14 +15,14 @@ use tokio_postgres::Client;
 use super::PlanSpec;
 use super::tree::{PlanTree, Scan};
 use super::verdict::{self, Relation, ResolvedIndex, index_verdict};
-pub use super::verdict::{IndexVerdict, Partitions};
+pub(crate) use super::verdict::{IndexVerdict, Partitions};
 use crate::db::trade_tables::{TableRef, describe, shapes};
 
 /// The name of the prepared statement of a check.
 const STATEMENT: &str = "pgpulse_plan_check";
 
 /// Removes the check's prepared statement from a session where a failed check left it.
-pub const DEALLOCATE: &str = "DEALLOCATE pgpulse_plan_check";
+pub(crate) const DEALLOCATE: &str = "DEALLOCATE pgpulse_plan_check";
 
 /// How a check explains its query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +121,7 @@ fn millis(d: Duration) -> u128 {
 }
 
 /// The batch that prepares and explains `spec`; its only result set is the plan.
-pub fn batch(spec: &PlanSpec, mode: Mode, lock_timeout: Duration) -> String {
+pub(crate) fn batch(spec: &PlanSpec, mode: Mode, lock_timeout: Duration) -> String {
     let begin = match mode {
         Mode::Analyze => "BEGIN",
         Mode::Plain => "BEGIN READ ONLY",
@@ -183,7 +183,7 @@ LEFT JOIN pg_class x ON x.oid = coalesce( \
 /// Why each of `specs` does not apply to the database (`None`: it applies): a trade table it
 /// names is missing or of another shape. One catalog query in a read-only transaction with the
 /// timeouts of the first spec.
-pub async fn applicability(
+pub(crate) async fn applicability(
     client: &Client,
     specs: &[std::sync::Arc<PlanSpec>],
     lock_timeout: Duration,
@@ -242,13 +242,13 @@ fn fail(spec: &PlanSpec, e: &tokio_postgres::Error) -> CheckError {
 
 /// How long a check waits for the server's answer: the server enforces the timeouts, this
 /// only catches a dead network.
-pub fn guard(timeout: Duration) -> Duration {
+pub(crate) fn guard(timeout: Duration) -> Duration {
     timeout * 3 + Duration::from_secs(5)
 }
 
 /// Explains `spec` on `client` and judges its plan. On an error the connection may hold an
 /// aborted transaction and the prepared statement: drop it.
-pub async fn run(
+pub(crate) async fn run(
     client: &Client,
     spec: &std::sync::Arc<PlanSpec>,
     mode: Mode,

@@ -250,7 +250,7 @@ impl PlanGuard {
         })
     }
 
-    /// The metric handles (tests read them).
+    /// The metric handles (the trade-table tests read them).
     pub fn metrics(&self) -> &PlanMetrics {
         &self.metrics
     }

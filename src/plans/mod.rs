@@ -13,11 +13,11 @@
 //! Every statement runs inside a transaction with `SET LOCAL statement_timeout` and
 //! `lock_timeout`; `serve` only ever sends plain EXPLAIN in a read-only transaction.
 
-pub mod check;
+pub(crate) mod check;
 pub mod guard;
-pub mod model;
-pub mod tree;
-pub mod verdict;
+pub(crate) mod model;
+pub(crate) mod tree;
+pub(crate) mod verdict;
 
 pub use model::{Param, ParamValue, PlanSpec};
 
@@ -36,7 +36,7 @@ pub const BUILT_IN: &str = "plans.yaml (built in)";
 #[derive(Debug, thiserror::Error)]
 #[error("{file}:{line}:{column}: {message}")]
 pub struct PlansError {
-    /// The file.
+    /// The file that could not be used.
     pub file: PathBuf,
     /// 1-based line (0 when unknown).
     pub line: u64,

@@ -12,7 +12,7 @@ use serde_saphyr::{Location, Spanned};
 use crate::db::trade_tables::{Role, TableRef, TradeTables, quote_ident};
 
 /// Statement timeout of a key query that sets none.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The file: a list of key queries.
 #[derive(Debug, Deserialize)]

@@ -7,11 +7,11 @@ use super::tree::Scan;
 /// Relations with fewer pages than this (64 kB at the default 8 kB block size) are not held
 /// to the expected index: reading a few pages sequentially is the right plan for them (an
 /// empty future partition, today's partition just after midnight).
-pub const SMALL_RELATION_PAGES: i64 = 8;
+pub(crate) const SMALL_RELATION_PAGES: i64 = 8;
 
 /// A scanned relation as the catalog knows it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Relation {
+pub(crate) struct Relation {
     /// Its partitioned root (`pg_partition_root`), or itself.
     pub root: String,
     /// Whether the root is a partitioned table.
@@ -24,7 +24,7 @@ pub struct Relation {
 
 /// An expected index as the catalog knows it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ResolvedIndex {
+pub(crate) struct ResolvedIndex {
     /// Whether the name is an index (and not, say, a table).
     pub is_index: bool,
     /// The partitioned root of its table, or its table.
@@ -63,7 +63,7 @@ pub struct Partitions {
 
 /// Judges one expected index against the plan's scans. `resolved` is `None` when the name
 /// does not exist; `relation_of` gives what the catalog knows about a scan's relation.
-pub fn index_verdict(
+pub(crate) fn index_verdict(
     index: &str,
     resolved: Option<&ResolvedIndex>,
     scans: &[Scan],
@@ -115,7 +115,7 @@ pub fn index_verdict(
 
 /// Distinct scanned leaves of partitioned tables against those tables' leaf counts; `None`
 /// when the plan reads no partitioned table. `relations` holds each scanned relation once.
-pub fn partitions<'a>(
+pub(crate) fn partitions<'a>(
     relations: impl IntoIterator<Item = &'a Relation>,
     removed_at_startup: u64,
 ) -> Option<Partitions> {

@@ -33,11 +33,6 @@ pub enum Cell {
 }
 
 impl Cell {
-    /// A text cell, or NULL.
-    pub fn text_or_null(text: Option<String>) -> Self {
-        text.map_or(Cell::Null, Cell::Text)
-    }
-
     /// The value as PostgreSQL prints it, `None` for NULL (labels and published rows).
     pub fn text(&self) -> Option<String> {
         match self {

@@ -17,7 +17,7 @@ use crate::snapshot::histogram::StatementSample;
 use crate::snapshot::{QueryResult, Series};
 
 /// The most rows a roll-up query may return (its series are budgeted after the roll-up).
-pub const ROLLUP_ROW_LIMIT: usize = 200_000;
+pub(crate) const ROLLUP_ROW_LIMIT: usize = 200_000;
 
 /// Counters of one run besides its series.
 #[derive(Debug, Default, Clone)]
@@ -40,7 +40,7 @@ struct Columns {
 
 /// Turns streamed rows of one run into a result.
 #[derive(Debug)]
-pub struct Decoder {
+pub(crate) struct Decoder {
     spec: Arc<QuerySpec>,
     columns: Columns,
     names: Vec<String>,
@@ -57,7 +57,7 @@ fn decode_error(message: String) -> RunError {
 
 impl Decoder {
     /// A decoder for `spec` over a statement with `columns` (name, type).
-    pub fn new(spec: &Arc<QuerySpec>, columns: &[(String, Type)]) -> Result<Self, RunError> {
+    pub(crate) fn new(spec: &Arc<QuerySpec>, columns: &[(String, Type)]) -> Result<Self, RunError> {
         let find = |name: &str| {
             columns.iter().position(|(c, _)| c == name).ok_or_else(|| {
                 decode_error(format!(
@@ -108,17 +108,17 @@ impl Decoder {
     }
 
     /// Whether the budget is used up: later rows are only counted.
-    pub fn full(&self) -> bool {
+    pub(crate) fn full(&self) -> bool {
         self.kept >= self.budget
     }
 
     /// Counts `n` rows that were not decoded because the budget was used up.
-    pub fn skip_rows(&mut self, n: u64) {
+    pub(crate) fn skip_rows(&mut self, n: u64) {
         self.stats.dropped += n * self.spec.metrics.len() as u64;
     }
 
     /// Decodes one row.
-    pub fn push(&mut self, row: &Row) -> Result<(), RunError> {
+    pub(crate) fn push(&mut self, row: &Row) -> Result<(), RunError> {
         if self.full() && self.spec.histogram.is_none() && !self.spec.publish_rows {
             self.skip_rows(1);
             return Ok(());
@@ -135,7 +135,7 @@ impl Decoder {
     }
 
     /// Decodes one row given as cells in the order of the columns.
-    pub fn push_cells(&mut self, cells: &[Cell]) -> Result<(), RunError> {
+    pub(crate) fn push_cells(&mut self, cells: &[Cell]) -> Result<(), RunError> {
         if self.full() && self.spec.histogram.is_none() && !self.spec.publish_rows {
             self.skip_rows(1);
             return Ok(());
@@ -214,7 +214,7 @@ impl Decoder {
     }
 
     /// The result and the run's counters.
-    pub fn finish(mut self) -> (QueryResult, RunStats) {
+    pub(crate) fn finish(mut self) -> (QueryResult, RunStats) {
         self.result.at = std::time::SystemTime::now();
         (self.result, self.stats)
     }

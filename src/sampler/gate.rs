@@ -8,7 +8,7 @@ use super::probe::ServerInfo;
 
 /// Why `spec` cannot run on the server of `server_version_num` `version` described by
 /// `server`, if it cannot.
-pub fn check(spec: &QuerySpec, version: i64, server: &ServerInfo) -> Option<String> {
+pub(crate) fn check(spec: &QuerySpec, version: i64, server: &ServerInfo) -> Option<String> {
     let v = i32::try_from(version).unwrap_or(i32::MAX);
     if let Some(min) = spec.min_server_version
         && v < min

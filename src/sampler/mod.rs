@@ -19,13 +19,13 @@
 //! while holding it, so nothing of a removed or replaced query can come back.
 
 pub mod cell;
-pub mod decode;
-pub mod gate;
+pub(crate) mod decode;
+pub(crate) mod gate;
 pub mod metrics;
-pub mod probe;
+pub(crate) mod probe;
 pub mod relations;
-pub mod run;
-pub mod schedule;
+pub(crate) mod run;
+pub(crate) mod schedule;
 
 pub use metrics::SamplerMetrics;
 pub use run::sample_once;
@@ -135,11 +135,6 @@ impl Sampler {
             tracker,
             stop,
         })
-    }
-
-    /// What the probe knows about the server.
-    pub fn server(&self) -> &ServerInfo {
-        &self.server
     }
 
     fn roster(&self) -> MutexGuard<'_, Roster> {

@@ -23,15 +23,15 @@ use crate::db::session::timeouts_sql;
 
 /// Pause between probes while the database answers: short enough that `pg_up` follows an
 /// outage within seconds, long enough to cost nothing.
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Reconnect pause after the first failed probe (before jitter, see
 /// [`crate::clock::backoff`]); it doubles per failure up to the configured maximum.
-pub const BACKOFF_BASE: Duration = Duration::from_millis(250);
+pub(crate) const BACKOFF_BASE: Duration = Duration::from_millis(250);
 
 /// What the probe learnt about the server.
 #[derive(Debug, Default)]
-pub struct ServerInfo {
+pub(crate) struct ServerInfo {
     in_recovery: std::sync::atomic::AtomicBool,
     features: std::sync::Mutex<(Vec<String>, Vec<String>)>,
     /// A digest of pg_stat_statements' last reset, from the last probe that could read it.
@@ -46,18 +46,18 @@ pub struct ServerInfo {
 
 impl ServerInfo {
     /// Whether the server is a standby (`pg_is_in_recovery()` at the last probe).
-    pub fn in_recovery(&self) -> bool {
+    pub(crate) fn in_recovery(&self) -> bool {
         self.in_recovery.load(Ordering::Relaxed)
     }
 
     /// Whether the last probe found the monitoring schema missing.
-    pub fn schema_missing(&self) -> bool {
+    pub(crate) fn schema_missing(&self) -> bool {
         self.schema.load(Ordering::Relaxed) == 1
     }
 
     /// Installed extensions and preloaded libraries (bare names), from the last probe that
     /// could read them.
-    pub fn features(&self) -> (Vec<String>, Vec<String>) {
+    pub(crate) fn features(&self) -> (Vec<String>, Vec<String>) {
         self.features.lock().map(|f| f.clone()).unwrap_or_default()
     }
 }
@@ -72,7 +72,7 @@ fn first_value(msgs: &[SimpleQueryMessage]) -> Option<&str> {
 
 /// Splits a comma-separated setting; library entries are normalised to their bare name
 /// (`$libdir/pg_stat_statements.so` → `pg_stat_statements`).
-pub fn split_list(s: &str) -> Vec<String> {
+pub(crate) fn split_list(s: &str) -> Vec<String> {
     s.split(',')
         .map(|x| {
             let x = x.trim().trim_matches('"');

@@ -19,7 +19,7 @@ use crate::db::session::{CLIENT_GRACE, begin_read_only, timeouts_sql};
 use crate::snapshot::QueryResult;
 
 /// Rows fetched per round trip from the query's portal.
-pub const ROW_BATCH: i32 = 1000;
+pub(crate) const ROW_BATCH: i32 = 1000;
 
 /// What one successful run produced.
 #[derive(Debug)]

@@ -83,11 +83,6 @@ impl SlowLogReader {
         })
     }
 
-    /// The metric handles (tests read them).
-    pub fn metrics(&self) -> &SlowLogMetrics {
-        &self.metrics
-    }
-
     /// Starts the loop on `tracker` until `stop`; `changed` wakes the renderer after a poll.
     pub fn start(
         self: &Arc<Self>,

@@ -37,7 +37,7 @@ pub struct HistogramSnapshot {
 
 /// Accumulates observations across samples.
 #[derive(Debug, Clone)]
-pub struct LatencyHistogram {
+pub(crate) struct LatencyHistogram {
     bounds: Vec<f64>,
     counts: Vec<u64>,
     sum: f64,
@@ -47,7 +47,7 @@ pub struct LatencyHistogram {
 
 impl LatencyHistogram {
     /// A histogram with `bounds` (seconds, increasing); +Inf is added.
-    pub fn new(bounds: &[f64]) -> Self {
+    pub(crate) fn new(bounds: &[f64]) -> Self {
         Self {
             bounds: bounds.to_vec(),
             counts: vec![0; bounds.len() + 1],
@@ -58,7 +58,7 @@ impl LatencyHistogram {
     }
 
     /// Observes `calls` calls of `seconds` mean latency each.
-    pub fn observe(&mut self, seconds: f64, calls: u64) {
+    pub(crate) fn observe(&mut self, seconds: f64, calls: u64) {
         let i = self
             .bounds
             .iter()
@@ -72,7 +72,7 @@ impl LatencyHistogram {
     }
 
     /// Takes one sample of every statement's cumulative counters.
-    pub fn update(&mut self, samples: &[StatementSample]) {
+    pub(crate) fn update(&mut self, samples: &[StatementSample]) {
         let current: HashMap<String, (f64, f64)> = samples
             .iter()
             .map(|s| (s.key.clone(), (s.calls, s.total_ms)))
@@ -99,7 +99,7 @@ impl LatencyHistogram {
     }
 
     /// The current state.
-    pub fn snapshot(&self) -> HistogramSnapshot {
+    pub(crate) fn snapshot(&self) -> HistogramSnapshot {
         let mut buckets: Vec<(f64, u64)> = self
             .bounds
             .iter()

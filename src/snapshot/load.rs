@@ -16,7 +16,7 @@ use super::{QueryResult, Series};
 
 /// Per-query accumulation state, kept in the snapshot across samples and reloads.
 #[derive(Debug, Default, Clone)]
-pub struct LoadAccumulator {
+pub(crate) struct LoadAccumulator {
     /// Per metric: label set → accumulated total, and the order label sets first appeared.
     totals: Vec<HashMap<Vec<String>, f64>>,
     order: Vec<Vec<Vec<String>>>,
@@ -25,7 +25,7 @@ pub struct LoadAccumulator {
 impl LoadAccumulator {
     /// Adds one sample (`result`'s values, each held for `interval`) and replaces the series
     /// of `result` by the accumulated totals; returns how many new series the budget dropped.
-    pub fn apply(&mut self, result: &mut QueryResult, interval: Duration) -> u64 {
+    pub(crate) fn apply(&mut self, result: &mut QueryResult, interval: Duration) -> u64 {
         let n = result.families.len();
         self.totals.resize_with(n, HashMap::new);
         self.order.resize_with(n, Vec::new);

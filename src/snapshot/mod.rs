@@ -11,10 +11,10 @@
 //! query's SQL and exposed shape stay the same, so a reload that changes only an interval or
 //! a timeout never makes a counter go back.
 
-pub mod histogram;
-pub mod load;
-pub mod monotonic;
-pub mod rollup;
+pub(crate) mod histogram;
+pub(crate) mod load;
+pub(crate) mod monotonic;
+pub(crate) mod rollup;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};

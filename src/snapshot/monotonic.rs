@@ -19,7 +19,7 @@ use crate::catalog::MetricKind;
 
 /// Why a counter sample was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Dropped {
+pub(crate) enum Dropped {
     /// Below zero.
     Negative,
     /// NaN or infinite.
@@ -30,10 +30,10 @@ pub enum Dropped {
 
 impl Dropped {
     /// Every reason, in the order of [`Dropped::as_str`].
-    pub const ALL: [Dropped; 3] = [Dropped::Negative, Dropped::NotFinite, Dropped::Decrease];
+    pub(crate) const ALL: [Dropped; 3] = [Dropped::Negative, Dropped::NotFinite, Dropped::Decrease];
 
     /// The `reason` label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Dropped::Negative => "negative",
             Dropped::NotFinite => "not_finite",
@@ -43,7 +43,7 @@ impl Dropped {
 }
 
 /// Counts of dropped counter samples of one run, by reason (indexed as [`Dropped::ALL`]).
-pub type DropCounts = [u64; 3];
+pub(crate) type DropCounts = [u64; 3];
 
 fn count(drops: &mut DropCounts, why: Dropped) {
     if let Some(n) = drops.get_mut(why as usize) {
@@ -54,7 +54,7 @@ fn count(drops: &mut DropCounts, why: Dropped) {
 /// Drops the negative and non-finite samples of every counter of `result` (before roll-ups
 /// and accumulation, which would turn them into a decrease); `accumulated` checks every
 /// metric (its values all become counters).
-pub fn drop_invalid(result: &mut QueryResult, accumulated: bool, drops: &mut DropCounts) {
+pub(crate) fn drop_invalid(result: &mut QueryResult, accumulated: bool, drops: &mut DropCounts) {
     let spec = result.spec.clone();
     for (family, metric) in result.families.iter_mut().zip(&spec.metrics) {
         if metric.kind != MetricKind::Counter && !accumulated {
@@ -76,7 +76,7 @@ pub fn drop_invalid(result: &mut QueryResult, accumulated: bool, drops: &mut Dro
 
 /// Replaces every counter sample of `result` that is lower than what `previous` served for the
 /// same series by that served value, unless the source reset since (`reset`).
-pub fn hold_decreases(
+pub(crate) fn hold_decreases(
     result: &mut QueryResult,
     previous: Option<&QueryResult>,
     reset: bool,

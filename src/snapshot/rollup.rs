@@ -21,7 +21,7 @@ use super::{QueryResult, Series};
 use crate::catalog::MetricKind;
 
 /// How long the state of an object or parent absent from the results is kept.
-pub const RETENTION: Duration = Duration::from_secs(3600);
+pub(crate) const RETENTION: Duration = Duration::from_secs(3600);
 
 /// A value and when it was seen (Unix seconds: 24 bytes per object and metric with its key,
 /// where a `SystemTime` made it 48, about 0.8 MB more at 10,000 partitions).
@@ -49,7 +49,7 @@ fn object_key(labels: &[String]) -> ObjectKey {
 
 /// Per-query roll-up state, kept in the snapshot across samples and reloads.
 #[derive(Debug, Default, Clone)]
-pub struct Rollup {
+pub(crate) struct Rollup {
     /// Per metric: the last value of each object (by the digest of its label set + key).
     objects: Vec<HashMap<ObjectKey, Seen>>,
     /// Per metric: the accumulated total of each parent label set.
@@ -60,7 +60,7 @@ impl Rollup {
     /// Replaces the per-object series of `result` (whose last label is the roll-up key) by
     /// one series per parent label set, keeping at most `max_series`; returns how many were
     /// dropped.
-    pub fn apply(&mut self, result: &mut QueryResult) -> u64 {
+    pub(crate) fn apply(&mut self, result: &mut QueryResult) -> u64 {
         let n = result.families.len();
         self.objects.resize_with(n, HashMap::new);
         self.totals.resize_with(n, HashMap::new);

@@ -5,12 +5,12 @@ use crate::service::{Running, has_family, sample, start};
 use pgpulse::demo::ClusterOptions;
 
 /// The shipped catalog with every interval at 2s (timeouts just below), for tests.
-pub fn fast_catalog() -> String {
+pub(crate) fn fast_catalog() -> String {
     catalog_every(2)
 }
 
 /// The shipped catalog with every interval at `secs` seconds (timeouts 100 ms below).
-pub fn catalog_every(secs: u64) -> String {
+pub(crate) fn catalog_every(secs: u64) -> String {
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/queries.yaml")).unwrap();
     text.lines()
@@ -32,7 +32,7 @@ pub fn catalog_every(secs: u64) -> String {
 }
 
 /// Waits until `f` holds for the /metrics body; panics with `what` and the body otherwise.
-pub async fn wait_for(svc: &Running, what: &str, f: impl Fn(&str) -> bool) -> String {
+pub(crate) async fn wait_for(svc: &Running, what: &str, f: impl Fn(&str) -> bool) -> String {
     svc.wait_for(what, f).await
 }
 

@@ -38,7 +38,7 @@ queries:
 "#;
 
 /// Runs `promtool check metrics` on `body`; returns its output when it complains.
-pub fn promtool_check(body: &str) -> Result<(), String> {
+pub(crate) fn promtool_check(body: &str) -> Result<(), String> {
     use std::io::Write;
     let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])

@@ -15,7 +15,7 @@ use tokio_postgres::{Client, NoTls};
 static SHARED: OnceLock<Result<TempCluster, String>> = OnceLock::new();
 
 /// The admin URL (database `postgres`) of the shared server.
-pub fn admin_url() -> String {
+pub(crate) fn admin_url() -> String {
     if let Ok(url) = std::env::var("PGPULSE_TEST_DATABASE_URL") {
         return url;
     }
@@ -28,7 +28,7 @@ pub fn admin_url() -> String {
 }
 
 /// Replaces the database of a URL.
-pub fn with_db(url: &str, db: &str) -> String {
+pub(crate) fn with_db(url: &str, db: &str) -> String {
     let (base, query) = url
         .split_once('?')
         .map(|(b, q)| (b, format!("?{q}")))
@@ -38,7 +38,7 @@ pub fn with_db(url: &str, db: &str) -> String {
 }
 
 /// Connects to a URL (test helper; panics on failure).
-pub async fn connect(url: &str) -> Client {
+pub(crate) async fn connect(url: &str) -> Client {
     let (client, conn) = tokio_postgres::connect(url, NoTls)
         .await
         .unwrap_or_else(|e| panic!("connect {url}: {e}"));
@@ -49,7 +49,7 @@ pub async fn connect(url: &str) -> Client {
 }
 
 /// The single `bigint` a query returns (test helper; panics on failure).
-pub async fn scalar(c: &Client, sql: &str) -> i64 {
+pub(crate) async fn scalar(c: &Client, sql: &str) -> i64 {
     c.query_one(sql, &[])
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
@@ -57,7 +57,7 @@ pub async fn scalar(c: &Client, sql: &str) -> i64 {
 }
 
 /// The first column of every row, as text (test helper; panics on failure).
-pub async fn strings(c: &Client, sql: &str) -> Vec<String> {
+pub(crate) async fn strings(c: &Client, sql: &str) -> Vec<String> {
     c.query(sql, &[])
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
@@ -67,7 +67,7 @@ pub async fn strings(c: &Client, sql: &str) -> Vec<String> {
 }
 
 /// A database of its own for one test; dropped (WITH FORCE) on drop.
-pub struct TestDb {
+pub(crate) struct TestDb {
     /// Its name.
     pub name: String,
     /// Its URL.
@@ -77,12 +77,12 @@ pub struct TestDb {
 
 impl TestDb {
     /// Creates an empty database on the shared server.
-    pub async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         Self::on(&admin_url()).await
     }
 
     /// Creates an empty database on the server of `admin`.
-    pub async fn on(admin: &str) -> Self {
+    pub(crate) async fn on(admin: &str) -> Self {
         let name = format!("t_{}_{}", std::process::id(), rand::random::<u32>());
         let c = connect(admin).await;
         c.batch_execute(&format!("CREATE DATABASE {name}"))
@@ -96,7 +96,7 @@ impl TestDb {
     }
 
     /// A database with the reference trade-engine schema and sample data.
-    pub async fn trade() -> Self {
+    pub(crate) async fn trade() -> Self {
         let db = Self::new().await;
         let c = db.client().await;
         pgpulse::demo::schema::install(&c)
@@ -106,12 +106,12 @@ impl TestDb {
     }
 
     /// The trade-engine database with the monitoring schema migrated.
-    pub async fn trade_migrated() -> Self {
+    pub(crate) async fn trade_migrated() -> Self {
         Self::trade_migrated_on(&admin_url()).await
     }
 
     /// The migrated trade-engine database on the server of `admin` (another cluster).
-    pub async fn trade_migrated_on(admin: &str) -> Self {
+    pub(crate) async fn trade_migrated_on(admin: &str) -> Self {
         let db = Self::on(admin).await;
         let c = db.client().await;
         pgpulse::demo::schema::install(&c)
@@ -122,7 +122,7 @@ impl TestDb {
     }
 
     /// Applies the migrations.
-    pub async fn migrate(&self) {
+    pub(crate) async fn migrate(&self) {
         let mut c = self.client().await;
         pgpulse::db::migrate::migrate(&mut c)
             .await
@@ -130,7 +130,7 @@ impl TestDb {
     }
 
     /// A new connection.
-    pub async fn client(&self) -> Client {
+    pub(crate) async fn client(&self) -> Client {
         connect(&self.url).await
     }
 }
@@ -149,7 +149,7 @@ impl Drop for TestDb {
 
 /// Runs `statements` on `admin`, ignoring failures, from a plain thread with a runtime of its
 /// own: for `Drop`, which runs also while a test panics.
-pub fn cleanup(admin: &str, statements: Vec<String>) {
+pub(crate) fn cleanup(admin: &str, statements: Vec<String>) {
     let admin = admin.to_owned();
     let _ = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -169,13 +169,13 @@ pub fn cleanup(admin: &str, statements: Vec<String>) {
 }
 
 /// Starts a cluster of its own with `opts` (stopped and removed when dropped).
-pub fn own_cluster(opts: ClusterOptions) -> TempCluster {
+pub(crate) fn own_cluster(opts: ClusterOptions) -> TempCluster {
     TempCluster::start(&opts).unwrap_or_else(|e| panic!("cannot start a test cluster: {e}"))
 }
 
 /// A cluster of its own without autovacuum, for tests whose statistics or XIDs only the
 /// test may move.
-pub fn cluster_without_autovacuum() -> TempCluster {
+pub(crate) fn cluster_without_autovacuum() -> TempCluster {
     own_cluster(ClusterOptions {
         extra_settings: vec![("autovacuum".into(), "off".into())],
         ..Default::default()
@@ -184,7 +184,7 @@ pub fn cluster_without_autovacuum() -> TempCluster {
 
 /// Flushes the session's pending statistics: forced at its next idle point, which the
 /// following statement passes.
-pub async fn flush_stats(c: &Client) {
+pub(crate) async fn flush_stats(c: &Client) {
     c.batch_execute("SELECT pg_stat_force_next_flush()")
         .await
         .unwrap();
@@ -193,7 +193,7 @@ pub async fn flush_stats(c: &Client) {
 
 /// Runs the pgpulse binary with `args` and environment `env` (PGPULSE_* of the test process
 /// are removed first).
-pub fn pgpulse(args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn pgpulse(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgpulse"));
     for (k, _) in std::env::vars() {
         if k.starts_with("PGPULSE_") {
@@ -207,7 +207,7 @@ pub fn pgpulse(args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 /// stdout and stderr of an output, as text.
-pub fn text(o: &Output) -> (String, String) {
+pub(crate) fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
@@ -216,10 +216,10 @@ pub fn text(o: &Output) -> (String, String) {
 
 /// How long a test waits for a condition before failing: generous, because CI runs on two
 /// loaded cores; it only bounds how long a real failure takes to report.
-pub const PATIENCE: Duration = Duration::from_secs(180);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(180);
 
 /// Polls `f` until it returns `Some` or `deadline` passes.
-pub async fn eventually<T, F, Fut>(deadline: Duration, mut f: F) -> Option<T>
+pub(crate) async fn eventually<T, F, Fut>(deadline: Duration, mut f: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -238,7 +238,7 @@ where
 
 /// Waits for `child` to exit, at most `patience`; `None` when it is still running then. Blocks
 /// on the child's exit (a waiter thread), no polling.
-pub fn wait_exit(
+pub(crate) fn wait_exit(
     child: &mut std::process::Child,
     patience: Duration,
 ) -> Option<std::process::ExitStatus> {

@@ -13,7 +13,7 @@ use pgpulse::config::{Config, Settings};
 
 /// A catalog of one constant query (`pg_test_answer 42`, every second): for tests about
 /// connections, TLS and the web layer, where what is sampled does not matter.
-pub const CONSTANT_CATALOG: &str = r#"
+pub(crate) const CONSTANT_CATALOG: &str = r#"
 queries:
   - name: constant
     help: a constant
@@ -25,7 +25,7 @@ queries:
 "#;
 
 /// A running exporter.
-pub struct Running {
+pub(crate) struct Running {
     /// Its address.
     pub addr: SocketAddr,
     /// Reload handle (what SIGHUP calls).
@@ -38,7 +38,7 @@ pub struct Running {
 }
 
 /// Config for `url` listening on 127.0.0.1:0.
-pub fn config(url: &str, catalog_path: &std::path::Path) -> Config {
+pub(crate) fn config(url: &str, catalog_path: &std::path::Path) -> Config {
     let mut s = Settings::default();
     s.database.url = Some(url.to_owned().into());
     s.web.listen_address = "127.0.0.1:0".into();
@@ -47,7 +47,7 @@ pub fn config(url: &str, catalog_path: &std::path::Path) -> Config {
 }
 
 /// Starts the exporter on `url` with `catalog` (YAML text); `tweak` adjusts the config.
-pub async fn start(url: &str, catalog: &str, tweak: impl FnOnce(&mut Config)) -> Running {
+pub(crate) async fn start(url: &str, catalog: &str, tweak: impl FnOnce(&mut Config)) -> Running {
     let dir = tempfile::tempdir().expect("tempdir");
     let catalog_path = dir.path().join("queries.yaml");
     std::fs::write(&catalog_path, catalog).unwrap();
@@ -84,7 +84,7 @@ pub async fn start(url: &str, catalog: &str, tweak: impl FnOnce(&mut Config)) ->
 
 impl Running {
     /// GET `path` with extra headers; returns status, headers and body bytes.
-    pub async fn get_with(
+    pub(crate) async fn get_with(
         &self,
         path: &str,
         headers: &[(&str, &str)],
@@ -119,13 +119,13 @@ impl Running {
     }
 
     /// GET `path`; returns status and body text.
-    pub async fn get(&self, path: &str) -> (u16, String) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, String) {
         let (s, _, b) = self.get_with(path, &[]).await;
         (s, String::from_utf8_lossy(&b).into_owned())
     }
 
     /// Waits until /ready answers 200 (a generous deadline: it only bounds a failure).
-    pub async fn wait_ready(&self) {
+    pub(crate) async fn wait_ready(&self) {
         crate::harness::eventually(crate::harness::PATIENCE, || async {
             (self.get("/ready").await.0 == 200).then_some(())
         })
@@ -134,7 +134,7 @@ impl Running {
     }
 
     /// Waits until `f` holds for the /metrics body; panics with `what` and the last body.
-    pub async fn wait_for(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
+    pub(crate) async fn wait_for(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
         let last = std::sync::Mutex::new(String::new());
         let found = crate::harness::eventually(crate::harness::PATIENCE, || async {
             let b = self.metrics().await;
@@ -156,17 +156,17 @@ impl Running {
     /// The /metrics body.
     /// Waits until the series `series` (name and labels, as [`sample`] reads it) has a value
     /// that satisfies `ok`; returns that body.
-    pub async fn wait_for_sample(&self, series: &str, ok: impl Fn(f64) -> bool) -> String {
+    pub(crate) async fn wait_for_sample(&self, series: &str, ok: impl Fn(f64) -> bool) -> String {
         self.wait_for(series, |b| sample(b, series).is_some_and(&ok))
             .await
     }
 
-    pub async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         self.get("/metrics").await.1
     }
 
     /// Stops the service and waits for it.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -178,7 +178,7 @@ impl Running {
 
 impl Running {
     /// Stops the service; true when it had stopped within `patience`.
-    pub async fn stop_within(mut self, patience: Duration) -> bool {
+    pub(crate) async fn stop_within(mut self, patience: Duration) -> bool {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -201,7 +201,7 @@ impl Drop for Running {
 }
 
 /// The value of the sample line `name{labels}` (exact match of the series text) in `body`.
-pub fn sample(body: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(body: &str, series: &str) -> Option<f64> {
     body.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| {
@@ -212,7 +212,7 @@ pub fn sample(body: &str, series: &str) -> Option<f64> {
 }
 
 /// Whether the exposition has a `# TYPE` line for `family`.
-pub fn has_family(body: &str, family: &str) -> bool {
+pub(crate) fn has_family(body: &str, family: &str) -> bool {
     body.lines()
         .any(|l| l.starts_with(&format!("# TYPE {family} ")))
 }

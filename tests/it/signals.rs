@@ -15,11 +15,11 @@ use crate::service::{Running, sample, start};
 use pgpulse::demo::ClusterOptions;
 
 /// Conditions are polled for this long (CI runs on two loaded cores).
-pub const DEADLINE: Duration = Duration::from_secs(120);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(120);
 
 /// The named queries of the shipped queries.yaml, unchanged but for their interval (timeout
 /// 800 ms), so tests run the real SQL fast.
-pub fn shipped(names: &[&str], interval: &str) -> String {
+pub(crate) fn shipped(names: &[&str], interval: &str) -> String {
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/queries.yaml")).unwrap();
     let mut out = String::from("queries:\n");
@@ -51,7 +51,7 @@ pub fn shipped(names: &[&str], interval: &str) -> String {
 }
 
 /// A single float8 (test helper; panics on failure).
-pub async fn float(c: &Client, sql: &str) -> f64 {
+pub(crate) async fn float(c: &Client, sql: &str) -> f64 {
     c.query_one(sql, &[])
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
@@ -60,7 +60,7 @@ pub async fn float(c: &Client, sql: &str) -> f64 {
 
 /// Polls until the series `series` of `svc` equals what `sql` returns right after, and `ok`
 /// accepts the value; panics with `what` otherwise.
-pub async fn agreed(
+pub(crate) async fn agreed(
     svc: &Running,
     c: &Client,
     series: &str,

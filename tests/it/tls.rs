@@ -21,7 +21,7 @@ const PASSWORD: &str = "Tls-Pw-9f3e";
 
 /// A CA, a server certificate for `localhost` and a client certificate for `postgres`, as
 /// PEM files in a temp dir.
-pub struct Pki {
+pub(crate) struct Pki {
     /// The directory holding the files (removed on drop).
     _dir: tempfile::TempDir,
     /// The CA certificate.
@@ -67,7 +67,7 @@ fn leaf(
 
 impl Pki {
     /// Generates the certificates.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (ca_cert, issuer) = ca("pgpulse test CA");
         let (other_cert, _) = ca("some other CA");

@@ -20,7 +20,7 @@ const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/web-config.ex
 const EXAMPLE_PASSWORD: &str = "change-me-scrape-password";
 
 /// Writes `yaml` as web-config.yml in `dir` (with the PKI's files next to it).
-pub fn web_config(dir: &Path, pki: &Pki, yaml: &str) -> PathBuf {
+pub(crate) fn web_config(dir: &Path, pki: &Pki, yaml: &str) -> PathBuf {
     for (name, from) in [
         ("server.crt", &pki.server_cert),
         ("server.key", &pki.server_key),

@@ -43,7 +43,7 @@ pub struct Relation {
     pub strategy: Option<u8>,
     /// Its schema (shared between relations of one schema).
     pub schema: Arc<str>,
-    /// Its name.
+    /// The relation's name.
     pub name: Box<str>,
     /// Sequential scans of a table, scans of an index.
     pub scans: i64,

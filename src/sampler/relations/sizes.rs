@@ -7,7 +7,7 @@ use super::derive::{is_user_table, user_indexes};
 use super::facts::{Facts, Relation, Sizes};
 
 /// The size signature of every user table and index the families report.
-pub fn signatures(facts: &Facts) -> Vec<(u32, u64)> {
+pub(super) fn signatures(facts: &Facts) -> Vec<(u32, u64)> {
     let mut indexes: HashMap<u32, Vec<&Relation>> = HashMap::new();
     for (i, t) in user_indexes(facts) {
         indexes.entry(t.oid).or_default().push(i);
@@ -26,7 +26,7 @@ pub fn signatures(facts: &Facts) -> Vec<(u32, u64)> {
 
 /// After a successful read of `changed` (or of everything, with `all`): records what each
 /// size was read at and forgets relations that no longer exist.
-pub fn settle(sizes: &mut Sizes, wanted: &[(u32, u64)], all: bool, changed: &[u32]) {
+pub(super) fn settle(sizes: &mut Sizes, wanted: &[(u32, u64)], all: bool, changed: &[u32]) {
     let changed: HashSet<u32> = changed.iter().copied().collect();
     for (oid, sig) in wanted {
         if all || changed.contains(oid) {

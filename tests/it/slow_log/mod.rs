@@ -30,7 +30,7 @@ use crate::harness::{PATIENCE, TestDb, eventually, own_cluster};
 use pgpulse::demo::{ClusterOptions, TempCluster};
 use tokio_postgres::Client;
 
-pub fn log_cluster(extra: &[(&str, &str)]) -> TempCluster {
+pub(crate) fn log_cluster(extra: &[(&str, &str)]) -> TempCluster {
     let mut settings: Vec<(String, String)> = [
         ("logging_collector", "on"),
         ("log_destination", "stderr,jsonlog"),
@@ -54,12 +54,12 @@ pub fn log_cluster(extra: &[(&str, &str)]) -> TempCluster {
 }
 
 /// `url` with its user replaced.
-pub fn as_user(url: &str, user: &str) -> String {
+pub(crate) fn as_user(url: &str, user: &str) -> String {
     url.replacen("postgres@", &format!("{user}@"), 1)
 }
 
 /// A migrated database on `cluster` plus the login roles of the test.
-pub async fn setup(cluster: &TempCluster) -> (TestDb, TestDb) {
+pub(crate) async fn setup(cluster: &TempCluster) -> (TestDb, TestDb) {
     let admin = cluster.url("postgres");
     let one = TestDb::on(&admin).await;
     let two = TestDb::on(&admin).await;
@@ -81,7 +81,7 @@ pub async fn setup(cluster: &TempCluster) -> (TestDb, TestDb) {
 }
 
 /// The jsonlog file the server writes to now (absolute).
-pub async fn current(admin: &Client, datadir: &Path) -> PathBuf {
+pub(crate) async fn current(admin: &Client, datadir: &Path) -> PathBuf {
     let rel: String = admin
         .query_one("SELECT pg_current_logfile('jsonlog')", &[])
         .await
@@ -94,7 +94,7 @@ pub async fn current(admin: &Client, datadir: &Path) -> PathBuf {
 /// resolution of one second and a rotation to the same name appends to the same file, so the
 /// rotation is asked for once the server's clock has left the second of the current file
 /// (read in `log_timezone`, the zone of the file names).
-pub async fn rotate(admin: &Client, datadir: &Path) -> PathBuf {
+pub(crate) async fn rotate(admin: &Client, datadir: &Path) -> PathBuf {
     let before = current(admin, datadir).await;
     let stamp = |p: &Path| {
         let name = p.file_stem().unwrap().to_string_lossy().into_owned();

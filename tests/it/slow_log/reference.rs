@@ -24,11 +24,11 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 /// The longest line counted (without its newline).
-pub const MAX_LINE: usize = 8 * 1024 * 1024;
+pub(super) const MAX_LINE: usize = 8 * 1024 * 1024;
 
 /// What a line says.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Line {
+pub(super) enum Line {
     /// One execution of a statement took `ms` milliseconds.
     Execution {
         /// The database (`dbname`), empty when the line has none.
@@ -62,7 +62,7 @@ struct Raw<'a> {
 const NEEDLE: &[u8] = b"\"message\":\"duration: ";
 
 /// Reads one line (without its newline).
-pub fn parse(line: &[u8]) -> Line {
+pub(super) fn parse(line: &[u8]) -> Line {
     // Most lines of a busy log are not durations: skip them without a JSON parse.
     if !line.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
         return if line.first() == Some(&b'{') {
@@ -109,7 +109,7 @@ fn duration(message: &str) -> Option<(f64, bool)> {
 /// What the reader should find in a file: executions at or over the threshold by
 /// (database, user), pgpulse's role excepted, and the lines not understood.
 #[derive(Debug, Default, PartialEq)]
-pub struct Model {
+pub(super) struct Model {
     /// Executions by (database, user).
     pub tally: BTreeMap<(String, String), u64>,
     /// Unparsed and oversized lines.
@@ -118,7 +118,7 @@ pub struct Model {
 
 /// Reads a whole file: its complete lines (what follows the last newline is a line still
 /// being written, not counted yet).
-pub fn model(file: &[u8], threshold_ms: f64, me: &str) -> Model {
+pub(super) fn model(file: &[u8], threshold_ms: f64, me: &str) -> Model {
     let mut out = Model::default();
     let Some(end) = file.iter().rposition(|b| *b == b'\n') else {
         return out;
