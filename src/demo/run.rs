@@ -102,27 +102,81 @@ fn listen_address(s: &str) -> Result<String, String> {
 
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
-    // The port first: a taken port fails now, not after the cluster's setup.
-    let addr: std::net::SocketAddr = args.listen_address.parse().map_err(|_| {
+    let listener = bind(&args.listen_address).await?;
+    eprintln!("pgpulse demo: starting a throwaway PostgreSQL ...");
+    let cluster = start_cluster(args.scenario).await?;
+    let (client, target) = prepare(&cluster).await?;
+    let stop = CancellationToken::new();
+    let stats = Arc::new(WorkloadStats::default());
+    let work_client = crate::db::connect(&target).await?;
+    let workload = tokio::spawn(workload::run(
+        work_client,
+        args.rate,
+        stats.clone(),
+        stop.clone(),
+    ));
+    let scenario_task = match args.scenario {
+        Some(s) => scenario::apply(s, &client, &target, stop.clone())
+            .await
+            .map_err(|reason| DemoError::Database {
+                step: "start the scenario",
+                reason,
+            })?,
+        None => None,
+    };
+    let config = demo_config(&cluster, &args)?;
+    let catalog = Catalog::builtin(DEMO_DEFAULTS)?;
+    let app = crate::app::App::build_on(listener, config, catalog).await?;
+    let addr = app.local_addr();
+    let alerting = start_alerting(addr).await;
+    print_banner(&args, addr, &cluster.url("trade_engine"), alerting.as_ref());
+    spawn_status(
+        stats.clone(),
+        alerting.as_ref(),
+        args.scenario,
+        stop.clone(),
+    );
+    let served = app.run_until_stopped(shutdown_after(args.duration)).await;
+    stop.cancel();
+    let _ = workload.await;
+    if let Some(t) = scenario_task {
+        let _ = t.await;
+    }
+    if let Some(a) = alerting {
+        a.stop().await;
+    }
+    drop(client);
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .ok();
+    eprintln!("pgpulse demo: stopped; throwaway cluster removed");
+    Ok(served?)
+}
+
+/// Binds the listen address first: a taken port fails now, not after the cluster's setup.
+async fn bind(listen_address: &str) -> Result<tokio::net::TcpListener, DemoError> {
+    let addr: SocketAddr = listen_address.parse().map_err(|_| {
         DemoError::Config(crate::config::ConfigError::Invalid {
             key: "--listen-address",
-            reason: listen_address(&args.listen_address)
+            reason: self::listen_address(listen_address)
                 .err()
                 .unwrap_or_default(),
         })
     })?;
-    let listener = tokio::net::TcpListener::bind(addr)
+    Ok(tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| crate::app::AppError::Bind { addr, source })?;
-    eprintln!("pgpulse demo: starting a throwaway PostgreSQL ...");
+        .map_err(|source| crate::app::AppError::Bind { addr, source })?)
+}
+
+/// The throwaway cluster: jsonlog at 100 ms for the exact slow-statement count, and shared
+/// buffers smaller than the scanned table for the cache-miss scenario.
+async fn start_cluster(scenario: Option<Scenario>) -> Result<TempCluster, DemoError> {
     let opts = ClusterOptions {
-        // Cache misses need shared_buffers smaller than the table the scenario scans.
-        shared_buffers: if args.scenario == Some(Scenario::CacheMiss) {
+        shared_buffers: if scenario == Some(Scenario::CacheMiss) {
             "128kB".into()
         } else {
             "128MB".into()
         },
-        // The slow-statement log (jsonlog at 100 ms) for the exact count of slow executions.
         extra_settings: [
             ("logging_collector", "on"),
             ("log_destination", "stderr,jsonlog"),
@@ -134,16 +188,24 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         .collect(),
         ..ClusterOptions::default()
     };
-    let cluster = tokio::task::spawn_blocking(move || TempCluster::start(&opts))
-        .await
-        .map_err(|e| DemoError::Task(e.to_string()))??;
+    Ok(
+        tokio::task::spawn_blocking(move || TempCluster::start(&opts))
+            .await
+            .map_err(|e| DemoError::Task(e.to_string()))??,
+    )
+}
+
+/// The trade-engine database with its schema, production-like volume, the monitoring schema
+/// and the sampling role; a client on it and its target.
+async fn prepare(
+    cluster: &TempCluster,
+) -> Result<(tokio_postgres::Client, crate::db::DatabaseTarget), DemoError> {
     let admin = crate::db::DatabaseTarget::parse(&cluster.url("postgres"))?;
-    let client = crate::db::connect(&admin).await?;
-    client
+    crate::db::connect(&admin)
+        .await?
         .batch_execute("CREATE DATABASE trade_engine")
         .await
         .map_err(step("create the demo database"))?;
-    drop(client);
     let target = crate::db::DatabaseTarget::parse(&cluster.url("trade_engine"))?;
     let mut client = crate::db::connect(&target).await?;
     super::schema::install(&client)
@@ -165,25 +227,12 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         ))
         .await
         .map_err(step("create the sampling role"))?;
-    let stop = CancellationToken::new();
-    let stats = Arc::new(WorkloadStats::default());
-    let work_client = crate::db::connect(&target).await?;
-    let workload = tokio::spawn(workload::run(
-        work_client,
-        args.rate,
-        stats.clone(),
-        stop.clone(),
-    ));
-    let scenario_task = match args.scenario {
-        Some(s) => scenario::apply(s, &client, &target, stop.clone())
-            .await
-            .map_err(|reason| DemoError::Database {
-                step: "start the scenario",
-                reason,
-            })?,
-        None => None,
-    };
+    Ok((client, target))
+}
 
+/// The service's configuration: the sampling role on the demo database, the demo's
+/// intervals.
+fn demo_config(cluster: &TempCluster, args: &DemoArgs) -> Result<crate::config::Config, DemoError> {
     let overrides = crate::config::CliOverrides {
         database_url: Some(cluster.url("trade_engine").replacen(
             "postgres://postgres@",
@@ -196,42 +245,18 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     let mut config = crate::config::load(None, false, &overrides)?.validate()?;
     config.default_interval = DEMO_DEFAULTS.interval;
     config.default_timeout = DEMO_DEFAULTS.timeout;
-    let catalog = Catalog::builtin(DEMO_DEFAULTS)?;
-    let app = crate::app::App::build_on(listener, config, catalog).await?;
-    let addr = app.local_addr();
-    let alerting = start_alerting(addr).await;
-    print_banner(&args, addr, &cluster.url("trade_engine"), alerting.as_ref());
-    spawn_status(
-        stats.clone(),
-        alerting.as_ref(),
-        args.scenario,
-        stop.clone(),
-    );
-    let limit = args.duration;
-    let shutdown = async move {
-        match limit {
-            Some(d) => tokio::select! {
-                _ = crate::shutdown::signal() => {}
-                _ = tokio::time::sleep(d) => {}
-            },
-            None => crate::shutdown::signal().await,
-        }
-    };
-    let served = app.run_until_stopped(shutdown).await;
-    stop.cancel();
-    let _ = workload.await;
-    if let Some(t) = scenario_task {
-        let _ = t.await;
+    Ok(config)
+}
+
+/// Completes at SIGTERM/SIGINT, or after `limit` when one is given.
+async fn shutdown_after(limit: Option<std::time::Duration>) {
+    match limit {
+        Some(d) => tokio::select! {
+            _ = crate::shutdown::signal() => {}
+            _ = tokio::time::sleep(d) => {}
+        },
+        None => crate::shutdown::signal().await,
     }
-    if let Some(a) = alerting {
-        a.stop().await;
-    }
-    drop(client);
-    tokio::task::spawn_blocking(move || drop(cluster))
-        .await
-        .ok();
-    eprintln!("pgpulse demo: stopped; throwaway cluster removed");
-    Ok(served?)
 }
 
 /// Starts Prometheus and Alertmanager when installed; says why not otherwise.

@@ -56,110 +56,116 @@ impl Scenario {
     }
 }
 
+/// What a scenario's setup returns: the task that keeps the condition true, if one is needed.
+type Setup = std::result::Result<Option<tokio::task::JoinHandle<()>>, String>;
+
 /// Prepares the condition; returns a task that keeps it true until `stop`, if one is needed.
 pub(crate) async fn apply(
     scenario: Scenario,
     client: &Client,
     target: &DatabaseTarget,
     stop: CancellationToken,
-) -> std::result::Result<Option<tokio::task::JoinHandle<()>>, String> {
-    let e = |e: tokio_postgres::Error| crate::db::outcome::describe(&e);
+) -> Setup {
     match scenario {
-        Scenario::Bloat => {
-            client
-                .batch_execute(
-                    "CREATE TABLE demo_bloat (id int, pad text) WITH (autovacuum_enabled = false);
-                     INSERT INTO demo_bloat SELECT g, repeat('x', 80) FROM generate_series(1, 200000) g;
-                     DELETE FROM demo_bloat WHERE id % 2 = 0;
-                     SELECT pg_stat_force_next_flush();",
-                )
-                .await
-                .map_err(e)?;
-            Ok(None)
-        }
-        Scenario::PartitionGap => {
-            client
-                .batch_execute(
-                    "DO $$ DECLARE r record; BEGIN
-                       FOR r IN SELECT partition_relname FROM monitoring.partition_bounds('trades'::regclass)
-                                 WHERE NOT is_default AND range_start >= date_trunc('day', now()) + interval '1 day'
-                       LOOP EXECUTE format('DROP TABLE %I', r.partition_relname); END LOOP;
-                     END $$;
-                     INSERT INTO trades (symbol, price, quantity, maker_order_id, taker_order_id, maker_user_id, taker_user_id, executed_at)
-                       VALUES ('BTC-USD', 100, 1, 1, 2, 1, 2, now() + interval '3 days');",
-                )
-                .await
-                .map_err(e)?;
-            Ok(None)
-        }
-        Scenario::CacheMiss => {
-            client
-                .batch_execute(
-                    "CREATE TABLE demo_cold (id int, pad text);
-                     INSERT INTO demo_cold SELECT g, repeat('c', 200) FROM generate_series(1, 60000) g;",
-                )
-                .await
-                .map_err(e)?;
-            Ok(Some(
-                loop_task(
-                    target,
-                    stop,
-                    "SELECT count(*) FROM demo_cold WHERE pad LIKE 'z%'",
-                    Duration::from_millis(200),
-                )
-                .await?,
-            ))
-        }
-        Scenario::Slow => {
-            // A role of its own, so the dashboard shows who is slow; pgpulse (role `pgpulse`)
-            // and the order workload (`postgres`) stay fast.
-            client
-                .batch_execute(
-                    "DO $$ BEGIN CREATE ROLE demo_trader LOGIN; \
-                     EXCEPTION WHEN duplicate_object THEN NULL; END $$",
-                )
-                .await
-                .map_err(e)?;
-            let mut config = target.config().clone();
-            config.user("demo_trader");
-            let trader = DatabaseTarget::from_config(config);
-            Ok(Some(
-                loop_task(
-                    &trader,
-                    stop,
-                    "SELECT 1 AS slow, pg_sleep(0.15 + random() * 0.25)",
-                    Duration::from_millis(50),
-                )
-                .await?,
-            ))
-        }
-        Scenario::Locks => {
-            let holder = crate::db::connect(target)
-                .await
-                .map_err(|e| e.to_string())?;
-            for sql in [
-                "INSERT INTO order_book (symbol, side, price, quantity, order_count) \
-                 VALUES ('LOCK-USD', 'buy', 1, 1, 1) ON CONFLICT DO NOTHING",
-                "BEGIN",
-                "UPDATE order_book SET quantity = quantity + 1 WHERE symbol = 'LOCK-USD'",
-            ] {
-                holder.batch_execute(sql).await.map_err(e)?;
-            }
-            let waiter = crate::db::connect(target)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(Some(tokio::spawn(async move {
-                let wait = waiter.batch_execute(
-                    "UPDATE order_book SET quantity = quantity + 1 WHERE symbol = 'LOCK-USD'",
-                );
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    r = wait => tracing::warn!(result = ?r, "lock waiter finished before stop"),
-                }
-                let _ = holder.batch_execute("ROLLBACK").await;
-            })))
-        }
+        Scenario::Bloat => bloat(client).await,
+        Scenario::PartitionGap => partition_gap(client).await,
+        Scenario::CacheMiss => cache_miss(client, target, stop).await,
+        Scenario::Slow => slow(client, target, stop).await,
+        Scenario::Locks => locks(target, stop).await,
     }
+}
+
+fn describe(e: tokio_postgres::Error) -> String {
+    crate::db::outcome::describe(&e)
+}
+
+async fn bloat(client: &Client) -> Setup {
+    client
+        .batch_execute(
+            "CREATE TABLE demo_bloat (id int, pad text) WITH (autovacuum_enabled = false);
+             INSERT INTO demo_bloat SELECT g, repeat('x', 80) FROM generate_series(1, 200000) g;
+             DELETE FROM demo_bloat WHERE id % 2 = 0;
+             SELECT pg_stat_force_next_flush();",
+        )
+        .await
+        .map_err(describe)?;
+    Ok(None)
+}
+
+async fn partition_gap(client: &Client) -> Setup {
+    client
+        .batch_execute(
+            "DO $$ DECLARE r record; BEGIN
+               FOR r IN SELECT partition_relname FROM monitoring.partition_bounds('trades'::regclass)
+                         WHERE NOT is_default AND range_start >= date_trunc('day', now()) + interval '1 day'
+               LOOP EXECUTE format('DROP TABLE %I', r.partition_relname); END LOOP;
+             END $$;
+             INSERT INTO trades (symbol, price, quantity, maker_order_id, taker_order_id, maker_user_id, taker_user_id, executed_at)
+               VALUES ('BTC-USD', 100, 1, 1, 2, 1, 2, now() + interval '3 days');",
+        )
+        .await
+        .map_err(describe)?;
+    Ok(None)
+}
+
+async fn cache_miss(client: &Client, target: &DatabaseTarget, stop: CancellationToken) -> Setup {
+    client
+        .batch_execute(
+            "CREATE TABLE demo_cold (id int, pad text);
+             INSERT INTO demo_cold SELECT g, repeat('c', 200) FROM generate_series(1, 60000) g;",
+        )
+        .await
+        .map_err(describe)?;
+    let sql = "SELECT count(*) FROM demo_cold WHERE pad LIKE 'z%'";
+    Ok(Some(
+        loop_task(target, stop, sql, Duration::from_millis(200)).await?,
+    ))
+}
+
+/// A role of its own, so the dashboard shows who is slow; pgpulse (role `pgpulse`) and the
+/// order workload (`postgres`) stay fast.
+async fn slow(client: &Client, target: &DatabaseTarget, stop: CancellationToken) -> Setup {
+    client
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE demo_trader LOGIN; \
+             EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+        )
+        .await
+        .map_err(describe)?;
+    let mut config = target.config().clone();
+    config.user("demo_trader");
+    let trader = DatabaseTarget::from_config(config);
+    let sql = "SELECT 1 AS slow, pg_sleep(0.15 + random() * 0.25)";
+    Ok(Some(
+        loop_task(&trader, stop, sql, Duration::from_millis(50)).await?,
+    ))
+}
+
+async fn locks(target: &DatabaseTarget, stop: CancellationToken) -> Setup {
+    let holder = crate::db::connect(target)
+        .await
+        .map_err(|e| e.to_string())?;
+    for sql in [
+        "INSERT INTO order_book (symbol, side, price, quantity, order_count) \
+         VALUES ('LOCK-USD', 'buy', 1, 1, 1) ON CONFLICT DO NOTHING",
+        "BEGIN",
+        "UPDATE order_book SET quantity = quantity + 1 WHERE symbol = 'LOCK-USD'",
+    ] {
+        holder.batch_execute(sql).await.map_err(describe)?;
+    }
+    let waiter = crate::db::connect(target)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Some(tokio::spawn(async move {
+        let wait = waiter.batch_execute(
+            "UPDATE order_book SET quantity = quantity + 1 WHERE symbol = 'LOCK-USD'",
+        );
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            r = wait => tracing::warn!(result = ?r, "lock waiter finished before stop"),
+        }
+        let _ = holder.batch_execute("ROLLBACK").await;
+    })))
 }
 
 async fn loop_task(
