@@ -1,5 +1,6 @@
 //! The trade-engine catalog against real PostgreSQL: induce the condition, assert the metric.
 
+use crate::harness::exec;
 use crate::harness::{TestDb, connect, own_cluster};
 use crate::service::{Running, has_family, sample, start};
 use pgpulse::demo::ClusterOptions;
@@ -40,14 +41,14 @@ pub(crate) async fn wait_for(svc: &Running, what: &str, f: impl Fn(&str) -> bool
 async fn dead_tuples_show_as_the_dead_tuple_ratio() {
     let db = TestDb::trade_migrated().await;
     let c = db.client().await;
-    c.batch_execute(
+    exec(
+        &c,
         "CREATE TABLE bloated (id int, pad text) WITH (autovacuum_enabled = false);
          INSERT INTO bloated SELECT g, repeat('x', 100) FROM generate_series(1, 5000) g;
          DELETE FROM bloated WHERE id % 5 < 2;
          SELECT pg_stat_force_next_flush();",
     )
-    .await
-    .unwrap();
+    .await;
     let svc = start(&db.url, &fast_catalog(), |_| {}).await;
     let series = "pg_table_dead_tuple_ratio{schemaname=\"public\",relname=\"bloated\"}";
     let body = wait_for(&svc, "the dead tuple ratio of bloated", |b| {
@@ -88,21 +89,17 @@ async fn reading_a_table_larger_than_shared_buffers_drops_the_hit_ratio_below_0_
     let db = TestDb::on(&cluster.url("postgres")).await;
     db.migrate().await;
     let c = db.client().await;
-    c.batch_execute(
+    exec(
+        &c,
         "CREATE TABLE big (id int, pad text);
          INSERT INTO big SELECT g, repeat('y', 200) FROM generate_series(1, 40000) g;
          SELECT pg_stat_reset();",
     )
-    .await
-    .unwrap();
+    .await;
     for _ in 0..5 {
-        c.batch_execute("SELECT count(*) FROM big WHERE pad LIKE 'z%'")
-            .await
-            .unwrap();
+        exec(&c, "SELECT count(*) FROM big WHERE pad LIKE 'z%'").await;
     }
-    c.batch_execute("SELECT pg_stat_force_next_flush()")
-        .await
-        .unwrap();
+    exec(&c, "SELECT pg_stat_force_next_flush()").await;
     let svc = start(&db.url, &fast_catalog(), |_| {}).await;
     let body = wait_for(&svc, "a heap hit ratio", |b| {
         sample(b, "pg_cache_hit_ratio{kind=\"heap\"}").is_some()
@@ -156,21 +153,17 @@ async fn a_row_lock_with_a_waiter_shows_one_blocked_session_and_a_wait_above_zer
     let db = TestDb::on(&cluster.url("postgres")).await;
     db.migrate().await;
     let holder = db.client().await;
-    holder
-        .batch_execute(
-            "CREATE TABLE book (id int primary key, qty int); INSERT INTO book VALUES (1, 10);",
-        )
-        .await
-        .unwrap();
+    exec(
+        &holder,
+        "CREATE TABLE book (id int primary key, qty int); INSERT INTO book VALUES (1, 10);",
+    )
+    .await;
     let svc = start(&db.url, &fast_catalog(), |_| {}).await;
     wait_for(&svc, "no blocked sessions", |b| {
         sample(b, "pg_blocked_sessions") == Some(0.0)
     })
     .await;
-    holder
-        .batch_execute("BEGIN; UPDATE book SET qty = 9 WHERE id = 1;")
-        .await
-        .unwrap();
+    exec(&holder, "BEGIN; UPDATE book SET qty = 9 WHERE id = 1;").await;
     let waiter = db.client().await;
     let blocked = tokio::spawn(async move {
         waiter
@@ -186,7 +179,7 @@ async fn a_row_lock_with_a_waiter_shows_one_blocked_session_and_a_wait_above_zer
                 == 1
     })
     .await;
-    holder.batch_execute("COMMIT").await.unwrap();
+    exec(&holder, "COMMIT").await;
     blocked.await.unwrap().unwrap();
     wait_for(&svc, "no blocked sessions again", |b| {
         sample(b, "pg_blocked_sessions") == Some(0.0)
@@ -232,9 +225,7 @@ async fn partitions_counts_runway_and_default_rows_follow_the_database() {
         .await
         .unwrap()
         .get(0);
-    c.batch_execute(&format!("DROP TABLE {newest}"))
-        .await
-        .unwrap();
+    exec(&c, &format!("DROP TABLE {newest}")).await;
     let body = wait_for(&svc, "one partition fewer", |b| {
         count(b) == Some(parts - 1.0)
     })
@@ -249,12 +240,8 @@ async fn partitions_counts_runway_and_default_rows_follow_the_database() {
         sample(&body, "pg_partition_default_rows{parent=\"trades\"}"),
         Some(0.0)
     );
-    c.batch_execute(
-        "INSERT INTO trades (symbol, price, quantity, maker_order_id, taker_order_id, maker_user_id, taker_user_id, executed_at) \
-         VALUES ('BTC-USD', 1, 1, 1, 2, 1, 2, now() + interval '400 days')",
-    )
-    .await
-    .unwrap();
+    exec(&c, "INSERT INTO trades (symbol, price, quantity, maker_order_id, taker_order_id, maker_user_id, taker_user_id, executed_at) \
+         VALUES ('BTC-USD', 1, 1, 1, 2, 1, 2, now() + interval '400 days')").await;
     wait_for(&svc, "one row in the default partition", |b| {
         sample(b, "pg_partition_default_rows{parent=\"trades\"}") == Some(1.0)
     })
@@ -332,12 +319,10 @@ async fn a_workload_of_pg_sleep_statements_moves_the_latency_buckets_as_the_late
     let c = db.client().await;
     // Two statement shapes (distinct queryids): 30 calls of 20 ms, 6 calls of 300 ms.
     for _ in 0..30 {
-        c.batch_execute("SELECT pg_sleep(0.02)").await.unwrap();
+        exec(&c, "SELECT pg_sleep(0.02)").await;
     }
     for _ in 0..6 {
-        c.batch_execute("SELECT 1 AS a, pg_sleep(0.3)")
-            .await
-            .unwrap();
+        exec(&c, "SELECT 1 AS a, pg_sleep(0.3)").await;
     }
     let count = |b: &str| sample(b, "pg_statement_latency_seconds_count").unwrap_or(0.0);
     let base_count = count(&base);
@@ -394,14 +379,14 @@ async fn health_db_serves_the_last_health_sample_and_turns_503_on_a_critical_che
         assert!(bloat.get(key).is_some(), "{key} in {bloat}");
     }
     let c = db.client().await;
-    c.batch_execute(
+    exec(
+        &c,
         "CREATE TABLE rotten (id int, pad text) WITH (autovacuum_enabled = false);
          INSERT INTO rotten SELECT g, repeat('r', 50) FROM generate_series(1, 5000) g;
          DELETE FROM rotten WHERE id % 2 = 0;
          SELECT pg_stat_force_next_flush();",
     )
-    .await
-    .unwrap();
+    .await;
     wait_for(&svc, "Table Bloat critical", |b| {
         sample(b, "pg_health_check_status{check=\"Table Bloat\"}") == Some(2.0)
     })
@@ -417,12 +402,12 @@ async fn health_db_serves_the_last_health_sample_and_turns_503_on_a_critical_che
 async fn detaching_a_scanned_partition_does_not_lower_the_rolled_up_scan_counter() {
     let db = TestDb::trade_migrated().await;
     let c = db.client().await;
-    c.batch_execute(
+    exec(
+        &c,
         "SELECT count(*) FROM orders; SELECT count(*) FROM orders; SELECT count(*) FROM orders;
          SELECT pg_stat_force_next_flush();",
     )
-    .await
-    .unwrap();
+    .await;
     let svc = start(&db.url, &fast_catalog(), |_| {}).await;
     let series = "pg_table_seq_scans_total{schemaname=\"public\",relname=\"orders\"}";
     let runs =

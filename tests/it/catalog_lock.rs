@@ -5,6 +5,7 @@
 //! more server processes than `database.pool_size`), report `pg_up 0`, and recover once the
 //! lock is released.
 
+use crate::harness::exec;
 use tokio_postgres::Client;
 
 use crate::harness::{PATIENCE, connect, eventually, own_cluster};
@@ -48,25 +49,25 @@ fn server_processes(cluster: &TempCluster) -> usize {
 /// every session of `ROLE` from inside it, waiting until each has exited (they must
 /// reconnect, under the lock, and no exiting process is counted).
 async fn lock_and_disconnect(locker: &Client) {
-    locker
-        .batch_execute(&format!(
+    exec(
+        locker,
+        &format!(
             "BEGIN; LOCK TABLE pg_database IN ACCESS EXCLUSIVE MODE; \
              SELECT pg_terminate_backend(pid, 60000) FROM pg_stat_activity WHERE usename = '{ROLE}'"
-        ))
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_on_pg_database_does_not_multiply_connection_attempts_beyond_the_budget() {
     let cluster = own_cluster(ClusterOptions::default());
     let admin = connect(&cluster.url("postgres")).await;
-    admin
-        .batch_execute(&format!(
-            "CREATE ROLE {ROLE} LOGIN; GRANT pg_monitor TO {ROLE}"
-        ))
-        .await
-        .unwrap();
+    exec(
+        &admin,
+        &format!("CREATE ROLE {ROLE} LOGIN; GRANT pg_monitor TO {ROLE}"),
+    )
+    .await;
     let url = cluster
         .url("postgres")
         .replace("postgres://postgres@", &format!("postgres://{ROLE}@"));
@@ -105,7 +106,7 @@ async fn a_lock_on_pg_database_does_not_multiply_connection_attempts_beyond_the_
         most, budget,
         "the abandoned attempts' server processes filled the budget (the test saw them wait)"
     );
-    admin.batch_execute("COMMIT").await.unwrap();
+    exec(&admin, "COMMIT").await;
     svc.wait_for("pg_up 1 after the lock", |b| {
         sample(b, "pg_up") == Some(1.0)
     })

@@ -4,6 +4,7 @@
 //! lower value is served as the counter's new life.
 
 use crate::harness::TestDb;
+use crate::harness::exec;
 use crate::service::{Running, sample, start};
 
 const CATALOG: &str = r#"
@@ -37,7 +38,7 @@ async fn set_and_wait(svc: &Running, c: &tokio_postgres::Client, sql: &str) -> S
     let runs =
         |b: &str| sample(b, "pgpulse_query_runs_total{query=\"hostile_counter\"}").unwrap_or(0.0);
     let before = runs(&svc.metrics().await);
-    c.batch_execute(sql).await.unwrap();
+    exec(c, sql).await;
     svc.wait_for("two runs after the change", |b| runs(b) >= before + 2.0)
         .await
 }
@@ -46,13 +47,9 @@ async fn set_and_wait(svc: &Running, c: &tokio_postgres::Client, sql: &str) -> S
 async fn negative_nan_and_decreasing_counter_samples_are_dropped_until_the_source_resets() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    c.batch_execute(
-        "CREATE TABLE public.counter_source (k text PRIMARY KEY, v float8); \
+    exec(&c, "CREATE TABLE public.counter_source (k text PRIMARY KEY, v float8); \
          INSERT INTO public.counter_source VALUES ('a', 10), ('b', -5), ('c', 'NaN'), ('d', 'Infinity'); \
-         GRANT SELECT ON public.counter_source TO PUBLIC",
-    )
-    .await
-    .unwrap();
+         GRANT SELECT ON public.counter_source TO PUBLIC").await;
     let svc = start(&db.url, CATALOG, |_| {}).await;
     let body = svc
         .wait_for("the first run", |b| value(b, "a").is_some())
@@ -90,9 +87,11 @@ async fn negative_nan_and_decreasing_counter_samples_are_dropped_until_the_sourc
 
     // A real reset of the server's statistics (the database's stats_reset moves): the lower
     // value is the counter's new life and is served.
-    c.batch_execute("UPDATE public.counter_source SET v = 3 WHERE k = 'a'; SELECT pg_stat_reset()")
-        .await
-        .unwrap();
+    exec(
+        &c,
+        "UPDATE public.counter_source SET v = 3 WHERE k = 'a'; SELECT pg_stat_reset()",
+    )
+    .await;
     svc.wait_for("the reset taken as a reset", |b| value(b, "a") == Some(3.0))
         .await;
     svc.stop().await;

@@ -4,6 +4,7 @@
 //! sequence (PostgreSQL init scripts, `migrate`, `serve` as the read-only login) on a real
 //! cluster of its own (roles are cluster-wide, so not the shared one).
 
+use crate::harness::exec;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -366,10 +367,7 @@ async fn the_stack_samples_every_query_as_the_read_only_login_its_init_scripts_c
     let pg_env = environment(pg);
     let db = &pg_env["POSTGRES_DB"];
     let admin = connect(&cluster.url("postgres")).await;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .await
-        .unwrap();
+    exec(&admin, &format!("CREATE DATABASE {db}")).await;
 
     // What the postgres image's entrypoint does: the init scripts in name order.
     let bindir = find_bindir().unwrap();

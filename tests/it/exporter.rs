@@ -2,6 +2,7 @@
 //! series replaced wholesale, timeouts cancelled server-side, truthful health while the
 //! database is down, whole bodies under concurrent scrapes, the connection budget.
 
+use crate::harness::exec;
 use std::time::Duration;
 
 use crate::harness::{TestDb, connect, eventually, own_cluster};
@@ -168,9 +169,11 @@ async fn exact_values_and_counter_naming_in_both_formats() {
 async fn a_dropped_tables_series_vanish_after_the_next_sample() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    c.batch_execute("CREATE TABLE doomed (x int); INSERT INTO doomed VALUES (1); ANALYZE doomed;")
-        .await
-        .unwrap();
+    exec(
+        &c,
+        "CREATE TABLE doomed (x int); INSERT INTO doomed VALUES (1); ANALYZE doomed;",
+    )
+    .await;
     let svc = start(&db.url, ONE_QUERY, |_| {}).await;
     eventually(crate::harness::PATIENCE, || async {
         svc.metrics()
@@ -180,7 +183,7 @@ async fn a_dropped_tables_series_vanish_after_the_next_sample() {
     })
     .await
     .expect("series for the table");
-    c.batch_execute("DROP TABLE doomed").await.unwrap();
+    exec(&c, "DROP TABLE doomed").await;
     eventually(crate::harness::PATIENCE, || async {
         (!svc.metrics().await.contains("relname=\"doomed\"")).then_some(())
     })
@@ -277,9 +280,11 @@ async fn metrics_still_answer_when_the_database_is_down_and_recover_without_rest
     assert_eq!(svc.get("/health").await.0, 200);
     tokio::task::block_in_place(|| cluster.start_again()).expect("start cluster again");
     let c = connect(&url).await;
-    c.batch_execute("CREATE TABLE fresh (x int); INSERT INTO fresh VALUES (1); ANALYZE fresh;")
-        .await
-        .unwrap();
+    exec(
+        &c,
+        "CREATE TABLE fresh (x int); INSERT INTO fresh VALUES (1); ANALYZE fresh;",
+    )
+    .await;
     svc.wait_for(
         "pg_up 1 and fresh series after the database came back",
         |b| sample(b, "pg_up") == Some(1.0) && b.contains("relname=\"fresh\""),
@@ -341,20 +346,14 @@ async fn the_pool_never_holds_more_connections_than_configured_even_when_every_q
  {
     let db = TestDb::new().await;
     let locker = db.client().await;
-    locker
-        .batch_execute("CREATE TABLE hot (x int)")
-        .await
-        .unwrap();
+    exec(&locker, "CREATE TABLE hot (x int)").await;
     let mut catalog = String::from("queries:\n");
     for i in 0..8 {
         catalog.push_str(&format!(
             "  - name: q{i}\n    help: waits on a lock\n    interval: 2s\n    timeout: 1500ms\n    sql: SELECT count(*) AS n FROM hot\n    metrics:\n      - column: n\n        name: pg_test_hot_{i}\n        type: gauge\n        help: rows\n"
         ));
     }
-    locker
-        .batch_execute("BEGIN; LOCK TABLE hot IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    exec(&locker, "BEGIN; LOCK TABLE hot IN ACCESS EXCLUSIVE MODE").await;
     let svc = start(&db.url, &catalog, |c| {
         c.pool_size = 2;
         c.lock_timeout = Duration::from_secs(1);
@@ -401,7 +400,7 @@ async fn the_pool_never_holds_more_connections_than_configured_even_when_every_q
         timeouts + conn >= 1.0,
         "lock waits are counted as failures:\n{body}"
     );
-    locker.batch_execute("ROLLBACK").await.unwrap();
+    exec(&locker, "ROLLBACK").await;
     svc.stop().await;
 }
 
@@ -410,10 +409,7 @@ async fn a_role_without_monitoring_privileges_still_shows_pg_up_1() {
     let db = TestDb::new().await;
     let admin = db.client().await;
     let role = format!("plain_{}", rand::random::<u32>());
-    admin
-        .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
-        .await
-        .unwrap();
+    exec(&admin, &format!("CREATE ROLE {role} LOGIN")).await;
     // shared_preload_libraries is unreadable without pg_read_all_settings: gating data is
     // unknown, but the database answers, so pg_up must be 1 and queries must run.
     let url = db
@@ -423,22 +419,19 @@ async fn a_role_without_monitoring_privileges_still_shows_pg_up_1() {
     let body = svc.wait_for_sample("pg_test_answer", |v| v == 42.0).await;
     assert_eq!(sample(&body, "pg_up"), Some(1.0));
     svc.stop().await;
-    admin
-        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
-        .await
-        .unwrap();
+    exec(&admin, &format!("DROP OWNED BY {role}; DROP ROLE {role}")).await;
 }
 
 #[tokio::test]
 async fn a_failing_querys_last_good_series_stay_until_expire_after_then_vanish() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    c.batch_execute(
+    exec(
+        &c,
         "CREATE TABLE fleeting (v int); INSERT INTO fleeting VALUES (7);
          CREATE TABLE divisor (d int); INSERT INTO divisor VALUES (1);",
     )
-    .await
-    .unwrap();
+    .await;
     let catalog = "queries:
   - name: fleeting
     help: reads a table that goes away
@@ -452,7 +445,7 @@ async fn a_failing_querys_last_good_series_stay_until_expire_after_then_vanish()
     let svc = start(&db.url, catalog, |_| {}).await;
     svc.wait_for_sample("pg_test_fleeting", |v| v == 7.0).await;
     // Division by zero from now on: a SQL error, not a missing object.
-    c.batch_execute("DELETE FROM divisor").await.unwrap();
+    exec(&c, "DELETE FROM divisor").await;
     let failing = "pgpulse_query_errors_total{query=\"fleeting\",kind=\"sql\"}";
     let first_failure = svc.wait_for_sample(failing, |v| v >= 1.0).await;
     assert_eq!(
@@ -523,9 +516,11 @@ async fn ready_waits_for_a_real_sample_after_the_database_comes_up() {
 async fn a_dropped_object_is_unavailable_and_its_series_go_at_once() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    c.batch_execute("CREATE TABLE vanishing (v int); INSERT INTO vanishing VALUES (3);")
-        .await
-        .unwrap();
+    exec(
+        &c,
+        "CREATE TABLE vanishing (v int); INSERT INTO vanishing VALUES (3);",
+    )
+    .await;
     let catalog = "queries:
   - name: vanishing
     interval: 1s
@@ -538,7 +533,7 @@ async fn a_dropped_object_is_unavailable_and_its_series_go_at_once() {
     let svc = start(&db.url, catalog, |_| {}).await;
     svc.wait_for("sampled", |b| sample(b, "pg_test_vanishing") == Some(3.0))
         .await;
-    c.batch_execute("DROP TABLE vanishing").await.unwrap();
+    exec(&c, "DROP TABLE vanishing").await;
     let unavailable = "pgpulse_query_errors_total{query=\"vanishing\",kind=\"unavailable\"}";
     let body = svc
         .wait_for("the missing table counted as unavailable", |b| {

@@ -56,6 +56,13 @@ pub(crate) async fn scalar(c: &Client, sql: &str) -> i64 {
         .get(0)
 }
 
+/// Runs `sql` (one or more statements) on `c`; panics with the statement on failure.
+pub(crate) async fn exec(c: &Client, sql: &str) {
+    c.batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
 /// The first column of every row, as text (test helper; panics on failure).
 pub(crate) async fn strings(c: &Client, sql: &str) -> Vec<String> {
     c.query(sql, &[])

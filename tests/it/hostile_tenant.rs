@@ -6,6 +6,7 @@
 //! monitoring schema and whatever its search_path; the partition family reports statistics for
 //! the tenant's tables; `verify` as that owner checks what it may and says what to grant.
 
+use crate::harness::exec;
 use tokio_postgres::Client;
 
 use crate::harness::{TestDb, connect, flush_stats, pgpulse, strings, text};
@@ -50,27 +51,29 @@ impl Tenancy {
         };
         let db = TestDb::new().await;
         let admin = db.client().await;
-        admin
-            .batch_execute(&format!(
+        exec(
+            &admin,
+            &format!(
                 "CREATE ROLE {owner} LOGIN CREATEROLE; CREATE ROLE {tenant} LOGIN; \
                  ALTER DATABASE {} OWNER TO {owner}; \
                  CREATE EXTENSION IF NOT EXISTS pg_stat_statements",
                 db.name
-            ))
-            .await
-            .unwrap();
+            ),
+        )
+        .await;
         let mut o = connect(&as_user(&db.url, &owner)).await;
         pgpulse::demo::schema::install(&o).await.unwrap();
         pgpulse::db::migrate::migrate(&mut o)
             .await
             .expect("migrate as the non-superuser owner");
-        admin
-            .batch_execute(&format!(
+        exec(
+            &admin,
+            &format!(
                 "CREATE ROLE {reader} LOGIN IN ROLE pgpulse_monitor; \
                  CREATE SCHEMA tenant AUTHORIZATION {tenant}"
-            ))
-            .await
-            .unwrap();
+            ),
+        )
+        .await;
         Self {
             db,
             _roles: roles,
@@ -309,14 +312,16 @@ async fn read_as(t: &Tenancy, user: &str, path: Option<&str>, exact: i64) {
 /// tenant's policy and index expression as that owner.
 async fn call_the_former_definition(t: &Tenancy) -> Vec<String> {
     let o = t.client(&t.owner, None).await;
-    o.batch_execute(&format!(
-        "CREATE SCHEMA former; {}; GRANT USAGE ON SCHEMA former TO {r}; \
+    exec(
+        &o,
+        &format!(
+            "CREATE SCHEMA former; {}; GRANT USAGE ON SCHEMA former TO {r}; \
          GRANT EXECUTE ON FUNCTION former.default_partition_rows(oid) TO {r}",
-        former_definition(),
-        r = t.reader
-    ))
-    .await
-    .unwrap();
+            former_definition(),
+            r = t.reader
+        ),
+    )
+    .await;
     let r = t.client(&t.reader, None).await;
     r.query_one(
         "SELECT former.default_partition_rows($1::text::regclass::oid)",
@@ -379,8 +384,7 @@ async fn the_owners_default_partitions_are_counted_exactly_only_where_no_other_c
     let t = Tenancy::new().await;
     t.install_tenant().await;
     let o = t.client(&t.owner, None).await;
-    o.batch_execute(
-        "INSERT INTO orders (user_id, symbol, side, order_type, price, quantity, filled_quantity, status, created_at) \
+    exec(&o, "INSERT INTO orders (user_id, symbol, side, order_type, price, quantity, filled_quantity, status, created_at) \
            SELECT 1, 'BTC-USD', 'buy', 'limit', 1, 1, 0, 'open', now() + interval '10 years' FROM generate_series(1, 3);
          CREATE TABLE ledger (id int NOT NULL, at timestamptz NOT NULL) PARTITION BY RANGE (at);
          CREATE TABLE ledger_default PARTITION OF ledger DEFAULT;
@@ -390,24 +394,20 @@ async fn the_owners_default_partitions_are_counted_exactly_only_where_no_other_c
          CREATE TABLE fees (id int NOT NULL, at timestamptz NOT NULL) PARTITION BY RANGE (at);
          CREATE TABLE fees_default PARTITION OF fees DEFAULT;
          INSERT INTO fees SELECT g, now() FROM generate_series(1, 6) g;
-         CREATE INDEX fees_default_f ON fees_default (tenant.f(id));",
-    )
-    .await
-    .unwrap();
+         CREATE INDEX fees_default_f ON fees_default (tenant.f(id));").await;
     flush_stats(&o).await;
     // A DEFAULT partition that is a temporary table of a session that stays open.
     let other = t.client(&t.owner, None).await;
-    other
-        .batch_execute(
-            "CREATE TEMP TABLE scratch (at timestamptz NOT NULL) PARTITION BY RANGE (at);
+    exec(
+        &other,
+        "CREATE TEMP TABLE scratch (at timestamptz NOT NULL) PARTITION BY RANGE (at);
              CREATE TEMP TABLE scratch_default PARTITION OF scratch DEFAULT;
              INSERT INTO scratch SELECT now() FROM generate_series(1, 2);",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let admin = t.db.client().await;
     let tenant = t.client(&t.tenant, None).await;
-    tenant.batch_execute("TRUNCATE tenant.seen").await.unwrap();
+    exec(&tenant, "TRUNCATE tenant.seen").await;
 
     let r = t.client(&t.reader, None).await;
     let health = partition_health(&r).await;
@@ -433,11 +433,12 @@ async fn the_owners_default_partitions_are_counted_exactly_only_where_no_other_c
     assert_eq!(t.ran_as_others().await, Vec::<String>::new());
 
     // Statistics reset (as after a crash): the estimate falls back to reltuples.
-    o.batch_execute("ANALYZE ledger_default").await.unwrap();
-    admin
-        .batch_execute("SELECT pg_stat_reset_single_table_counters('ledger_default'::regclass)")
-        .await
-        .unwrap();
+    exec(&o, "ANALYZE ledger_default").await;
+    exec(
+        &admin,
+        "SELECT pg_stat_reset_single_table_counters('ledger_default'::regclass)",
+    )
+    .await;
     let reltuples = crate::harness::scalar(
         &admin,
         "SELECT reltuples::bigint FROM pg_class WHERE oid = 'ledger_default'::regclass",
@@ -517,18 +518,20 @@ async fn verify_as_a_non_superuser_owner_warns_with_the_grant_instead_of_a_serve
     );
     assert!(lines[14].starts_with("PASS  15."), "{}", lines[14]);
     // With the grant, the same check reads the preload and passes.
-    admin
-        .batch_execute(&format!("GRANT pg_read_all_settings TO {}", t.owner))
-        .await
-        .unwrap();
+    exec(
+        &admin,
+        &format!("GRANT pg_read_all_settings TO {}", t.owner),
+    )
+    .await;
     let out = pgpulse(&["verify", "--database-url", &t.url(&t.owner, None)], &[]);
     let stdout = text(&out).0;
     let line = stdout.lines().nth(10).unwrap_or_default().to_owned();
     assert!(line.starts_with("PASS  11."), "{stdout}");
-    admin
-        .batch_execute(&format!("REVOKE pg_read_all_settings FROM {}", t.owner))
-        .await
-        .unwrap();
+    exec(
+        &admin,
+        &format!("REVOKE pg_read_all_settings FROM {}", t.owner),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -544,12 +547,14 @@ async fn verify_fails_until_migrate_hardens_default_partition_rows_and_names_unp
     };
     assert!(check15().await.starts_with("PASS  15."));
     // A database migrated before V011: the V004 function, V011 not recorded.
-    c.batch_execute(&format!(
-        "{}; DELETE FROM monitoring.schema_migrations WHERE version = 11",
-        former_definition().replace("former.", "monitoring.")
-    ))
-    .await
-    .unwrap();
+    exec(
+        &c,
+        &format!(
+            "{}; DELETE FROM monitoring.schema_migrations WHERE version = 11",
+            former_definition().replace("former.", "monitoring.")
+        ),
+    )
+    .await;
     let line = check15().await;
     assert!(
         line.starts_with("FAIL  15.")
@@ -565,11 +570,7 @@ async fn verify_fails_until_migrate_hardens_default_partition_rows_and_names_unp
     );
     assert!(check15().await.starts_with("PASS  15."));
     // A definer function whose search_path is not pinned, whoever created it.
-    c.batch_execute(
-        "CREATE FUNCTION monitoring.sneak() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1'",
-    )
-    .await
-    .unwrap();
+    exec(&c, "CREATE FUNCTION monitoring.sneak() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1'").await;
     let line = check15().await;
     assert!(
         line.starts_with("FAIL  15.") && line.contains("monitoring.sneak()"),

@@ -1,6 +1,7 @@
 //! The maintenance runner: jobs run from the schedule's functions, VACUUM issued from the
 //! client, every run logged, and one leader among concurrent runners.
 
+use crate::harness::exec;
 use crate::harness::{TestDb, eventually, pgpulse, text};
 use crate::service::sample;
 
@@ -8,14 +9,14 @@ use crate::service::sample;
 async fn the_weekly_vacuum_runs_its_statements_from_the_client_and_logs_them() {
     let db = TestDb::trade_migrated().await;
     let c = db.client().await;
-    c.batch_execute(
+    exec(
+        &c,
         "CREATE TABLE stale (id int, pad text) WITH (autovacuum_enabled = false);
          INSERT INTO stale SELECT g, 'x' FROM generate_series(1, 2000) g;
          DELETE FROM stale WHERE id <= 1000;
          SELECT pg_stat_force_next_flush();",
     )
-    .await
-    .unwrap();
+    .await;
     let out = run_now("weekly_vacuum", &db.url);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
@@ -122,14 +123,14 @@ async fn the_runner_reads_the_seed_schedule() {
 
 /// Drops the future trade partitions from 3 days ahead; returns how many partitions remain.
 async fn drop_future_trade_partitions(c: &tokio_postgres::Client) -> i64 {
-    c.batch_execute(
+    exec(
+        c,
         "DO $$ DECLARE r record; BEGIN
            FOR r IN SELECT partition_relname FROM monitoring.partition_bounds('trades'::regclass)
                      WHERE NOT is_default AND range_start >= now() + interval '3 days'
            LOOP EXECUTE format('DROP TABLE %I', r.partition_relname); END LOOP; END $$;",
     )
-    .await
-    .unwrap();
+    .await;
     crate::harness::scalar(
         c,
         "SELECT count(*) FROM pg_inherits WHERE inhparent = 'trades'::regclass",
@@ -150,10 +151,11 @@ async fn a_partition_job_behind_a_lock_gives_up_blocks_no_insert_leaves_nothing_
     // Another session holds a lock that conflicts with the job's (a manual VACUUM or
     // CREATE INDEX CONCURRENTLY would), for as long as the test needs.
     let holder = db.client().await;
-    holder
-        .batch_execute("BEGIN; LOCK TABLE trades IN SHARE UPDATE EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    exec(
+        &holder,
+        "BEGIN; LOCK TABLE trades IN SHARE UPDATE EXCLUSIVE MODE",
+    )
+    .await;
     let url = db.url.clone();
     let job = tokio::task::spawn_blocking(move || {
         pgpulse(
@@ -210,7 +212,7 @@ async fn a_partition_job_behind_a_lock_gives_up_blocks_no_insert_leaves_nothing_
     )
     .await;
     assert_eq!(failed, 1, "the failure is logged");
-    holder.batch_execute("COMMIT").await.unwrap();
+    exec(&holder, "COMMIT").await;
     let out = run_now("daily_partition_creation", &db.url);
     assert!(out.status.success(), "{:?}", text(&out));
     let after = crate::harness::scalar(
@@ -243,12 +245,9 @@ async fn behind_a_long_reader_of_one_partition_the_partition_job_attaches_withou
         .unwrap();
     let (from, to): (String, String) = (today.get(0), today.get(1));
     let reader = db.client().await;
-    reader
-        .batch_execute(&format!(
+    exec(&reader, &format!(
             "BEGIN; SELECT count(*) FROM trades WHERE executed_at >= '{from}' AND executed_at < '{to}'"
-        ))
-        .await
-        .unwrap();
+        )).await;
     let out = run_now("daily_partition_creation", &db.url);
     assert!(out.status.success(), "{:?}", text(&out));
     assert_eq!(c.execute(INSERT_TRADE, &[]).await.unwrap(), 1);
@@ -266,7 +265,7 @@ async fn behind_a_long_reader_of_one_partition_the_partition_job_attaches_withou
     )
     .await;
     assert_eq!(indexed, 0, "every partition has its primary key");
-    reader.batch_execute("COMMIT").await.unwrap();
+    exec(&reader, "COMMIT").await;
 }
 
 #[tokio::test]
@@ -276,9 +275,7 @@ async fn job_outcomes_from_the_log_are_metrics() {
     let run =
         |url: String| tokio::task::spawn_blocking(move || run_now("hourly_query_stats", &url));
     // A bad function_call makes the job fail (logged), then a good one succeeds.
-    c.batch_execute("UPDATE monitoring.maintenance_schedule SET function_call = 'DROP TABLE trades' WHERE job_name = 'hourly_query_stats'")
-        .await
-        .unwrap();
+    exec(&c, "UPDATE monitoring.maintenance_schedule SET function_call = 'DROP TABLE trades' WHERE job_name = 'hourly_query_stats'").await;
     assert_eq!(run(db.url.clone()).await.unwrap().status.code(), Some(1));
     let svc = crate::service::start(&db.url, &crate::catalog::fast_catalog(), |_| {}).await;
     let job = |m: &str| format!("pg_maintenance_job_{m}{{job_name=\"hourly_query_stats\"}}");
@@ -287,9 +284,7 @@ async fn job_outcomes_from_the_log_are_metrics() {
             && sample(b, &job("last_run_successful")) == Some(0.0)
     })
     .await;
-    c.batch_execute("UPDATE monitoring.maintenance_schedule SET function_call = 'monitoring.get_query_performance()' WHERE job_name = 'hourly_query_stats'")
-        .await
-        .unwrap();
+    exec(&c, "UPDATE monitoring.maintenance_schedule SET function_call = 'monitoring.get_query_performance()' WHERE job_name = 'hourly_query_stats'").await;
     assert!(run(db.url.clone()).await.unwrap().status.success());
     let body = svc
         .wait_for("the successful run", |b| {

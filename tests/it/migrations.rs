@@ -1,6 +1,7 @@
 //! Migrations: apply to empty and trade-engine databases, idempotence, concurrency,
 //! uninstall and reinstall without touching trade data.
 
+use crate::harness::exec;
 use crate::harness::{TestDb, pgpulse, scalar, text};
 use pgpulse::db::migrate::{MIGRATIONS, migrate, status};
 
@@ -195,10 +196,11 @@ async fn a_migration_gives_up_on_a_lock_held_by_the_trading_engine_and_applies_o
     let engine = db.client().await;
     // A long transaction of the trading engine holds orders (as an ALTER TABLE of its own
     // would); the migration's autovacuum tuning of orders needs a lock on it.
-    engine
-        .batch_execute("BEGIN; LOCK TABLE public.orders IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    exec(
+        &engine,
+        "BEGIN; LOCK TABLE public.orders IN ACCESS EXCLUSIVE MODE",
+    )
+    .await;
     let mut c = db.client().await;
     let err = migrate(&mut c)
         .await
@@ -218,7 +220,7 @@ async fn a_migration_gives_up_on_a_lock_held_by_the_trading_engine_and_applies_o
         scalar(&engine, "SELECT count(*) FROM public.orders WHERE false").await,
         0
     );
-    engine.batch_execute("COMMIT").await.unwrap();
+    exec(&engine, "COMMIT").await;
     migrate(&mut c).await.unwrap();
     assert_eq!(history(&db).await.len(), MIGRATIONS.len());
 }

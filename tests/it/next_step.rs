@@ -5,6 +5,7 @@
 //! server NOTICE noise and gives the sampling role what the shipped catalog needs (the
 //! sequences' state) and nothing more; `--help` shows defaults and the jobs' names.
 
+use crate::harness::exec;
 use std::process::Stdio;
 
 use crate::harness::{PATIENCE, TestDb, eventually, own_cluster, pgpulse, strings, text};
@@ -270,26 +271,22 @@ async fn migrate_prints_no_notice_noise_and_the_monitor_reads_sequences_but_cann
     );
     // A sequence the migrating role creates later is covered by its default privileges;
     // hostile: one another role creates later is not (only its owner may grant on it).
-    c.batch_execute(
-        "CREATE SEQUENCE public.later_seq; SELECT nextval('public.later_seq'); \
+    exec(&c, "CREATE SEQUENCE public.later_seq; SELECT nextval('public.later_seq'); \
          DO $$ BEGIN CREATE ROLE seq_tenant NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
          CREATE SCHEMA tenant AUTHORIZATION seq_tenant; \
          SET ROLE seq_tenant; CREATE SEQUENCE tenant.ticket_seq; SELECT nextval('tenant.ticket_seq'); \
-         RESET ROLE",
-    )
-    .await
-    .unwrap();
+         RESET ROLE").await;
     // What PostgreSQL shows a superuser against what it shows the sampling role.
     let seen = "SELECT schemaname || '.' || sequencename FROM pg_sequences \
                 WHERE last_value IS NOT NULL ORDER BY 1";
     let all = strings(&c, seen).await;
-    c.batch_execute("SET ROLE pgpulse_monitor").await.unwrap();
+    exec(&c, "SET ROLE pgpulse_monitor").await;
     let monitor = strings(&c, seen).await;
     let advance = c.batch_execute("SELECT nextval('public.later_seq')").await;
     let set = c
         .batch_execute("SELECT setval('public.later_seq', 1000)")
         .await;
-    c.batch_execute("RESET ROLE").await.unwrap();
+    exec(&c, "RESET ROLE").await;
     assert!(all.contains(&"public.later_seq".to_owned()), "{all:?}");
     assert!(all.contains(&"tenant.ticket_seq".to_owned()), "{all:?}");
     let expected: Vec<String> = all
@@ -312,15 +309,19 @@ async fn migrate_prints_no_notice_noise_and_the_monitor_reads_sequences_but_cann
             && check12.contains("GRANT SELECT ON SEQUENCE"),
         "{stdout}"
     );
-    c.batch_execute("GRANT SELECT ON SEQUENCE tenant.ticket_seq TO pgpulse_monitor")
-        .await
-        .unwrap();
+    exec(
+        &c,
+        "GRANT SELECT ON SEQUENCE tenant.ticket_seq TO pgpulse_monitor",
+    )
+    .await;
     let out = pgpulse(&["verify", "--database-url", &db.url], &[]);
     let check12 = text(&out).0.lines().nth(11).unwrap().to_owned();
     assert!(check12.starts_with("PASS"), "{check12}");
-    c.batch_execute("GRANT USAGE ON SEQUENCE tenant.ticket_seq TO pgpulse_monitor")
-        .await
-        .unwrap();
+    exec(
+        &c,
+        "GRANT USAGE ON SEQUENCE tenant.ticket_seq TO pgpulse_monitor",
+    )
+    .await;
     let out = pgpulse(&["verify", "--database-url", &db.url], &[]);
     let check12 = text(&out).0.lines().nth(11).unwrap().to_owned();
     assert!(
@@ -335,17 +336,18 @@ async fn migrate_as_a_non_superuser_owner_names_the_sequences_it_may_not_grant_a
     let (owner, tenant) = (format!("seqowner_{tag}"), format!("seqtenant_{tag}"));
     let db = TestDb::new().await;
     let admin = db.client().await;
-    admin
-        .batch_execute(&format!(
+    exec(
+        &admin,
+        &format!(
             "CREATE ROLE {owner} LOGIN CREATEROLE; CREATE ROLE {tenant} LOGIN; \
              ALTER DATABASE {} OWNER TO {owner}; \
              CREATE SCHEMA tenant AUTHORIZATION {tenant}; \
              SET ROLE {tenant}; CREATE SEQUENCE tenant.ticket_seq; \
              SELECT nextval('tenant.ticket_seq'); RESET ROLE",
             db.name
-        ))
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     let owner_url = db.url.replacen("postgres@", &format!("{owner}@"), 1);
     assert_ne!(owner_url, db.url, "the harness URL names its user");
     let o = crate::harness::connect(&owner_url).await;

@@ -5,6 +5,7 @@
 //! without the partition key scans every partition; a bad plans file is exit 2 with
 //! file:line:column.
 
+use crate::harness::exec;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -220,12 +221,10 @@ async fn a_planner_that_leaves_the_index_is_reported_with_the_node_that_changed(
     let db = scaled().await;
     let c = db.client().await;
     // What a statistics change can do to a plan, induced for every new session.
-    c.batch_execute(&format!(
+    exec(&c, &format!(
         "ALTER DATABASE {} SET enable_indexscan = off; ALTER DATABASE {} SET enable_bitmapscan = off",
         db.name, db.name
-    ))
-    .await
-    .unwrap();
+    )).await;
     let pages = scalar(
         &c,
         "SELECT pg_relation_size('market_data') / current_setting('block_size')::bigint",

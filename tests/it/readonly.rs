@@ -2,6 +2,7 @@
 //! refused by `check-config` or fail at run time with a counted error, and nothing in the
 //! database changes.
 
+use crate::harness::exec;
 use crate::harness::{TestDb, pgpulse, scalar, text};
 use crate::service::{sample, start};
 
@@ -54,9 +55,7 @@ fn catalog() -> String {
 async fn hostile_catalog_entries_are_refused_or_fail_and_nothing_changes() {
     let db = TestDb::trade_migrated().await;
     let c = db.client().await;
-    c.batch_execute("CREATE SEQUENCE hostile_seq")
-        .await
-        .unwrap();
+    exec(&c, "CREATE SEQUENCE hostile_seq").await;
     let trades = scalar(&c, "SELECT count(*) FROM trades").await;
     assert!(trades > 0, "the reference data has trades");
 

@@ -2,6 +2,7 @@
 //! same statistics snapshot, what the catalog's former SQL over the `monitoring.v_*` views
 //! reports; and the families pgpulse serves carry those values.
 
+use crate::harness::exec;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -411,19 +412,15 @@ async fn the_cheaper_views_of_v008_return_what_their_former_definitions_return()
     set_up(&db).await;
     let c = db.client().await;
     // A DEFAULT partition with rows, and a table over the bloat threshold.
-    c.batch_execute(
+    exec(
+        &c,
         "INSERT INTO ledger.events VALUES (1, '2030-01-01', 1);
          CREATE TABLE ledger.churn (id int);
          INSERT INTO ledger.churn SELECT generate_series(1, 3000);",
     )
-    .await
-    .unwrap();
-    c.batch_execute("DELETE FROM ledger.churn WHERE id <= 1500")
-        .await
-        .unwrap();
-    c.batch_execute("SELECT pg_stat_force_next_flush()")
-        .await
-        .unwrap();
+    .await;
+    exec(&c, "DELETE FROM ledger.churn WHERE id <= 1500").await;
+    exec(&c, "SELECT pg_stat_force_next_flush()").await;
     let rename = |sql: String| {
         sql.replace("monitoring.partition_bounds(", "former.partition_bounds(")
             .replace("monitoring.v_partition_health", "former.v_partition_health")
@@ -432,7 +429,7 @@ async fn the_cheaper_views_of_v008_return_what_their_former_definitions_return()
                 "former.database_health_check(",
             )
     };
-    c.batch_execute("CREATE SCHEMA former").await.unwrap();
+    exec(&c, "CREATE SCHEMA former").await;
     for (file, start) in [
         (
             "V004__performance_monitoring.sql",
@@ -447,7 +444,7 @@ async fn the_cheaper_views_of_v008_return_what_their_former_definitions_return()
             "CREATE OR REPLACE FUNCTION monitoring.database_health_check()",
         ),
     ] {
-        c.batch_execute(&rename(former(file, start))).await.unwrap();
+        exec(&c, &rename(former(file, start))).await;
     }
     let mut c = c;
     let txn = c.transaction().await.unwrap();

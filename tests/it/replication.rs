@@ -4,6 +4,7 @@
 //! own `pg_wal_lsn_diff`; the standby runs the whole catalog without a failure; a dropped
 //! standby leaves an inactive slot retaining exactly the WAL PostgreSQL reports.
 
+use crate::harness::exec;
 use tokio_postgres::Client;
 
 use crate::catalog::fast_catalog;
@@ -106,9 +107,7 @@ async fn a_paused_standby_lags_by_exactly_the_primarys_own_lsn_diff_and_runs_the
         );
     }
 
-    s.batch_execute("SELECT pg_wal_replay_pause()")
-        .await
-        .unwrap();
+    exec(&s, "SELECT pg_wal_replay_pause()").await;
     let paused = "SELECT (pg_get_wal_replay_pause_state() = 'paused')::int::float8";
     agreed(
         &svc_s,
@@ -129,12 +128,14 @@ async fn a_paused_standby_lags_by_exactly_the_primarys_own_lsn_diff_and_runs_the
         "SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::float8";
     let mut last = 0.0;
     for round in 0..2 {
-        p.batch_execute(&format!(
-            "CREATE TABLE lag_{round} AS SELECT g AS id, repeat('x', 200) AS pad \
+        exec(
+            &p,
+            &format!(
+                "CREATE TABLE lag_{round} AS SELECT g AS id, repeat('x', 200) AS pad \
              FROM generate_series(1, 20000) g"
-        ))
-        .await
-        .unwrap();
+            ),
+        )
+        .await;
         let now = agreed(&svc_p, &p, &lag, &lag_sql, "primary replay lag", |v| {
             v > last
         })
@@ -152,9 +153,7 @@ async fn a_paused_standby_lags_by_exactly_the_primarys_own_lsn_diff_and_runs_the
         last = now;
     }
 
-    s.batch_execute("SELECT pg_wal_replay_resume()")
-        .await
-        .unwrap();
+    exec(&s, "SELECT pg_wal_replay_resume()").await;
     agreed(&svc_p, &p, &lag, &lag_sql, "caught up", |v| v == 0.0).await;
     agreed(
         &svc_s,
@@ -210,9 +209,11 @@ async fn a_dropped_standby_leaves_an_inactive_slot_retaining_the_wal_postgresql_
     .expect("the standby is reported streaming");
 
     drop(standby);
-    p.batch_execute("CREATE TABLE after_drop AS SELECT g FROM generate_series(1, 50000) g")
-        .await
-        .unwrap();
+    exec(
+        &p,
+        "CREATE TABLE after_drop AS SELECT g FROM generate_series(1, 50000) g",
+    )
+    .await;
     agreed(&svc, &p, &active, active_sql, "inactive slot", |v| v == 0.0).await;
     let retained = format!("pg_replication_slot_retained_wal_bytes{slot}");
     let retained_sql = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::float8 \

@@ -1,6 +1,8 @@
 //! The monitoring schema's objects: 13 views and 14 functions exist and run with their
 //! documented columns; the sampling role reads every view and writes nothing.
 
+use crate::harness::exec;
+use crate::harness::strings;
 use crate::harness::{TestDb, with_db};
 use pgpulse::db::verify::{FUNCTIONS, VIEWS};
 
@@ -257,12 +259,11 @@ async fn the_sampling_role_reads_every_view_and_cannot_write_any_table() {
     let db = TestDb::trade_migrated().await;
     let admin = db.client().await;
     let login = format!("reader_{}", rand::random::<u32>());
-    admin
-        .batch_execute(&format!(
-            "CREATE ROLE {login} LOGIN IN ROLE pgpulse_monitor"
-        ))
-        .await
-        .unwrap();
+    exec(
+        &admin,
+        &format!("CREATE ROLE {login} LOGIN IN ROLE pgpulse_monitor"),
+    )
+    .await;
     let url = with_db(&db.url, &db.name).replacen(
         "postgres://postgres@",
         &format!("postgres://{login}@"),
@@ -277,17 +278,8 @@ async fn the_sampling_role_reads_every_view_and_cannot_write_any_table() {
     c.query("SELECT * FROM monitoring.database_health_check()", &[])
         .await
         .expect("health check");
-    let tables: Vec<String> = admin
-        .query(
-            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('r', 'p') AND n.nspname IN ('public', 'monitoring')",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let tables = strings(&admin, "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname IN ('public', 'monitoring')").await;
     assert!(tables.len() > 10);
     for t in &tables {
         for stmt in [
@@ -315,8 +307,5 @@ async fn the_sampling_role_reads_every_view_and_cannot_write_any_table() {
         .expect_err("write function");
     assert_eq!(e.code().map(|c| c.code()), Some("42501"));
     drop(c);
-    admin
-        .batch_execute(&format!("DROP OWNED BY {login}; DROP ROLE {login}"))
-        .await
-        .unwrap();
+    exec(&admin, &format!("DROP OWNED BY {login}; DROP ROLE {login}")).await;
 }

@@ -3,6 +3,7 @@
 //! scram-sha-256 over TCP, so a connection succeeds only when the secret really was read; none
 //! of them ever appears in logs (at debug level), errors, the landing page or /metrics.
 
+use crate::harness::exec;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -28,12 +29,14 @@ async fn scram_cluster() -> TempCluster {
         cluster.port()
     );
     let c = connect(&admin).await;
-    c.batch_execute(&format!(
-        "SET password_encryption = 'scram-sha-256'; \
+    exec(
+        &c,
+        &format!(
+            "SET password_encryption = 'scram-sha-256'; \
          CREATE ROLE scraper LOGIN PASSWORD '{SECRET}'; GRANT pg_monitor TO scraper"
-    ))
-    .await
-    .unwrap();
+        ),
+    )
+    .await;
     cluster
 }
 

@@ -4,6 +4,7 @@
 //! restart a new start time (and fires PgRestarted in promtool), sessions sleeping on a lock
 //! accumulate as load under `Lock`, a vacuum of a partition shows under its root.
 
+use crate::harness::exec;
 use std::time::Duration;
 
 use tokio_postgres::Client;
@@ -111,20 +112,18 @@ async fn burning_xids_moves_the_database_xid_age_by_exactly_the_number_burnt() {
 async fn a_forced_deadlock_adds_exactly_one_deadlock() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    c.batch_execute("CREATE TABLE dl (id int PRIMARY KEY); INSERT INTO dl VALUES (1), (2)")
-        .await
-        .unwrap();
+    exec(
+        &c,
+        "CREATE TABLE dl (id int PRIMARY KEY); INSERT INTO dl VALUES (1), (2)",
+    )
+    .await;
     let svc = start(&db.url, &shipped(&["database_stats"], "1s"), |_| {}).await;
     let series = format!("pg_database_deadlocks_total{{datname=\"{}\"}}", db.name);
     let sql = "SELECT deadlocks::float8 FROM pg_stat_database WHERE datname = current_database()";
     let before = agreed(&svc, &c, &series, sql, "deadlocks", |_| true).await;
     let (a, b) = (db.client().await, db.client().await);
-    a.batch_execute("BEGIN; UPDATE dl SET id = id WHERE id = 1")
-        .await
-        .unwrap();
-    b.batch_execute("BEGIN; UPDATE dl SET id = id WHERE id = 2")
-        .await
-        .unwrap();
+    exec(&a, "BEGIN; UPDATE dl SET id = id WHERE id = 1").await;
+    exec(&b, "BEGIN; UPDATE dl SET id = id WHERE id = 2").await;
     let a_pid = scalar(&a, "SELECT pg_backend_pid()::bigint").await;
     let first = tokio::spawn(async move {
         let r = a.batch_execute("UPDATE dl SET id = id WHERE id = 2").await;
@@ -196,10 +195,8 @@ async fn a_restart_only_setting_shows_one_pending_restart_and_a_restart_a_new_st
     })
     .await;
     let before = agreed(&svc, &c, started, started_sql, "start time", |_| true).await;
-    c.batch_execute("ALTER SYSTEM SET max_connections = 101")
-        .await
-        .unwrap();
-    c.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    exec(&c, "ALTER SYSTEM SET max_connections = 101").await;
+    exec(&c, "SELECT pg_reload_conf()").await;
     agreed(&svc, &c, pending, pending_sql, "one pending restart", |v| {
         v == 1.0
     })
@@ -250,14 +247,13 @@ async fn sessions_sleeping_on_a_lock_accumulate_as_load_under_lock() {
     let cluster = own_cluster(ClusterOptions::default());
     let db = TestDb::on(&cluster.url("postgres")).await;
     let c = db.client().await;
-    c.batch_execute("CREATE TABLE load_demo (id int)")
-        .await
-        .unwrap();
+    exec(&c, "CREATE TABLE load_demo (id int)").await;
     let holder = db.client().await;
-    holder
-        .batch_execute("BEGIN; LOCK TABLE load_demo IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    exec(
+        &holder,
+        "BEGIN; LOCK TABLE load_demo IN ACCESS EXCLUSIVE MODE",
+    )
+    .await;
     let mut waiters = Vec::new();
     for _ in 0..3 {
         let w = db.client().await;
@@ -297,7 +293,7 @@ async fn sessions_sleeping_on_a_lock_accumulate_as_load_under_lock() {
         sample(&body, "pg_database_load_session_seconds_total{state=\"idle in transaction\",wait_event_type=\"Client\",wait_event=\"ClientRead\"}").is_some(),
         "{body}"
     );
-    holder.batch_execute("ROLLBACK").await.unwrap();
+    exec(&holder, "ROLLBACK").await;
     for w in waiters {
         w.await.unwrap();
     }
@@ -308,21 +304,18 @@ async fn sessions_sleeping_on_a_lock_accumulate_as_load_under_lock() {
 async fn a_vacuum_of_a_partition_shows_as_running_on_its_root_table() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    c.batch_execute(
-        "CREATE TABLE vp (id int, pad text) PARTITION BY RANGE (id);
+    exec(&c, "CREATE TABLE vp (id int, pad text) PARTITION BY RANGE (id);
          CREATE TABLE vp_1 PARTITION OF vp FOR VALUES FROM (0) TO (1000000) WITH (autovacuum_enabled = false);
          INSERT INTO vp SELECT g, repeat('x', 200) FROM generate_series(1, 50000) g;
-         DELETE FROM vp WHERE id % 2 = 0;",
-    )
-    .await
-    .unwrap();
+         DELETE FROM vp WHERE id % 2 = 0;").await;
     let svc = start(&db.url, &shipped(&["vacuum_progress"], "1s"), |_| {}).await;
     // Cost-based delay at its most: one page per 100 ms, so the vacuum runs for minutes.
     let vacuumer = db.client().await;
-    vacuumer
-        .batch_execute("SET vacuum_cost_delay = 100; SET vacuum_cost_limit = 1")
-        .await
-        .unwrap();
+    exec(
+        &vacuumer,
+        "SET vacuum_cost_delay = 100; SET vacuum_cost_limit = 1",
+    )
+    .await;
     let pid = scalar(&vacuumer, "SELECT pg_backend_pid()::bigint").await;
     let vacuum = tokio::spawn(async move { vacuumer.batch_execute("VACUUM vp_1").await });
     let running = format!(
@@ -343,9 +336,7 @@ async fn a_vacuum_of_a_partition_shows_as_running_on_its_root_table() {
     let body = svc.metrics().await;
     let r = sample(&body, &ratio).unwrap_or(f64::NAN);
     assert!((0.0..=1.0).contains(&r), "scanned ratio {r}");
-    c.batch_execute(&format!("SELECT pg_cancel_backend({pid})"))
-        .await
-        .unwrap();
+    exec(&c, &format!("SELECT pg_cancel_backend({pid})")).await;
     assert!(vacuum.await.unwrap().is_err(), "the vacuum was cancelled");
     svc.stop().await;
 }

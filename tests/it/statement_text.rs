@@ -3,6 +3,7 @@
 //! every read of the text fail in a UTF-8 database; pgpulse's statement families read
 //! `pg_stat_statements(false)` and keep succeeding.
 
+use crate::harness::exec;
 use crate::harness::{TestDb, connect, own_cluster, with_db};
 use crate::service::{sample, start};
 use crate::signals::shipped;
@@ -11,22 +12,17 @@ use crate::signals::shipped;
 /// the byte 0xff (not UTF-8), tracked by pg_stat_statements as a top-level statement.
 async fn log_a_statement_that_is_not_utf8(admin: &str) {
     let c = connect(admin).await;
-    c.batch_execute(
+    exec(
+        &c,
         "CREATE DATABASE ascii_tenant ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' \
          TEMPLATE template0",
     )
-    .await
-    .unwrap();
+    .await;
     let tenant = connect(&with_db(admin, "ascii_tenant")).await;
     // In a SQL_ASCII database convert_from(.., 'SQL_ASCII') passes the byte through as it is;
     // with track = all the dynamic statement is recorded with that text.
-    tenant
-        .batch_execute(
-            "SET pg_stat_statements.track = 'all'; \
-             DO $$ BEGIN EXECUTE 'SELECT 1 /* ' || convert_from('\\xff'::bytea, 'SQL_ASCII') || ' */'; END $$",
-        )
-        .await
-        .unwrap();
+    exec(&tenant, "SET pg_stat_statements.track = 'all'; \
+             DO $$ BEGIN EXECUTE 'SELECT 1 /* ' || convert_from('\\xff'::bytea, 'SQL_ASCII') || ' */'; END $$").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

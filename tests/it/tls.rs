@@ -5,6 +5,7 @@
 //! The test connections of the harness use the Unix socket (trust, no TLS), so the server's
 //! own view (`pg_stat_ssl`) can be compared with what pgpulse claims.
 
+use crate::harness::exec;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -143,7 +144,7 @@ fn tls_cluster() -> &'static TlsCluster {
                 .unwrap()
                 .block_on(async {
                     let c = connect(&admin).await;
-                    c.batch_execute("CREATE DATABASE certdb").await.unwrap();
+                    exec(&c, "CREATE DATABASE certdb").await;
                 });
         })
         .join()

@@ -4,6 +4,7 @@
 //! verify, the plan check of serve, the partition families and explain; and a database
 //! without trade tables, where the plan checks are "not applicable" and every family works.
 
+use crate::harness::exec;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,7 +106,7 @@ fn label(q: &str) -> PlanLabel {
 async fn trade_tables_under_other_names_in_another_schema_work_through_the_whole_chain() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    c.batch_execute(SCHEMA).await.unwrap();
+    exec(&c, SCHEMA).await;
     let before = reloptions(&c, "public.orders").await;
     assert_eq!(before, "autovacuum_vacuum_scale_factor=0.3");
     let dir = tempfile::tempdir().unwrap();
@@ -330,24 +331,24 @@ async fn without_trade_tables_plan_checks_are_not_applicable_and_every_family_wo
 async fn migrate_resets_only_the_exact_settings_pgpulse_left_on_a_same_named_unrelated_table() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    c.batch_execute(
+    exec(
+        &c,
         "CREATE TABLE public.orders (id bigint); CREATE TABLE public.trades (id bigint)",
     )
-    .await
-    .unwrap();
+    .await;
     // A fresh install: V006 tunes the reference names, and migrate puts them back at once.
     db.migrate().await;
     assert_eq!(reloptions(&c, "public.orders").await, "");
     assert_eq!(reloptions(&c, "public.trades").await, "");
     // What an earlier pgpulse left (V006's exact values) and a setting of the shop's own.
-    c.batch_execute(
+    exec(
+        &c,
         "ALTER TABLE public.orders SET (autovacuum_vacuum_scale_factor = 0.1, \
                                         autovacuum_analyze_scale_factor = 0.05); \
          ALTER TABLE public.trades SET (autovacuum_vacuum_scale_factor = 0.05, \
                                         autovacuum_analyze_scale_factor = 0.03)",
     )
-    .await
-    .unwrap();
+    .await;
     let out = pgpulse(&["migrate", "--database-url", &db.url], &[]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");

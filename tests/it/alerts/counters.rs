@@ -3,6 +3,7 @@
 //! pgpulse is restarted; `increase()` of the rolled-up scan counter of `trades` over that
 //! window equals the scans the test made in it.
 
+use crate::harness::exec;
 use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
@@ -162,19 +163,15 @@ async fn range(prom: &str, expr: &str) -> Vec<(f64, f64)> {
 
 /// Scans `partition` `n` times, sequentially (one scan of one partition each).
 async fn scan(c: &Client, partition: &str, n: usize) {
-    c.batch_execute(
+    exec(
+        c,
         "SET enable_indexscan = off; SET enable_bitmapscan = off; SET enable_indexonlyscan = off",
     )
-    .await
-    .unwrap();
+    .await;
     for _ in 0..n {
-        c.batch_execute(&format!("SELECT count(*) FROM {partition}"))
-            .await
-            .unwrap();
+        exec(c, &format!("SELECT count(*) FROM {partition}")).await;
     }
-    c.batch_execute("SELECT pg_stat_force_next_flush()")
-        .await
-        .unwrap();
+    exec(c, "SELECT pg_stat_force_next_flush()").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,9 +222,7 @@ async fn increase_of_a_rolled_up_counter_spans_a_detach_a_sighup_and_a_restart_e
     done += 8;
     two_more_samples(&listen).await;
     // Detach the oldest partition: its scans leave the parent.
-    c.batch_execute(&format!("ALTER TABLE trades DETACH PARTITION {oldest}"))
-        .await
-        .unwrap();
+    exec(&c, &format!("ALTER TABLE trades DETACH PARTITION {oldest}")).await;
     scan(&c, &today, 4).await;
     done += 4;
     two_more_samples(&listen).await;

@@ -3,6 +3,7 @@
 //! whose database was made to bloat and to miss its cache deliver the alerts to a webhook of
 //! the test, while every dashboard query returns data.
 
+use crate::harness::exec;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -138,11 +139,11 @@ async fn induce_activity(db: &TestDb) -> (Client, Client) {
     c.batch_execute("VACUUM (ANALYZE) candles")
         .await
         .expect("vacuum");
-    c.batch_execute(
+    exec(
+        &c,
         "CREATE TABLE lock_demo (id int PRIMARY KEY); INSERT INTO lock_demo VALUES (1)",
     )
-    .await
-    .unwrap();
+    .await;
     let holder = db.client().await;
     // A temporary physical slot reserving WAL (slot metrics), dropped with the holder's session.
     holder

@@ -4,6 +4,8 @@
 //! `verify` says how.
 
 use super::{as_user, log_cluster, setup};
+use crate::harness::exec;
+use crate::harness::strings;
 use crate::harness::{TestDb, connect};
 use tokio_postgres::Client;
 
@@ -95,18 +97,13 @@ async fn the_log_helpers_count_the_log_and_refuse_every_other_file() {
     // The SECURITY DEFINER functions the sampling role may call: the three log helpers and
     // whatever else the schema defines; none but log_current_file returns text, and that is a
     // file name (the count test checks that no literal comes back from log_tally).
-    let definers: Vec<String> = me
-        .query(
-            "SELECT p.proname FROM pg_proc p WHERE p.pronamespace = 'monitoring'::regnamespace \
+    let definers = strings(
+        &me,
+        "SELECT p.proname FROM pg_proc p WHERE p.pronamespace = 'monitoring'::regnamespace \
                AND p.prosecdef AND has_function_privilege(p.oid, 'EXECUTE') \
                AND p.proname LIKE 'log\\_%' ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    )
+    .await;
     assert_eq!(definers, ["log_current_file", "log_files", "log_tally"]);
     let stranger = connect(&as_user(&one.url, "stranger")).await;
     assert!(
@@ -125,15 +122,16 @@ async fn the_log_helpers_count_the_log_and_refuse_every_other_file() {
 async fn without_a_superuser_the_helpers_wait_for_one_and_verify_says_how() {
     let db = TestDb::new().await;
     let admin = db.client().await;
-    admin
-        .batch_execute(&format!(
+    exec(
+        &admin,
+        &format!(
             "DO $$ BEGIN CREATE ROLE pgpulse_migrator LOGIN CREATEROLE; \
              EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
              ALTER DATABASE {} OWNER TO pgpulse_migrator",
             db.name
-        ))
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     let migrator_url = as_user(&db.url, "pgpulse_migrator");
     let mut migrator = connect(&migrator_url).await;
     pgpulse::db::migrate::migrate(&mut migrator)
@@ -159,24 +157,20 @@ async fn without_a_superuser_the_helpers_wait_for_one_and_verify_says_how() {
 
     // A raw reader left by a superuser (as V009's install_log_reader() made it) fails verify,
     // and V012 run again by the non-superuser that owns the schema drops it.
-    admin
-        .batch_execute(
-            "CREATE FUNCTION monitoring.log_read(p_name text, p_offset bigint, p_length integer) \
+    exec(&admin, "CREATE FUNCTION monitoring.log_read(p_name text, p_offset bigint, p_length integer) \
              RETURNS bytea LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp \
              AS $$ SELECT NULL::bytea $$; \
-             GRANT EXECUTE ON FUNCTION monitoring.log_read(text, bigint, integer) TO pgpulse_monitor",
-        )
-        .await
-        .unwrap();
+             GRANT EXECUTE ON FUNCTION monitoring.log_read(text, bigint, integer) TO pgpulse_monitor").await;
     let (line, stdout) = verify_line();
     assert!(
         line.starts_with("FAIL") && line.contains("monitoring.log_read"),
         "{stdout}"
     );
-    admin
-        .batch_execute("DELETE FROM monitoring.schema_migrations WHERE version = 12")
-        .await
-        .unwrap();
+    exec(
+        &admin,
+        "DELETE FROM monitoring.schema_migrations WHERE version = 12",
+    )
+    .await;
     let again = pgpulse::db::migrate::migrate(&mut migrator)
         .await
         .expect("V012 again as the schema's owner");
@@ -195,13 +189,12 @@ async fn without_a_superuser_the_helpers_wait_for_one_and_verify_says_how() {
     );
     // The non-superuser owns install_log_reader() and replaces its body with code that would
     // make it a superuser; the superuser's `pgpulse migrate` never runs that body.
-    migrator
-        .batch_execute(
-            "CREATE OR REPLACE FUNCTION monitoring.install_log_reader() RETURNS void \
+    exec(
+        &migrator,
+        "CREATE OR REPLACE FUNCTION monitoring.install_log_reader() RETURNS void \
              LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'ALTER ROLE pgpulse_migrator SUPERUSER'; END $$",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let mut superuser = db.client().await;
     pgpulse::db::migrate::migrate(&mut superuser)
         .await
@@ -243,11 +236,12 @@ async fn an_upgrade_from_the_raw_reader_as_a_superuser_drops_it() {
         .iter()
         .find(|m| m.version == 9)
         .unwrap();
-    admin.batch_execute(v009.sql).await.unwrap();
-    admin
-        .batch_execute("DELETE FROM monitoring.schema_migrations WHERE version = 12")
-        .await
-        .unwrap();
+    exec(&admin, v009.sql).await;
+    exec(
+        &admin,
+        "DELETE FROM monitoring.schema_migrations WHERE version = 12",
+    )
+    .await;
     let granted: bool = admin
         .query_one(
             &format!("SELECT has_function_privilege('pgpulse_monitor', {LOG_READ}, 'EXECUTE')"),

@@ -1,6 +1,7 @@
 //! The exact count: the counter against an independent count of the log files on disk, with
 //! statements whose text and parameters carry a secret literal that must not reach pgpulse.
 
+use crate::harness::exec;
 use std::path::Path;
 
 use super::{as_user, log_cluster, rotate, setup};
@@ -99,10 +100,7 @@ pub(super) async fn settled(svc: &Running) -> String {
 }
 
 async fn mark(admin: &Client, text: &str) {
-    admin
-        .batch_execute(&format!("DO $$ BEGIN RAISE LOG '{text}'; END $$"))
-        .await
-        .unwrap();
+    exec(admin, &format!("DO $$ BEGIN RAISE LOG '{text}'; END $$")).await;
 }
 
 /// Statements of one workload by the traders.
@@ -114,9 +112,7 @@ async fn workload(clients: &[Client], admin: &Client, own: &Client, datadir: &Pa
     for i in 0..970usize {
         let c = &clients[i % clients.len()];
         if i % 2 == 0 {
-            c.batch_execute("SELECT 1 AS fast, 'é€日本' AS t")
-                .await
-                .unwrap();
+            exec(c, "SELECT 1 AS fast, 'é€日本' AS t").await;
         } else {
             c.query(
                 "SELECT $1::int AS fast, $2::text",
@@ -132,11 +128,11 @@ async fn workload(clients: &[Client], admin: &Client, own: &Client, datadir: &Pa
     for i in 0..30usize {
         let c = &clients[i % clients.len()];
         if i % 2 == 0 {
-            c.batch_execute(&format!(
-                "SELECT pg_sleep(0.2), 'é€日本 slow' WHERE '{SECRET}' <> ''"
-            ))
-            .await
-            .unwrap();
+            exec(
+                c,
+                &format!("SELECT pg_sleep(0.2), 'é€日本 slow' WHERE '{SECRET}' <> ''"),
+            )
+            .await;
         } else {
             c.query("SELECT pg_sleep($1), $2::text", &[&0.2f64, &SECRET])
                 .await
@@ -148,12 +144,10 @@ async fn workload(clients: &[Client], admin: &Client, own: &Client, datadir: &Pa
     }
     for (i, s) in [0.098f64, 0.099, 0.1, 0.101, 0.102].iter().enumerate() {
         let c = &clients[i % clients.len()];
-        c.batch_execute(&format!("SELECT pg_sleep({s})"))
-            .await
-            .unwrap();
+        exec(c, &format!("SELECT pg_sleep({s})")).await;
         c.query("SELECT pg_sleep($1)", &[s]).await.unwrap();
     }
-    own.batch_execute("SELECT pg_sleep(0.15)").await.unwrap();
+    exec(own, "SELECT pg_sleep(0.15)").await;
     own.query("SELECT pg_sleep($1)", &[&0.15f64]).await.unwrap();
 }
 

@@ -7,6 +7,7 @@
 
 use super::count::{exposed_total, settled, start_reader};
 use super::{as_user, log_cluster, rotate, setup};
+use crate::harness::exec;
 use crate::harness::{PATIENCE, connect, eventually, with_db};
 use crate::service::{Running, sample};
 use crate::signals::shipped;
@@ -49,10 +50,7 @@ async fn a_log_file_removed_before_it_was_read_is_a_gap_and_its_statements_are_n
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&doomed, std::fs::Permissions::from_mode(0o000)).unwrap();
     for _ in 0..3 {
-        trader
-            .batch_execute(&format!("SELECT pg_sleep(0.15) /* {MARKER} */"))
-            .await
-            .unwrap();
+        exec(&trader, &format!("SELECT pg_sleep(0.15) /* {MARKER} */")).await;
     }
     let on_disk = || async {
         let text = std::fs::read_to_string(&doomed).ok()?;
@@ -81,10 +79,7 @@ async fn a_log_file_removed_before_it_was_read_is_a_gap_and_its_statements_are_n
         .rposition(|b| *b == b'\n')
         .map_or(0, |p| p + 1);
     let (lower, size) = ((text.len() - line_start) as f64, text.len() as f64);
-    trader
-        .batch_execute("SELECT pg_sleep(0.15) /* after the gap */")
-        .await
-        .unwrap();
+    exec(&trader, "SELECT pg_sleep(0.15) /* after the gap */").await;
     svc.wait_for("the gap counted and the next slow statement read", |b| {
         sample(b, "pgpulse_slow_log_up") == Some(1.0)
             && sample(b, "pgpulse_slow_log_gap_bytes_total").unwrap_or(0.0) > gap0

@@ -24,6 +24,7 @@ mod reference;
 mod tally;
 mod zero;
 
+use crate::harness::exec;
 use std::path::{Path, PathBuf};
 
 use crate::harness::{PATIENCE, TestDb, eventually, own_cluster};
@@ -64,19 +65,17 @@ pub(crate) async fn setup(cluster: &TempCluster) -> (TestDb, TestDb) {
     let one = TestDb::on(&admin).await;
     let two = TestDb::on(&admin).await;
     let c = one.client().await;
-    c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        .await
-        .unwrap();
+    exec(&c, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements").await;
     one.migrate().await;
-    c.batch_execute(
+    exec(
+        &c,
         "DO $$ BEGIN \
            CREATE ROLE pgpulse_login LOGIN IN ROLE pgpulse_monitor; \
            CREATE ROLE trader_a LOGIN; CREATE ROLE trader_b LOGIN; CREATE ROLE trader_c LOGIN; \
            CREATE ROLE stranger LOGIN; \
          EXCEPTION WHEN duplicate_object THEN NULL; END $$",
     )
-    .await
-    .unwrap();
+    .await;
     (one, two)
 }
 
@@ -114,10 +113,7 @@ pub(crate) async fn rotate(admin: &Client, datadir: &Path) -> PathBuf {
         (now > old).then_some(())
     };
     assert!(eventually(PATIENCE, later).await.is_some());
-    admin
-        .batch_execute("SELECT pg_rotate_logfile()")
-        .await
-        .unwrap();
+    exec(admin, "SELECT pg_rotate_logfile()").await;
     let switched = || async {
         let now = current(admin, datadir).await;
         (now != before).then_some(now)

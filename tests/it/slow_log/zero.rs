@@ -6,6 +6,7 @@
 use super::count::{settled, start_reader};
 use super::{as_user, log_cluster, setup};
 use crate::harness::connect;
+use crate::harness::exec;
 use crate::service::sample;
 use crate::signals::shipped;
 
@@ -30,7 +31,7 @@ async fn a_new_pair_is_exposed_at_zero_before_its_first_slow_statement() {
     );
 
     let trader = connect(&as_user(&one.url, "trader_c")).await;
-    trader.batch_execute("SELECT 1").await.unwrap();
+    exec(&trader, "SELECT 1").await;
     let body = svc
         .wait_for("the open session's pair at 0", |b| {
             sample(b, &series).is_some()
@@ -44,10 +45,7 @@ async fn a_new_pair_is_exposed_at_zero_before_its_first_slow_statement() {
         "pgpulse's own session is not a pair"
     );
 
-    trader
-        .batch_execute("SELECT pg_sleep(0.15) /* zero-test */")
-        .await
-        .unwrap();
+    exec(&trader, "SELECT pg_sleep(0.15) /* zero-test */").await;
     svc.wait_for("the first slow execution counted", |b| {
         sample(b, &series).is_some_and(|v| v > 0.0)
     })
