@@ -313,15 +313,8 @@ async fn many_concurrent_scrapes_during_sampling_never_see_a_partial_body() {
             let client = reqwest::Client::new();
             let mut bodies = Vec::new();
             for _ in 0..20 {
-                let b = client
-                    .get(format!("http://{addr}/metrics"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
-                bodies.push(b);
+                let request = client.get(format!("http://{addr}/metrics"));
+                bodies.push(crate::harness::http_text(request).await);
             }
             bodies
         }));

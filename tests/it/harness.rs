@@ -63,6 +63,20 @@ pub(crate) async fn exec(c: &Client, sql: &str) {
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
+/// The body of an HTTP request's answer (test helper; panics on failure).
+pub(crate) async fn http_text(request: reqwest::RequestBuilder) -> String {
+    request.send().await.unwrap().text().await.unwrap()
+}
+
+/// Statements that create a database owner `owner` (who may create roles) and a tenant role
+/// `tenant`, and give the database `db` to the owner.
+pub(crate) fn owner_and_tenant(owner: &str, tenant: &str, db: &str) -> String {
+    format!(
+        "CREATE ROLE {owner} LOGIN CREATEROLE; CREATE ROLE {tenant} LOGIN; \
+         ALTER DATABASE {db} OWNER TO {owner};"
+    )
+}
+
 /// The first column of every row, as text (test helper; panics on failure).
 pub(crate) async fn strings(c: &Client, sql: &str) -> Vec<String> {
     c.query(sql, &[])

@@ -54,10 +54,8 @@ impl Tenancy {
         exec(
             &admin,
             &format!(
-                "CREATE ROLE {owner} LOGIN CREATEROLE; CREATE ROLE {tenant} LOGIN; \
-                 ALTER DATABASE {} OWNER TO {owner}; \
-                 CREATE EXTENSION IF NOT EXISTS pg_stat_statements",
-                db.name
+                "{} CREATE EXTENSION IF NOT EXISTS pg_stat_statements",
+                crate::harness::owner_and_tenant(&owner, &tenant, &db.name)
             ),
         )
         .await;

@@ -339,12 +339,10 @@ async fn migrate_as_a_non_superuser_owner_names_the_sequences_it_may_not_grant_a
     exec(
         &admin,
         &format!(
-            "CREATE ROLE {owner} LOGIN CREATEROLE; CREATE ROLE {tenant} LOGIN; \
-             ALTER DATABASE {} OWNER TO {owner}; \
-             CREATE SCHEMA tenant AUTHORIZATION {tenant}; \
+            "{} CREATE SCHEMA tenant AUTHORIZATION {tenant}; \
              SET ROLE {tenant}; CREATE SEQUENCE tenant.ticket_seq; \
              SELECT nextval('tenant.ticket_seq'); RESET ROLE",
-            db.name
+            crate::harness::owner_and_tenant(&owner, &tenant, &db.name)
         ),
     )
     .await;

@@ -138,15 +138,10 @@ pub(crate) async fn instant(prom: &str, expr: &str) -> Option<f64> {
 
 /// The raw samples (time, value) of a range-vector query.
 async fn range(prom: &str, expr: &str) -> Vec<(f64, f64)> {
-    let text = reqwest::Client::new()
+    let request = reqwest::Client::new()
         .post(format!("http://{prom}/api/v1/query"))
-        .form(&[("query", expr)])
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .form(&[("query", expr)]);
+    let text = crate::harness::http_text(request).await;
     let body: Value = serde_json::from_str(&text).unwrap();
     body["data"]["result"][0]["values"]
         .as_array()
