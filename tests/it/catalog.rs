@@ -170,20 +170,28 @@ async fn a_row_lock_with_a_waiter_shows_one_blocked_session_and_a_wait_above_zer
             .batch_execute("UPDATE book SET qty = 8 WHERE id = 1")
             .await
     });
-    wait_for(&svc, "one blocked session waiting and its pair", |b| {
+    let body = wait_for(&svc, "one blocked session waiting and its root", |b| {
         sample(b, "pg_blocked_sessions") == Some(1.0)
             && sample(b, "pg_lock_wait_longest_seconds").is_some_and(|v| v > 0.0)
             && b.lines()
-                .filter(|l| l.starts_with("pg_lock_blocking_pair_wait_seconds{blocked_pid="))
+                .filter(|l| l.starts_with("pg_lock_root_blocked_sessions{"))
                 .count()
                 == 1
     })
     .await;
+    let root = body
+        .lines()
+        .find(|l| l.starts_with("pg_lock_root_blocked_sessions{"))
+        .unwrap();
+    assert!(
+        root.contains("state=\"idle in transaction\"") && root.ends_with(" 1"),
+        "{root}"
+    );
     exec(&holder, "COMMIT").await;
     blocked.await.unwrap().unwrap();
     wait_for(&svc, "no blocked sessions again", |b| {
         sample(b, "pg_blocked_sessions") == Some(0.0)
-            && !b.contains("pg_lock_blocking_pair_wait_seconds{")
+            && !b.contains("pg_lock_root_blocked_sessions{")
     })
     .await;
     svc.stop().await;
