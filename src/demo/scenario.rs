@@ -45,7 +45,9 @@ impl Scenario {
             Self::Slow => {
                 "histogram_quantile(0.99, rate(pg_statement_latency_seconds_bucket[1m])) (above 0.1), pg_slow_statements and pg_statement_executions_over_threshold_total{user=\"demo_trader\"} (PgStatementSlowShareHigh)"
             }
-            Self::Locks => "pg_blocked_sessions (1) and pg_lock_wait_longest_seconds (growing)",
+            Self::Locks => {
+                "pg_blocked_sessions (1), pg_lock_wait_longest_seconds (growing) and pg_lock_root_blocked_sessions (the root, idle in transaction)"
+            }
             Self::CacheMiss => {
                 "pg_cache_hit_ratio{kind=\"heap\"} and pg_database_cache_hit_ratio (below 0.95)"
             }
