@@ -8,9 +8,10 @@ use std::collections::{HashMap, HashSet};
 use tokio_postgres::Client;
 
 use crate::exporter::promtool_check;
-use crate::harness::{TestDb, connect, exec};
+use crate::harness::{TestDb, connect, exec, own_cluster};
 use crate::service::{Running, start};
 use crate::signals::shipped;
+use pgpulse::demo::{ClusterOptions, TempCluster};
 
 /// A session of the test with its own `application_name`.
 async fn session(db: &TestDb, app: &str) -> Client {
@@ -96,18 +97,12 @@ fn roots(body: &str) -> Vec<(HashMap<String, String>, f64)> {
         .collect()
 }
 
-async fn start_sampling(db: &TestDb) -> Running {
-    start(
-        &db.url,
-        &shipped(&["lock_roots", "lock_root_load"], "1s"),
-        |_| {},
-    )
-    .await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tree_of_depth_three_and_a_second_root_count_every_waiter_once_by_name_and_state() {
-    let db = TestDb::new().await;
+/// A server of its own (the root blockers are sampled server-wide, and other tests hold
+/// locks on the shared server), a database with a table `book` of 20 rows, an admin session,
+/// and pgpulse sampling the root blockers every second.
+async fn book() -> (TempCluster, TestDb, Client, Running) {
+    let cluster = own_cluster(ClusterOptions::default());
+    let db = TestDb::on(&cluster.url("postgres")).await;
     let admin = db.client().await;
     exec(
         &admin,
@@ -115,7 +110,14 @@ async fn a_tree_of_depth_three_and_a_second_root_count_every_waiter_once_by_name
          INSERT INTO book SELECT g, 0 FROM generate_series(1, 20) g",
     )
     .await;
-    let svc = start_sampling(&db).await;
+    let catalog = shipped(&["lock_roots", "lock_root_load"], "1s");
+    let svc = start(&db.url, &catalog, |_| {}).await;
+    (cluster, db, admin, svc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_of_depth_three_and_a_second_root_count_every_waiter_once_by_name_and_state() {
+    let (_cluster, db, admin, svc) = book().await;
     // root_active holds row 1 and runs; w1 holds 2 and waits for 1; w2 holds 3 and waits
     // for 2; w3 waits for 3: depth 3. root_idle holds 10, idle in transaction; v1 waits.
     let root_active = session(&db, "root_active").await;
@@ -215,15 +217,7 @@ async fn a_tree_of_depth_three_and_a_second_root_count_every_waiter_once_by_name
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_five_roots_the_rest_are_one_other_series_and_hostile_names_stay_labels() {
-    let db = TestDb::new().await;
-    let admin = db.client().await;
-    exec(
-        &admin,
-        "CREATE TABLE book (id int PRIMARY KEY, qty int); \
-         INSERT INTO book SELECT g, 0 FROM generate_series(1, 20) g",
-    )
-    .await;
-    let svc = start_sampling(&db).await;
+    let (_cluster, db, admin, svc) = book().await;
     // Seven roots, each holding one row with one waiter; one root's name is hostile.
     let mut held = Vec::new();
     let mut tasks = Vec::new();
