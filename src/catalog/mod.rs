@@ -9,7 +9,7 @@ mod model;
 mod validate;
 
 pub use derive::Derive;
-pub use model::{Accumulate, HistogramSpec, MetricKind, MetricSpec, QuerySpec, Role};
+pub use model::{Accumulate, Binds, HistogramSpec, MetricKind, MetricSpec, QuerySpec, Role};
 pub use validate::{Invalid, Loc, Problem, is_label_name, is_metric_name};
 
 use std::fmt;

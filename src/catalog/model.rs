@@ -44,6 +44,7 @@ pub(crate) struct RawQuery {
     #[serde(default)]
     pub role: Role,
     pub accumulate: Option<Spanned<Accumulate>>,
+    pub binds: Option<Binds>,
 }
 
 /// A statement-latency histogram as written.
@@ -124,6 +125,16 @@ pub enum Accumulate {
     /// Each sample adds value × interval (in seconds) to its series' counter: a count of
     /// sessions sampled every second becomes session-seconds (see `sampler::load`).
     Seconds,
+}
+
+/// Values pgpulse binds to a query's parameters from its configuration. The values travel as
+/// bound parameters, never as SQL text, so a quote in a configured name is just a character.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Binds {
+    /// The configured trade tables (`trade_tables:`), in role order: `$1` the role keys
+    /// (`orders`, `trades`, ...), `$2` their schemas, `$3` their names, each a `text[]`.
+    TradeTables,
 }
 
 /// One metric of a query: a value column and how it is exposed.
@@ -216,6 +227,8 @@ pub struct QuerySpec {
     pub role: Role,
     /// Values accumulated into counters by pgpulse (every metric is then a counter).
     pub accumulate: Option<Accumulate>,
+    /// Configuration values bound to the query's parameters.
+    pub binds: Option<Binds>,
     /// Line and column of the query in its file, for messages.
     pub location: Location,
 }

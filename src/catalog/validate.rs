@@ -294,6 +294,7 @@ fn query(q: RawQuery, qloc: Loc, d: Defaults, seen: &mut Seen) -> Found<QuerySpe
         requires_preload: q.requires_preload,
         role: q.role,
         accumulate: q.accumulate.map(|a| a.value),
+        binds: q.binds,
         location: super::model::Location(qloc.0, qloc.1),
         name,
     })

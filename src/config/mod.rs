@@ -261,6 +261,7 @@ impl Config {
             lock_timeout: self.lock_timeout,
             max_backoff: self.reconnect_max_backoff,
             probe_timeout: self.probe_timeout,
+            trade_tables: self.trade_tables.clone(),
         }
     }
 

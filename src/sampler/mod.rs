@@ -48,7 +48,7 @@ use probe::ServerInfo;
 pub const FIRST_ROUND_SPREAD: Duration = Duration::from_secs(10);
 
 /// Settings of the sampler.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SamplerSettings {
     /// `lock_timeout` of every sampling query.
     pub lock_timeout: Duration,
@@ -57,6 +57,8 @@ pub struct SamplerSettings {
     /// The probe's wait for a connection, and for the server's answer: no answer within it
     /// means the database is down.
     pub probe_timeout: Duration,
+    /// The trade tables, bound to the queries that ask for them (`binds: trade_tables`).
+    pub trade_tables: crate::db::trade_tables::TradeTables,
 }
 
 /// The current catalog and the stop handle of each of its running query tasks: the one home

@@ -12,10 +12,11 @@ use deadpool_postgres::Object;
 use futures_util::{StreamExt, pin_mut};
 
 use super::decode::{Decoder, RunStats};
-use crate::catalog::QuerySpec;
+use crate::catalog::{Binds, QuerySpec};
 use crate::db::lease::Budget;
 use crate::db::outcome::{ErrorKind, RunError, classify, pool_error};
 use crate::db::session::{CLIENT_GRACE, begin_read_only, timeouts_sql};
+use crate::db::trade_tables::TradeTables;
 use crate::snapshot::QueryResult;
 
 /// Rows fetched per round trip from the query's portal.
@@ -30,6 +31,36 @@ pub struct Sampled {
     pub stats: RunStats,
 }
 
+/// The values bound to a query's parameters (see [`Binds`]): one `text[]` per parameter.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Bound(Vec<Vec<String>>);
+
+impl Bound {
+    /// What `spec` asks to have bound, from the configured trade tables.
+    pub fn of(spec: &QuerySpec, tables: &TradeTables) -> Self {
+        match spec.binds {
+            None => Self::default(),
+            Some(Binds::TradeTables) => {
+                let column = |f: fn(&crate::db::trade_tables::TableRef) -> String| {
+                    tables.iter().map(|(_, t)| f(t)).collect()
+                };
+                Self(vec![
+                    tables.iter().map(|(r, _)| r.key().to_owned()).collect(),
+                    column(|t| t.schema.clone()),
+                    column(|t| t.name.clone()),
+                ])
+            }
+        }
+    }
+
+    fn params(&self) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+        self.0
+            .iter()
+            .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect()
+    }
+}
+
 /// Runs `spec` once on a pooled connection and turns its rows into a result. A run that is
 /// cancelled, or gets no answer within its guard, leaves its connection to settle (see
 /// [`crate::db::lease`]): it keeps its slot of the budget until the server has answered.
@@ -37,6 +68,7 @@ pub async fn sample_once(
     budget: &Budget,
     spec: &Arc<QuerySpec>,
     lock_timeout: Duration,
+    binds: &Bound,
 ) -> Result<Sampled, RunError> {
     let guard = spec.timeout + CLIENT_GRACE;
     let mut checkout = budget
@@ -46,7 +78,7 @@ pub async fn sample_once(
     let Some(client) = checkout.client() else {
         return Err(RunError::new(ErrorKind::Connection, "no connection"));
     };
-    match tokio::time::timeout(guard, run_in_transaction(client, spec, lock_timeout)).await {
+    match tokio::time::timeout(guard, run_in_transaction(client, spec, lock_timeout, binds)).await {
         Ok(Ok(sampled)) => {
             checkout.release();
             Ok(sampled)
@@ -74,6 +106,7 @@ async fn run_in_transaction(
     client: &mut Object,
     spec: &Arc<QuerySpec>,
     lock_timeout: Duration,
+    binds: &Bound,
 ) -> Result<Sampled, RunError> {
     let txn = begin_read_only(client, &timeouts_sql(spec.timeout, lock_timeout)).await?;
     let statement = txn.prepare(&spec.sql).await.map_err(|e| classify(&e))?;
@@ -89,7 +122,7 @@ async fn run_in_transaction(
         ));
     }
     let mut decoder = Decoder::new(spec, &columns)?;
-    let portal = txn.bind(&statement, &[]).await.map_err(|e| classify(&e))?;
+    let portal = txn.bind(&statement, &binds.params()).await.map_err(|e| classify(&e))?;
     loop {
         let rows = txn
             .query_portal_raw(&portal, ROW_BATCH)

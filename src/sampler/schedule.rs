@@ -61,7 +61,10 @@ impl Sampler {
                     .sample(&self.budget, spec, family, lock_timeout)
                     .await
             }
-            None => run::sample_once(&self.budget, spec, lock_timeout).await,
+            None => {
+                let binds = run::Bound::of(spec, &self.settings.trade_tables);
+                run::sample_once(&self.budget, spec, lock_timeout, &binds).await
+            }
         };
         // A run longer than the interval makes the ticker skip the ticks it overran.
         let overran = (timer.elapsed().as_secs_f64() / spec.interval.as_secs_f64()).floor() as u64;
