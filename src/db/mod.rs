@@ -4,6 +4,7 @@
 //! tuning `migrate` gives them ([`tuning`]), verification (with what it checks of the `SECURITY DEFINER` functions,
 //! [`definer`]) and removal, and what reading the slow-statement log needs ([`log_access`]).
 
+pub(crate) mod alterers;
 pub(crate) mod check;
 pub(crate) mod connect;
 pub(crate) mod definer;
@@ -23,3 +24,4 @@ pub(crate) mod uninstall;
 pub mod verify;
 
 pub use connect::{ConnectError, DatabaseTarget, connect};
+pub use trade_tables::{TableRef, TradeTables};

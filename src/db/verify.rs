@@ -553,6 +553,50 @@ pub async fn trade_tables(c: &Client, tables: &super::trade_tables::TradeTables)
     }
 }
 
+/// One line per login role that can alter a configured trade table: WARN when it has no
+/// `lock_timeout` (its `ALTER TABLE` would wait for its lock without limit, and every write to
+/// the table would queue behind it), PASS with its setting otherwise. Names come from the
+/// catalog: quoted, with control characters escaped, so no name forges a line.
+pub async fn lock_timeouts(c: &Client, tables: &super::trade_tables::TradeTables) -> Vec<String> {
+    let found = match super::alterers::alterers(c, tables).await {
+        Ok(found) => found,
+        Err(e) => {
+            return vec![format!(
+                "LOCK_TIMEOUT FAIL cannot read the roles: {}",
+                describe(&e)
+            )];
+        }
+    };
+    found
+        .iter()
+        .map(|a| {
+            let role = printable(&super::trade_tables::quote_ident(&a.role));
+            let tables = printable(&a.tables);
+            match &a.lock_timeout {
+                Some(v) => format!("LOCK_TIMEOUT PASS {role} can alter {tables}; lock_timeout {}", printable(v)),
+                None => format!(
+                    "LOCK_TIMEOUT WARN {role} can alter {tables} and has no lock_timeout: its DDL would \
+                     wait for a lock without limit while every write queues behind it; \
+                     ALTER ROLE {role} SET lock_timeout = '2s'"
+                ),
+            }
+        })
+        .collect()
+}
+
+/// `s` with control characters escaped (`\n`), for one line of output.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// The session of verify: a pinned `search_path` and timeouts, as every statement pgpulse sends.
 const SESSION_SQL: &str = "SET search_path = pg_catalog, pg_temp; SET lock_timeout = '2s'; \
      SET statement_timeout = '300s'";

@@ -122,7 +122,10 @@ async fn run_in_transaction(
         ));
     }
     let mut decoder = Decoder::new(spec, &columns)?;
-    let portal = txn.bind(&statement, &binds.params()).await.map_err(|e| classify(&e))?;
+    let portal = txn
+        .bind(&statement, &binds.params())
+        .await
+        .map_err(|e| classify(&e))?;
     loop {
         let rows = txn
             .query_portal_raw(&portal, ROW_BATCH)

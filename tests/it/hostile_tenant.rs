@@ -499,10 +499,10 @@ async fn verify_as_a_non_superuser_owner_warns_with_the_grant_instead_of_a_serve
     let out = pgpulse(&["verify", "--database-url", &t.url(&t.owner, None)], &[]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
-    // The checks; the trade-table lines (`TABLE ...`) follow them.
+    // The checks; the trade-table lines (`TABLE ...`, `LOCK_TIMEOUT ...`) follow them.
     let lines: Vec<&str> = stdout
         .lines()
-        .filter(|l| !l.starts_with("TABLE "))
+        .filter(|l| !l.starts_with("TABLE ") && !l.starts_with("LOCK_TIMEOUT "))
         .collect();
     assert_eq!(lines.len(), 15, "{stdout}");
     assert!(!stdout.contains("FAIL"), "{stdout}");

@@ -21,6 +21,7 @@ mod harness;
 mod health;
 mod hostile_tenant;
 mod http_limits;
+mod lock_queue;
 mod lock_roots;
 mod maintenance;
 mod migrations;

@@ -53,6 +53,8 @@ const CONTRACT: &str = "up pg_up pg_server_version_num pgpulse_build_info
     pg_locks pg_lock_table_usage_ratio pg_autovacuum_workers pg_longest_running_statement_seconds
     pg_vacuum_heap_scanned_ratio pg_sequence_used_ratio pg_client_connections
     pg_database_load_session_seconds_total
+    pg_trade_table_lock_queue pg_trade_table_lock_queue_seconds pg_trade_table_lock_waiting_sessions
+    pg_trade_table_lock_waiting_sessions_by_mode
 
     pg_statement_executions_over_threshold_total pg_statement_executions_threshold_seconds
     pgpulse_database_user_info pgpulse_slow_log_up pgpulse_slow_log_lag_bytes
