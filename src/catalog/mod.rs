@@ -234,6 +234,10 @@ pub fn markdown(catalog: &Catalog) -> String {
         if let Some(p) = &q.requires_preload {
             let _ = writeln!(s, "Requires `{p}` in `shared_preload_libraries`.\n");
         }
+        if q.metrics.is_empty() && q.histogram.is_none() {
+            s.push_str("No metrics: its rows are published for a JSON endpoint.\n\n");
+            continue;
+        }
         let _ = writeln!(
             s,
             "| metric | type | unit | help |\n| --- | --- | --- | --- |"

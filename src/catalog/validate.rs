@@ -81,8 +81,8 @@ pub enum Problem {
     /// A label is listed twice.
     #[error("label \"{0}\" is listed twice")]
     DuplicateLabel(String),
-    /// Neither metrics nor a histogram.
-    #[error("metrics is empty")]
+    /// Neither metrics nor a histogram, and no rows published.
+    #[error("metrics is empty (a query without metrics must publish_rows)")]
     NoMetrics,
     /// The histogram's name breaks the naming rules.
     #[error("histogram name \"{0}\" must be a pg_ name ending in _seconds")]
@@ -241,7 +241,7 @@ fn query(q: RawQuery, qloc: Loc, d: Defaults, seen: &mut Seen) -> Found<QuerySpe
     let (sql, derive) = source(&q, qloc)?;
     let (interval, timeout, expire_after) = timing(&q, qloc, d)?;
     let labels = labels(&q.labels)?;
-    if q.metrics.is_empty() && q.histogram.is_none() {
+    if q.metrics.is_empty() && q.histogram.is_none() && !q.publish_rows {
         return Err((qloc, Problem::NoMetrics));
     }
     let histogram = q.histogram.map(|h| histogram(h, seen)).transpose()?;

@@ -262,7 +262,8 @@ fn basic_credentials(v: &HeaderValue) -> Option<(String, String)> {
     Some((user.to_owned(), password.to_owned()))
 }
 
-/// The middleware: landing page switch, basic auth, response headers.
+/// The middleware: landing page switch, `/debug/` only behind basic auth, basic auth,
+/// response headers.
 pub(crate) async fn guard(
     State(sec): State<Arc<WebSecurity>>,
     req: Request,
@@ -271,6 +272,14 @@ pub(crate) async fn guard(
     let path = req.uri().path();
     let mut resp = if path == "/" && !sec.landing_page {
         (StatusCode::NOT_FOUND, "not found; try /metrics\n").into_response()
+    } else if path.starts_with("/debug/") && sec.rules.load().users.is_empty() {
+        // Sessions and statements are for operators only: never on an open surface.
+        (
+            StatusCode::NOT_FOUND,
+            "not found: /debug/locks is served only behind basic authentication; set \
+             basic_auth_users in the web configuration file (web.config_file)\n",
+        )
+            .into_response()
     } else if (sec.open_health && (path == "/health" || path == "/ready"))
         || sec
             .authorized(req.headers().get(header::AUTHORIZATION))

@@ -1,11 +1,13 @@
 //! The HTTP surface: `/metrics` (a copy of pre-rendered bytes, format and encoding negotiated),
 //! `/health` (liveness), `/ready` (readiness), `/health/db` (the database's own health
-//! checks, from the last sample), `/` (landing page); HTTPS, basic auth and headers from
+//! checks, from the last sample), `/debug/locks` (the lock forest, behind basic auth only),
+//! `/` (landing page); HTTPS, basic auth and headers from
 //! the web configuration file ([`webconfig`], [`auth`]); the server with its connection cap
 //! and deadlines ([`server`]). The router is built from
 //! an [`AppState`] and can be tested without a socket (`tower::ServiceExt::oneshot`).
 
 pub(crate) mod auth;
+mod debug_locks;
 mod health_db;
 mod landing;
 pub mod metrics;
@@ -47,6 +49,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/health/db", get(health_db::health_db))
+        .route("/debug/locks", get(debug_locks::debug_locks))
         .route("/", get(landing::page))
         .fallback(not_found)
         .layer(TimeoutLayer::with_status_code(

@@ -12,6 +12,7 @@ mod cheap_sql;
 mod commands;
 mod config;
 mod counter_guard;
+mod debug_locks;
 mod demo;
 mod demo_alerts;
 mod docker;
