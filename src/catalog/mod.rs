@@ -234,38 +234,44 @@ pub fn markdown(catalog: &Catalog) -> String {
         if let Some(p) = &q.requires_preload {
             let _ = writeln!(s, "Requires `{p}` in `shared_preload_libraries`.\n");
         }
-        if q.metrics.is_empty() && q.histogram.is_none() {
-            s.push_str("No metrics: its rows are published for a JSON endpoint.\n\n");
-            continue;
-        }
-        let _ = writeln!(
-            s,
-            "| metric | type | unit | help |\n| --- | --- | --- | --- |"
-        );
-        for m in &q.metrics {
-            let kind = match m.kind {
-                MetricKind::Gauge => "gauge",
-                MetricKind::Counter => "counter",
-            };
-            let _ = writeln!(
-                s,
-                "| `{}` | {kind} | {} | {} |",
-                m.name,
-                m.unit.as_deref().unwrap_or(""),
-                m.help.replace('|', "\\|")
-            );
-        }
-        if let Some(h) = &q.histogram {
-            let _ = writeln!(
-                s,
-                "| `{}` | histogram | seconds | {} |",
-                h.name,
-                h.help.replace('|', "\\|")
-            );
-        }
+        metrics_table(q, &mut s);
         s.push('\n');
     }
     s
+}
+
+/// The metrics of `q` as a Markdown table (or the note that it has none).
+fn metrics_table(q: &QuerySpec, s: &mut String) {
+    use std::fmt::Write;
+    if q.metrics.is_empty() && q.histogram.is_none() {
+        s.push_str("No metrics: its rows are published for a JSON endpoint.\n");
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "| metric | type | unit | help |\n| --- | --- | --- | --- |"
+    );
+    for m in &q.metrics {
+        let kind = match m.kind {
+            MetricKind::Gauge => "gauge",
+            MetricKind::Counter => "counter",
+        };
+        let _ = writeln!(
+            s,
+            "| `{}` | {kind} | {} | {} |",
+            m.name,
+            m.unit.as_deref().unwrap_or(""),
+            m.help.replace('|', "\\|")
+        );
+    }
+    if let Some(h) = &q.histogram {
+        let _ = writeln!(
+            s,
+            "| `{}` | histogram | seconds | {} |",
+            h.name,
+            h.help.replace('|', "\\|")
+        );
+    }
 }
 
 /// Hostile catalogs (fuzzed with proptest): any text, and the shipped catalog with one line
