@@ -135,6 +135,8 @@ pub enum Binds {
     /// The configured trade tables (`trade_tables:`), in role order: `$1` the role keys
     /// (`orders`, `trades`, ...), `$2` their schemas, `$3` their names, each a `text[]`.
     TradeTables,
+    /// How many root blockers to name (`sampling.lock_roots_named`): `$1`, an `int4`.
+    LockRoots,
 }
 
 /// One metric of a query: a value column and how it is exposed.

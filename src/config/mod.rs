@@ -116,6 +116,8 @@ pub struct Config {
     pub default_timeout: Duration,
     /// `lock_timeout` of every sampling query.
     pub lock_timeout: Duration,
+    /// How many root blockers are named (validated: 1 ..= 20).
+    pub lock_roots_named: i32,
     /// Log format.
     pub log_format: LogFormat,
     /// The maintenance runner's timeouts and backoff (validated: all above zero).
@@ -262,6 +264,7 @@ impl Config {
             max_backoff: self.reconnect_max_backoff,
             probe_timeout: self.probe_timeout,
             trade_tables: self.trade_tables.clone(),
+            lock_roots_named: self.lock_roots_named,
         }
     }
 
@@ -318,6 +321,10 @@ fn at_least_one(key: &'static str, n: usize) -> Result<usize, ConfigError> {
     }
 }
 
+/// The most root blockers `lock_roots` may name: its series budget in queries.yaml is
+/// (this + 1 for `other`) × 3 metrics.
+const MAX_ROOTS_NAMED: u32 = 20;
+
 impl Settings {
     /// Validates the settings into a [`Config`].
     pub fn validate(self) -> Result<Config, ConfigError> {
@@ -339,6 +346,16 @@ impl Settings {
         let plans = self.plans.validate(&self.trade_tables)?;
         let lock_timeout = positive("sampling.lock_timeout", self.sampling.lock_timeout)?;
         let slow_log = self.slow_log.validate(lock_timeout)?;
+        let named = self.sampling.lock_roots_named;
+        if !(1..=MAX_ROOTS_NAMED).contains(&named) {
+            return Err(ConfigError::Invalid {
+                key: "sampling.lock_roots_named",
+                reason: format!(
+                    "{named} is outside 1..={MAX_ROOTS_NAMED} (each named root is a label set of \
+                     lock_roots; the rest are summed as other)"
+                ),
+            });
+        }
         Ok(Config {
             target,
             pool_size: db.pool_size,
@@ -360,6 +377,7 @@ impl Settings {
             default_interval,
             default_timeout,
             lock_timeout,
+            lock_roots_named: named as i32,
             log_format: self.log_format,
             maintenance: self.maintenance.validate()?,
             trade_tables: self.trade_tables.clone(),

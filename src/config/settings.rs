@@ -248,6 +248,9 @@ pub struct SamplingSettings {
     /// Lock timeout of every sampling query.
     #[serde(with = "humantime_serde")]
     pub lock_timeout: Duration,
+    /// How many root blockers `lock_roots` names (by blocked sessions; the rest are summed
+    /// as `other`), 1 ..= 20.
+    pub lock_roots_named: u32,
 }
 
 impl Default for SamplingSettings {
@@ -256,6 +259,7 @@ impl Default for SamplingSettings {
             default_interval: Duration::from_secs(15),
             default_timeout: Duration::from_secs(5),
             lock_timeout: Duration::from_millis(500),
+            lock_roots_named: 5,
         }
     }
 }

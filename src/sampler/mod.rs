@@ -59,6 +59,8 @@ pub struct SamplerSettings {
     pub probe_timeout: Duration,
     /// The trade tables, bound to the queries that ask for them (`binds: trade_tables`).
     pub trade_tables: crate::db::trade_tables::TradeTables,
+    /// How many root blockers are named, bound to the queries that ask (`binds: lock_roots`).
+    pub lock_roots_named: i32,
 }
 
 /// The current catalog and the stop handle of each of its running query tasks: the one home

@@ -31,34 +31,49 @@ pub struct Sampled {
     pub stats: RunStats,
 }
 
-/// The values bound to a query's parameters (see [`Binds`]): one `text[]` per parameter.
+/// The values bound to a query's parameters (see [`Binds`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Bound(Vec<Vec<String>>);
+pub struct Bound {
+    arrays: Vec<Vec<String>>,
+    int: Option<i32>,
+}
 
 impl Bound {
-    /// What `spec` asks to have bound, from the configured trade tables.
-    pub fn of(spec: &QuerySpec, tables: &TradeTables) -> Self {
+    /// What `spec` asks to have bound, from the sampler's settings.
+    pub fn of(spec: &QuerySpec, settings: &super::SamplerSettings) -> Self {
         match spec.binds {
             None => Self::default(),
-            Some(Binds::TradeTables) => {
-                let column = |f: fn(&crate::db::trade_tables::TableRef) -> String| {
-                    tables.iter().map(|(_, t)| f(t)).collect()
-                };
-                Self(vec![
-                    tables.iter().map(|(r, _)| r.key().to_owned()).collect(),
-                    column(|t| t.schema.clone()),
-                    column(|t| t.name.clone()),
-                ])
-            }
+            Some(Binds::TradeTables) => Self {
+                arrays: trade_tables(&settings.trade_tables),
+                int: None,
+            },
+            Some(Binds::LockRoots) => Self {
+                arrays: Vec::new(),
+                int: Some(settings.lock_roots_named),
+            },
         }
     }
 
     fn params(&self) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
-        self.0
+        let arrays = self
+            .arrays
             .iter()
-            .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect()
+            .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync));
+        let int = self
+            .int
+            .iter()
+            .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync));
+        arrays.chain(int).collect()
     }
+}
+
+/// The trade tables as three `text[]`: role keys, schemas, names.
+fn trade_tables(tables: &TradeTables) -> Vec<Vec<String>> {
+    vec![
+        tables.iter().map(|(r, _)| r.key().to_owned()).collect(),
+        tables.iter().map(|(_, t)| t.schema.clone()).collect(),
+        tables.iter().map(|(_, t)| t.name.clone()).collect(),
+    ]
 }
 
 /// Runs `spec` once on a pooled connection and turns its rows into a result. A run that is

@@ -62,7 +62,7 @@ impl Sampler {
                     .await
             }
             None => {
-                let binds = run::Bound::of(spec, &self.settings.trade_tables);
+                let binds = run::Bound::of(spec, &self.settings);
                 run::sample_once(&self.budget, spec, lock_timeout, &binds).await
             }
         };

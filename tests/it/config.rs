@@ -63,6 +63,26 @@ fn an_unknown_config_key_is_exit_2_naming_file_line_and_key() {
 }
 
 #[test]
+fn named_root_blockers_outside_one_to_twenty_are_refused_naming_the_key() {
+    for n in ["0", "21"] {
+        let (code, msg) = check(
+            &["check-config"],
+            &[("PGPULSE_SAMPLING__LOCK_ROOTS_NAMED", n)],
+        );
+        assert_eq!(code, Some(2), "{msg}");
+        assert!(
+            msg.contains("sampling.lock_roots_named") && msg.contains("outside 1..=20"),
+            "{msg}"
+        );
+    }
+    let (code, msg) = check(
+        &["check-config"],
+        &[("PGPULSE_SAMPLING__LOCK_ROOTS_NAMED", "20")],
+    );
+    assert_eq!(code, Some(0), "{msg}");
+}
+
+#[test]
 fn a_bad_value_in_the_environment_names_the_variable() {
     let (code, msg) = check(
         &["check-config"],

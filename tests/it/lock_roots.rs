@@ -99,8 +99,8 @@ fn roots(body: &str) -> Vec<(HashMap<String, String>, f64)> {
 
 /// A server of its own (the root blockers are sampled server-wide, and other tests hold
 /// locks on the shared server), a database with a table `book` of 20 rows, an admin session,
-/// and pgpulse sampling the root blockers every second.
-async fn book() -> (TempCluster, TestDb, Client, Running) {
+/// and pgpulse sampling the root blockers every second, naming `named` of them.
+async fn book(named: u32) -> (TempCluster, TestDb, Client, Running) {
     let cluster = own_cluster(ClusterOptions::default());
     let db = TestDb::on(&cluster.url("postgres")).await;
     let admin = db.client().await;
@@ -111,13 +111,13 @@ async fn book() -> (TempCluster, TestDb, Client, Running) {
     )
     .await;
     let catalog = shipped(&["lock_roots", "lock_root_load"], "1s");
-    let svc = start(&db.url, &catalog, |_| {}).await;
+    let svc = start(&db.url, &catalog, |c| c.lock_roots_named = named as i32).await;
     (cluster, db, admin, svc)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tree_of_depth_three_and_a_second_root_count_every_waiter_once_by_name_and_state() {
-    let (_cluster, db, admin, svc) = book().await;
+    let (_cluster, db, admin, svc) = book(5).await;
     // root_active holds row 1 and runs; w1 holds 2 and waits for 1; w2 holds 3 and waits
     // for 2; w3 waits for 3: depth 3. root_idle holds 10, idle in transaction; v1 waits.
     let root_active = session(&db, "root_active").await;
@@ -217,7 +217,17 @@ async fn a_tree_of_depth_three_and_a_second_root_count_every_waiter_once_by_name
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_five_roots_the_rest_are_one_other_series_and_hostile_names_stay_labels() {
-    let (_cluster, db, admin, svc) = book().await;
+    seven_roots(5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_number_of_named_roots_is_configurable() {
+    seven_roots(2).await;
+}
+
+/// Seven roots of one waiter each, `named` of them named and the rest one `other` series.
+async fn seven_roots(named: u32) {
+    let (_cluster, db, admin, svc) = book(named).await;
     // Seven roots, each holding one row with one waiter; one root's name is hostile.
     let mut held = Vec::new();
     let mut tasks = Vec::new();
@@ -238,17 +248,23 @@ async fn past_five_roots_the_rest_are_one_other_series_and_hostile_names_stay_la
     }
     waiting(&admin, 7).await;
     let body = svc
-        .wait_for("five named roots and one other", |b| roots(b).len() == 6)
+        .wait_for("the named roots and one other", |b| {
+            roots(b).len() == named as usize + 1
+        })
         .await;
-    let named = roots(&body);
-    let other: Vec<_> = named
+    let series = roots(&body);
+    let other: Vec<_> = series
         .iter()
         .filter(|(l, _)| l["application_name"] == "other")
         .collect();
-    assert_eq!(other.len(), 1, "{named:?}");
-    assert_eq!(other[0].1, 2.0, "two roots of one waiter each are summed");
+    assert_eq!(other.len(), 1, "{series:?}");
+    let rest = f64::from(7 - named);
+    assert_eq!(
+        other[0].1, rest,
+        "the other roots of one waiter each are summed"
+    );
     assert!(other[0].0.values().all(|v| v == "other"));
-    assert_eq!(named.iter().map(|(_, v)| v).sum::<f64>(), 7.0);
+    assert_eq!(series.iter().map(|(_, v)| v).sum::<f64>(), 7.0);
     promtool_check(&body).unwrap();
     for t in &tasks {
         t.abort();
