@@ -21,6 +21,7 @@ const CONTRACT: &str = "up pg_up pg_server_version_num pgpulse_build_info
     pg_connections_usage_ratio pg_oldest_transaction_age_seconds
     pg_longest_idle_in_transaction_seconds
     pg_blocked_sessions pg_lock_wait_longest_seconds pg_lock_root_blocked_sessions
+    pg_lock_root_blocked_seconds_total pg_lock_root_state_age_seconds pg_lock_root_transaction_age_seconds
     pg_partition_count pg_partition_size_bytes pg_partition_rows pg_partition_default_rows
     pg_partition_runway_seconds
     pg_stat_statements_available pg_statement_calls_total pg_statement_exec_seconds_total

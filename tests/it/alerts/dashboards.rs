@@ -77,6 +77,7 @@ fn dashboards_have_fixed_unique_uids_and_pick_prometheus_through_the_datasource_
         "pgpulse-server",
         "pgpulse-statements",
         "pgpulse-tables",
+        "pgpulse-trading",
     ]);
     assert_eq!(uids, fixed, "uids must be fixed and unique");
     let mut problems = Vec::new();
