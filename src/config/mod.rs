@@ -277,6 +277,7 @@ impl Config {
             self.web.open_health,
             self.web.landing_page,
         )
+        .map(|sec| sec.serving_on(self.listen))
     }
 
     /// Defaults for queries of the catalog that set no interval or timeout.

@@ -17,7 +17,8 @@ pub enum Scenario {
     /// Statements taking 150–400 ms (as `demo_trader`): statement p99 above 100 ms, slow
     /// statements counted exactly from the slow-statement log.
     Slow,
-    /// A session holding a row lock of the order book while another waits: blocked sessions.
+    /// The classic trading outage: a report idle in transaction holds `trades`, a migration's
+    /// `ALTER TABLE` waits for it, and trade inserts queue behind the migration.
     Locks,
     /// Tiny shared_buffers and repeated scans of a larger table: cache hit ratio below 95 %.
     CacheMiss,
@@ -32,7 +33,7 @@ impl Scenario {
         match self {
             Self::Bloat => &["PgTableBloatHigh"],
             Self::Slow => &["PgStatementLatencyP99High", "PgStatementSlowShareHigh"],
-            Self::Locks => &["PgLockWaitLong"],
+            Self::Locks => &["PgTradeTableLockQueue", "PgLockWaitLong"],
             Self::CacheMiss => &["PgCacheHitRatioLow"],
             Self::PartitionGap => &["PgPartitionRunwayCritical", "PgDefaultPartitionHasRows"],
         }
@@ -46,7 +47,7 @@ impl Scenario {
                 "histogram_quantile(0.99, rate(pg_statement_latency_seconds_bucket[1m])) (above 0.1), pg_slow_statements and pg_statement_executions_over_threshold_total{user=\"demo_trader\"} (PgStatementSlowShareHigh)"
             }
             Self::Locks => {
-                "pg_blocked_sessions (1), pg_lock_wait_longest_seconds (growing) and pg_lock_root_blocked_sessions (the root, idle in transaction)"
+                "pg_trade_table_lock_queue{table=\"trades\"} (1: writes to trades stop), pg_lock_root_blocked_sessions{application_name=\"demo_report\"} (the root, idle in transaction) and /debug/locks (the chain: report, the waiting ALTER TABLE, the inserts behind it)"
             }
             Self::CacheMiss => {
                 "pg_cache_hit_ratio{kind=\"heap\"} and pg_database_cache_hit_ratio (below 0.95)"
@@ -143,31 +144,73 @@ async fn slow(client: &Client, target: &DatabaseTarget, stop: CancellationToken)
     ))
 }
 
+/// The classic trading outage: a report idle in transaction holds the trades table, a
+/// migration's `ALTER TABLE` waits for it, and every trade insert (one of the scenario's, then
+/// the workload's) queues behind the migration. At stop the migration is cancelled first (the
+/// runbook's advice) and the report rolled back, so the schema stays as it was.
 async fn locks(target: &DatabaseTarget, stop: CancellationToken) -> Setup {
-    let holder = crate::db::connect(target)
+    let report = session(target, "demo_report").await?;
+    report
+        .batch_execute("BEGIN; SELECT count(*) FROM trades WHERE symbol = 'BTC-USD'")
         .await
-        .map_err(|e| e.to_string())?;
-    for sql in [
-        "INSERT INTO order_book (symbol, side, price, quantity, order_count) \
-         VALUES ('LOCK-USD', 'buy', 1, 1, 1) ON CONFLICT DO NOTHING",
-        "BEGIN",
-        "UPDATE order_book SET quantity = quantity + 1 WHERE symbol = 'LOCK-USD'",
-    ] {
-        holder.batch_execute(sql).await.map_err(describe)?;
-    }
-    let waiter = crate::db::connect(target)
-        .await
-        .map_err(|e| e.to_string())?;
+        .map_err(describe)?;
+    let migration = session(target, "demo_migration").await?;
+    let engine = session(target, "demo_engine").await?;
     Ok(Some(tokio::spawn(async move {
-        let wait = waiter.batch_execute(
-            "UPDATE order_book SET quantity = quantity + 1 WHERE symbol = 'LOCK-USD'",
-        );
+        let alter = migration.batch_execute("ALTER TABLE trades ADD COLUMN demo_note text");
+        // The insert is sent once the ALTER waits, so it queues behind it.
+        let insert = async {
+            wait_for_lock_waiters(&engine, 1).await;
+            engine
+                .batch_execute(
+                    "INSERT INTO trades (symbol, price, quantity, maker_order_id, taker_order_id, \
+                     maker_user_id, taker_user_id) VALUES ('ETH-USD', 1, 1, 1, 2, 1, 2)",
+                )
+                .await
+        };
         tokio::select! {
             _ = stop.cancelled() => {}
-            r = wait => tracing::warn!(result = ?r, "lock waiter finished before stop"),
+            r = async { tokio::join!(alter, insert) } => {
+                tracing::warn!(result = ?r, "the locks scenario ended before stop");
+            }
         }
-        let _ = holder.batch_execute("ROLLBACK").await;
+        // The report's transaction has not read pg_stat_activity yet: this is a fresh view.
+        let _ = report
+            .batch_execute(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = 'demo_migration' AND datname = current_database()",
+            )
+            .await;
+        let _ = report.batch_execute("ROLLBACK").await;
     })))
+}
+
+/// A connection of the scenario named `application_name` (what pg_lock_root_* labels show).
+async fn session(target: &DatabaseTarget, application_name: &str) -> Result<Client, String> {
+    let mut config = target.config().clone();
+    config.application_name(application_name);
+    crate::db::connect(&DatabaseTarget::from_config(config))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Polls until `n` sessions of the database wait for a lock (on a session outside a
+/// transaction: a transaction sees one snapshot of pg_stat_activity).
+async fn wait_for_lock_waiters(client: &Client, n: i64) {
+    loop {
+        let waiting = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0));
+        if !matches!(waiting, Ok(w) if w < n) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn loop_task(

@@ -71,6 +71,9 @@ pub struct WebSecurity {
     tls: Option<TlsConfig>,
     open_health: bool,
     landing_page: bool,
+    /// Whether the listen address is a loopback address: `/debug/` is served there without
+    /// users, since no other host reaches it.
+    loopback: bool,
 }
 
 fn rules(config: &WebConfig) -> Rules {
@@ -103,7 +106,20 @@ impl WebSecurity {
             tls,
             open_health,
             landing_page,
+            loopback: false,
         })
+    }
+
+    /// The security of a server listening on `listen`: on a loopback address `/debug/` needs
+    /// no users (no other host reaches it); anywhere else only basic authentication opens it.
+    pub fn serving_on(mut self, listen: std::net::SocketAddr) -> Self {
+        self.loopback = listen.ip().is_loopback();
+        self
+    }
+
+    /// Whether `/debug/` answers: behind basic authentication, or on a loopback address.
+    fn debug_served(&self) -> bool {
+        self.loopback || !self.rules.load().users.is_empty()
     }
 
     /// The HTTPS configuration, when the file asks for TLS.
@@ -272,12 +288,14 @@ pub(crate) async fn guard(
     let path = req.uri().path();
     let mut resp = if path == "/" && !sec.landing_page {
         (StatusCode::NOT_FOUND, "not found; try /metrics\n").into_response()
-    } else if path.starts_with("/debug/") && sec.rules.load().users.is_empty() {
-        // Sessions and statements are for operators only: never on an open surface.
+    } else if path.starts_with("/debug/") && !sec.debug_served() {
+        // Sessions and statements are for operators only: never on a surface other hosts
+        // reach without credentials.
         (
             StatusCode::NOT_FOUND,
-            "not found: /debug/locks is served only behind basic authentication; set \
-             basic_auth_users in the web configuration file (web.config_file)\n",
+            "not found: /debug/locks is served only behind basic authentication or on a \
+             loopback listen address; set basic_auth_users in the web configuration file \
+             (web.config_file)\n",
         )
             .into_response()
     } else if (sec.open_health && (path == "/health" || path == "/ready"))

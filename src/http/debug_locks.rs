@@ -3,8 +3,8 @@
 //! sessions it waits for, its lock request, its ages and its statement as pg_stat_statements
 //! normalized it (parameters as `$1`; the literal text of `pg_stat_activity.query` is never
 //! read into it), and the roots, most blocked sessions first. It names sessions and
-//! statements, so it is served only behind basic authentication ([`super::auth`] answers 404
-//! when the web configuration has no users).
+//! statements, so it is served only behind basic authentication or on a loopback listen
+//! address ([`super::auth`] answers 404 elsewhere).
 
 use std::collections::{HashMap, HashSet};
 

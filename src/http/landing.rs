@@ -62,7 +62,7 @@ pub(super) async fn page(State(state): State<AppState>) -> Html<String> {
          <ul><li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/health\">/health</a></li>\
          <li><a href=\"/ready\">/ready</a></li><li><a href=\"/health/db\">/health/db</a></li>\
          <li><a href=\"/debug/locks\">/debug/locks</a> (who blocks whom, with the statements; \
-         served only behind basic authentication)</li></ul>\
+         served behind basic authentication or on a loopback address)</li></ul>\
          <h2>Queries</h2><table border=\"1\"><tr><th>query</th><th>enabled</th><th>last success</th><th>last error (kind; details in the log at debug level)</th></tr>{rows}</table>\
          <h2>Configuration</h2><pre>{config}</pre></body></html>",
         version = env!("CARGO_PKG_VERSION"),

@@ -1,8 +1,8 @@
 //! `/debug/locks` against a real lock chain: a report idle in transaction after a statement
 //! with a literal, an `ALTER TABLE` waiting for it, an insert with a literal queued behind the
 //! `ALTER`. The endpoint shows the chain with the statements as pg_stat_statements normalized
-//! them and never a literal; it answers 401 without credentials and 404 on a surface without
-//! basic authentication.
+//! them and never a literal; it answers 401 without credentials, and 404 on a surface that
+//! other hosts reach without basic authentication.
 
 use base64::Engine;
 use serde_json::Value;
@@ -21,14 +21,17 @@ async fn session(db: &TestDb, app: &str) -> Client {
     connect(&format!("{}{sep}application_name={app}", db.url)).await
 }
 
-/// pgpulse sampling the lock forest every second, behind basic auth when `users` is set.
-async fn serve(db: &TestDb, dir: &std::path::Path, users: bool) -> Running {
+/// pgpulse sampling the lock forest every second, behind basic auth when `users` is set, on
+/// `listen` (port 0).
+async fn serve(db: &TestDb, dir: &std::path::Path, users: bool, listen: &str) -> Running {
+    let listen = listen.parse().unwrap();
     let catalog = shipped(&["lock_forest"], "1s");
     let file = dir.join("web-config.yml");
     let hash = bcrypt::hash(PASSWORD, 4).unwrap();
     std::fs::write(&file, format!("basic_auth_users:\n  {USER}: {hash}\n")).unwrap();
     start(&db.url, &catalog, move |c| {
         c.web.config_file = users.then_some(file);
+        c.listen = listen;
     })
     .await
 }
@@ -81,7 +84,7 @@ async fn the_chain_is_shown_with_normalized_statements_and_never_a_literal() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let svc = serve(&db, dir.path(), true).await;
+    let svc = serve(&db, dir.path(), true, "127.0.0.1:0").await;
 
     let report = session(&db, "report").await;
     exec(
@@ -179,11 +182,16 @@ async fn the_chain_is_shown_with_normalized_statements_and_never_a_literal() {
     assert_eq!(doc["roots"], serde_json::json!([]));
     svc.stop().await;
 
-    // On a surface without basic authentication the endpoint does not exist.
-    let open = serve(&db, dir.path(), false).await;
+    // On a surface other hosts reach without credentials the endpoint does not exist; on a
+    // loopback address it answers.
+    let open = serve(&db, dir.path(), false, "0.0.0.0:0").await;
     let (status, body) = open.get("/debug/locks").await;
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("basic_auth_users"), "{body}");
     assert!(open.get("/").await.1.contains("href=\"/debug/locks\""));
     open.stop().await;
+    let local = serve(&db, dir.path(), false, "127.0.0.1:0").await;
+    let (status, body) = local.get("/debug/locks").await;
+    assert!(status == 200 || status == 503, "{status} {body}");
+    local.stop().await;
 }

@@ -66,7 +66,7 @@ impl Demo {
             .args(["-INT", &pid.to_string()])
             .status()
             .unwrap();
-        let end = Instant::now() + Duration::from_secs(30);
+        let end = Instant::now() + crate::harness::PATIENCE;
         let status = loop {
             if let Some(s) = self.child.try_wait().unwrap() {
                 break s;
@@ -86,7 +86,7 @@ impl Demo {
             "temp cluster directory left behind: {left:?}"
         );
         // The cluster's watchdog notices the demo's exit within a second and then exits too.
-        let end = Instant::now() + Duration::from_secs(10);
+        let end = Instant::now() + crate::harness::PATIENCE;
         loop {
             let procs = Command::new("pgrep")
                 .args(["-f", &prefix])
@@ -159,13 +159,50 @@ async fn the_bloat_scenario_pushes_a_dead_tuple_ratio_above_0_3() {
 }
 
 #[tokio::test]
-async fn the_locks_scenario_shows_a_blocked_session() {
+async fn the_locks_scenario_is_the_classic_outage_named_by_the_queue_the_root_and_the_chain() {
     let mut demo = Demo::start(Some("locks"));
-    demo.wait_for("a blocked session", |b| {
-        sample(b, "pg_blocked_sessions").is_some_and(|v| v >= 1.0)
-            && sample(b, "pg_lock_wait_longest_seconds").is_some_and(|v| v > 0.0)
+    let root = "pg_lock_root_blocked_sessions{datname=\"trade_engine\",usename=\"postgres\",application_name=\"demo_report\",state=\"idle in transaction\"";
+    demo.wait_for("the write-blocking queue on trades and its root", |b| {
+        sample(
+            b,
+            "pg_trade_table_lock_queue{table=\"trades\",relation=\"public.trades\"}",
+        ) == Some(1.0)
+            && b.lines().any(|l| {
+                l.starts_with(root)
+                    && l.rsplit_once(' ')
+                        .is_some_and(|(_, v)| v.parse::<f64>().is_ok_and(|v| v >= 2.0))
+            })
     })
     .await;
+    // The demo listens on a loopback address: /debug/locks shows the chain without credentials.
+    let url = demo.url.replace("/metrics", "/debug/locks");
+    let chain = crate::harness::eventually(crate::harness::PATIENCE, || async {
+        let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+        let doc: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let sessions = doc["sessions"].as_array()?.clone();
+        let app = |a: &str| {
+            sessions
+                .iter()
+                .find(|s| s["application_name"] == a)
+                .cloned()
+        };
+        let (report, migration, engine) = (
+            app("demo_report")?,
+            app("demo_migration")?,
+            app("demo_engine")?,
+        );
+        (engine["blocked_by"] == serde_json::json!([migration["pid"]]))
+            .then_some((report, migration, doc))
+    })
+    .await
+    .expect("the chain report -> ALTER TABLE -> insert at /debug/locks");
+    let (report, migration, doc) = chain;
+    assert_eq!(report["root"], true);
+    assert_eq!(migration["blocked_by"], serde_json::json!([report["pid"]]));
+    assert_eq!(migration["waits_for_mode"], "AccessExclusiveLock");
+    assert_eq!(migration["waits_for_relation"], "public.trades");
+    assert_eq!(doc["roots"][0]["pid"], report["pid"]);
+    assert!(!doc.to_string().contains("BTC-USD"), "a literal: {doc}");
     demo.stop();
 }
 

@@ -298,6 +298,23 @@ async fn the_locks_scenario_reaches_alertmanager_and_sigterm_leaves_nothing() {
         )
     });
     assert_eq!(receivers, vec![Value::from("chat")]);
+    // The classic outage's own alert: the write-blocking queue on trades, critical.
+    let queue = format!(
+        "http://{alertmanager}/api/v2/alerts?filter=alertname%3D%22PgTradeTableLockQueue%22"
+    );
+    let labels = eventually(PATIENCE, || async {
+        let alerts = json(&queue).await?;
+        Some(alerts.as_array()?.first()?["labels"].clone())
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "PgTradeTableLockQueue never reached Alertmanager:\n{}",
+            demo.logs()
+        )
+    });
+    assert_eq!(labels["table"], "trades");
+    assert_eq!(labels["severity"], "critical");
     eprintln!(
         "PgLockWaitLong in Alertmanager {:?} after the banner",
         started.elapsed()
