@@ -207,7 +207,7 @@ async fn every_metric_used_by_dashboards_and_alerts_is_emitted_by_a_live_pgpulse
         .into_iter()
         .filter(|m| m != "up" && !NOT_ON_A_LONE_PRIMARY.iter().any(|(n, _)| n == m))
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + crate::harness::PATIENCE;
     let missing = loop {
         let body = svc.metrics().await;
         let missing: Vec<&String> = wanted.iter().filter(|m| !has_sample(&body, m)).collect();

@@ -169,7 +169,7 @@ async fn a_real_alertmanager_inhibits_the_alerts_of_an_instance_whose_database_o
         .body(json!(posted).to_string());
     assert!(r.send().await.unwrap().status().is_success(), "post alerts");
     let want: BTreeSet<[String; 4]> = cases.iter().map(|c| c.map(String::from)).collect();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + crate::harness::PATIENCE;
     loop {
         let body: Value =
             serde_json::from_str(&reqwest::get(&url).await.unwrap().text().await.unwrap()).unwrap();
