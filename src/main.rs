@@ -99,7 +99,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Verify { db } => {
             let config = pgpulse::cli::config_for(config_file, &db)?;
-            pgpulse::cli::verify(&config.target, &config.trade_tables).await
+            pgpulse::cli::verify(&config.target, &config.trade_tables, config.plans.as_ref()).await
         }
         Command::Maintain { db, run_now } => {
             let config = pgpulse::cli::config_for(config_file, &db)?;

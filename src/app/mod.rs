@@ -32,6 +32,7 @@ use crate::exposition::Renderer;
 use crate::http::auth::WebSecurity;
 use crate::http::{AppState, router};
 use crate::plans::guard::PlanGuard;
+use crate::plans::slo::KeyQueryIds;
 use crate::sampler::{Sampler, SamplerMetrics};
 use crate::slowlog::SlowLogReader;
 use crate::snapshot::Snapshot;
@@ -69,16 +70,23 @@ struct Features {
 }
 
 impl Features {
-    /// Builds the features `config` turns on, registering their metrics.
-    fn build(config: &Config, registry: &mut Registry, budget: &Budget) -> Self {
+    /// Builds the features `config` turns on, registering their metrics; the plan guard
+    /// records the key queries' identifiers in `ids`, the slow-log reader reads them there.
+    fn build(config: &Config, registry: &mut Registry, budget: &Budget, ids: &KeyQueryIds) -> Self {
+        let guard = |g| {
+            PlanGuard::new(
+                registry,
+                budget.clone(),
+                g,
+                config.lock_timeout,
+                ids.clone(),
+            )
+        };
         Self {
-            plan_guard: config
-                .plans
-                .clone()
-                .map(|g| PlanGuard::new(registry, budget.clone(), g, config.lock_timeout)),
+            plan_guard: config.plans.clone().map(guard),
             slow_log: config
                 .slow_log
-                .map(|s| SlowLogReader::new(registry, budget.clone(), s)),
+                .map(|s| SlowLogReader::new(registry, budget.clone(), s, ids.clone())),
         }
     }
 
@@ -134,7 +142,8 @@ impl App {
         let app_metrics = metrics::AppMetrics::register(&mut registry);
         let sampler_metrics = Arc::new(SamplerMetrics::register(&mut registry));
         let http_metrics = crate::http::metrics::HttpMetrics::register(&mut registry);
-        let features = Features::build(&config, &mut registry, &budget);
+        let key_queries = KeyQueryIds::default();
+        let features = Features::build(&config, &mut registry, &budget, &key_queries);
         let snapshot = Arc::new(Snapshot::default());
         let renderer = Arc::new(Renderer::new(registry, snapshot.clone()));
         let state = AppState {
@@ -154,7 +163,7 @@ impl App {
             snapshot,
             sampler_metrics,
             changed.clone(),
-            config.sampler_settings(),
+            config.sampler_settings(key_queries),
             tracker.clone(),
             stop.clone(),
         );

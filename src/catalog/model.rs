@@ -137,6 +137,10 @@ pub enum Binds {
     TradeTables,
     /// How many root blockers to name (`sampling.lock_roots_named`): `$1`, an `int4`.
     LockRoots,
+    /// The key queries of plans.yaml with a latency target whose query identifier the plan
+    /// guard has read: `$1` their names (`text[]`), `$2` their identifiers (`int8[]`). Empty
+    /// until the first plan check, and without the plan guard.
+    KeyQueries,
 }
 
 /// One metric of a query: a value column and how it is exposed.

@@ -337,15 +337,23 @@ pub async fn maintain(
 
 /// `pgpulse verify`: prints one line per check, then one per trade table of the configuration
 /// (found, missing, wrong shape: information, never a failure) and one per role that can alter
-/// them (with or without a `lock_timeout`: a warning); fails when a check FAILs.
+/// them (with or without a `lock_timeout`: a warning), and one on the log threshold the key
+/// queries' SLOs need (`SLO`); fails when a check FAILs.
 pub async fn verify(
     target: &crate::db::DatabaseTarget,
     tables: &crate::db::trade_tables::TradeTables,
+    plans: Option<&crate::plans::GuardConfig>,
 ) -> Result<(), CliError> {
     let mut client = crate::db::connect(target).await?;
     let checks = crate::db::verify::verify(&mut client).await;
     let mut mapping = crate::db::verify::trade_tables(&client, tables).await;
     mapping.extend(crate::db::verify::lock_timeouts(&client, tables).await);
+    let targets: Vec<_> = plans
+        .iter()
+        .flat_map(|p| p.plans.queries.iter())
+        .filter_map(|q| q.target.map(|t| (q.name.clone(), t)))
+        .collect();
+    mapping.extend(crate::db::verify::key_query_log(&client, &targets).await);
     let mut failed = 0;
     for c in &checks {
         println!("{c}");

@@ -257,14 +257,18 @@ impl Config {
         }
     }
 
-    /// What the sampler needs.
-    pub fn sampler_settings(&self) -> crate::sampler::SamplerSettings {
+    /// What the sampler needs; `key_queries` is the plan guard's record of identifiers.
+    pub fn sampler_settings(
+        &self,
+        key_queries: crate::plans::slo::KeyQueryIds,
+    ) -> crate::sampler::SamplerSettings {
         crate::sampler::SamplerSettings {
             lock_timeout: self.lock_timeout,
             max_backoff: self.reconnect_max_backoff,
             probe_timeout: self.probe_timeout,
             trade_tables: self.trade_tables.clone(),
             lock_roots_named: self.lock_roots_named,
+            key_queries,
         }
     }
 

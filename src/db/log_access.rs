@@ -1,7 +1,7 @@
 //! What reading the slow-statement log over SQL needs from the server, and whether it has it:
 //! the log settings (`logging_collector`, `log_destination` with `jsonlog`,
-//! `log_min_duration_statement`) and the V012 helpers (`monitoring.log_tally` and friends)
-//! installed and executable; and whether V009's raw reader `monitoring.log_read` is still
+//! `log_min_duration_statement`) and the log reader's helpers (`monitoring.log_tally` and
+//! friends: V015's, or V012's, which counts no key query) installed and executable; and whether V009's raw reader `monitoring.log_read` is still
 //! there (it gives log lines, literals included, to whoever may execute it). One query answers
 //! all of it; the slow-log reader asks before every poll and `pgpulse verify` prints the
 //! verdict.
@@ -15,18 +15,23 @@ use tokio_postgres::Row;
 
 /// The query that inspects the setup; one row, read by [`LogSetup::from_row`]. It reads only
 /// settings and catalogs every role may read.
-pub(crate) const SETUP_SQL: &str = "SELECT current_setting('logging_collector') = 'on', \
+pub(crate) const SETUP_SQL: &str = "WITH h AS (SELECT coalesce(\
+        to_regprocedure('monitoring.log_tally(text,bigint,integer,double precision,boolean,bigint[],double precision[])'), \
+        to_regprocedure('monitoring.log_tally(text,bigint,integer,double precision,boolean)')) AS f, \
+      to_regprocedure('monitoring.log_tally(text,bigint,integer,double precision,boolean,bigint[],double precision[])') \
+        IS NOT NULL AS keys) \
+    SELECT current_setting('logging_collector') = 'on', \
     'jsonlog' = ANY (string_to_array(replace(lower(current_setting('log_destination')), ' ', ''), ',')), \
     (SELECT setting::bigint FROM pg_settings WHERE name = 'log_min_duration_statement'), \
-    to_regprocedure('monitoring.log_tally(text,bigint,integer,double precision,boolean)') IS NOT NULL, \
-    coalesce(has_function_privilege( \
-        to_regprocedure('monitoring.log_tally(text,bigint,integer,double precision,boolean)'), 'EXECUTE'), false), \
+    h.f IS NOT NULL, \
+    coalesce(has_function_privilege(h.f, 'EXECUTE'), false), \
     CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgpulse_monitor') \
-         THEN coalesce(has_function_privilege('pgpulse_monitor', \
-              to_regprocedure('monitoring.log_tally(text,bigint,integer,double precision,boolean)'), 'EXECUTE'), false) \
+         THEN coalesce(has_function_privilege('pgpulse_monitor', h.f, 'EXECUTE'), false) \
          ELSE false END, \
     to_regprocedure('monitoring.log_read(text,bigint,integer)') IS NOT NULL, \
-    session_user::text";
+    session_user::text, \
+    h.keys \
+    FROM h";
 
 /// The threshold the specification sets: statements at or over 100 ms are slow.
 pub(crate) const SPEC_THRESHOLD_MS: i64 = 100;
@@ -51,6 +56,9 @@ pub struct LogSetup {
     pub raw_reader_left: bool,
     /// The session's login role (the reader skips its statements).
     pub session_user: String,
+    /// The helper is V015's, which also counts the key queries' executions over their
+    /// targets (V012's does not: then only the slow statements are counted).
+    pub counts_key_queries: bool,
 }
 
 impl LogSetup {
@@ -65,6 +73,7 @@ impl LogSetup {
             monitor_role_executes: row.try_get(5)?,
             raw_reader_left: row.try_get(6)?,
             session_user: row.try_get(7)?,
+            counts_key_queries: row.try_get(8)?,
         })
     }
 
@@ -127,6 +136,7 @@ mod tests {
             monitor_role_executes: true,
             raw_reader_left: false,
             session_user: "pgpulse".into(),
+            counts_key_queries: true,
         }
     }
 

@@ -103,6 +103,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "monitor_reads_sequences",
         sql: include_str!("../../migrations/V014__monitor_reads_sequences.sql"),
     },
+    Migration {
+        version: 15,
+        name: "key_query_tally",
+        sql: include_str!("../../migrations/V015__key_query_tally.sql"),
+    },
 ];
 
 pub use super::migrate_error::MigrateError;
@@ -232,12 +237,12 @@ async fn apply_with_retries(client: &mut Client, m: &Migration) -> Result<(), Mi
 }
 
 /// The migration that installs the slow-statement log reader's helpers when a superuser runs it.
-const LOG_READER_VERSION: i32 = 12;
+const LOG_READER_VERSION: i32 = 15;
 
 /// Whether the session is a superuser and the log reader's helpers are missing (or the raw
 /// reader V009 made is left over).
 const LOG_READER_NEEDED_SQL: &str = "SELECT current_setting('is_superuser') = 'on' AND \
-    (to_regprocedure('monitoring.log_tally(text,bigint,integer,double precision,boolean)') IS NULL \
+    (to_regprocedure('monitoring.log_tally(text,bigint,integer,double precision,boolean,bigint[],double precision[])') IS NULL \
      OR to_regprocedure('monitoring.log_read(text,bigint,integer)') IS NOT NULL)";
 
 /// Run by a superuser, installs the log reader's helpers that a migration run by a

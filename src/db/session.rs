@@ -31,11 +31,12 @@ fn millis(d: Duration) -> u128 {
 }
 
 /// Starts a read-only transaction on `client` and runs `settings` (its `SET LOCAL`s) in it.
+/// The transaction prepares through the connection's statement cache (`prepare_cached`).
 pub(crate) async fn begin_read_only<'a>(
     client: &'a mut Object,
     settings: &str,
-) -> Result<tokio_postgres::Transaction<'a>, RunError> {
-    let client: &mut tokio_postgres::Client = client;
+) -> Result<deadpool_postgres::Transaction<'a>, RunError> {
+    let client: &mut deadpool_postgres::ClientWrapper = client;
     let txn = client
         .build_transaction()
         .read_only(true)

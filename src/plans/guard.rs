@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use super::GuardConfig;
 use super::check::{self, CheckError, FailureKind, Mode, Outcome};
+use super::slo::{KeyQuery, KeyQueryIds, SloMetrics};
 use crate::db::lease::{Budget, Lease};
 
 /// Labels naming a key query.
@@ -189,6 +190,9 @@ pub struct PlanGuard {
     config: GuardConfig,
     lock_timeout: Duration,
     metrics: PlanMetrics,
+    slo: SloMetrics,
+    /// The query identifiers of the key queries with a target, shared with their readers.
+    ids: KeyQueryIds,
     /// What outlives a round; one round at a time holds it.
     state: Mutex<GuardState>,
 }
@@ -219,14 +223,17 @@ pub struct Round {
 }
 
 impl PlanGuard {
-    /// Registers the metrics in `registry`; nothing runs until [`PlanGuard::start`].
+    /// Registers the metrics in `registry`; nothing runs until [`PlanGuard::start`]. The
+    /// identifiers of the key queries are recorded in `ids`.
     pub fn new(
         registry: &mut Registry,
         budget: Budget,
         config: GuardConfig,
         lock_timeout: Duration,
+        ids: KeyQueryIds,
     ) -> Arc<Self> {
         let metrics = PlanMetrics::register(registry);
+        let slo = SloMetrics::register(registry);
         for q in &config.plans.queries {
             // Every query's error counter exists from the start, so increase() sees the first.
             for kind in [
@@ -246,6 +253,8 @@ impl PlanGuard {
             config,
             lock_timeout,
             metrics,
+            slo,
+            ids,
             state: Mutex::new(GuardState::default()),
         })
     }
@@ -312,7 +321,7 @@ impl PlanGuard {
                 break;
             }
             if applies.as_ref().and_then(|a| a.get(n)) == Some(&false) {
-                self.metrics.forget(&spec.name);
+                self.forget(&spec.name);
                 state.last_good.remove(&spec.name);
                 round.not_applicable.push(spec.name.clone());
                 continue;
@@ -332,6 +341,7 @@ impl PlanGuard {
                 Ok(outcome) => {
                     conn = Some(client);
                     self.metrics.publish(&outcome);
+                    self.learn(&outcome);
                     state.last_good.insert(spec.name.clone(), Instant::now());
                     if outcome.passed() {
                         round.passed.push(spec.name.clone());
@@ -436,10 +446,37 @@ impl PlanGuard {
         last_good.retain(|name, at| {
             let keep = at.elapsed() < expire;
             if !keep {
-                self.metrics.forget(name);
+                self.forget(name);
             }
             keep
         });
+    }
+
+    /// Records the query identifier of a key query with a target (its SLO's series).
+    fn learn(&self, o: &Outcome) {
+        let (Some(target), Some(query_id)) = (o.spec.target, o.tree.query_id) else {
+            return;
+        };
+        let key = KeyQuery {
+            name: o.spec.name.clone(),
+            query_id,
+            target,
+            objective: o.spec.objective,
+        };
+        let replaced = self.ids.set(key.clone());
+        if let Some(old) = replaced {
+            tracing::info!(query = %key.name, old, new = query_id, "key query identifier changed (its tables or types changed)");
+        }
+        self.slo.publish(&key, replaced);
+    }
+
+    /// Removes every series of a key query (its last good result expired, or it no longer
+    /// applies) and its identifier.
+    fn forget(&self, name: &str) {
+        self.metrics.forget(name);
+        if let Some(key) = self.ids.remove(name) {
+            self.slo.forget(&key);
+        }
     }
 
     fn fail(&self, round: &mut Round, e: CheckError) {

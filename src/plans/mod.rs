@@ -9,6 +9,7 @@
 //! - [`check`]: running one key query's EXPLAIN on a connection and judging the plan.
 //! - [`command`]: `pgpulse explain`.
 //! - [`guard`]: [`guard::PlanGuard`], the `pg_plan_*` metrics and their loop in `serve`.
+//! - [`slo`]: the key queries' identifiers ([`slo::KeyQueryIds`]) and their SLO gauges.
 //!
 //! Every statement runs inside a transaction with `SET LOCAL statement_timeout` and
 //! `lock_timeout`; `serve` only ever sends plain EXPLAIN in a read-only transaction.
@@ -16,6 +17,7 @@
 pub(crate) mod check;
 pub mod guard;
 pub(crate) mod model;
+pub mod slo;
 pub(crate) mod tree;
 pub(crate) mod verdict;
 

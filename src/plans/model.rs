@@ -32,6 +32,7 @@ pub(crate) struct RawPlan {
     pub params: Vec<Spanned<RawParam>>,
     pub expect: Option<Spanned<RawExpect>>,
     pub target: Option<Spanned<String>>,
+    pub objective: Option<Spanned<f64>>,
     pub timeout: Option<Spanned<String>>,
 }
 
@@ -110,8 +111,11 @@ pub struct PlanSpec {
     pub indexes: Vec<String>,
     /// The most leaf partitions the plan may scan.
     pub max_partitions: Option<u32>,
-    /// Latency target (planning + execution), checked with ANALYZE only.
+    /// Latency target (planning + execution), checked with ANALYZE only; with a target the
+    /// query also has a latency SLO (see [`super::slo`]).
     pub target: Option<Duration>,
+    /// The share of executions that must finish within `target` (the SLO's objective).
+    pub objective: f64,
     /// Server-side statement timeout of the check.
     pub timeout: Duration,
     /// Line and column of the query in its file.
@@ -312,16 +316,22 @@ fn param(p: Spanned<RawParam>, n: usize) -> Result<Param, (Loc, String)> {
 }
 
 /// The expected indexes (each a plausible name) and the most partitions, as written; at least
-/// one of them (`qloc`: the query, for the message).
+/// one of them, unless the query has a latency target (its SLO is then what is checked; `qloc`:
+/// the query, for the message).
 fn expectations(
     e: Option<Spanned<RawExpect>>,
     qloc: Loc,
+    has_target: bool,
 ) -> Result<(Vec<String>, Option<u32>), (Loc, String)> {
     let nothing = || {
-        let why = "expect needs indexes or max_partitions (there is nothing to check)";
+        let why = "expect needs indexes or max_partitions, or the query a target (there is nothing to check)";
         (qloc, why.to_owned())
     };
-    let e = e.ok_or_else(nothing)?.value;
+    let e = match e {
+        Some(e) => e.value,
+        None if has_target => return Ok((Vec::new(), None)),
+        None => return Err(nothing()),
+    };
     for i in &e.indexes {
         if i.value.trim().is_empty() || !is_type_name(&i.value) {
             return Err((
@@ -335,6 +345,33 @@ fn expectations(
         return Err(nothing());
     }
     Ok((idx, e.max_partitions))
+}
+
+/// The objective of a key query that sets none: 99 % of executions within the target.
+pub(crate) const DEFAULT_OBJECTIVE: f64 = 0.99;
+
+/// The latency target and the SLO objective as written: an objective in (0.5, 1) and only
+/// with a target.
+fn slo(
+    target: Option<&Spanned<String>>,
+    objective: Option<&Spanned<f64>>,
+) -> Result<(Option<Duration>, f64), (Loc, String)> {
+    let target = target.map(|t| duration(t, "target")).transpose()?;
+    let Some(o) = objective else {
+        return Ok((target, DEFAULT_OBJECTIVE));
+    };
+    if target.is_none() {
+        let msg = "objective needs a target (the latency its executions must meet)";
+        return Err((at(&o.referenced), msg.into()));
+    }
+    if !(o.value > 0.5 && o.value < 1.0) {
+        let msg = format!(
+            "objective must be a share between 0.5 and 1, e.g. 0.99 for 99 %, not {}",
+            o.value
+        );
+        return Err((at(&o.referenced), msg));
+    }
+    Ok((target, o.value))
 }
 
 /// Checks a parsed file into key queries.
@@ -386,13 +423,9 @@ pub(crate) fn validate(
             .map(|(i, p)| param(p, i + 1))
             .collect::<Result<Vec<_>, _>>()
             .map_err(ctx)?;
-        let (indexes, max_partitions) = expectations(q.expect, qloc).map_err(ctx)?;
-        let target = q
-            .target
-            .as_ref()
-            .map(|t| duration(t, "target"))
-            .transpose()
-            .map_err(ctx)?;
+        let (target, objective) = slo(q.target.as_ref(), q.objective.as_ref()).map_err(ctx)?;
+        let (indexes, max_partitions) =
+            expectations(q.expect, qloc, target.is_some()).map_err(ctx)?;
         let timeout = q
             .timeout
             .as_ref()
@@ -409,6 +442,7 @@ pub(crate) fn validate(
             indexes,
             max_partitions,
             target,
+            objective,
             timeout,
             location: qloc,
         });

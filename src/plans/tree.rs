@@ -68,6 +68,9 @@ pub struct PlanTree {
     pub planning_ms: Option<f64>,
     /// `Execution Time` in milliseconds (ANALYZE only).
     pub execution_ms: Option<f64>,
+    /// `Query Identifier` (VERBOSE, with `compute_query_id` on): the `queryid` of
+    /// pg_stat_statements and the `query_id` of the jsonlog for this statement.
+    pub query_id: Option<i64>,
 }
 
 /// Node types that name a relation but do not scan it.
@@ -91,6 +94,7 @@ impl PlanTree {
             total_cost: plan["Total Cost"].as_f64().unwrap_or(0.0),
             planning_ms: top["Planning Time"].as_f64(),
             execution_ms: top["Execution Time"].as_f64(),
+            query_id: top["Query Identifier"].as_i64().filter(|id| *id != 0),
             ..Default::default()
         };
         tree.walk(plan);

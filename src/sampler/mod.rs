@@ -61,6 +61,9 @@ pub struct SamplerSettings {
     pub trade_tables: crate::db::trade_tables::TradeTables,
     /// How many root blockers are named, bound to the queries that ask (`binds: lock_roots`).
     pub lock_roots_named: i32,
+    /// The key queries' identifiers (the plan guard records them), bound to the queries that
+    /// ask (`binds: key_queries`).
+    pub key_queries: crate::plans::slo::KeyQueryIds,
 }
 
 /// The current catalog and the stop handle of each of its running query tasks: the one home

@@ -35,6 +35,7 @@ pub struct Sampled {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Bound {
     arrays: Vec<Vec<String>>,
+    ids: Option<Vec<i64>>,
     int: Option<i32>,
 }
 
@@ -45,12 +46,20 @@ impl Bound {
             None => Self::default(),
             Some(Binds::TradeTables) => Self {
                 arrays: trade_tables(&settings.trade_tables),
-                int: None,
+                ..Self::default()
             },
             Some(Binds::LockRoots) => Self {
-                arrays: Vec::new(),
                 int: Some(settings.lock_roots_named),
+                ..Self::default()
             },
+            Some(Binds::KeyQueries) => {
+                let keys = settings.key_queries.current();
+                Self {
+                    arrays: vec![keys.iter().map(|k| k.name.clone()).collect()],
+                    ids: Some(keys.iter().map(|k| k.query_id).collect()),
+                    int: None,
+                }
+            }
         }
     }
 
@@ -59,11 +68,15 @@ impl Bound {
             .arrays
             .iter()
             .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync));
+        let ids = self
+            .ids
+            .iter()
+            .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync));
         let int = self
             .int
             .iter()
             .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync));
-        arrays.chain(int).collect()
+        arrays.chain(ids).chain(int).collect()
     }
 }
 
@@ -99,6 +112,11 @@ pub async fn sample_once(
             Ok(sampled)
         }
         Ok(Err(err)) => {
+            // A failed statement is prepared afresh next time (a cached plan whose result
+            // type changed keeps failing until it is).
+            if let Some(c) = checkout.client() {
+                c.statement_cache.remove(&spec.sql, &[]);
+            }
             // A failed transaction was rolled back by the driver when it was dropped; a
             // connection that closed or failed otherwise is discarded with the checkout.
             if err.leaves_connection_usable() && checkout.client().is_some_and(|c| !c.is_closed()) {
@@ -124,7 +142,12 @@ async fn run_in_transaction(
     binds: &Bound,
 ) -> Result<Sampled, RunError> {
     let txn = begin_read_only(client, &timeouts_sql(spec.timeout, lock_timeout)).await?;
-    let statement = txn.prepare(&spec.sql).await.map_err(|e| classify(&e))?;
+    // Prepared once per connection (inside the transaction, so under its timeouts): later runs
+    // skip parsing and, for a statement without parameters, planning (a generic plan).
+    let statement = txn
+        .prepare_cached(&spec.sql)
+        .await
+        .map_err(|e| classify(&e))?;
     let columns: Vec<(String, tokio_postgres::types::Type)> = statement
         .columns()
         .iter()

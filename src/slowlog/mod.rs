@@ -12,6 +12,7 @@
 //! - [`files`]: offsets per file, rotations, gaps (pure state; no log bytes).
 //! - [`poll`]: one poll over SQL through the V012 helpers (`monitoring.log_tally` …).
 //! - [`metrics`]: the counter, the threshold, pgpulse's role, the reader's health.
+//! - [`keys`]: the key queries' SLO misses, counted in the same pass by `query_id`.
 //!
 //! Concurrency: one task polls on its own interval, one poll at a time, on the sampling pool
 //! (so it shares the hard connection budget and TLS). It starts with the service and is not
@@ -21,6 +22,7 @@
 //! (what is logged while pgpulse is down is not counted either).
 
 pub mod files;
+pub mod keys;
 pub mod metrics;
 pub mod poll;
 
@@ -28,12 +30,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::db::lease::Budget;
+use crate::plans::slo::KeyQueryIds;
 use prometheus_client::registry::Registry;
 use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use files::Tracker;
+use keys::KeyMisses;
 use metrics::SlowLogMetrics;
 use poll::Polled;
 
@@ -69,16 +73,27 @@ pub struct SlowLogReader {
     budget: Budget,
     settings: ReaderSettings,
     metrics: SlowLogMetrics,
+    /// The key queries whose misses are counted (the plan guard records them).
+    ids: KeyQueryIds,
+    keys: KeyMisses,
     state: Mutex<State>,
 }
 
 impl SlowLogReader {
     /// Registers the metrics in `registry`; nothing runs until [`SlowLogReader::start`].
-    pub fn new(registry: &mut Registry, budget: Budget, settings: ReaderSettings) -> Arc<Self> {
+    /// The key queries of `ids` have their misses counted.
+    pub fn new(
+        registry: &mut Registry,
+        budget: Budget,
+        settings: ReaderSettings,
+        ids: KeyQueryIds,
+    ) -> Arc<Self> {
         Arc::new(Self {
             budget,
             settings,
             metrics: SlowLogMetrics::register(registry),
+            ids,
+            keys: KeyMisses::register(registry),
             state: Mutex::new(State::default()),
         })
     }
@@ -109,7 +124,8 @@ impl SlowLogReader {
             ready,
             failing,
         } = &mut *st;
-        match poll::poll_once(&self.budget, &self.settings, tracker).await {
+        let keys = self.ids.current();
+        match poll::poll_once(&self.budget, &self.settings, tracker, &keys).await {
             Ok(Polled::Off(setup)) => {
                 if *ready != Some(false) {
                     tracing::warn!(
@@ -122,6 +138,7 @@ impl SlowLogReader {
                 *failing = false;
                 tracker.restart();
                 self.metrics.record_off(&setup.session_user);
+                self.keys.off();
             }
             Ok(Polled::Read(out)) => {
                 if *ready != Some(true) {
@@ -147,6 +164,10 @@ impl SlowLogReader {
                     out.statements,
                 );
                 self.metrics.record_unparsed(out.unparsed);
+                match &out.key_misses {
+                    Some(misses) => self.keys.count(&keys, misses, out.threshold_s),
+                    None => self.keys.off(),
+                }
                 self.metrics.count(out.tally, self.settings.max_series);
                 self.metrics.expose(out.sessions, self.settings.max_series);
             }

@@ -25,6 +25,7 @@ use crate::db::lease::Budget;
 use crate::db::log_access::{LogSetup, SETUP_SQL};
 use crate::db::outcome::{ErrorKind, RunError, classify, pool_error};
 use crate::db::session::{CLIENT_GRACE, timeouts_sql};
+use crate::plans::slo::KeyQuery;
 
 /// The most bytes one poll reads; the rest waits for the next poll (and shows as lag).
 pub const MAX_BYTES_PER_POLL: u64 = 64 * 1024 * 1024;
@@ -32,8 +33,16 @@ pub const MAX_BYTES_PER_POLL: u64 = 64 * 1024 * 1024;
 /// The largest window `monitoring.log_tally` reads: a line of 8 MiB and its newline.
 pub const MAX_WINDOW: u32 = 8 * 1024 * 1024 + 1;
 
-/// One window of one file, tallied on the server.
+/// One window of one file, tallied on the server, with the key queries' executions at or over
+/// their targets (V015's helper).
 pub const TALLY_SQL: &str = "SELECT bytes_read, consumed, skipping, unparsed, oversized, \
+     datnames, usernames, executions, key_executions \
+     FROM monitoring.log_tally($1::text, $2::bigint, $3::integer, $4::float8, $5::boolean, \
+     $6::int8[], $7::float8[])";
+
+/// One window of one file, tallied by V012's helper (no key queries; a non-superuser ran
+/// V015 and no superuser has run `pgpulse migrate` since).
+pub const TALLY_V012_SQL: &str = "SELECT bytes_read, consumed, skipping, unparsed, oversized, \
      datnames, usernames, executions \
      FROM monitoring.log_tally($1::text, $2::bigint, $3::integer, $4::float8, $5::boolean)";
 
@@ -75,13 +84,18 @@ pub struct Outcome {
     pub lag: u64,
     /// Statements sent.
     pub statements: u64,
+    /// Executions at or over its target of each key query of the poll, in its order; `None`
+    /// when the helper counts no key query (V012's).
+    pub key_misses: Option<Vec<u64>>,
 }
 
 /// What reading one file needs besides the connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Reading<'a> {
-    /// [`TALLY_SQL`], prepared.
+    /// [`TALLY_SQL`] (or [`TALLY_V012_SQL`] when `keys` is `None`), prepared.
     pub statement: &'a Statement,
+    /// The key queries' identifiers and targets in milliseconds, for [`TALLY_SQL`].
+    pub keys: Option<(&'a [i64], &'a [f64])>,
     /// Executions at or over this many milliseconds count.
     pub threshold_ms: f64,
     /// pgpulse's own role, whose executions are not counted.
@@ -105,11 +119,13 @@ async fn guarded<T>(
     }
 }
 
-/// Runs one poll; `tracker` keeps the offsets between polls.
+/// Runs one poll; `tracker` keeps the offsets between polls; `keys` are the key queries whose
+/// executions over their targets are counted.
 pub async fn poll_once(
     budget: &Budget,
     settings: &ReaderSettings,
     tracker: &mut Tracker,
+    keys: &[KeyQuery],
 ) -> Result<Polled, RunError> {
     let mut checkout = budget
         .lease(Some(settings.timeout), settings.timeout + CLIENT_GRACE)
@@ -118,7 +134,7 @@ pub async fn poll_once(
     let Some(client) = checkout.client() else {
         return Err(RunError::new(ErrorKind::Connection, "no connection"));
     };
-    let polled = poll_on(client, settings, tracker).await?;
+    let polled = poll_on(client, settings, tracker, keys).await?;
     checkout.release();
     Ok(polled)
 }
@@ -127,6 +143,7 @@ async fn poll_on(
     client: &mut deadpool_postgres::Object,
     settings: &ReaderSettings,
     tracker: &mut Tracker,
+    keys: &[KeyQuery],
 ) -> Result<Polled, RunError> {
     let limit = settings.timeout + CLIENT_GRACE;
     let client: &mut tokio_postgres::Client = client;
@@ -149,11 +166,22 @@ async fn poll_on(
         gap: tracker.reconcile(&listing),
         sessions: sessions(&txn, limit, settings.max_series).await?,
         statements: 5,
+        key_misses: setup.counts_key_queries.then(|| vec![0; keys.len()]),
         ..Outcome::default()
     };
-    let statement = guarded(limit, txn.prepare(TALLY_SQL)).await?;
+    let sql = match setup.counts_key_queries {
+        true => TALLY_SQL,
+        false => TALLY_V012_SQL,
+    };
+    let statement = guarded(limit, txn.prepare(sql)).await?;
+    let ids: Vec<i64> = keys.iter().map(|k| k.query_id).collect();
+    let targets: Vec<f64> = keys
+        .iter()
+        .map(|k| k.target.as_secs_f64() * 1000.0)
+        .collect();
     let reading = Reading {
         statement: &statement,
+        keys: setup.counts_key_queries.then_some((&ids[..], &targets[..])),
         threshold_ms: setup.min_duration_ms as f64,
         me: &setup.session_user,
         chunk: settings.chunk_bytes,
@@ -229,8 +257,11 @@ pub async fn tally_file(
         }
         let offset = i64::try_from(at.offset).unwrap_or(i64::MAX);
         let length = i32::try_from(window).unwrap_or(i32::MAX);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-            [&name, &offset, &length, &reading.threshold_ms, &at.skipping];
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            vec![&name, &offset, &length, &reading.threshold_ms, &at.skipping];
+        if let Some((ids, targets)) = &reading.keys {
+            params.extend([ids as &(dyn tokio_postgres::types::ToSql + Sync), targets]);
+        }
         let row = guarded(reading.limit, client.query_one(reading.statement, &params)).await?;
         out.statements += 1;
         let Some(w) = window_of(&row, reading.me, &mut out.tally)? else {
@@ -243,6 +274,9 @@ pub async fn tally_file(
         }
         out.read += w.bytes_read;
         out.unparsed += w.unparsed;
+        if let Some(misses) = out.key_misses.as_mut() {
+            add_key_misses(&row, misses)?;
+        }
         tracker.advance(name, w.consumed, w.skipping);
         if w.consumed > 0 || w.skipping {
             window = reading.chunk.clamp(1, MAX_WINDOW);
@@ -252,6 +286,15 @@ pub async fn tally_file(
         } else {
             window = window.saturating_mul(2).min(MAX_WINDOW);
         }
+    }
+    Ok(())
+}
+
+/// Adds the `key_executions` of a row of [`TALLY_SQL`] to `misses` (same order, same length).
+fn add_key_misses(row: &tokio_postgres::Row, misses: &mut [u64]) -> Result<(), RunError> {
+    let counts: Vec<i64> = row.try_get(8).map_err(|e| classify(&e))?;
+    for (m, n) in misses.iter_mut().zip(counts) {
+        *m += u64::try_from(n).unwrap_or(0);
     }
     Ok(())
 }

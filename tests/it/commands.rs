@@ -47,7 +47,7 @@ async fn verify_passes_on_a_healthy_cluster() {
     assert!(out.status.success(), "{stdout}{stderr}");
     let (tables, lines): (Vec<&str>, Vec<&str>) = stdout
         .lines()
-        .filter(|l| !l.starts_with("LOCK_TIMEOUT "))
+        .filter(|l| !l.starts_with("LOCK_TIMEOUT ") && !l.starts_with("SLO "))
         .partition(|l| l.starts_with("TABLE "));
     assert_eq!(lines.len(), 15, "{stdout}");
     // One line per trade table of the (default) mapping, every one found.
@@ -58,6 +58,17 @@ async fn verify_passes_on_a_healthy_cluster() {
         lines[10].starts_with("PASS"),
         "pg_stat_statements collecting: {}",
         lines[10]
+    );
+    // The key queries' SLO: the test cluster logs no durations, so verify names the setting
+    // that covers the smallest target of plans.yaml (10 ms) and what it costs.
+    let slo: Vec<&str> = stdout.lines().filter(|l| l.starts_with("SLO ")).collect();
+    assert_eq!(slo.len(), 1, "{stdout}");
+    assert!(
+        slo[0].starts_with("SLO WARN log_min_duration_statement is off")
+            && slo[0].contains("set log_min_duration_statement = 10ms")
+            && slo[0].contains("statements a minute"),
+        "{}",
+        slo[0]
     );
 }
 

@@ -74,7 +74,11 @@ async fn verify_before_migrate_prints_one_line_per_check_and_says_to_migrate_onc
     // One line per check; the trade-table mapping follows on lines of its own.
     let lines: Vec<&str> = stdout
         .lines()
-        .filter(|l| !l.starts_with("TABLE") && !l.starts_with("LOCK_TIMEOUT"))
+        .filter(|l| {
+            !["TABLE", "LOCK_TIMEOUT", "SLO "]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
         .collect();
     assert_eq!(lines.len(), 15, "{stdout}");
     for l in &lines {
@@ -110,7 +114,11 @@ async fn verify_folds_many_failures_of_one_check_into_one_line() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     let checks = stdout
         .lines()
-        .filter(|l| !l.starts_with("TABLE") && !l.starts_with("LOCK_TIMEOUT"))
+        .filter(|l| {
+            !["TABLE", "LOCK_TIMEOUT", "SLO "]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
         .count();
     assert_eq!(checks, 15, "{stdout}");
     let check4 = stdout.lines().nth(3).unwrap();

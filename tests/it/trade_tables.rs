@@ -93,7 +93,13 @@ async fn guard_for(url: &str, config: &str) -> Arc<PlanGuard> {
     let budget = Budget::new(pgpulse::db::pool::build(&cfg.pool_settings()).unwrap());
     let plans: GuardConfig = cfg.plans.clone().unwrap();
     let mut registry = Registry::default();
-    PlanGuard::new(&mut registry, budget, plans, Duration::from_secs(1))
+    PlanGuard::new(
+        &mut registry,
+        budget,
+        plans,
+        Duration::from_secs(1),
+        Default::default(),
+    )
 }
 
 fn label(q: &str) -> PlanLabel {

@@ -33,6 +33,9 @@ const CONTRACT: &str = "up pg_up pg_server_version_num pgpulse_build_info
     pg_plan_expected_index_used pg_plan_partitions_scanned pg_plan_partitions
     pg_plan_partitions_expected_max pg_plan_estimated_cost pgpulse_plan_check_errors_total
     pgpulse_plan_check_last_success_timestamp_seconds pg_plan_check_applicable
+    pg_key_query_info pg_key_query_slo_target_seconds pg_key_query_slo_objective_ratio
+    pg_key_query_calls_total pg_key_query_exec_seconds_total pg_key_query_slo_misses_total
+    pg_key_query_slo_miss_threshold_seconds
 
     pg_database_xact_commits_total pg_database_xact_rollbacks_total pg_database_deadlocks_total
     pg_database_temp_files_total pg_database_temp_bytes_total pg_database_conflicts_total

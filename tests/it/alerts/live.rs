@@ -85,6 +85,10 @@ const NOT_ON_A_LONE_PRIMARY: &[(&str, &str)] = &[
         "needs jsonlog and a slow statement (tests/it/slow_log/)",
     ),
     (
+        "pg_key_query_slo_misses_total",
+        "needs jsonlog and the log reader (tests/it/slow_log/slo.rs)",
+    ),
+    (
         "pg_archiver_last_archived_age_seconds",
         "absent until a WAL file was archived (archive_mode is off in tests)",
     ),

@@ -10,8 +10,7 @@ use crate::harness::{TestDb, connect};
 use tokio_postgres::Client;
 
 const LOG_READ: &str = "to_regprocedure('monitoring.log_read(text,bigint,integer)')";
-const LOG_TALLY: &str =
-    "to_regprocedure('monitoring.log_tally(text,bigint,integer,double precision,boolean)')";
+const LOG_TALLY: &str = "to_regprocedure('monitoring.log_tally(text,bigint,integer,double precision,boolean,bigint[],double precision[])')";
 
 async fn exists(c: &Client, regprocedure: &str) -> bool {
     c.query_one(&format!("SELECT {regprocedure} IS NOT NULL"), &[])
@@ -42,7 +41,7 @@ async fn the_log_helpers_count_the_log_and_refuse_every_other_file() {
     assert!(files.iter().any(|(n, _)| *n == current), "{current} listed");
     let row = me
         .query_one(
-            "SELECT bytes_read, consumed FROM monitoring.log_tally($1, 0, 1048576, 100, false)",
+            "SELECT bytes_read, consumed FROM monitoring.log_tally($1, 0, 1048576, 100, false, '{}', '{}')",
             &[&current],
         )
         .await
@@ -64,7 +63,7 @@ async fn the_log_helpers_count_the_log_and_refuse_every_other_file() {
     ] {
         let r = me
             .query_one(
-                "SELECT bytes_read FROM monitoring.log_tally($1, 0, 64, 0, false)",
+                "SELECT bytes_read FROM monitoring.log_tally($1, 0, 64, 0, false, '{}', '{}')",
                 &[&name],
             )
             .await;
@@ -109,7 +108,7 @@ async fn the_log_helpers_count_the_log_and_refuse_every_other_file() {
     assert!(
         stranger
             .query_one(
-                "SELECT bytes_read FROM monitoring.log_tally($1, 0, 64, 0, false)",
+                "SELECT bytes_read FROM monitoring.log_tally($1, 0, 64, 0, false, '{}', '{}')",
                 &[&current]
             )
             .await

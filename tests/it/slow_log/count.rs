@@ -315,7 +315,7 @@ async fn secret_stays_on_the_server(own: &Client, logdir: &Path) {
         loop {
             let row = own
                 .query_one(
-                    "SELECT t::text, t.consumed, t.skipping FROM monitoring.log_tally($1, $2, $3, 0, $4) AS t",
+                    "SELECT t::text, t.consumed, t.skipping FROM monitoring.log_tally($1, $2, $3, 0, $4, '{}', '{}') AS t",
                     &[&name, &offset, &(pgpulse::slowlog::poll::MAX_WINDOW as i32), &skip],
                 )
                 .await

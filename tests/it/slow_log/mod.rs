@@ -14,13 +14,16 @@
 //!   execution;
 //! - [`alert`]: a real Prometheus with the shipped rules fires the SLO alert on the bimodal
 //!   statement the histogram cannot see;
-//! - [`gap`]: a log file removed before it was read is counted as a gap, never as statements.
+//! - [`gap`]: a log file removed before it was read is counted as a gap, never as statements;
+//! - [`slo`]: each key query's misses of its latency target, by `query_id`, equal the log files'
+//!   and only the burning key query's SLO alerts fire.
 
 mod access;
 mod alert;
 mod count;
 mod gap;
 mod reference;
+mod slo;
 mod tally;
 mod zero;
 

@@ -37,6 +37,7 @@ async fn read_as_pgpulse(c: &Client, name: &str, size: usize, chunk: u32) -> (Mo
     let statement = c.prepare(TALLY_SQL).await.unwrap();
     let reading = Reading {
         statement: &statement,
+        keys: Some((&[], &[])),
         threshold_ms: 100.0,
         me: ME,
         chunk,
@@ -203,7 +204,7 @@ async fn log_tally_counts_hostile_lines_exactly_and_returns_no_text() {
     // What the helper itself returns: numbers and names, no text of any line.
     let rows = me
         .query(
-            "SELECT t::text FROM monitoring.log_tally($1, 0, $2, 0, false) AS t",
+            "SELECT t::text FROM monitoring.log_tally($1, 0, $2, 0, false, '{}', '{}') AS t",
             &[&"pgpulse-hostile.json", &(MAX_WINDOW as i32)],
         )
         .await
@@ -219,7 +220,7 @@ async fn log_tally_counts_hostile_lines_exactly_and_returns_no_text() {
         async move {
             let r = me
                 .query_one(
-                    "SELECT bytes_read, consumed, skipping, oversized FROM monitoring.log_tally($1, $2, $3, 0, $4)",
+                    "SELECT bytes_read, consumed, skipping, oversized FROM monitoring.log_tally($1, $2, $3, 0, $4, '{}', '{}')",
                     &[&"pgpulse-hostile.json", &offset, &length, &skip],
                 )
                 .await
@@ -257,7 +258,7 @@ async fn log_tally_counts_hostile_lines_exactly_and_returns_no_text() {
     );
     // A file that is not there: every column NULL; a name that is no log file: refused.
     let gone = me
-        .query_one("SELECT bytes_read IS NULL AND datnames IS NULL FROM monitoring.log_tally('nope.json', 0, 10, 0, false)", &[])
+        .query_one("SELECT bytes_read IS NULL AND datnames IS NULL FROM monitoring.log_tally('nope.json', 0, 10, 0, false, '{}', '{}')", &[])
         .await
         .unwrap();
     assert!(gone.get::<_, bool>(0));
@@ -269,7 +270,7 @@ async fn log_tally_counts_hostile_lines_exactly_and_returns_no_text() {
     ] {
         let r = me
             .query_one(
-                "SELECT bytes_read FROM monitoring.log_tally($1, 0, 10, 0, false)",
+                "SELECT bytes_read FROM monitoring.log_tally($1, 0, 10, 0, false, '{}', '{}')",
                 &[&name],
             )
             .await;
