@@ -98,11 +98,15 @@ impl LogSetup {
         out
     }
 
-    /// Settings that work but are not what the specification and the alert expect.
+    /// Settings that work but are not what the specification, the alert and the key queries'
+    /// SLOs expect.
     pub fn advice(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
-        if self.min_duration_ms >= 0 && self.min_duration_ms != SPEC_THRESHOLD_MS {
-            out.push("log_min_duration_statement = 100ms (the alert's threshold)");
+        if self.min_duration_ms > SPEC_THRESHOLD_MS {
+            out.push("log_min_duration_statement at most 100ms (the alert's threshold)");
+        }
+        if self.helper_installed && !self.counts_key_queries {
+            out.push("run `pgpulse migrate` as a superuser (it installs V015's log reader helper, which also counts the key queries' SLO misses)");
         }
         out
     }
@@ -112,9 +116,13 @@ impl LogSetup {
         self.missing().is_empty()
     }
 
-    /// The threshold in seconds, when statements are logged by duration.
+    /// The threshold the slow-statement counter counts from, in seconds, when statements are
+    /// logged by duration: `log_min_duration_statement`, but at least the specification's
+    /// 100 ms (a lower log threshold, set for the key queries' SLOs, does not make faster
+    /// statements slow).
     pub fn threshold_seconds(&self) -> Option<f64> {
-        (self.min_duration_ms >= 0).then(|| self.min_duration_ms as f64 / 1000.0)
+        (self.min_duration_ms >= 0)
+            .then(|| self.min_duration_ms.max(SPEC_THRESHOLD_MS) as f64 / 1000.0)
     }
 }
 
@@ -173,5 +181,21 @@ mod tests {
         };
         assert!(s.missing().join("").contains("GRANT pgpulse_monitor"));
         assert_eq!(s.advice().len(), 1);
+        assert_eq!(s.threshold_seconds(), Some(0.25));
+    }
+
+    #[test]
+    fn a_log_threshold_below_100ms_still_counts_from_100ms_without_advice() {
+        let s = LogSetup {
+            min_duration_ms: 10,
+            ..ok()
+        };
+        assert_eq!(s.threshold_seconds(), Some(0.1));
+        assert!(s.advice().is_empty());
+        let s = LogSetup {
+            counts_key_queries: false,
+            ..ok()
+        };
+        assert!(s.advice()[0].contains("V015"), "{:?}", s.advice());
     }
 }

@@ -91,12 +91,12 @@ impl SlowLogMetrics {
         let r = registry;
         r.register(
             "pg_statement_executions_over_threshold",
-            "Statement executions that took log_min_duration_statement or longer, counted exactly from the server's jsonlog (pgpulse's own role excluded)",
+            "Statement executions that took the threshold (pg_statement_executions_threshold_seconds) or longer, counted exactly from the server's jsonlog (pgpulse's own role excluded)",
             m.over.clone(),
         );
         r.register(
             "pg_statement_executions_threshold_seconds",
-            "The threshold of pg_statement_executions_over_threshold_total: log_min_duration_statement in seconds",
+            "The threshold of pg_statement_executions_over_threshold_total: log_min_duration_statement in seconds, at least 0.1",
             m.threshold.clone(),
         );
         r.register(

@@ -182,7 +182,7 @@ async fn poll_on(
     let reading = Reading {
         statement: &statement,
         keys: setup.counts_key_queries.then_some((&ids[..], &targets[..])),
-        threshold_ms: setup.min_duration_ms as f64,
+        threshold_ms: threshold_s * 1000.0,
         me: &setup.session_user,
         chunk: settings.chunk_bytes,
         limit,

@@ -366,3 +366,222 @@ async fn verify_names_the_threshold(c: &Client) {
         "no key query with a target, no line"
     );
 }
+
+/// The crafted lines of the hostile-`query_id` test and what each must count: key 4242 at a
+/// 50 ms target, key i64::MIN at a 10 ms target.
+fn hostile_query_ids() -> Vec<u8> {
+    let line = |qid: &str, sev: &str, msg: &str| {
+        format!(
+            r#"{{"user":"trader_a","dbname":"trade","error_severity":"{sev}","message":"{msg}","query_id":{qid}}}"#
+        )
+    };
+    [
+        line("4242", "LOG", "duration: 60.5 ms  execute S_1: SELECT 1"), // counts
+        line("4242", "LOG", "duration: 50 ms  statement: SELECT 1"),     // counts: at the target
+        line("4242", "LOG", "duration: 49.999 ms  statement: SELECT 1"), // under it
+        line("\"4242\"", "LOG", "duration: 70 ms"),                      // a string: unparsed
+        line("4242.0", "LOG", "duration: 70 ms"),                        // not an integer
+        line("4242e0", "LOG", "duration: 70 ms"),
+        line("9223372036854775808", "LOG", "duration: 70 ms"), // beyond bigint
+        line("1e400", "LOG", "duration: 70 ms"),
+        line("-9223372036854775808", "LOG", "duration: 11 ms"), // counts for i64::MIN
+        line("42420", "LOG", "duration: 70 ms"),                // another statement
+        line(
+            "0",
+            "LOG",
+            r#"duration: 70 ms  statement: SELECT '\"query_id\":4242'"#,
+        ), // in the text
+        line("4242", "LOG", "duration: 70 ms  parse <unnamed>: SELECT 1"), // phases
+        line("4242", "LOG", "duration: 70 ms  bind <unnamed>: SELECT 1"),
+        line(
+            "4242",
+            "LOG",
+            "duration: 70 ms  execute fetch from S_1/C_1: SELECT 1",
+        ),
+        line("4242", "ERROR", "duration: 70 ms"), // not a LOG line
+        line("null", "LOG", "duration: 70 ms"),
+        line("[4242]", "LOG", "duration: 70 ms"), // an array: unparsed
+    ]
+    .join("\n")
+    .into_bytes()
+}
+
+/// A hostile log file cannot make `log_tally` count a key query's execution that the server
+/// did not log under its `query_id`, nor raise; bad key arrays are refused with a message.
+#[tokio::test(flavor = "multi_thread")]
+async fn log_tally_counts_a_key_query_only_by_a_well_formed_query_id() {
+    let cluster = log_cluster(&[]);
+    let (one, _two) = setup(&cluster).await;
+    let mut file = hostile_query_ids();
+    file.push(b'\n');
+    std::fs::write(cluster.dir().join("data/log/pgpulse-qid.json"), &file).unwrap();
+    let me = connect(&as_user(&one.url, "pgpulse_login")).await;
+    let tally = "SELECT key_executions, unparsed, executions FROM \
+                 monitoring.log_tally('pgpulse-qid.json', 0, 1048576, 100, false, $1, $2)";
+    let row = me
+        .query_one(
+            tally,
+            &[&vec![4242i64, i64::MIN, 7], &vec![50.0f64, 10.0, 0.0]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Vec<i64>>(0), [2, 1, 0]);
+    assert_eq!(
+        row.get::<_, i64>(1),
+        2,
+        "a string and an array as query_id: unparsed"
+    );
+    assert!(
+        row.get::<_, Vec<i64>>(2).is_empty(),
+        "nothing at or over 100 ms counted by the reader"
+    );
+    // The same identifier twice, each with its own target.
+    let row = me
+        .query_one(tally, &[&vec![4242i64, 4242], &vec![50.0f64, 65.0]])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Vec<i64>>(0), [2, 0]);
+    let refused = [
+        "SELECT monitoring.log_tally('pgpulse-qid.json', 0, 10, 0, false, NULL, '{}')",
+        "SELECT monitoring.log_tally('pgpulse-qid.json', 0, 10, 0, false, '{1,2}', '{1}')",
+        "SELECT monitoring.log_tally('pgpulse-qid.json', 0, 10, 0, false, '{1,NULL}', '{1,2}')",
+        "SELECT monitoring.log_tally('pgpulse-qid.json', 0, 10, 0, false, '{{1},{2}}', '{{1},{2}}')",
+        "SELECT monitoring.log_tally('pgpulse-qid.json', 0, 10, 0, false, \
+         array_fill(1::int8, ARRAY[101]), array_fill(1::float8, ARRAY[101]))",
+    ];
+    for sql in refused {
+        let e = me.simple_query(sql).await.expect_err(sql);
+        let msg = e
+            .as_db_error()
+            .map(|d| d.message().to_owned())
+            .unwrap_or_default();
+        assert!(
+            msg.contains("query_ids and targets_ms are two arrays"),
+            "{sql}: {msg}"
+        );
+    }
+}
+
+/// `regprocedure` of the log reader's helper as V012 and as V015 made it.
+const V012_TALLY: &str = "to_regprocedure('monitoring.log_tally(text,bigint,integer,double precision,boolean)') IS NOT NULL";
+const V015_TALLY: &str = "to_regprocedure('monitoring.log_tally(text,bigint,integer,double precision,\
+     boolean,bigint[],double precision[])') IS NOT NULL";
+
+async fn helpers(c: &Client) -> (bool, bool) {
+    let row = c
+        .query_one(&format!("SELECT {V012_TALLY}, {V015_TALLY}"), &[])
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// A database whose V012 helper a superuser installed, upgraded by the non-superuser that owns
+/// the schema: V015 cannot install its helper, the reader keeps counting slow statements with
+/// V012's (no key query counted) and verify says what to run; a superuser's `pgpulse migrate`
+/// then installs V015's helper and the running reader counts the key queries' misses.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_by_a_non_superuser_keeps_the_slow_count_until_a_superuser_migrates() {
+    let cluster = log_cluster(&[]);
+    let db = crate::harness::TestDb::on(&cluster.url("postgres")).await;
+    let admin = db.client().await;
+    exec(&admin, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements").await;
+    exec(
+        &admin,
+        &format!(
+            "DO $$ BEGIN CREATE ROLE pgpulse_migrator LOGIN CREATEROLE; \
+             EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+             ALTER DATABASE {} OWNER TO pgpulse_migrator",
+            db.name
+        ),
+    )
+    .await;
+    let mut migrator = connect(&as_user(&db.url, "pgpulse_migrator")).await;
+    pgpulse::db::migrate::migrate(&mut migrator)
+        .await
+        .expect("migrate as the owner");
+    // Before V015: a superuser had installed V012's helper.
+    let v012 = pgpulse::db::migrate::MIGRATIONS
+        .iter()
+        .find(|m| m.version == 12)
+        .unwrap();
+    exec(&admin, v012.sql).await;
+    exec(
+        &admin,
+        "DELETE FROM monitoring.schema_migrations WHERE version = 15",
+    )
+    .await;
+    let applied = pgpulse::db::migrate::migrate(&mut migrator)
+        .await
+        .expect("V015 as the owner");
+    assert_eq!(applied.iter().map(|m| m.version).collect::<Vec<_>>(), [15]);
+    assert_eq!(
+        helpers(&admin).await,
+        (true, false),
+        "V012's helper stays, V015's waits"
+    );
+    exec(
+        &admin,
+        "DO $$ BEGIN CREATE ROLE pgpulse_login LOGIN IN ROLE pgpulse_monitor; \
+           CREATE ROLE trader_a LOGIN; \
+         EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+    )
+    .await;
+    let verify = || {
+        let out = crate::harness::pgpulse(&["verify", "--database-url", &db.url], &[]);
+        crate::harness::text(&out).0
+    };
+    let out = verify();
+    assert!(
+        out.contains(
+            "reader works; also set run `pgpulse migrate` as a superuser (it installs V015's"
+        ),
+        "{out}"
+    );
+
+    let own_url = as_user(&db.url, "pgpulse_login");
+    let plans = PlanSet::parse(PLANS, Path::new("slo-plans.yaml")).unwrap();
+    let svc = start(&own_url, &shipped(&["key_queries"], "1s"), |cfg| {
+        super::count::reader_config(cfg);
+        cfg.plans = Some(GuardConfig {
+            plans: std::sync::Arc::new(plans),
+            interval: std::time::Duration::from_secs(600),
+        });
+    })
+    .await;
+    svc.wait_for("the reader up, the key queries identified", |b| {
+        sample(b, "pgpulse_slow_log_up") == Some(1.0) && query_id(b, "slo_missing").is_some()
+    })
+    .await;
+    let trader = connect(&as_user(&db.url, "trader_a")).await;
+    trader.query(MISSING, &[&0.25f64]).await.unwrap();
+    let body = svc
+        .wait_for("the slow statement counted with V012's helper", |b| {
+            super::count::exposed_total(b) >= 1.0
+        })
+        .await;
+    assert!(
+        !body.contains("pg_key_query_slo_misses_total{"),
+        "V012's helper counts no key query"
+    );
+
+    let mut superuser = db.client().await;
+    pgpulse::db::migrate::migrate(&mut superuser)
+        .await
+        .expect("migrate as a superuser");
+    assert_eq!(
+        helpers(&admin).await,
+        (false, true),
+        "V015's helper replaced V012's"
+    );
+    assert!(!verify().contains("V015's"));
+    svc.wait_for("the key queries' misses counted from now on", |b| {
+        of(b, "pg_key_query_slo_misses_total", "slo_missing").is_some()
+    })
+    .await;
+    trader.query(MISSING, &[&0.25f64]).await.unwrap();
+    svc.wait_for("a miss of slo_missing counted", |b| {
+        of(b, "pg_key_query_slo_misses_total", "slo_missing") >= Some(1.0)
+    })
+    .await;
+    svc.stop().await;
+}
