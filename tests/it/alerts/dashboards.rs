@@ -159,7 +159,8 @@ fn every_dashboard_panel_has_a_current_type_a_title_a_description_and_a_unit() {
 }
 
 /// Every selector of every dashboard query has job="$job" and instance=~"$instance", and every
-/// range is `$__rate_interval` (so rates work at any scrape interval).
+/// range is `$__rate_interval` (so rates work at any scrape interval), or `$__range` (a total
+/// over the dashboard's time range, such as an error budget left).
 #[test]
 fn every_dashboard_query_selects_job_and_instance_and_rates_over_rate_interval() {
     let mut problems = Vec::new();
@@ -177,7 +178,10 @@ fn every_dashboard_query_selects_job_and_instance_and_rates_over_rate_interval()
                     t.at, s.name, s.matchers
                 ));
             }
-            if let Some(range) = s.range.filter(|r| r != "$__rate_interval") {
+            if let Some(range) = s
+                .range
+                .filter(|r| r != "$__rate_interval" && r != "$__range")
+            {
                 problems.push(format!(
                     "{}: {}[{range}] instead of [$__rate_interval]",
                     t.at, s.name

@@ -49,6 +49,16 @@ const MAY_BE_EMPTY: &[(&str, &str, &str)] = &[
         "rows only while a VACUUM runs; tests/it/signals.rs",
     ),
     (
+        "pgpulse-trading",
+        "Key-query SLO burn rate",
+        "the misses need the server's jsonlog, which the shared test cluster does not write; tests/it/slow_log/slo.rs asserts them exact",
+    ),
+    (
+        "pgpulse-trading",
+        "Key-query error budget left (time range)",
+        "the misses need the server's jsonlog; tests/it/slow_log/slo.rs",
+    ),
+    (
         "pgpulse-statements",
         "Executions at or over 100 ms (exact)",
         "needs the server's jsonlog and log_min_duration_statement, which the shared test cluster does not set; tests/it/slow_log asserts the counter exact",

@@ -159,6 +159,7 @@ fn all_exprs() -> Vec<(String, String)> {
 fn substitute(expr: &str, instance: &str, datname: &str) -> String {
     expr.replace("$__rate_interval", "5m")
         .replace("$__interval", "1m")
+        .replace("$__range", "1h")
         .replace("$job", "pgpulse")
         .replace("$instance", instance)
         .replace("$datname", datname)
