@@ -290,8 +290,12 @@ BEGIN
         $b$
     $f$;
 
-    DROP FUNCTION IF EXISTS monitoring.log_read(text, bigint, integer);
-    DROP FUNCTION IF EXISTS monitoring.log_tally(text, bigint, integer, double precision, boolean);
+    IF pg_catalog.to_regprocedure('monitoring.log_read(text,bigint,integer)') IS NOT NULL THEN
+        DROP FUNCTION monitoring.log_read(text, bigint, integer);
+    END IF;
+    IF pg_catalog.to_regprocedure('monitoring.log_tally(text,bigint,integer,double precision,boolean)') IS NOT NULL THEN
+        DROP FUNCTION monitoring.log_tally(text, bigint, integer, double precision, boolean);
+    END IF;
 
     ALTER FUNCTION monitoring.log_files() OWNER TO CURRENT_USER;
     ALTER FUNCTION monitoring.log_current_file() OWNER TO CURRENT_USER;

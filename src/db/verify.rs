@@ -584,11 +584,10 @@ pub async fn lock_timeouts(c: &Client, tables: &super::trade_tables::TradeTables
         .collect()
 }
 
-/// The server's log threshold and, from pg_stat_statements (NULL without it), the calls of
-/// statements whose mean time is at or over `$1` ms and the seconds since its statistics began.
-const KEY_QUERY_LOG_SQL: &str = "WITH p AS (SELECT * FROM monitoring.get_query_performance('1 hour')) \
-    SELECT (SELECT setting::bigint FROM pg_settings WHERE name = 'log_min_duration_statement'), \
-           (SELECT sum(calls) FILTER (WHERE mean_exec_time_ms >= $1::float8)::float8 FROM p), \
+/// From pg_stat_statements (NULL without it), the calls of statements whose mean time is at or
+/// over `$1` ms and the seconds since its statistics began.
+const LOG_VOLUME_SQL: &str = "WITH p AS (SELECT * FROM monitoring.get_query_performance('1 hour')) \
+    SELECT (SELECT sum(calls) FILTER (WHERE mean_exec_time_ms >= $1::float8)::float8 FROM p), \
            (SELECT extract(epoch FROM now() - min(stats_since))::float8 FROM p)";
 
 /// Bytes of one jsonlog duration line, about (fields, timestamp, a short statement).
@@ -602,22 +601,16 @@ pub async fn key_query_log(c: &Client, targets: &[(String, std::time::Duration)]
     let Some(smallest) = targets.iter().map(|(_, t)| t.as_millis()).min() else {
         return Vec::new();
     };
-    let read = async {
-        let row = c
-            .query_one(KEY_QUERY_LOG_SQL, &[&(smallest as f64)])
-            .await?;
-        Ok::<_, tokio_postgres::Error>((
-            row.try_get::<_, i64>(0)?,
-            row.try_get::<_, Option<f64>>(1)?,
-            row.try_get::<_, Option<f64>>(2)?,
-        ))
-    };
-    let (threshold, calls, secs) = match read.await {
-        Ok(r) => r,
+    let threshold: i64 = match scalar_i64(
+        c,
+        "SELECT setting::bigint FROM pg_settings WHERE name = 'log_min_duration_statement'",
+    )
+    .await
+    {
+        Ok(t) => t,
         Err(e) => {
             return vec![format!(
-                "SLO FAIL cannot read the log settings: {}",
-                describe(&e)
+                "SLO FAIL cannot read log_min_duration_statement: {e}"
             )];
         }
     };
@@ -631,16 +624,6 @@ pub async fn key_query_log(c: &Client, targets: &[(String, std::time::Duration)]
             "SLO PASS log_min_duration_statement = {threshold}ms is at or below every key query's target (the smallest: {smallest}ms): every miss is counted"
         )];
     }
-    let cost = match (calls, secs) {
-        (Some(calls), Some(secs)) if secs > 0.0 => {
-            let per_min = calls / secs * 60.0;
-            let mb_day = per_min * 1440.0 * LOG_LINE_BYTES / 1e6;
-            format!(
-                "about {per_min:.1} statements a minute, {mb_day:.1} MB of log a day, estimated from pg_stat_statements' mean times"
-            )
-        }
-        _ => "its log volume unknown without pg_stat_statements".to_owned(),
-    };
     let now = match threshold {
         t if t < 0 => "is off: no key query's misses are counted".to_owned(),
         t => format!(
@@ -648,9 +631,30 @@ pub async fn key_query_log(c: &Client, targets: &[(String, std::time::Duration)]
             above.join(", ")
         ),
     };
+    let cost = log_volume(c, smallest as f64).await;
     vec![format!(
         "SLO WARN log_min_duration_statement {now}; set log_min_duration_statement = {smallest}ms to count every miss ({cost})"
     )]
+}
+
+/// What logging every statement of `ms` or longer would cost, estimated from
+/// pg_stat_statements' mean times; says so when it cannot be estimated.
+async fn log_volume(c: &Client, ms: f64) -> String {
+    let read = async {
+        let row = c.query_one(LOG_VOLUME_SQL, &[&ms]).await?;
+        Ok::<_, tokio_postgres::Error>((
+            row.try_get::<_, Option<f64>>(0)?,
+            row.try_get::<_, Option<f64>>(1)?,
+        ))
+    };
+    match read.await {
+        Ok((Some(calls), Some(secs))) if secs > 0.0 => {
+            let per_min = calls / secs * 60.0;
+            let mb_day = per_min * 1440.0 * LOG_LINE_BYTES / 1e6;
+            format!("about {per_min:.1} statements a minute, {mb_day:.1} MB of log a day, estimated from pg_stat_statements' mean times")
+        }
+        _ => "its log volume is estimated once pg_stat_statements and the monitoring schema are there".to_owned(),
+    }
 }
 
 /// `s` with control characters escaped (`\n`), for one line of output.
