@@ -121,17 +121,7 @@ async fn the_log_helpers_count_the_log_and_refuse_every_other_file() {
 async fn without_a_superuser_the_helpers_wait_for_one_and_verify_says_how() {
     let db = TestDb::new().await;
     let admin = db.client().await;
-    exec(
-        &admin,
-        &format!(
-            "DO $$ BEGIN CREATE ROLE pgpulse_migrator LOGIN CREATEROLE; \
-             EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
-             ALTER DATABASE {} OWNER TO pgpulse_migrator",
-            db.name
-        ),
-    )
-    .await;
-    let migrator_url = as_user(&db.url, "pgpulse_migrator");
+    let migrator_url = super::owned_by_migrator(&db).await;
     let mut migrator = connect(&migrator_url).await;
     pgpulse::db::migrate::migrate(&mut migrator)
         .await

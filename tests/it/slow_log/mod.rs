@@ -57,6 +57,22 @@ pub(crate) fn log_cluster(extra: &[(&str, &str)]) -> TempCluster {
     })
 }
 
+/// Makes the non-superuser `pgpulse_migrator` the owner of `db` (it may then run every
+/// migration, as the schema's owner); returns its URL.
+pub(crate) async fn owned_by_migrator(db: &TestDb) -> String {
+    exec(
+        &db.client().await,
+        &format!(
+            "DO $$ BEGIN CREATE ROLE pgpulse_migrator LOGIN CREATEROLE; \
+             EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+             ALTER DATABASE {} OWNER TO pgpulse_migrator",
+            db.name
+        ),
+    )
+    .await;
+    as_user(&db.url, "pgpulse_migrator")
+}
+
 /// `url` with its user replaced.
 pub(crate) fn as_user(url: &str, user: &str) -> String {
     url.replacen("postgres@", &format!("{user}@"), 1)

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use super::{as_user, log_cluster, setup};
 use crate::harness::{PATIENCE, connect, eventually, exec};
-use crate::service::{sample, start};
+use crate::service::{Running, sample, start};
 use crate::signals::shipped;
 use pgpulse::plans::{GuardConfig, PlanSet};
 use tokio_postgres::Client;
@@ -56,6 +56,20 @@ async fn pgss(admin: &Client, text: &str) -> (Option<i64>, i64) {
         .await
         .unwrap();
     (row.get(0), row.get(1))
+}
+
+/// pgpulse as `url` with the log reader, the `key_queries` query every second and the plan
+/// guard on [`PLANS`].
+async fn start_with_plans(url: &str) -> Running {
+    let plans = PlanSet::parse(PLANS, Path::new("slo-plans.yaml")).unwrap();
+    start(url, &shipped(&["key_queries"], "1s"), |cfg| {
+        super::count::reader_config(cfg);
+        cfg.plans = Some(GuardConfig {
+            plans: std::sync::Arc::new(plans),
+            interval: std::time::Duration::from_secs(600),
+        });
+    })
+    .await
 }
 
 /// Executions of `query_id` at or over `ms` between the lines `from` and `to` of the jsonlog
@@ -145,15 +159,7 @@ async fn each_key_query_counts_its_misses_exactly_and_only_the_burning_one_alert
     let admin = connect(&cluster.url("postgres")).await;
     let one_admin = one.client().await;
     let own_url = as_user(&one.url, "pgpulse_login");
-    let plans = PlanSet::parse(PLANS, Path::new("slo-plans.yaml")).unwrap();
-    let svc = start(&own_url, &shipped(&["key_queries"], "1s"), |cfg| {
-        super::count::reader_config(cfg);
-        cfg.plans = Some(GuardConfig {
-            plans: std::sync::Arc::new(plans),
-            interval: std::time::Duration::from_secs(600),
-        });
-    })
-    .await;
+    let svc = start_with_plans(&own_url).await;
     let body = svc
         .wait_for("both key queries identified, counted and called", |b| {
             ["slo_missing", "slo_meeting"].iter().all(|q| {
@@ -485,17 +491,7 @@ async fn an_upgrade_by_a_non_superuser_keeps_the_slow_count_until_a_superuser_mi
     let db = crate::harness::TestDb::on(&cluster.url("postgres")).await;
     let admin = db.client().await;
     exec(&admin, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements").await;
-    exec(
-        &admin,
-        &format!(
-            "DO $$ BEGIN CREATE ROLE pgpulse_migrator LOGIN CREATEROLE; \
-             EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
-             ALTER DATABASE {} OWNER TO pgpulse_migrator",
-            db.name
-        ),
-    )
-    .await;
-    let mut migrator = connect(&as_user(&db.url, "pgpulse_migrator")).await;
+    let mut migrator = connect(&super::owned_by_migrator(&db).await).await;
     pgpulse::db::migrate::migrate(&mut migrator)
         .await
         .expect("migrate as the owner");
@@ -539,15 +535,7 @@ async fn an_upgrade_by_a_non_superuser_keeps_the_slow_count_until_a_superuser_mi
     );
 
     let own_url = as_user(&db.url, "pgpulse_login");
-    let plans = PlanSet::parse(PLANS, Path::new("slo-plans.yaml")).unwrap();
-    let svc = start(&own_url, &shipped(&["key_queries"], "1s"), |cfg| {
-        super::count::reader_config(cfg);
-        cfg.plans = Some(GuardConfig {
-            plans: std::sync::Arc::new(plans),
-            interval: std::time::Duration::from_secs(600),
-        });
-    })
-    .await;
+    let svc = start_with_plans(&own_url).await;
     svc.wait_for("the reader up, the key queries identified", |b| {
         sample(b, "pgpulse_slow_log_up") == Some(1.0) && query_id(b, "slo_missing").is_some()
     })
