@@ -7,18 +7,32 @@
 //! interval is used, not the time since the previous sample: a skipped tick is unobserved time,
 //! not load. A label set missing from a sample adds nothing and keeps its total, so a counter
 //! never goes down; a new label set starts from its first sample. The state is bounded by the
-//! query's series budget: label sets past it are dropped and counted.
+//! query's series budget. When it is full, a new label set takes the place of the one that has
+//! not grown for the longest time, if that is at least [`IDLE_EVICT`] (longer than Prometheus'
+//! five-minute staleness: the evicted series ends, and one that comes back later is a new
+//! series starting from its first sample, which `rate()` reads as a reset); otherwise the new
+//! label set is dropped and counted. So the root blockers of last week never crowd out today's.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::{QueryResult, Series};
+
+/// How long a label set must not have grown before a new one may take its place.
+pub(crate) const IDLE_EVICT: Duration = Duration::from_secs(15 * 60);
+
+/// One label set's total and when it last grew.
+#[derive(Debug, Clone, Copy)]
+struct Total {
+    value: f64,
+    grew: SystemTime,
+}
 
 /// Per-query accumulation state, kept in the snapshot across samples and reloads.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct LoadAccumulator {
     /// Per metric: label set → accumulated total, and the order label sets first appeared.
-    totals: Vec<HashMap<Vec<String>, f64>>,
+    totals: Vec<HashMap<Vec<String>, Total>>,
     order: Vec<Vec<Vec<String>>>,
 }
 
@@ -30,7 +44,7 @@ impl LoadAccumulator {
         self.totals.resize_with(n, HashMap::new);
         self.order.resize_with(n, Vec::new);
         let seconds = interval.as_secs_f64();
-        let max = result.spec.max_series;
+        let (max, now) = (result.spec.max_series, result.at);
         let mut dropped = 0u64;
         let mut kept: usize = self.order.iter().map(Vec::len).sum();
         let state = self.totals.iter_mut().zip(self.order.iter_mut());
@@ -43,27 +57,62 @@ impl LoadAccumulator {
                     0.0
                 };
                 if let Some(total) = totals.get_mut(labels) {
-                    *total += add;
+                    total.value += add;
+                    if add > 0.0 {
+                        total.grew = now;
+                    }
                     continue;
                 }
-                if kept >= max {
+                if kept < max {
+                    kept += 1;
+                } else if !evict_idle(totals, order, now) {
                     dropped += 1;
                     continue;
                 }
-                kept += 1;
-                totals.insert(labels.clone(), add);
+                let total = Total {
+                    value: add,
+                    grew: now,
+                };
+                totals.insert(labels.clone(), total);
                 order.push(labels.clone());
             }
             *family = order
                 .iter()
                 .map(|labels| Series {
                     labels: labels.clone(),
-                    value: totals.get(labels).copied().unwrap_or(0.0),
+                    value: totals.get(labels).map_or(0.0, |t| t.value),
                 })
                 .collect();
         }
         dropped
     }
+}
+
+/// Removes the label set of `totals` that has not grown for the longest time (the first
+/// in `order` of equals), if that is at least [`IDLE_EVICT`] before `now`; whether one was.
+fn evict_idle(
+    totals: &mut HashMap<Vec<String>, Total>,
+    order: &mut Vec<Vec<String>>,
+    now: SystemTime,
+) -> bool {
+    let idle = |l: &Vec<String>| {
+        totals.get(l).map_or(Duration::ZERO, |t| {
+            now.duration_since(t.grew).unwrap_or_default()
+        })
+    };
+    let mut oldest: Option<(usize, Duration)> = None;
+    for (i, l) in order.iter().enumerate() {
+        let d = idle(l);
+        if d >= IDLE_EVICT && oldest.is_none_or(|(_, o)| d > o) {
+            oldest = Some((i, d));
+        }
+    }
+    let Some((i, _)) = oldest else {
+        return false;
+    };
+    let labels = order.remove(i);
+    totals.remove(&labels);
+    true
 }
 
 #[cfg(test)]
@@ -74,6 +123,10 @@ mod tests {
     use std::time::SystemTime;
 
     fn sample(rows: &[(&str, f64)]) -> QueryResult {
+        sample_at(SystemTime::now(), rows)
+    }
+
+    fn sample_at(at: SystemTime, rows: &[(&str, f64)]) -> QueryResult {
         let yaml = "queries:\n  - name: load\n    sql: SELECT 1\n    interval: 1s\n    timeout: 500ms\n    accumulate: seconds\n    labels: [wait_event]\n    max_series: 3\n    metrics:\n      - {column: n, name: pg_load_seconds_total, type: counter, help: l}\n";
         let cat = Catalog::parse(yaml, "q.yaml".as_ref(), Defaults::default()).unwrap();
         QueryResult {
@@ -88,7 +141,7 @@ mod tests {
             ],
             histogram: None,
             rows: None,
-            at: SystemTime::now(),
+            at,
         }
     }
 
@@ -136,5 +189,36 @@ mod tests {
         let mut r = sample(&[("a", 1.0), ("d", 1.0)]);
         assert_eq!(acc.apply(&mut r, Duration::from_secs(1)), 1);
         assert_eq!(values(&r)[0], ("a".into(), 2.0));
+    }
+
+    #[test]
+    fn a_full_budget_makes_room_by_the_longest_idle_label_set_after_fifteen_minutes() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let at = |min: u64| t0 + Duration::from_secs(min * 60);
+        let mut acc = LoadAccumulator::default();
+        let one = Duration::from_secs(1);
+        acc.apply(
+            &mut sample_at(at(0), &[("a", 1.0), ("b", 1.0), ("c", 1.0)]),
+            one,
+        );
+        acc.apply(&mut sample_at(at(5), &[("c", 1.0)]), one);
+        // Ten minutes idle is not enough: the newcomer is dropped.
+        assert_eq!(acc.apply(&mut sample_at(at(10), &[("d", 1.0)]), one), 1);
+        // At 16 minutes a and b (idle since 0) may go; a, the first of the two, goes.
+        let mut r = sample_at(at(16), &[("d", 2.0)]);
+        assert_eq!(acc.apply(&mut r, one), 0);
+        assert_eq!(
+            values(&r),
+            vec![("b".into(), 1.0), ("c".into(), 2.0), ("d".into(), 2.0)]
+        );
+        // A label set that grows is never idle; c grew at 5, b did not: b goes next.
+        let mut r = sample_at(at(21), &[("e", 1.0), ("c", 1.0)]);
+        assert_eq!(acc.apply(&mut r, one), 0);
+        assert_eq!(
+            values(&r),
+            vec![("c".into(), 3.0), ("d".into(), 2.0), ("e".into(), 1.0)]
+        );
+        // Every label set grew within 15 minutes: nothing is evicted.
+        assert_eq!(acc.apply(&mut sample_at(at(22), &[("f", 1.0)]), one), 1);
     }
 }
