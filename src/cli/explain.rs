@@ -240,6 +240,9 @@ pub fn line(r: &Result<Outcome, CheckError>) -> String {
         parts.push(time.join(", "));
     }
     parts.push(format!("cost {:.2}", o.tree.total_cost));
+    if let Some(id) = o.tree.query_id {
+        parts.push(format!("query_id {id}"));
+    }
     let status = if o.passed() { "PASS " } else { "FAIL " };
     format!("{status} {}: {}", o.spec.name, parts.join("; "))
 }
@@ -268,6 +271,7 @@ pub fn to_json(r: &Result<Outcome, CheckError>) -> Value {
         "target_ms": o.spec.target.map(|t| t.as_secs_f64() * 1000.0),
         "latency_ok": o.latency_ok(),
         "estimated_cost": o.tree.total_cost,
+        "query_id": o.tree.query_id,
         "scans": scans,
     })
 }

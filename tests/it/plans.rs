@@ -112,6 +112,17 @@ async fn every_key_query_uses_its_index_and_prunes_as_expected_on_the_reference_
             }
         }
     }
+    // Every key query carries the server's identifier of its statement, the same with and
+    // without ANALYZE, and no two share one.
+    let ids: std::collections::BTreeSet<i64> = plain
+        .iter()
+        .map(|r| r["query_id"].as_i64().unwrap_or_else(|| panic!("{r:#}")))
+        .collect();
+    assert_eq!(ids.len(), 10, "{ids:?}");
+    for r in &analyzed {
+        let name = r["query"].as_str().unwrap();
+        assert_eq!(r["query_id"], by_name(&plain, name)["query_id"], "{name}");
+    }
     // orders_with_trades reads both partitioned tables.
     let p = &by_name(&plain, "orders_with_trades")["partitions"];
     assert_eq!(p["total"], orders + trades, "{p}");
