@@ -9,7 +9,8 @@
 --
 --   monitoring.log_tally(name, offset, length, min_ms, skip, query_ids, targets_ms)
 --       as V012's log_tally, and key_executions[i]: the duration lines whose query_id is
---       query_ids[i] and whose duration is at or over targets_ms[i] (at most 100 pairs)
+--       query_ids[i] and whose duration is at or over targets_ms[i] (at most 100 pairs), but
+--       those of the calling session's login role (pgpulse's own plan checks)
 --
 -- and drops the five-argument version. Every rule of V012 stands (what a line is, which lines
 -- count, hostile bytes, the window, the privileges); one field is added: query_id must be a
@@ -98,6 +99,7 @@ BEGIN
             v_tail   text;
             v_ms     double precision;
             v_qid    text;
+            v_uname  text;
             v_id     bigint;
             v_i      integer;
             v_keys   bigint[];
@@ -222,6 +224,7 @@ BEGIN
                         v_sev := v_fields.error_severity #>> '{}';
                         v_msg := v_fields.message #>> '{}';
                         v_qid := v_fields.query_id #>> '{}';
+                        v_uname := v_fields.user #>> '{}';
                         EXIT;
                     EXCEPTION WHEN OTHERS THEN
                         v_ok := false;
@@ -260,14 +263,15 @@ BEGIN
                 END IF;
                 CONTINUE WHEN v_ms IS NULL;
                 -- A key query's execution at or over its target: its query_id, an integer
-                -- within bigint (no cast that could raise), among p_query_ids.
+                -- within bigint (no cast that could raise), among p_query_ids; not by the
+                -- caller's own login role (pgpulse's plan checks prepare the key queries).
                 v_id := NULL;
                 IF (CASE WHEN v_qid ~ '^-?[0-9]{1,19}$'
                          THEN v_qid::numeric BETWEEN -9223372036854775808 AND 9223372036854775807
                          ELSE false END) THEN
                     v_id := v_qid::bigint;
                 END IF;
-                IF v_id IS NOT NULL AND v_id <> 0 THEN
+                IF v_id IS NOT NULL AND v_id <> 0 AND v_uname IS DISTINCT FROM SESSION_USER::text THEN
                     FOREACH v_i IN ARRAY COALESCE(pg_catalog.array_positions(p_query_ids, v_id), '{}') LOOP
                         IF v_ms >= p_targets_ms[v_i] THEN
                             v_keys[v_i] := v_keys[v_i] + 1;
