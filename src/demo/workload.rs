@@ -1,11 +1,14 @@
 //! A synthetic trade workload: orders placed and cancelled, trades executed, order book
-//! reads and writes, market data ticks and candles, at a modest configurable rate.
+//! reads and writes, market data ticks and candles, at a modest configurable rate; and two
+//! key queries of plans.yaml sent as the trading UI sends them (typed parameters, the extended
+//! protocol), so that their SLOs have calls.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio_postgres::Client;
+use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
 /// Counters of what the workload did.
@@ -50,10 +53,14 @@ pub async fn round(client: &Client, i: u64, stats: &WorkloadStats) {
              volume = candles.volume + 1;
          SELECT side, price, quantity FROM order_book WHERE symbol = '{symbol}' ORDER BY side, price LIMIT 20;
          SELECT * FROM trades WHERE symbol = '{symbol}' AND executed_at > now() - interval '1 hour' ORDER BY executed_at DESC LIMIT 50;",
-        side = if i.is_multiple_of(2) { "buy" } else { "sell" },
+        side = side(i),
         cancel = if i.is_multiple_of(3) { "true" } else { "false" },
     );
-    match client.batch_execute(&sql).await {
+    let done = match client.batch_execute(&sql).await {
+        Ok(()) => ui_reads(client, symbol, side(i), user).await,
+        Err(e) => Err(e),
+    };
+    match done {
         Ok(()) => {
             stats.orders.fetch_add(1, Ordering::Relaxed);
             stats.trades.fetch_add(1, Ordering::Relaxed);
@@ -63,6 +70,42 @@ pub async fn round(client: &Client, i: u64, stats: &WorkloadStats) {
             tracing::debug!(error = %e, "workload statement failed");
         }
     }
+}
+
+fn side(i: u64) -> &'static str {
+    if i.is_multiple_of(2) { "buy" } else { "sell" }
+}
+
+/// The SQL of the key queries `order_book_depth` and `orders_by_user` of the built-in
+/// plans.yaml (the demo's schema is the reference schema).
+fn key_sql() -> Option<&'static [String; 2]> {
+    static SQL: OnceLock<Option<[String; 2]>> = OnceLock::new();
+    SQL.get_or_init(|| {
+        let plans = crate::plans::PlanSet::built_in().ok()?;
+        let sql = |name: &str| Some(plans.queries.iter().find(|q| q.name == name)?.sql.clone());
+        Some([sql("order_book_depth")?, sql("orders_by_user")?])
+    })
+    .as_ref()
+}
+
+/// The trading UI's reads: the order book depth of `symbol` and `user`'s open orders, with
+/// the parameter types of plans.yaml (the same types make the same query_id).
+async fn ui_reads(
+    client: &Client,
+    symbol: &str,
+    side: &str,
+    user: i64,
+) -> Result<(), tokio_postgres::Error> {
+    let Some([book, orders]) = key_sql() else {
+        return Ok(());
+    };
+    client
+        .query_typed(book, &[(&symbol, Type::TEXT), (&side, Type::TEXT)])
+        .await?;
+    client
+        .query_typed(orders, &[(&user, Type::INT8), (&"open", Type::TEXT)])
+        .await?;
+    Ok(())
 }
 
 /// Runs rounds at `rate` per second until `stop`.

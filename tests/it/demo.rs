@@ -136,6 +136,14 @@ async fn the_demo_serves_metrics_while_the_workload_moves_counters_and_cleans_up
         total(b, "pg_database_blocks_hit_total") > hits
     })
     .await;
+    // The workload sends two key queries as plans.yaml writes them: their SLOs count calls.
+    demo.wait_for("calls of the key queries the workload sends", |b| {
+        ["order_book_depth", "orders_by_user"].iter().all(|q| {
+            sample(b, &format!("pg_key_query_calls_total{{query=\"{q}\"}}"))
+                .is_some_and(|c| c > 0.0)
+        })
+    })
+    .await;
     demo.stop();
 }
 
