@@ -1,8 +1,9 @@
 //! What reading the slow-statement log over SQL needs from the server, and whether it has it:
 //! the log settings (`logging_collector`, `log_destination` with `jsonlog`,
 //! `log_min_duration_statement`) and the log reader's helpers (`monitoring.log_tally` and
-//! friends: V015's, or V012's, which counts no key query) installed and executable; and whether V009's raw reader `monitoring.log_read` is still
-//! there (it gives log lines, literals included, to whoever may execute it). One query answers
+//! friends: V015's, or V012's, which counts no key query) installed and executable; and
+//! whether V009's raw reader `monitoring.log_read` is still there (it gives log lines,
+//! literals included, to whoever may execute it). One query answers
 //! all of it; the slow-log reader asks before every poll and `pgpulse verify` prints the
 //! verdict.
 //!

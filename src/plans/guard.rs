@@ -25,16 +25,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::GuardConfig;
+pub use super::PlanLabel;
 use super::check::{self, CheckError, FailureKind, Mode, Outcome};
 use super::slo::{KeyQuery, KeyQueryIds, SloMetrics};
 use crate::db::lease::{Budget, Lease};
-
-/// Labels naming a key query.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PlanLabel {
-    /// The key query's name.
-    pub query: String,
-}
 
 /// Labels naming a key query and a failure kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -116,15 +110,9 @@ impl PlanMetrics {
         m
     }
 
-    fn label(query: &str) -> PlanLabel {
-        PlanLabel {
-            query: query.to_owned(),
-        }
-    }
-
     /// Sets the gauges of one judged plan; removes those that do not apply to it.
     pub fn publish(&self, o: &Outcome) {
-        let l = Self::label(&o.spec.name);
+        let l = PlanLabel::of(&o.spec.name);
         if o.spec.indexes.is_empty() {
             self.index_used.remove(&l);
         } else {
@@ -158,7 +146,7 @@ impl PlanMetrics {
 
     /// Removes every `pg_plan_*` series of a query (its last good result expired).
     pub fn forget(&self, query: &str) {
-        let l = Self::label(query);
+        let l = PlanLabel::of(query);
         self.index_used.remove(&l);
         self.partitions_scanned.remove(&l);
         self.partitions_total.remove(&l);
@@ -419,7 +407,7 @@ impl PlanGuard {
         let first = known.is_empty();
         for (spec, why) in queries.iter().zip(&why) {
             let applies = why.is_none();
-            let l = PlanMetrics::label(&spec.name);
+            let l = PlanLabel::of(&spec.name);
             self.metrics
                 .applicable
                 .get_or_create(&l)

@@ -28,6 +28,22 @@ use std::sync::Arc;
 
 use crate::db::trade_tables::TradeTables;
 
+/// Labels naming a key query: the series of the plan guard and of the key queries' SLOs.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct PlanLabel {
+    /// The key query's name.
+    pub query: String,
+}
+
+impl PlanLabel {
+    /// The label of the key query `query`.
+    pub fn of(query: &str) -> Self {
+        Self {
+            query: query.to_owned(),
+        }
+    }
+}
+
 /// The default key queries, embedded so the binary works without a plans.yaml next to it.
 pub const DEFAULT_PLANS: &str = include_str!("../../plans.yaml");
 

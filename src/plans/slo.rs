@@ -19,6 +19,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use super::PlanLabel;
+
 /// A key query with a latency SLO, as the server identifies it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyQuery {
@@ -57,13 +59,6 @@ impl KeyQueryIds {
     }
 }
 
-/// Labels naming a key query (the SLO series).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SloLabel {
-    /// The key query's name.
-    pub query: String,
-}
-
 /// Labels of `pg_key_query_info`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KeyQueryInfo {
@@ -79,8 +74,8 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 #[derive(Debug, Default)]
 pub struct SloMetrics {
     info: Family<KeyQueryInfo, Gauge>,
-    target: Family<SloLabel, FloatGauge>,
-    objective: Family<SloLabel, FloatGauge>,
+    target: Family<PlanLabel, FloatGauge>,
+    objective: Family<PlanLabel, FloatGauge>,
 }
 
 impl SloMetrics {
@@ -113,7 +108,7 @@ impl SloMetrics {
         self.info
             .get_or_create(&info(&key.name, key.query_id))
             .set(1);
-        let l = label(&key.name);
+        let l = PlanLabel::of(&key.name);
         self.target.get_or_create(&l).set(key.target.as_secs_f64());
         self.objective.get_or_create(&l).set(key.objective);
     }
@@ -121,16 +116,9 @@ impl SloMetrics {
     /// Removes the series of `key`.
     pub fn forget(&self, key: &KeyQuery) {
         self.info.remove(&info(&key.name, key.query_id));
-        let l = label(&key.name);
+        let l = PlanLabel::of(&key.name);
         self.target.remove(&l);
         self.objective.remove(&l);
-    }
-}
-
-/// The label of `query`.
-pub fn label(query: &str) -> SloLabel {
-    SloLabel {
-        query: query.to_owned(),
     }
 }
 

@@ -18,15 +18,16 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::plans::slo::{KeyQuery, SloLabel, label};
+use crate::plans::PlanLabel;
+use crate::plans::slo::KeyQuery;
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// The handles and what the counters hold back.
 #[derive(Debug, Default)]
 pub struct KeyMisses {
-    misses: Family<SloLabel, Counter>,
-    from: Family<SloLabel, FloatGauge>,
+    misses: Family<PlanLabel, Counter>,
+    from: Family<PlanLabel, FloatGauge>,
     state: Mutex<Held>,
 }
 
@@ -58,10 +59,10 @@ impl KeyMisses {
     pub fn count(&self, keys: &[KeyQuery], misses: &[u64], threshold_s: f64) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         for (name, n) in std::mem::take(&mut st.held) {
-            self.misses.get_or_create(&label(&name)).inc_by(n);
+            self.misses.get_or_create(&PlanLabel::of(&name)).inc_by(n);
         }
         for (key, n) in keys.iter().zip(misses) {
-            let l = label(&key.name);
+            let l = PlanLabel::of(&key.name);
             let from = key.target.as_secs_f64().max(threshold_s);
             self.from.get_or_create(&l).set(from);
             if st.known.contains(&key.name) {
