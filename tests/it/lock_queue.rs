@@ -245,20 +245,7 @@ fn promtool_sees(body: &str, fires: bool) {
          alert_rule_test:\n      - eval_time: 0s\n        alertname: PgTradeTableLockQueue\n        exp_alerts:{expected}\n",
         rules = concat!(env!("CARGO_MANIFEST_DIR"), "/alerts/pgpulse.rules.yml"),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("queue.test.yml");
-    std::fs::write(&path, &test).unwrap();
-    let out = std::process::Command::new("promtool")
-        .args(["test", "rules"])
-        .arg(&path)
-        .output()
-        .expect("promtool runs (package prometheus)");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{test}\n{said}");
+    crate::alerts::promtool_test(&test);
 }
 
 /// Prometheus' `humanizeDuration` of a duration under a minute: `%.4g` of the seconds, or of
@@ -276,14 +263,7 @@ fn humanize_seconds(s: f64) -> String {
         prefix = p;
         v *= 1000.0;
     }
-    let digits = (3 - v.log10().floor() as i32).max(0) as usize;
-    let fixed = format!("{v:.digits$}");
-    let trimmed = if fixed.contains('.') {
-        fixed.trim_end_matches('0').trim_end_matches('.')
-    } else {
-        &fixed
-    };
-    format!("{trimmed}{prefix}s")
+    format!("{}{prefix}s", crate::alerts::go_4g(v))
 }
 
 #[test]

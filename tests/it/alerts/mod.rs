@@ -188,3 +188,46 @@ fn tool(cmdline: &str) -> Result<String, String> {
 fn assert_none(problems: Vec<String>) {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// Go's `%.4g` of `v` where it prints no exponent (|v| from 1e-4 up to 1e4): four significant
+/// digits, trailing zeros dropped. Prometheus' humanize functions print numbers so.
+pub(crate) fn go_4g(v: f64) -> String {
+    if v == 0.0 {
+        return "0".to_owned();
+    }
+    let digits = (3 - v.abs().log10().floor() as i32).max(0) as usize;
+    let fixed = format!("{v:.digits$}");
+    match fixed.contains('.') {
+        true => fixed.trim_end_matches('0').trim_end_matches('.').to_owned(),
+        false => fixed,
+    }
+}
+
+/// Runs `promtool test rules` on the unit-test file `test` (YAML text, rule files named by
+/// absolute path); panics with promtool's output and the file unless every test passes.
+pub(crate) fn promtool_test(test: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.test.yml");
+    std::fs::write(&path, test).unwrap();
+    let out = Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(&path)
+        .output()
+        .expect("promtool runs (package prometheus)");
+    assert!(
+        out.status.success(),
+        "{test}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn go_4g_is_four_significant_digits_without_trailing_zeros() {
+    assert_eq!(go_4g(3.21749), "3.217");
+    assert_eq!(go_4g(12.3456), "12.35");
+    assert_eq!(go_4g(3.0000000000000004), "3");
+    assert_eq!(go_4g(15.000000000000002), "15");
+    assert_eq!(go_4g(412.3456), "412.3");
+    assert_eq!(go_4g(0.0), "0");
+}

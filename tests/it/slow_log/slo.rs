@@ -135,19 +135,6 @@ async fn workload(clients: &[Client]) {
     }
 }
 
-/// Go's `%.4g` of a percentage below 10,000 (Prometheus' humanizePercentage).
-fn humanize_percentage(ratio: f64) -> String {
-    let pct = ratio * 100.0;
-    let decimals = (3 - pct.abs().log10().floor() as i32).max(0) as usize;
-    let s = format!("{pct:.decimals$}");
-    let s = if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.')
-    } else {
-        &s
-    };
-    format!("{s}%")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn each_key_query_counts_its_misses_exactly_and_only_the_burning_one_alerts() {
     let cluster = log_cluster(&[
@@ -308,9 +295,9 @@ fn promtool_burns(measured: &[(&str, f64, f64)]) {
                 *out += &format!(
                     "\n          - exp_labels: {{severity: {severity}, job: pgpulse, instance: \"db1:9864\", query: {query}}}\n            \
                      exp_annotations:\n              summary: Key query {query} on db1:9864 burns its latency SLO {word}\n              \
-                     description: '{pct} of the executions of key query {query} on db1:9864 in the last {long} took its latency target or longer (and in the last {short} too): more than {factor} times its error budget, a 30-day budget gone in {pace} at this pace. Check its plan (pg_plan_expected_index_used, `pgpulse explain --query {query}`) and what it waits for (the \"Why is trading slow\" dashboard, /debug/locks).'\n              \
+                     description: '{pct}% of the executions of key query {query} on db1:9864 in the last {long} took its latency target or longer (and in the last {short} too): more than {factor} times its error budget, a 30-day budget gone in {pace} at this pace. Check its plan (pg_plan_expected_index_used, `pgpulse explain --query {query}`) and what it waits for (the \"Why is trading slow\" dashboard, /debug/locks).'\n              \
                      runbook_url: https://github.com/pgpulse/pgpulse/blob/main/docs/runbooks.md#{lower}",
-                    pct = humanize_percentage(ratio),
+                    pct = crate::alerts::go_4g(ratio * 100.0),
                     lower = name.to_lowercase(),
                 );
             }
@@ -329,20 +316,7 @@ fn promtool_burns(measured: &[(&str, f64, f64)]) {
         fast = or_none(fast),
         slow = or_none(slow),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("slo.test.yml");
-    std::fs::write(&path, &test).unwrap();
-    let out = std::process::Command::new("promtool")
-        .args(["test", "rules"])
-        .arg(&path)
-        .output()
-        .expect("promtool");
-    assert!(
-        out.status.success(),
-        "{}{}\n{test}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::alerts::promtool_test(&test);
 }
 
 /// `verify`'s SLO line: PASS where the log threshold (50 ms) is at or below every target,
