@@ -1,6 +1,7 @@
 //! The database cost of sampling: the real `pgpulse serve` binary with a catalog (the shipped
 //! queries.yaml unless `PGPULSE_BENCH_QUERIES` names another) samples a throwaway cluster with
-//! the trade-engine schema and 10 partitioned tables of 500 partitions for
+//! the trade-engine schema and 5 pairs of time-range partitioned tables shaped like its orders
+//! (by month) and trades (by day), 2,500 partitions in all (scripts/trading-shape.sql), for
 //! `PGPULSE_BENCH_SECONDS` (default 600) as a dedicated login role in `pgpulse_monitor`; then
 //! pg_stat_statements of that role says how much database time the sampling cost, per minute,
 //! in total and per statement. Run: `cargo bench --bench sampling_cost`.
@@ -26,16 +27,14 @@ async fn main() {
     let (cluster, url) = common::cluster().await;
     let c = common::connect(&url).await;
     pgpulse::demo::schema::install(&c).await.unwrap();
-    for t in 0..10 {
-        c.batch_execute(&format!(
-            "CREATE TABLE ticks{t} (id int NOT NULL, v int) PARTITION BY RANGE (id); CREATE INDEX ON ticks{t} (v); \
-             DO $$ BEGIN FOR i IN 0 .. 499 LOOP \
-               EXECUTE format('CREATE TABLE ticks{t}_%s PARTITION OF ticks{t} FOR VALUES FROM (%s) TO (%s)', i, i * 10, i * 10 + 10); \
-             END LOOP; END $$;"
-        ))
+    // 5 pairs of orders (by month) and trades (by day) shaped tables, 2,500 partitions of 4
+    // relations each: about 10,000 relations in `public`.
+    c.batch_execute(include_str!("../scripts/trading-shape.sql"))
         .await
         .unwrap();
-    }
+    c.batch_execute("CALL bench_trading_shape(5, 2500)")
+        .await
+        .unwrap();
     c.batch_execute(
         "CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
          CREATE ROLE pgpulse_bench LOGIN IN ROLE pgpulse_monitor;

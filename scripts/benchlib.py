@@ -371,20 +371,16 @@ def relations_in_public(cluster: Cluster, db: str) -> int:
                             "c.relnamespace WHERE n.nspname = 'public'", db=db).strip())
 
 
-def add_partitions(cluster: Cluster, db: str, target: int, tables: int = 10) -> int:
-    """Adds `tables` partitioned tables `ticksN` (each with an index) whose partitions (each
-    with its index) bring the relations in `public` to about `target`, as
-    benches/sampling_cost.rs does (10 × 500 partitions there). Returns the final count."""
+def add_partitions(cluster: Cluster, db: str, target: int, copies: int = 5) -> int:
+    """Adds `copies` pairs of time-range partitioned tables shaped like the trade engine's
+    orders (by month) and trades (by day), each partition with its TOAST table and three
+    indexes, each table with a DEFAULT partition (scripts/trading-shape.sql, as
+    benches/sampling_cost.rs builds them), bringing the relations in `public` to about
+    `target`. Returns the final count."""
     base = relations_in_public(cluster, db)
-    per_table = max(1, round((target - base - 2 * tables) / (2 * tables)))
-    batch = 500
-    for t in range(tables):
-        cluster.psql(f"CREATE TABLE ticks{t} (id int NOT NULL, v int) PARTITION BY RANGE (id); "
-                     f"CREATE INDEX ON ticks{t} (v)", db=db)
-        for lo in range(0, per_table, batch):
-            hi = min(per_table, lo + batch) - 1
-            cluster.psql(
-                f"DO $$ BEGIN FOR i IN {lo} .. {hi} LOOP EXECUTE format("
-                f"'CREATE TABLE ticks{t}_%s PARTITION OF ticks{t} FOR VALUES FROM (%s) TO (%s)', "
-                f"i, i * 10, i * 10 + 10); END LOOP; END $$", db=db)
+    # 4 relations in `public` per partition; per copy about 20 more (parents, partitioned
+    # indexes, DEFAULT partitions, identity sequences).
+    partitions = max(2 * copies, (target - base - 20 * copies) // 4)
+    cluster.psql("", db=db, file=REPO / "scripts" / "trading-shape.sql")
+    cluster.psql(f"CALL bench_trading_shape({copies}, {partitions})", db=db, timeout=3600)
     return relations_in_public(cluster, db)

@@ -35,6 +35,9 @@ pub enum Derive {
     PartitionGrowth,
     /// The 20 tables (rolled up to their partition root) with the oldest relfrozenxid.
     TableWraparound,
+    /// The rows of `database_health_check()`: its two relation checks (Table Bloat,
+    /// Partition Runway) measured from the pass, the report read with [`HEALTH_SQL`].
+    Health,
 }
 
 impl Derive {
@@ -50,6 +53,7 @@ impl Derive {
             Derive::Partitions => "partitions",
             Derive::PartitionGrowth => "partition_growth",
             Derive::TableWraparound => "table_wraparound",
+            Derive::Health => "health",
         }
     }
 
@@ -89,6 +93,14 @@ impl Derive {
             ],
             Derive::PartitionGrowth => &["parent", "partition", "inserted"],
             Derive::TableWraparound => &["schemaname", "relname", "xid_age", "mxid_age"],
+            Derive::Health => &[
+                "check",
+                "status_code",
+                "status",
+                "value",
+                "threshold",
+                "recommendation",
+            ],
         }
     }
 
@@ -104,9 +116,20 @@ impl Derive {
         )
     }
 
-    /// Whether the family needs the partition bounds and the rows of DEFAULT partitions.
-    pub fn needs_partitions(self) -> bool {
+    /// Whether the family needs the partition bounds.
+    pub fn needs_bounds(self) -> bool {
+        matches!(self, Derive::Partitions | Derive::Health)
+    }
+
+    /// Whether the family counts the rows of DEFAULT partitions at each of its runs.
+    pub fn counts_default_rows(self) -> bool {
         matches!(self, Derive::Partitions)
+    }
+
+    /// Whether each run of the family reads from the database, even when the facts are
+    /// fresh (the DEFAULT partitions' rows, the health report).
+    pub fn reads_every_run(self) -> bool {
+        self.counts_default_rows() || self == Derive::Health
     }
 }
 
@@ -241,6 +264,18 @@ pub(crate) const BOUNDS_SQL: &str = "\
 SELECT partition_oid::int8 AS oid, parent_oid::int8 AS parent, is_default,
        extract(epoch FROM range_end)::float8 AS range_end, range_end_is_maxvalue AS maxvalue
   FROM monitoring.partition_bounds()";
+
+/// The health report (`monitoring.health_report()`, V016) for the two relation checks that
+/// pgpulse measured: the worst table above 10 % dead tuples (`$1` schema, `$2` name, `$3`
+/// ratio, `$4` how many are above) and the time-range partitioned table whose newest
+/// partition ends first (`$5` schema, `$6` name, `$7` that end as a Unix time); NULLs for
+/// none. The other six checks are read by the function.
+pub(crate) const HEALTH_SQL: &str = "\
+SELECT check_name AS \"check\",
+       CASE status WHEN 'OK' THEN 0 WHEN 'WARNING' THEN 1 WHEN 'CRITICAL' THEN 2 END AS status_code,
+       status, value, threshold, recommendation
+  FROM monitoring.health_report($1::text, $2::text, $3::float8, $4::int8, $5::text, $6::text,
+                                pg_catalog.to_timestamp($7::float8))";
 
 #[cfg(test)]
 mod tests {

@@ -48,8 +48,8 @@ pub enum Problem {
     /// Neither or both of `sql` and `derive`.
     #[error("a query has exactly one of sql and derive")]
     SqlOrDerive,
-    /// `derive` with a histogram, published rows or accumulation.
-    #[error("derive cannot be combined with histogram, publish_rows or accumulate")]
+    /// `derive` with a histogram or accumulation.
+    #[error("derive cannot be combined with histogram or accumulate")]
     DeriveCombined,
     /// A label, value or roll-up key that the derived family does not produce.
     #[error("column \"{column}\" is not produced by derive: {derive} (it produces {columns})")]
@@ -301,13 +301,13 @@ fn query(q: RawQuery, qloc: Loc, d: Defaults, seen: &mut Seen) -> Found<QuerySpe
 }
 
 /// The statement: SQL of its own, or the relation pass's for a derived family (which then
-/// takes no histogram, published rows or accumulation).
+/// takes no histogram or accumulation).
 fn source(q: &RawQuery, qloc: Loc) -> Found<(String, Option<Derive>)> {
     match (&q.sql, &q.derive) {
         (Some(s), None) if s.value.trim().is_empty() => Err((at(&s.referenced), Problem::EmptySql)),
         (Some(s), None) => Ok((s.value.clone(), None)),
         (None, Some(d)) => {
-            if q.histogram.is_some() || q.publish_rows || q.accumulate.is_some() {
+            if q.histogram.is_some() || q.accumulate.is_some() {
                 return Err((at(&d.referenced), Problem::DeriveCombined));
             }
             Ok((super::derive::FACTS_SQL.to_owned(), Some(d.value)))

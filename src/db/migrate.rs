@@ -108,6 +108,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "key_query_tally",
         sql: include_str!("../../migrations/V015__key_query_tally.sql"),
     },
+    Migration {
+        version: 16,
+        name: "cheaper_health_check",
+        sql: include_str!("../../migrations/V016__cheaper_health_check.sql"),
+    },
 ];
 
 pub use super::migrate_error::MigrateError;

@@ -1,5 +1,5 @@
 //! `/health/db`: the rows of the catalog's `health_query` (the shipped catalog names
-//! `database_health`, over `monitoring.database_health_check()`) as JSON, from its last
+//! `database_health`, the rows of `monitoring.database_health_check()`) as JSON, from its last
 //! sample (never queried per request). 200 when no check is CRITICAL, 503 when one is or when
 //! there is no sample, 404 when the catalog names no health query.
 

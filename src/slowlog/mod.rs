@@ -65,7 +65,14 @@ struct State {
     ready: Option<bool>,
     /// Whether the last poll failed.
     failing: bool,
+    /// Ticks skipped since the reader was found off.
+    skipped: u32,
 }
+
+/// While the reader is off (the server's settings missing), its setup is checked again at
+/// every this many ticks, not at each: once a minute at the default 15 s, so a server that
+/// never turns the log on costs a quarter of the checks.
+const OFF_EVERY: u32 = 4;
 
 /// The running reader.
 #[derive(Debug)]
@@ -116,14 +123,21 @@ impl SlowLogReader {
     }
 
     /// One poll: read what was logged since the last one and count it. Logs one line when
-    /// the reader turns off (naming what to set), on, or starts failing.
+    /// the reader turns off (naming what to set), on, or starts failing. While off, only
+    /// every [`OFF_EVERY`]th tick checks the setup again.
     pub async fn poll(&self) {
         let mut st = self.state.lock().await;
         let State {
             tracker,
             ready,
             failing,
+            skipped,
         } = &mut *st;
+        if *ready == Some(false) && *skipped + 1 < OFF_EVERY {
+            *skipped += 1;
+            return;
+        }
+        *skipped = 0;
         let keys = self.ids.current();
         match poll::poll_once(&self.budget, &self.settings, tracker, &keys).await {
             Ok(Polled::Off(setup)) => {

@@ -248,12 +248,15 @@ async fn seven_roots(named: u32) {
     }
     waiting(&admin, 7).await;
     let body = svc
-        .wait_for("the named roots and one other, all seven waiters counted", |b| {
-            // A sample taken while the waiters still queued may already show `named` + 1
-            // series; only one that counts all seven is the state this test built.
-            let r = roots(b);
-            r.len() == named as usize + 1 && r.iter().map(|(_, v)| v).sum::<f64>() == 7.0
-        })
+        .wait_for(
+            "the named roots and one other, all seven waiters counted",
+            |b| {
+                // A sample taken while the waiters still queued may already show `named` + 1
+                // series; only one that counts all seven is the state this test built.
+                let r = roots(b);
+                r.len() == named as usize + 1 && r.iter().map(|(_, v)| v).sum::<f64>() == 7.0
+            },
+        )
         .await;
     let series = roots(&body);
     let other: Vec<_> = series

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use pgpulse::catalog::Derive;
-use pgpulse::sampler::relations::{derive, facts};
+use pgpulse::sampler::relations::{derive, facts, health};
 use tokio_postgres::SimpleQueryMessage;
 
 use crate::harness::{TestDb, cluster_without_autovacuum, flush_stats};
@@ -261,6 +261,7 @@ async fn every_derived_family_equals_what_the_views_report_in_one_snapshot() {
         facts: &facts,
         sizes: &sizes,
         bounds: &bounds,
+        report: &[],
     };
     let mut checked = 0;
     for (name, sql) in REFERENCE {
@@ -407,7 +408,7 @@ fn former(file: &str, start: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_cheaper_views_of_v008_return_what_their_former_definitions_return() {
+async fn the_cheaper_views_and_health_check_return_what_their_former_definitions_return() {
     let db = TestDb::trade_migrated().await;
     set_up(&db).await;
     let c = db.client().await;
@@ -481,4 +482,84 @@ async fn the_cheaper_views_of_v008_return_what_their_former_definitions_return()
     )
     .await;
     assert_eq!(warned, 2, "both rewritten checks fire on this database");
+}
+
+/// `database_health_check()` as pgpulse's `health` family serves it: status code first.
+const HEALTH_ROWS: &str = "SELECT check_name, \
+     CASE status WHEN 'OK' THEN 0 WHEN 'WARNING' THEN 1 WHEN 'CRITICAL' THEN 2 END, \
+     status, CASE WHEN check_name = 'Long Running Transactions' THEN '' ELSE value END, \
+     threshold, recommendation FROM monitoring.database_health_check()";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_health_family_equals_database_health_check_in_one_snapshot() {
+    let cluster = cluster_without_autovacuum();
+    let db = TestDb::trade_migrated_on(&cluster.url("postgres")).await;
+    set_up(&db).await;
+    let mut c = db.client().await;
+    // The worst bloat under a hostile name (quotes, a semicolon), a milder one beside it.
+    exec(
+        &c,
+        r#"CREATE TABLE ledger."Bad""name; DROP" (id int);
+           INSERT INTO ledger."Bad""name; DROP" SELECT generate_series(1, 2000);
+           DELETE FROM ledger."Bad""name; DROP" WHERE id <= 1300;
+           CREATE TABLE ledger.churn (id int);
+           INSERT INTO ledger.churn SELECT generate_series(1, 3000);
+           DELETE FROM ledger.churn WHERE id <= 600;"#,
+    )
+    .await;
+    flush_stats(&c).await;
+    let txn = c.transaction().await.unwrap();
+    txn.batch_execute("SET LOCAL stats_fetch_consistency = snapshot")
+        .await
+        .unwrap();
+    let facts = facts::read_facts(&txn, 0).await.unwrap();
+    let bounds = facts::read_bounds(&txn, facts.partitions_fingerprint())
+        .await
+        .unwrap();
+    let bloat = health::bloat(&facts).expect("bloated tables");
+    assert_eq!(
+        (bloat.schema, bloat.name, bloat.tables),
+        ("ledger", "Bad\"name; DROP", 2)
+    );
+    assert_eq!(bloat.ratio, 0.65);
+    let runway = health::runway(&facts, &bounds).expect("a time-range table");
+    assert_eq!((runway.0, runway.1), ("ledger", "events"));
+    let ours = as_text(health::report(&txn, &facts, &bounds).await.unwrap());
+    let theirs = text_rows(&txn, HEALTH_ROWS).await;
+    txn.commit().await.unwrap();
+    let long_tx = |mut rows: Rows| {
+        for r in &mut rows {
+            if r[0].as_deref() == Some("Long Running Transactions") {
+                r[3] = Some(String::new());
+            }
+        }
+        rows
+    };
+    assert_eq!(
+        long_tx(ours.clone()),
+        theirs,
+        "pgpulse's rows and the function's"
+    );
+    let row = |check: &str| {
+        ours.iter()
+            .find(|r| r[0].as_deref() == Some(check))
+            .unwrap_or_else(|| panic!("{check} in {ours:?}"))
+            .clone()
+    };
+    let bloat_row = row("Table Bloat");
+    assert_eq!(bloat_row[2].as_deref(), Some("CRITICAL"));
+    assert_eq!(
+        bloat_row[3].as_deref(),
+        Some(r#"0.6500 (ledger."Bad""name; DROP")"#)
+    );
+    let runway_row = row("Partition Runway");
+    assert_eq!(runway_row[2].as_deref(), Some("CRITICAL"));
+    assert!(
+        runway_row[3]
+            .as_deref()
+            .unwrap()
+            .ends_with("days (ledger.events)"),
+        "{runway_row:?}"
+    );
+    assert_eq!(ours.len(), 8);
 }

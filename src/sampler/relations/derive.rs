@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::facts::{Bounds, Facts, Relation, Sizes};
+use super::facts::{Bound, Bounds, Facts, Relation, Sizes};
 use crate::catalog::Derive;
 use crate::sampler::cell::Cell;
 
@@ -20,6 +20,8 @@ pub struct Inputs<'a> {
     pub sizes: &'a Sizes,
     /// Partition bounds (empty when the family does not need them).
     pub bounds: &'a Bounds,
+    /// The health report's rows of the family's run (empty for the other families).
+    pub report: &'a [Row],
 }
 
 /// Top tables of [`Derive::Tables`] and [`Derive::TableScans`].
@@ -45,6 +47,7 @@ pub fn rows(family: Derive, input: Inputs<'_>) -> Vec<Row> {
         Derive::Partitions => partitions(input),
         Derive::PartitionGrowth => partition_growth(input),
         Derive::TableWraparound => table_wraparound(input),
+        Derive::Health => input.report.to_vec(),
     }
 }
 
@@ -342,6 +345,29 @@ fn parent_label(p: &Relation) -> String {
     }
 }
 
+/// The bounds of each partitioned table's direct partitions.
+pub(super) fn by_parent(bounds: &Bounds) -> HashMap<u32, Vec<Bound>> {
+    let mut direct: HashMap<u32, Vec<Bound>> = HashMap::new();
+    for b in bounds.by_partition.values() {
+        direct.entry(b.parent).or_default().push(*b);
+    }
+    direct
+}
+
+/// The upper bound of the newest non-DEFAULT partition of `p` (its direct partitions'
+/// `bounds`), as a Unix time: the end of its runway. None when `p` is not partitioned by a
+/// time range, or has a partition up to MAXVALUE (`v_partition_health`'s definition).
+pub(super) fn newest_end(p: &Relation, bounds: &[Bound]) -> Option<f64> {
+    if p.strategy != Some(b'r') || bounds.iter().any(|b| b.maxvalue) {
+        return None;
+    }
+    bounds
+        .iter()
+        .filter(|b| !b.is_default)
+        .filter_map(|b| b.range_end)
+        .reduce(f64::max)
+}
+
 /// `partitions`: per partitioned table count, size, rows, DEFAULT rows and runway.
 fn partitions(input: Inputs<'_>) -> Vec<Row> {
     let facts = input.facts;
@@ -352,10 +378,7 @@ fn partitions(input: Inputs<'_>) -> Vec<Row> {
             children.entry(p).or_default().push(r);
         }
     }
-    let mut direct: HashMap<u32, Vec<_>> = HashMap::new();
-    for b in input.bounds.by_partition.values() {
-        direct.entry(b.parent).or_default().push(*b);
-    }
+    let direct = by_parent(input.bounds);
     let mut out: Vec<(i64, Row)> = facts
         .relations
         .iter()
@@ -375,16 +398,7 @@ fn partitions(input: Inputs<'_>) -> Vec<Row> {
                 }
             }
             let bounds = direct.get(&p.oid).map(Vec::as_slice).unwrap_or_default();
-            let maxvalue = bounds.iter().any(|b| b.maxvalue);
-            let newest = bounds
-                .iter()
-                .filter(|b| !b.is_default)
-                .filter_map(|b| b.range_end)
-                .reduce(f64::max);
-            let runway = (p.strategy == Some(b'r') && !maxvalue)
-                .then_some(newest)
-                .flatten()
-                .map(|end| end - now);
+            let runway = newest_end(p, bounds).map(|end| end - now);
             let row = vec![
                 text(parent_label(p)),
                 int(bounds.len() as i64),

@@ -4,6 +4,7 @@
 //!
 //! - [`facts`]: the statements' results as plain data.
 //! - [`derive`]: rows of each family, with the definitions of the `monitoring.v_*` views.
+//! - [`health`]: the health check's relation checks, and its report.
 //!
 //! Concurrency: the cached pass sits behind one async mutex. A family's tick takes it, reads
 //! again only what is stale for it (facts older than half its interval, exact sizes older
@@ -14,6 +15,7 @@
 
 pub mod derive;
 pub mod facts;
+pub mod health;
 mod sizes;
 
 use std::sync::Arc;
@@ -48,6 +50,8 @@ struct Cache {
     facts: Option<Facts>,
     sizes: Sizes,
     bounds: Bounds,
+    /// The health report of the `health` family's last run.
+    report: Vec<derive::Row>,
 }
 
 /// The relation pass and its cache.
@@ -97,8 +101,9 @@ impl RelationSource {
                     .all_at
                     .is_none_or(|at| at.elapsed() > spec.interval * SIZES_EVERY),
         };
-        // The partitions family reads the DEFAULT partitions' rows at each of its runs.
-        if stale.facts || stale.all_sizes || family.needs_partitions() {
+        // The partitions family reads the DEFAULT partitions' rows at each of its runs, the
+        // health family its report.
+        if stale.facts || stale.all_sizes || family.reads_every_run() {
             let guard = spec.timeout + CLIENT_GRACE;
             let read = read(budget, spec, lock_timeout, &mut cache, family, stale);
             tokio::time::timeout(guard, read).await.map_err(|_| {
@@ -121,6 +126,7 @@ impl RelationSource {
                 facts,
                 sizes: &cache.sizes,
                 bounds: &cache.bounds,
+                report: &cache.report,
             },
         );
         let columns: Vec<(String, Type)> = family
@@ -165,8 +171,8 @@ async fn read(
 }
 
 /// Facts (when stale: the statistics, and the structure when it changed), then the sizes of
-/// what changed (all when due), then the bounds when the partitions changed; the sizes and
-/// bounds are updated only when their whole read succeeded.
+/// what changed (all when due), then the bounds when the partitions changed, the DEFAULT
+/// partitions' rows and the health report when the family reads them.
 async fn read_in_transaction(
     client: &mut deadpool_postgres::Object,
     spec: &Arc<QuerySpec>,
@@ -192,39 +198,45 @@ async fn read_in_transaction(
         ));
     };
     if family.needs_sizes() {
-        let wanted = sizes::signatures(facts);
-        let changed: Vec<u32> = match stale.all_sizes {
-            true => Vec::new(),
-            false => wanted
-                .iter()
-                .filter(|(oid, sig)| cache.sizes.read_at.get(oid) != Some(sig))
-                .map(|(oid, _)| *oid)
-                .collect(),
-        };
-        if stale.all_sizes || !changed.is_empty() {
-            let read = facts::read_sizes(&txn, &mut cache.sizes, stale.all_sizes, &changed).await;
-            // Sizes read are true whatever happens next; they count as read only when all were.
-            read?;
-            sizes::settle(&mut cache.sizes, &wanted, stale.all_sizes, &changed);
-        }
+        read_changed_sizes(&txn, facts, &mut cache.sizes, stale.all_sizes).await?;
     }
+    // Bounds, DEFAULT rows and the report read are true whatever happens next; each is
+    // kept only when its whole read succeeded.
     let fingerprint = facts.partitions_fingerprint();
-    let mut bounds = None;
-    if family.needs_partitions() {
-        let mut b = match cache.bounds.fingerprint != fingerprint {
-            true => facts::read_bounds(&txn, fingerprint).await?,
-            false => std::mem::take(&mut cache.bounds),
-        };
-        let read = facts::read_default_rows(&txn, &mut b).await;
-        bounds = Some(b);
-        if let Err(e) = read {
-            cache.bounds = bounds.take().unwrap_or_default();
-            return Err(e);
-        }
+    if family.needs_bounds() && cache.bounds.fingerprint != fingerprint {
+        cache.bounds = facts::read_bounds(&txn, fingerprint).await?;
+    }
+    if family.counts_default_rows() {
+        facts::read_default_rows(&txn, &mut cache.bounds).await?;
+    }
+    if family == Derive::Health {
+        cache.report = health::report(&txn, facts, &cache.bounds).await?;
     }
     txn.commit().await.map_err(|e| classify(&e))?;
-    if let Some(b) = bounds {
-        cache.bounds = b;
+    Ok(())
+}
+
+/// Reads the sizes of the relations changed since their size was read (all when `all`).
+async fn read_changed_sizes(
+    txn: &tokio_postgres::Transaction<'_>,
+    facts: &Facts,
+    cached: &mut Sizes,
+    all: bool,
+) -> Result<(), RunError> {
+    let wanted = sizes::signatures(facts);
+    let changed: Vec<u32> = match all {
+        true => Vec::new(),
+        false => wanted
+            .iter()
+            .filter(|(oid, sig)| cached.read_at.get(oid) != Some(sig))
+            .map(|(oid, _)| *oid)
+            .collect(),
+    };
+    if all || !changed.is_empty() {
+        let read = facts::read_sizes(txn, cached, all, &changed).await;
+        // Sizes read are true whatever happens next; they count as read only when all were.
+        read?;
+        sizes::settle(cached, &wanted, all, &changed);
     }
     Ok(())
 }
