@@ -17,6 +17,14 @@
 --    pgpulse measures them from its relation pass, which already holds every table's
 --    statistics and the partition bounds (read again only when a partition changes), and
 --    calls health_report() alone. The wording of the report has one home.
+-- 3. monitoring.default_partition_rows() (V011), called for every DEFAULT partition at each run
+--    of the partitions family, joined the partition tree to pg_class by hashing all of pg_class:
+--    28 to 50 ms a run with 12 DEFAULT partitions at 10,000 relations. It now looks each
+--    partition up by its oid, 1.4 ms a run; same body otherwise.
+-- 4. These four functions run with jit = off. Over a large catalog the planner's estimates pass
+--    jit_above_cost, and compiling a statement that runs once took longer than running it
+--    (default_partition_rows: 130 ms for 12 DEFAULT partitions at 10,000 relations with JIT,
+--    1.4 ms without).
 
 CREATE OR REPLACE FUNCTION monitoring.partition_bounds(p_parent oid DEFAULT NULL)
 RETURNS TABLE (
@@ -36,6 +44,7 @@ RETURNS TABLE (
 )
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 -- pg_get_expr prints bound literals with the session's DateStyle/TimeZone, and abbreviations such as
 -- IST are ambiguous when read back: print and parse them in ISO/UTC.
 SET datestyle = 'ISO, YMD'
@@ -95,7 +104,7 @@ SELECT p.oid,
  WHERE p_parent IS NULL OR pt.partrelid = p_parent
 $$;
 
-CREATE FUNCTION monitoring.health_report(
+CREATE OR REPLACE FUNCTION monitoring.health_report(
     p_bloat_schema   text,
     p_bloat_table    text,
     p_bloat_ratio    double precision,
@@ -106,6 +115,7 @@ CREATE FUNCTION monitoring.health_report(
 RETURNS TABLE (check_name text, status text, value text, threshold text, recommendation text)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -314,6 +324,7 @@ CREATE OR REPLACE FUNCTION monitoring.database_health_check()
 RETURNS TABLE (check_name text, status text, value text, threshold text, recommendation text)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -375,3 +386,75 @@ $$;
 REVOKE EXECUTE ON FUNCTION monitoring.health_report(text, text, double precision, bigint, text, text, timestamptz) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION monitoring.health_report(text, text, double precision, bigint, text, text, timestamptz)
     TO pgpulse_monitor, pgpulse_maintainer;
+
+CREATE OR REPLACE FUNCTION monitoring.default_partition_rows(p_partition oid)
+RETURNS bigint
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+SET row_security = off
+AS $$
+-- pgpulse V011 hardened (V016: one index lookup per partition): reads rows only of plain tables its
+-- owner owns, runs no other role's code
+DECLARE
+    v_cap   constant bigint := 100000;
+    v_est   bigint;
+    v_count bigint;
+BEGIN
+    IF p_partition IS NULL
+       OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_partitioned_table pt WHERE pt.partdefid = p_partition) THEN
+        RETURN NULL;
+    END IF;
+
+    -- The estimate: catalog and statistics only, no lock on any relation.
+    WITH RECURSIVE tree(relid) AS (
+        SELECT p_partition
+        UNION ALL
+        SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.relid
+    )
+    SELECT COALESCE(sum(CASE WHEN pg_catalog.pg_stat_get_tuples_inserted(c.oid)
+                                  + pg_catalog.pg_stat_get_tuples_deleted(c.oid)
+                                  + pg_catalog.pg_stat_get_vacuum_count(c.oid)
+                                  + pg_catalog.pg_stat_get_autovacuum_count(c.oid)
+                                  + pg_catalog.pg_stat_get_analyze_count(c.oid)
+                                  + pg_catalog.pg_stat_get_autoanalyze_count(c.oid) = 0
+                             THEN GREATEST(c.reltuples, 0)::bigint
+                             ELSE pg_catalog.pg_stat_get_live_tuples(c.oid) END), 0)::bigint
+      INTO v_est
+      -- one index lookup per partition of the tree (OFFSET 0 keeps it a nested loop: the
+      -- planner's guess of the tree's size made it hash all of pg_class, 2 to 4 ms a call at
+      -- 10,000 relations)
+      FROM tree CROSS JOIN LATERAL (SELECT c.oid, c.reltuples FROM pg_catalog.pg_class c
+                                     WHERE c.oid = tree.relid AND c.relkind = 'r' OFFSET 0) c;
+
+    -- Inside SECURITY DEFINER, current_user is the function's owner.
+    IF NOT EXISTS (
+        SELECT 1
+          FROM pg_catalog.pg_class c
+         WHERE c.oid = p_partition
+           AND c.relkind = 'r'
+           AND c.relpersistence = 'p'
+           AND c.relowner = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+           AND NOT c.relforcerowsecurity
+           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                            WHERE i.indrelid = c.oid AND (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL))
+           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_statistic_ext s
+                            WHERE s.stxrelid = c.oid AND s.stxexprs IS NOT NULL)) THEN
+        RETURN v_est;
+    END IF;
+
+    BEGIN
+        EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM (SELECT 1 FROM ONLY %s LIMIT %s) s',
+                                  p_partition::regclass, v_cap + 1)
+           INTO v_count;
+    EXCEPTION WHEN insufficient_privilege OR undefined_table OR lock_not_available THEN
+        -- a policy that would apply despite the checks above (row_security = off refuses it),
+        -- a partition dropped meanwhile, or one locked by DDL: the estimate
+        RETURN v_est;
+    END;
+    IF v_count > v_cap THEN
+        RETURN GREATEST(v_count, v_est);
+    END IF;
+    RETURN v_count;
+END
+$$;

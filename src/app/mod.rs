@@ -35,6 +35,7 @@ use crate::plans::guard::PlanGuard;
 use crate::plans::slo::KeyQueryIds;
 use crate::sampler::{Sampler, SamplerMetrics};
 use crate::slowlog::SlowLogReader;
+use crate::snapshot::Consistency;
 use crate::snapshot::Snapshot;
 
 /// Errors of building and running the service.
@@ -72,7 +73,13 @@ struct Features {
 impl Features {
     /// Builds the features `config` turns on, registering their metrics; the plan guard
     /// records the key queries' identifiers in `ids`, the slow-log reader reads them there.
-    fn build(config: &Config, registry: &mut Registry, budget: &Budget, ids: &KeyQueryIds) -> Self {
+    fn build(
+        config: &Config,
+        registry: &mut Registry,
+        budget: &Budget,
+        ids: &KeyQueryIds,
+        consistency: &Consistency,
+    ) -> Self {
         let guard = |g| {
             PlanGuard::new(
                 registry,
@@ -84,9 +91,15 @@ impl Features {
         };
         Self {
             plan_guard: config.plans.clone().map(guard),
-            slow_log: config
-                .slow_log
-                .map(|s| SlowLogReader::new(registry, budget.clone(), s, ids.clone())),
+            slow_log: config.slow_log.map(|s| {
+                SlowLogReader::new(
+                    registry,
+                    budget.clone(),
+                    s,
+                    ids.clone(),
+                    consistency.clone(),
+                )
+            }),
         }
     }
 
@@ -143,8 +156,14 @@ impl App {
         let sampler_metrics = Arc::new(SamplerMetrics::register(&mut registry));
         let http_metrics = crate::http::metrics::HttpMetrics::register(&mut registry);
         let key_queries = KeyQueryIds::default();
-        let features = Features::build(&config, &mut registry, &budget, &key_queries);
         let snapshot = Arc::new(Snapshot::default());
+        let features = Features::build(
+            &config,
+            &mut registry,
+            &budget,
+            &key_queries,
+            &snapshot.consistency,
+        );
         let renderer = Arc::new(Renderer::new(registry, snapshot.clone()));
         let state = AppState {
             exposition: renderer.handle(),

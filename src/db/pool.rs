@@ -15,8 +15,11 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, 
 
 use super::DatabaseTarget;
 
-/// Session options of every sampling connection.
-pub const SESSION_OPTIONS: &str = "-c default_transaction_read_only=on";
+/// Session options of every sampling connection: read-only, and no JIT compilation. A
+/// statement over every relation of a large catalog is estimated above `jit_above_cost`, and
+/// compiling it takes longer than running it, on every run: at 10,000 relations a DEFAULT
+/// partition count cost 60 ms with JIT and 4 ms without.
+pub const SESSION_OPTIONS: &str = "-c default_transaction_read_only=on -c jit=off";
 
 /// What the pool needs to know.
 #[derive(Debug, Clone)]

@@ -1,14 +1,15 @@
-//! Exposition: the whole `/metrics` body, rendered once per snapshot change and kept, with
-//! its gzip form, behind an [`ArcSwap`]. A scrape loads the current [`Exposition`] and clones
-//! a reference-counted buffer: its cost does not depend on the database or on the number of
-//! scrapers.
+//! Exposition: the whole `/metrics` body, rendered once per snapshot change and kept behind
+//! an [`ArcSwap`]. A scrape loads the current [`Exposition`] and clones a reference-counted
+//! buffer: its cost does not depend on the database or on the number of scrapers. The body is rendered in OpenMetrics text; the Prometheus text form and
+//! the gzip forms are made on the first request for each and kept with that body, so a
+//! render costs one encoding and a body no scraper asks for costs no compression.
 //!
 //! Rendering uses prometheus-client's encoder (OpenMetrics text) over a registry that holds
 //! the sampler's self-metrics and a collector of the [`Snapshot`]; the Prometheus 0.0.4 text
 //! form is derived from it (counter families named with `_total`, no `# UNIT`/`# EOF`).
 
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use axum::body::Bytes;
@@ -28,17 +29,17 @@ pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; char
 /// Content type of the Prometheus text format.
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// One pre-rendered body in both formats, plain and gzip.
-#[derive(Debug, Clone, Default)]
+/// One pre-rendered body: OpenMetrics text as rendered, the other forms on first request.
+#[derive(Debug, Default)]
 pub struct Exposition {
-    /// Prometheus text format.
-    pub text: Bytes,
-    /// Prometheus text format, gzip.
-    pub text_gzip: Bytes,
     /// OpenMetrics text format.
     pub openmetrics: Bytes,
+    /// Prometheus text format, made from `openmetrics` when first asked for.
+    text: OnceLock<Bytes>,
+    /// Prometheus text format, gzip.
+    text_gzip: OnceLock<Bytes>,
     /// OpenMetrics text format, gzip.
-    pub openmetrics_gzip: Bytes,
+    openmetrics_gzip: OnceLock<Bytes>,
     /// Whether the database answered and every enabled query had succeeded at least once
     /// when this body was rendered: readiness follows the body, so a ready service never
     /// serves a body without every query's first result.
@@ -48,6 +49,34 @@ pub struct Exposition {
     pub pending: Vec<String>,
     /// Whether the database answered when this body was rendered.
     pub up: bool,
+}
+
+impl Exposition {
+    /// The body in OpenMetrics or Prometheus text, gzip-compressed when `gzip`.
+    pub fn body(&self, openmetrics: bool, gzip: bool) -> Bytes {
+        match (openmetrics, gzip) {
+            (true, false) => self.openmetrics.clone(),
+            (true, true) => self
+                .openmetrics_gzip
+                .get_or_init(|| compress(&self.openmetrics))
+                .clone(),
+            (false, false) => self.text(),
+            (false, true) => self
+                .text_gzip
+                .get_or_init(|| compress(&self.text()))
+                .clone(),
+        }
+    }
+
+    fn text(&self) -> Bytes {
+        self.text
+            .get_or_init(|| {
+                // The renderer writes UTF-8 only; an empty body is the default exposition's.
+                let om = std::str::from_utf8(&self.openmetrics).unwrap_or_default();
+                Bytes::from(to_prometheus_text(om))
+            })
+            .clone()
+    }
 }
 
 /// Encodes the snapshot's latest results as metric families.
@@ -187,7 +216,8 @@ impl Renderer {
         self.current.clone()
     }
 
-    /// Renders on every change notice until `stop` is cancelled.
+    /// Renders on every change notice until `stop` is cancelled (notices that arrive during
+    /// a render are shown by one render after it).
     pub async fn render_on_change(
         self: Arc<Self>,
         changed: Arc<tokio::sync::Notify>,
@@ -208,26 +238,26 @@ impl Renderer {
         let (succeeded, pending) = self.snapshot.readiness();
         let ready = up && succeeded;
         let mut om = String::with_capacity(64 * 1024);
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut om, &self.registry) {
+        let whole = self.snapshot.consistency.hold();
+        let encoded = prometheus_client::encoding::text::encode(&mut om, &self.registry);
+        drop(whole);
+        if let Err(e) = encoded {
             // Only a formatting error of a value can get here; keep serving the last body.
             tracing::error!(error = %e, "render of the exposition failed");
             return;
         }
-        let text = to_prometheus_text(&om);
         let exposition = Exposition {
-            text_gzip: gzip(text.as_bytes()),
-            text: Bytes::from(text),
-            openmetrics_gzip: gzip(om.as_bytes()),
             openmetrics: Bytes::from(om),
             ready,
             pending,
             up,
+            ..Exposition::default()
         };
         self.current.store(Arc::new(exposition));
     }
 }
 
-fn gzip(data: &[u8]) -> Bytes {
+fn compress(data: &[u8]) -> Bytes {
     let mut enc = GzEncoder::new(Vec::with_capacity(data.len() / 4 + 64), Compression::fast());
     // Writing into a Vec cannot fail.
     let _ = enc.write_all(data);
@@ -284,12 +314,35 @@ mod tests {
         );
     }
 
+    /// Every form is made from the rendered OpenMetrics text, on first request, and kept.
+    #[test]
+    fn each_form_is_made_from_the_openmetrics_body_once() {
+        let om = "# TYPE req counter\nreq_total 3\n# EOF\n";
+        let e = Exposition {
+            openmetrics: Bytes::from(om),
+            ..Exposition::default()
+        };
+        let unzip = |b: Bytes| {
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&b[..]), &mut out)
+                .unwrap();
+            out
+        };
+        assert_eq!(e.body(true, false), om.as_bytes());
+        assert_eq!(unzip(e.body(true, true)), om.as_bytes());
+        let text = to_prometheus_text(om);
+        assert_eq!(e.body(false, false), text.as_bytes());
+        assert_eq!(unzip(e.body(false, true)), text.as_bytes());
+        // Kept: the same buffer again, not a new compression.
+        assert_eq!(e.body(false, true).as_ptr(), e.body(false, true).as_ptr());
+    }
+
     #[test]
     fn gzip_round_trips() {
         let body = b"pg_up 1\n".repeat(100);
         let mut out = Vec::new();
         std::io::Read::read_to_end(
-            &mut flate2::read::GzDecoder::new(&gzip(&body)[..]),
+            &mut flate2::read::GzDecoder::new(&compress(&body)[..]),
             &mut out,
         )
         .unwrap();

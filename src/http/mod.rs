@@ -63,11 +63,11 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
     let current = state.exposition.load();
     let openmetrics = negotiate::wants_openmetrics(&headers);
     let gzip = negotiate::wants_gzip(&headers);
-    let (body, ctype) = match (openmetrics, gzip) {
-        (true, true) => (current.openmetrics_gzip.clone(), OPENMETRICS),
-        (true, false) => (current.openmetrics.clone(), OPENMETRICS),
-        (false, true) => (current.text_gzip.clone(), PROMETHEUS_TEXT),
-        (false, false) => (current.text.clone(), PROMETHEUS_TEXT),
+    let body = current.body(openmetrics, gzip);
+    let ctype = if openmetrics {
+        OPENMETRICS
+    } else {
+        PROMETHEUS_TEXT
     };
     let mut resp = (StatusCode::OK, body).into_response();
     let h = resp.headers_mut();

@@ -150,7 +150,9 @@ impl Sampler {
     }
 
     /// Runs `f` while holding the roster, only if `spec` is still its query's current spec.
+    /// A render sees all of `f`'s changes or none.
     fn commit<R>(&self, spec: &Arc<QuerySpec>, f: impl FnOnce() -> R) -> Option<R> {
+        let _whole = self.snapshot.consistency.hold();
         let roster = self.roster();
         let current = roster.tasks.contains_key(&spec.name)
             && roster

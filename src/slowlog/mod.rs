@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use crate::db::lease::Budget;
 use crate::plans::slo::KeyQueryIds;
+use crate::snapshot::Consistency;
 use prometheus_client::registry::Registry;
 use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
@@ -77,6 +78,8 @@ const OFF_EVERY: u32 = 4;
 /// The running reader.
 #[derive(Debug)]
 pub struct SlowLogReader {
+    /// Held while a poll's counts are recorded, so a render shows all of them or none.
+    consistency: Consistency,
     budget: Budget,
     settings: ReaderSettings,
     metrics: SlowLogMetrics,
@@ -94,8 +97,10 @@ impl SlowLogReader {
         budget: Budget,
         settings: ReaderSettings,
         ids: KeyQueryIds,
+        consistency: Consistency,
     ) -> Arc<Self> {
         Arc::new(Self {
+            consistency,
             budget,
             settings,
             metrics: SlowLogMetrics::register(registry),
@@ -139,7 +144,9 @@ impl SlowLogReader {
         }
         *skipped = 0;
         let keys = self.ids.current();
-        match poll::poll_once(&self.budget, &self.settings, tracker, &keys).await {
+        let polled = poll::poll_once(&self.budget, &self.settings, tracker, &keys).await;
+        let _whole = self.consistency.hold();
+        match polled {
             Ok(Polled::Off(setup)) => {
                 if *ready != Some(false) {
                     tracing::warn!(

@@ -135,9 +135,25 @@ struct Inner {
     carried: HashMap<String, Carried>,
 }
 
+/// What one render shows together. A writer holds it while it changes a result and the
+/// self-metrics that count it, a render while it encodes: a body never shows half of a
+/// change (a run counted without its result, a sample rejected but not yet counted).
+#[derive(Debug, Clone, Default)]
+pub struct Consistency(Arc<std::sync::Mutex<()>>);
+
+impl Consistency {
+    /// Holds it until the guard drops. Never held across an await.
+    pub fn hold(&self) -> MutexGuard<'_, ()> {
+        // Poisoning only means a panic elsewhere while holding it; the unit inside is intact.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Latest results, statuses and carried state, keyed by query name.
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// Held by the sampler's commits and by renders.
+    pub consistency: Consistency,
     inner: Mutex<Inner>,
     /// Whether the database answered the last probe: the one home of `pg_up`.
     up: AtomicBool,
