@@ -1,8 +1,10 @@
 //! Exposition: the whole `/metrics` body, rendered once per snapshot change and kept behind
 //! an [`ArcSwap`]. A scrape loads the current [`Exposition`] and clones a reference-counted
-//! buffer: its cost does not depend on the database or on the number of scrapers. The body is rendered in OpenMetrics text; the Prometheus text form and
-//! the gzip forms are made on the first request for each and kept with that body, so a
-//! render costs one encoding and a body no scraper asks for costs no compression.
+//! buffer: its cost does not depend on the database or on the number of scrapers. The body is
+//! encoded in OpenMetrics text; each render also makes the other forms (Prometheus text, gzip)
+//! that scrapers have asked for, so a scrape is a copy of pre-rendered bytes and a form nobody
+//! asks for costs no conversion nor compression. Only the first request for a form makes it
+//! itself, once.
 //!
 //! Rendering uses prometheus-client's encoder (OpenMetrics text) over a registry that holds
 //! the sampler's self-metrics and a collector of the [`Snapshot`]; the Prometheus 0.0.4 text
@@ -29,12 +31,18 @@ pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; char
 /// Content type of the Prometheus text format.
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// One pre-rendered body: OpenMetrics text as rendered, the other forms on first request.
+/// Which forms scrapers have asked for: Prometheus text, its gzip, OpenMetrics gzip. Shared
+/// by every body of one renderer; a render makes the forms asked for.
+#[derive(Debug, Default)]
+struct Wanted([std::sync::atomic::AtomicBool; 3]);
+
+/// One pre-rendered body: OpenMetrics text, and the other forms scrapers ask for.
 #[derive(Debug, Default)]
 pub struct Exposition {
+    wanted: Arc<Wanted>,
     /// OpenMetrics text format.
     pub openmetrics: Bytes,
-    /// Prometheus text format, made from `openmetrics` when first asked for.
+    /// Prometheus text format, made from `openmetrics` by the render once asked for.
     text: OnceLock<Bytes>,
     /// Prometheus text format, gzip.
     text_gzip: OnceLock<Bytes>,
@@ -52,8 +60,23 @@ pub struct Exposition {
 }
 
 impl Exposition {
-    /// The body in OpenMetrics or Prometheus text, gzip-compressed when `gzip`.
+    /// The body in OpenMetrics or Prometheus text, gzip-compressed when `gzip`; renders from
+    /// now on make that form too.
     pub fn body(&self, openmetrics: bool, gzip: bool) -> Bytes {
+        let form = match (openmetrics, gzip) {
+            (true, false) => None,
+            (false, false) => Some(0),
+            (false, true) => Some(1),
+            (true, true) => Some(2),
+        };
+        if let Some(w) = form.and_then(|i| self.wanted.0.get(i)) {
+            w.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.make(openmetrics, gzip)
+    }
+
+    /// The body in a form, made now unless it was already.
+    fn make(&self, openmetrics: bool, gzip: bool) -> Bytes {
         match (openmetrics, gzip) {
             (true, false) => self.openmetrics.clone(),
             (true, true) => self
@@ -65,6 +88,21 @@ impl Exposition {
                 .text_gzip
                 .get_or_init(|| compress(&self.text()))
                 .clone(),
+        }
+    }
+
+    /// Makes the forms asked for so far, before the body is published.
+    fn make_wanted(&self) {
+        let asked = |i: usize| {
+            self.wanted
+                .0
+                .get(i)
+                .is_some_and(|w| w.load(std::sync::atomic::Ordering::Relaxed))
+        };
+        for (i, openmetrics, gzip) in [(0, false, false), (1, false, true), (2, true, true)] {
+            if asked(i) {
+                self.make(openmetrics, gzip);
+            }
         }
     }
 
@@ -247,12 +285,14 @@ impl Renderer {
             return;
         }
         let exposition = Exposition {
+            wanted: self.current.load().wanted.clone(),
             openmetrics: Bytes::from(om),
             ready,
             pending,
             up,
             ..Exposition::default()
         };
+        exposition.make_wanted();
         self.current.store(Arc::new(exposition));
     }
 }
@@ -335,6 +375,28 @@ mod tests {
         assert_eq!(unzip(e.body(false, true)), text.as_bytes());
         // Kept: the same buffer again, not a new compression.
         assert_eq!(e.body(false, true).as_ptr(), e.body(false, true).as_ptr());
+    }
+
+    /// A scrape copies bytes made by the render: after a form was asked for once, every
+    /// later render makes it before it publishes the body; a form never asked for is not made.
+    #[test]
+    fn renders_make_the_forms_scrapers_asked_for_and_no_other() {
+        let r = Renderer::new(Registry::default(), Arc::new(Snapshot::default()));
+        r.render();
+        let first = r.handle().load_full();
+        assert!(first.text_gzip.get().is_none() && first.openmetrics_gzip.get().is_none());
+        let asked = first.body(false, true);
+        r.render();
+        let next = r.handle().load_full();
+        assert!(!Arc::ptr_eq(&first, &next));
+        let made = next.text_gzip.get().expect("made by the render").clone();
+        assert_eq!(
+            next.body(false, true).as_ptr(),
+            made.as_ptr(),
+            "a copy, not a compression"
+        );
+        assert_eq!(made, asked);
+        assert!(next.openmetrics_gzip.get().is_none(), "never asked for");
     }
 
     #[test]
