@@ -26,9 +26,11 @@
 //! - 5: [`http`] (server with deadlines and a connection cap, router, auth, handlers).
 //! - 6: [`config`] (settings layered by figment, validated into [`config::Config`], whose
 //!   methods hand each feature its settings).
-//! - 7: [`app`] (`App::build` / `run_until_stopped`, the reloader, build and reload metrics).
-//! - 8: [`demo`] (throwaway cluster, trade-engine schema and workload, Prometheus).
-//! - 9: [`cli`] (the command line and the commands besides `serve`'s service loop).
+//! - 7: [`fleet`] (the targets by name: one target's pool, sampler, snapshot, features and
+//!   body; the global connection cap; the target list and its reload as a diff).
+//! - 8: [`app`] (`App::build` / `run_until_stopped`, the reloader, build and reload metrics).
+//! - 9: [`demo`] (throwaway cluster, trade-engine schema and workload, Prometheus).
+//! - 10: [`cli`] (the command line and the commands besides `serve`'s service loop).
 
 pub mod clock;
 pub mod crypto;
@@ -50,6 +52,8 @@ pub mod exposition;
 pub mod http;
 
 pub mod config;
+
+pub mod fleet;
 
 pub mod app;
 

@@ -27,15 +27,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::db::lease::Budget;
 use crate::exposition::Renderer;
+use crate::fleet::Fleet;
 use crate::http::auth::WebSecurity;
 use crate::http::{AppState, router};
-use crate::plans::guard::PlanGuard;
-use crate::plans::slo::KeyQueryIds;
-use crate::sampler::{Sampler, SamplerMetrics};
-use crate::slowlog::SlowLogReader;
-use crate::snapshot::Consistency;
 use crate::snapshot::Snapshot;
 
 /// Errors of building and running the service.
@@ -63,69 +58,19 @@ pub enum AppError {
     Serve(std::io::Error),
 }
 
-/// The optional background features of `serve`.
-#[derive(Debug, Default)]
-struct Features {
-    plan_guard: Option<Arc<PlanGuard>>,
-    slow_log: Option<Arc<SlowLogReader>>,
-}
-
-impl Features {
-    /// Builds the features `config` turns on, registering their metrics; the plan guard
-    /// records the key queries' identifiers in `ids`, the slow-log reader reads them there.
-    fn build(
-        config: &Config,
-        registry: &mut Registry,
-        budget: &Budget,
-        ids: &KeyQueryIds,
-        consistency: &Consistency,
-    ) -> Self {
-        let guard = |g| {
-            PlanGuard::new(
-                registry,
-                budget.clone(),
-                g,
-                config.lock_timeout,
-                ids.clone(),
-            )
-        };
-        Self {
-            plan_guard: config.plans.clone().map(guard),
-            slow_log: config.slow_log.map(|s| {
-                SlowLogReader::new(
-                    registry,
-                    budget.clone(),
-                    s,
-                    ids.clone(),
-                    consistency.clone(),
-                )
-            }),
-        }
-    }
-
-    fn start(&self, tracker: &TaskTracker, stop: &CancellationToken, changed: &Arc<Notify>) {
-        if let Some(g) = &self.plan_guard {
-            g.start(tracker, stop.clone(), changed.clone());
-        }
-        if let Some(r) = &self.slow_log {
-            r.start(tracker, stop.clone(), changed.clone());
-        }
-    }
-}
-
 /// The assembled service, bound and ready to run.
 #[derive(Debug)]
 pub struct App {
     listener: TcpListener,
     state: AppState,
     config: Config,
-    renderer: Arc<Renderer>,
-    sampler: Arc<Sampler>,
+    fleet: Fleet,
+    /// Fleet mode: the renderer of `/metrics` (the process's own metrics) and what tells it
+    /// a target rendered.
+    process: Option<(Arc<Renderer>, Arc<Notify>)>,
     reloader: Reloader,
-    changed: Arc<Notify>,
     stop: CancellationToken,
     tracker: TaskTracker,
-    features: Features,
     web: Arc<WebSecurity>,
     http_metrics: crate::http::metrics::HttpMetrics,
 }
@@ -150,62 +95,62 @@ impl App {
         catalog: Catalog,
     ) -> Result<Self, AppError> {
         let web = Arc::new(config.web_security()?);
-        let budget = Budget::new(crate::db::pool::build(&config.pool_settings())?);
         let mut registry = Registry::default();
         let app_metrics = metrics::AppMetrics::register(&mut registry);
-        let sampler_metrics = Arc::new(SamplerMetrics::register(&mut registry));
         let http_metrics = crate::http::metrics::HttpMetrics::register(&mut registry);
-        let key_queries = KeyQueryIds::default();
-        let snapshot = Arc::new(Snapshot::default());
-        let features = Features::build(
-            &config,
-            &mut registry,
-            &budget,
-            &key_queries,
-            &snapshot.consistency,
-        );
-        let renderer = Arc::new(Renderer::new(registry, snapshot.clone()));
-        let state = AppState {
-            exposition: renderer.handle(),
-            snapshot: snapshot.clone(),
+        let (stop, tracker) = (CancellationToken::new(), TaskTracker::new());
+        let mut state = AppState {
+            exposition: Arc::default(),
+            snapshot: Arc::new(Snapshot::default()),
             health_query: catalog.health_query.as_deref().map(Arc::from),
             config_summary: Arc::new(summary(&config, &catalog)),
+            targets: None,
+            listen: config.listen,
         };
-        let (changed, stop, tracker) = (
-            Arc::new(Notify::new()),
-            CancellationToken::new(),
-            TaskTracker::new(),
-        );
-        let sampler = Sampler::new(
-            catalog,
-            budget,
-            snapshot,
-            sampler_metrics,
-            changed.clone(),
-            config.sampler_settings(key_queries),
-            tracker.clone(),
-            stop.clone(),
-        );
         let defaults = config.catalog_defaults();
-        let reloader = Reloader::new(
-            sampler.clone(),
-            defaults,
-            app_metrics,
-            changed.clone(),
-            web.clone(),
-        );
-        renderer.render();
+        let (fleet, process) = match config.fleet.clone() {
+            Some(f) => {
+                let rendered = Arc::new(Notify::new());
+                let fleet = Fleet::many(
+                    config.clone(),
+                    f,
+                    catalog,
+                    &mut registry,
+                    rendered.clone(),
+                    stop.clone(),
+                    tracker.clone(),
+                );
+                let renderer = Arc::new(Renderer::process(registry));
+                renderer.render();
+                state.exposition = renderer.handle();
+                state.targets = Some(fleet.published());
+                (fleet, Some((renderer, rendered)))
+            }
+            None => {
+                let fleet = Fleet::single(
+                    config.clone(),
+                    catalog,
+                    registry,
+                    stop.clone(),
+                    tracker.clone(),
+                )?;
+                if let Some(view) = fleet.single_view() {
+                    state.exposition = view.exposition;
+                    state.snapshot = view.snapshot;
+                }
+                (fleet, None)
+            }
+        };
+        let reloader = Reloader::new(fleet.clone(), defaults, app_metrics, web.clone());
         Ok(Self {
             listener,
             state,
             config,
-            renderer,
-            sampler,
+            fleet,
+            process,
             reloader,
-            changed,
             stop,
             tracker,
-            features,
             web,
             http_metrics,
         })
@@ -248,15 +193,14 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
-        self.sampler.start_probe();
-        self.features
-            .start(&self.tracker, &self.stop, &self.changed);
-        self.sampler.start();
-        self.tracker.spawn(
-            self.renderer
-                .clone()
-                .render_on_change(self.changed.clone(), self.stop.clone()),
-        );
+        self.fleet.start();
+        if let Some((renderer, rendered)) = &self.process {
+            self.tracker.spawn(
+                renderer
+                    .clone()
+                    .render_on_change(rendered.clone(), self.stop.clone()),
+            );
+        }
         let tls = self.web.tls();
         tracing::info!(address = %self.local_addr(), https = tls.is_some(), "serving /metrics");
         let app = router(self.state.clone(), self.config.request_timeout);
@@ -281,6 +225,7 @@ impl App {
         )
         .await;
         self.stop.cancel();
+        self.fleet.stop().await;
         self.tracker.close();
         self.tracker.wait().await;
         tracing::info!("stopped");
@@ -290,10 +235,21 @@ impl App {
 
 /// The landing page's summary of the configuration (no secrets).
 fn summary(config: &Config, catalog: &Catalog) -> String {
+    let database = match &config.fleet {
+        Some(f) => format!(
+            "fleet: {} targets in the config file{}, at most {} connections, {} per target",
+            f.targets.len(),
+            f.file
+                .as_ref()
+                .map(|p| format!(" and those of {}", p.display()))
+                .unwrap_or_default(),
+            f.max_connections,
+            f.pool_size
+        ),
+        None => format!("database: {} ({})", config.target, config.target.tls()),
+    };
     format!(
-        "database: {} ({})\npool_size: {}\ncatalog: {} ({} queries)\n{}",
-        config.target,
-        config.target.tls(),
+        "{database}\npool_size: {}\ncatalog: {} ({} queries)\n{}",
         config.pool_size,
         catalog.source,
         catalog.queries.len(),

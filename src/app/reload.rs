@@ -1,15 +1,14 @@
 //! The reloader: what SIGHUP calls. It reads the catalog and the web configuration again and
-//! hands the catalog to the sampler, the owner of the current catalog, as a diff; a bad file
-//! keeps the running one.
+//! hands the catalog to every target's sampler as a diff; a bad file keeps the running one. In
+//! fleet mode it also reads the target list again (a diff by target name).
 
 use std::sync::Arc;
 
-use tokio::sync::Notify;
-
 use super::metrics::AppMetrics;
 use crate::catalog::{Catalog, CatalogError, Defaults, Source};
+use crate::fleet::Fleet;
 use crate::http::auth::WebSecurity;
-use crate::sampler::{Applied, Sampler};
+use crate::sampler::Applied;
 
 /// Why a reload was refused (the running catalog stays).
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +28,7 @@ pub enum ReloadError {
     },
 }
 
-/// Reloads the catalog on request (SIGHUP); every clone drives the same sampler.
+/// Reloads the catalog on request (SIGHUP); every clone drives the same fleet.
 #[derive(Debug, Clone)]
 pub struct Reloader {
     inner: Arc<ReloaderInner>,
@@ -40,31 +39,28 @@ struct ReloaderInner {
     source: Source,
     defaults: Defaults,
     health_query: Option<String>,
-    sampler: Arc<Sampler>,
+    fleet: Fleet,
     metrics: AppMetrics,
-    changed: Arc<Notify>,
     web: Arc<WebSecurity>,
 }
 
 impl Reloader {
-    /// A reloader of the catalog at `source` (loaded with `defaults`) into `sampler`; the
+    /// A reloader of the fleet's catalog (loaded with `defaults`) and target list; the
     /// health query of the running service cannot change by a reload.
     pub(super) fn new(
-        sampler: Arc<Sampler>,
+        fleet: Fleet,
         defaults: Defaults,
         metrics: AppMetrics,
-        changed: Arc<Notify>,
         web: Arc<WebSecurity>,
     ) -> Self {
-        let catalog = sampler.catalog();
+        let catalog = fleet.catalog();
         Self {
             inner: Arc::new(ReloaderInner {
                 source: catalog.source,
                 defaults,
                 health_query: catalog.health_query,
-                sampler,
+                fleet,
                 metrics,
-                changed,
                 web,
             }),
         }
@@ -80,12 +76,14 @@ impl Reloader {
                 tracing::error!(error = %e, "web configuration reload failed; keeping the running one")
             }
         }
+        // A target list that does not read is logged and counted by the fleet.
+        let _ = r.fleet.refresh();
         let outcome = self.load();
         r.metrics.record_reload(outcome.is_ok());
-        let result = match outcome {
+        match outcome {
             Ok(new) => {
                 let queries = new.queries.len();
-                let applied = r.sampler.apply(new);
+                let applied = r.fleet.apply_catalog(new);
                 tracing::info!(
                     queries,
                     started = applied.started,
@@ -101,9 +99,7 @@ impl Reloader {
                 tracing::error!(error = %e, "catalog reload failed; keeping the running catalog");
                 Err(e)
             }
-        };
-        r.changed.notify_one();
-        result
+        }
     }
 
     /// The new catalog, if it loads and keeps the running health query.

@@ -5,6 +5,7 @@
 //! Unknown keys are errors. A file is first parsed on its own with serde-saphyr so that its
 //! errors carry `file:line:column`; errors of the environment name the variable.
 
+pub mod fleet;
 pub(crate) mod secrets;
 mod settings;
 
@@ -82,6 +83,16 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// A fleet target is not acceptable (names where it came from, never its URL).
+    #[error("{origin}: target `{name}`: {reason}")]
+    Target {
+        /// `targets[3]`, or `file:line` of a targets file.
+        origin: String,
+        /// The target's name.
+        name: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
     /// The plans file (`plans.file`) is unreadable or invalid; the message has file:line:col.
     #[error("{0}")]
     Plans(#[from] crate::plans::PlansError),
@@ -131,6 +142,8 @@ pub struct Config {
     /// The web settings (validated: listen address, request timeout and connection cap
     /// above are their parsed forms).
     pub web: WebSettings,
+    /// Fleet mode (`targets:` or `targets_file:` set): the targets instead of `target`.
+    pub fleet: Option<fleet::FleetConfig>,
     /// The settings the configuration came from, shown on the landing page (no secrets);
     /// nothing reads behaviour from it.
     pub settings: Settings,
@@ -254,6 +267,8 @@ impl Config {
             connect_timeout: self.connect_timeout,
             statement_timeout: self.probe_timeout,
             lock_timeout: self.lock_timeout,
+            cap: None,
+            password_file: None,
         }
     }
 
@@ -361,7 +376,9 @@ impl Settings {
                 ),
             });
         }
+        let fleet = self.fleet_config(connect_timeout)?;
         Ok(Config {
+            fleet,
             target,
             pool_size: db.pool_size,
             pool_wait_timeout: positive("database.pool_wait_timeout", db.pool_wait_timeout)?,
@@ -390,6 +407,51 @@ impl Settings {
             slow_log,
             settings: self,
         })
+    }
+}
+
+impl Settings {
+    /// The fleet, when `targets:` or `targets_file:` is set; `database.url` (or its keys) is
+    /// then an error, as one configuration names its databases in one place.
+    fn fleet_config(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<Option<fleet::FleetConfig>, ConfigError> {
+        if self.targets.is_empty() && self.targets_file.is_none() {
+            return Ok(None);
+        }
+        let db = &self.database;
+        if db.url.is_some() || db.url_file.is_some() || db.host.is_some() || db.dbname.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "targets",
+                reason: "database.url (or its keys) and targets exclude each other: put that \
+                         database in targets: too"
+                    .to_owned(),
+            });
+        }
+        let f = &self.fleet;
+        at_least_one("fleet.max_connections", f.max_connections)?;
+        if !(1..=20).contains(&f.pool_size) || f.pool_size > f.max_connections {
+            return Err(ConfigError::Invalid {
+                key: "fleet.pool_size",
+                reason: format!(
+                    "{} is outside 1..=20 or above fleet.max_connections",
+                    f.pool_size
+                ),
+            });
+        }
+        let mut config = fleet::FleetConfig {
+            targets: Vec::new(),
+            file: self.targets_file.clone(),
+            auths: self.auths.clone(),
+            max_connections: f.max_connections,
+            refresh_interval: positive("fleet.refresh_interval", f.refresh_interval)?,
+            pool_size: f.pool_size,
+        };
+        config.targets = config.resolve_static(&self.targets, connect_timeout)?;
+        // The file is read now too, so a bad one stops the start with its error.
+        config.read_targets(connect_timeout)?;
+        Ok(Some(config))
     }
 }
 

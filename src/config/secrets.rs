@@ -18,17 +18,12 @@ pub(crate) fn read_secret_file(key: &'static str, file: &Path) -> Result<String,
         key,
         reason: format!("{}: cannot read: {}", file.display(), e.kind()),
     })?;
-    let value = text
-        .strip_suffix('\n')
-        .map(|t| t.strip_suffix('\r').unwrap_or(t))
-        .unwrap_or(&text);
-    if value.is_empty() {
-        return Err(ConfigError::Invalid {
+    crate::db::connect::secret_value(&text)
+        .map(str::to_owned)
+        .map_err(|reason| ConfigError::Invalid {
             key,
-            reason: format!("{}: the file is empty", file.display()),
-        });
-    }
-    Ok(value.to_owned())
+            reason: format!("{}: {reason}", file.display()),
+        })
 }
 
 /// The password file libpq would read: `PGPASSFILE`, else `~/.pgpass`.

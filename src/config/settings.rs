@@ -28,6 +28,14 @@ pub struct Settings {
     pub slow_log: SlowLogSettings,
     /// Which tables are the trade tables (default: the reference schema).
     pub trade_tables: crate::db::trade_tables::TradeTables,
+    /// Fleet mode: the targets to sample (instead of `database`).
+    pub targets: Vec<super::fleet::TargetSettings>,
+    /// Fleet mode: a Prometheus file_sd file of targets, read again on change.
+    pub targets_file: Option<PathBuf>,
+    /// Fleet mode: named credential sets the targets reference.
+    pub auths: std::collections::BTreeMap<String, super::fleet::AuthSettings>,
+    /// Fleet mode: the global connection cap, refresh interval, pool size per target.
+    pub fleet: super::fleet::FleetSettings,
 }
 
 /// The slow-statement log reader of `serve` (docs/statement-latency.md). It runs only where
@@ -100,6 +108,10 @@ impl Default for Settings {
             plans: PlanSettings::default(),
             slow_log: SlowLogSettings::default(),
             trade_tables: crate::db::trade_tables::TradeTables::default(),
+            targets: Vec::new(),
+            targets_file: None,
+            auths: std::collections::BTreeMap::new(),
+            fleet: super::fleet::FleetSettings::default(),
         }
     }
 }

@@ -61,6 +61,29 @@ pub enum ConnectError {
     Tls(#[from] TlsError),
 }
 
+/// A secret file's value: one trailing newline (`\n` or `\r\n`) dropped, as `echo secret >
+/// file` and Kubernetes secrets leave one; an empty value is an error.
+pub(crate) fn secret_value(text: &str) -> Result<&str, &'static str> {
+    let value = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(text);
+    if value.is_empty() {
+        Err("the file is empty")
+    } else {
+        Ok(value)
+    }
+}
+
+/// Reads a secret file now (a password file is read for every new connection: a few bytes
+/// from a local or mounted file); the error names the reason, never the content.
+pub(crate) fn read_secret(file: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| e.kind().to_string())?;
+    secret_value(&text)
+        .map(str::to_owned)
+        .map_err(str::to_owned)
+}
+
 /// A parsed database location; the password is redacted in every printed form.
 #[derive(Clone)]
 pub struct DatabaseTarget {
@@ -141,6 +164,11 @@ impl DatabaseTarget {
     /// Overrides the password (from a file or the environment).
     pub fn set_password(&mut self, password: &str) {
         self.config.password(password);
+    }
+
+    /// Overrides the user name.
+    pub fn set_user(&mut self, user: &str) {
+        self.config.user(user);
     }
 
     /// Overrides the connect timeout.

@@ -103,6 +103,12 @@ impl Budget {
         })
     }
 
+    /// Closes the pool: idle connections close now, leased ones when they come back (a removed
+    /// fleet target's connections are gone once its tasks have stopped).
+    pub fn close(&self) {
+        self.pool.close();
+    }
+
     /// Whether the budget is held by connections the server does not answer: at least one
     /// lease is out and every lease out is past the time its answer was due (settling ones
     /// included: they keep the time of the work they abandoned). A budget busy with work still

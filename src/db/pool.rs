@@ -37,6 +37,10 @@ pub struct PoolSettings {
     pub statement_timeout: Duration,
     /// Session `lock_timeout`, likewise.
     pub lock_timeout: Duration,
+    /// The fleet's connection cap every socket also takes a permit of, if any.
+    pub cap: Option<super::slots::Cap>,
+    /// A file the password is read from for every new connection, if any.
+    pub password_file: Option<std::path::PathBuf>,
 }
 
 /// Errors of building the pool (a configuration problem, not a connection failure).
@@ -60,7 +64,9 @@ pub fn build(settings: &PoolSettings) -> Result<Pool, PoolError> {
     // The connector counts connection attempts against the budget too (see `super::slots`).
     let manager = Manager::from_connect(
         config,
-        super::slots::SlotConnect::new(settings.target.tls().connector(), settings.size),
+        super::slots::SlotConnect::new(settings.target.tls().connector(), settings.size)
+            .within(settings.cap.clone())
+            .with_password_file(settings.password_file.clone()),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },

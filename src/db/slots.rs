@@ -13,6 +13,13 @@
 //! database down instead of opening more. A server that never answers keeps its slot: pgpulse
 //! then has fewer connections, never more.
 //!
+//! A fleet adds a second, process-wide semaphore, the [`Cap`] over every target's
+//! connections: a socket takes one permit of it after its pool's slot and gives both back when
+//! it closes, so however many targets a fleet samples, pgpulse never has more sockets open to
+//! its servers than `fleet.max_connections`. A connector may also read its password from a
+//! file on every new connection ([`SlotConnect::with_password_file`]): a rotated password needs
+//! no restart.
+//!
 //! An established connection keeps its slot in the task that drives it; the task ends, and the
 //! slot comes free, when the connection is dropped (deadpool aborts the task, closing the
 //! socket) or when the server closes the socket. The slot follows the socket, not the server
@@ -20,6 +27,7 @@
 //! connection is dropped only once the server has answered everything sent on it) and, on the
 //! network's side, TCP keepalives (`super::connect::DEFAULT_KEEPALIVES_IDLE`).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use deadpool_postgres::Connect;
@@ -29,12 +37,48 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Config, Error};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-/// The pool's connector: every socket it opens holds one of the budget's slots from before the
-/// first byte until it is closed.
+/// The process-wide connection cap of a fleet: every target's sockets, attempts included,
+/// hold one of its permits; cheap to clone (clones share the permits).
+#[derive(Debug, Clone)]
+pub struct Cap {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Cap {
+    /// A cap of `max` sockets.
+    pub fn new(max: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// The most sockets at once.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Sockets (and attempts) holding a permit now.
+    pub fn in_use(&self) -> usize {
+        self.max.saturating_sub(self.permits.available_permits())
+    }
+}
+
+/// The pool's connector: every socket it opens holds one of the budget's slots (and a permit
+/// of the fleet's cap, when there is one) from before the first byte until it is closed.
 #[derive(Clone)]
 pub(crate) struct SlotConnect {
     tls: MakeRustlsConnect,
     slots: Arc<Semaphore>,
+    cap: Option<Cap>,
+    password_file: Option<PathBuf>,
+}
+
+/// What a socket holds while it is open: its pool's slot and its permit of the cap.
+struct Held {
+    _slot: OwnedSemaphorePermit,
+    _cap: Option<OwnedSemaphorePermit>,
 }
 
 impl SlotConnect {
@@ -43,7 +87,62 @@ impl SlotConnect {
         Self {
             tls,
             slots: Arc::new(Semaphore::new(size)),
+            cap: None,
+            password_file: None,
         }
+    }
+
+    /// Every socket also holds a permit of `cap`.
+    pub(crate) fn within(mut self, cap: Option<Cap>) -> Self {
+        self.cap = cap;
+        self
+    }
+
+    /// Every connection reads its password from `file` first (a rotated password needs no
+    /// restart).
+    pub(crate) fn with_password_file(mut self, file: Option<PathBuf>) -> Self {
+        self.password_file = file;
+        self
+    }
+
+    /// Takes the pool's slot, then the cap's permit; waiting is cancelled with the caller.
+    async fn hold(&self) -> Held {
+        // The semaphores are never closed; should one be, nothing ever comes free and the
+        // pool's connect timeout ends the wait.
+        let Ok(slot) = self.slots.clone().acquire_owned().await else {
+            return std::future::pending().await;
+        };
+        let cap = match &self.cap {
+            None => None,
+            Some(c) => match c.permits.clone().acquire_owned().await {
+                Ok(p) => Some(p),
+                Err(_) => return std::future::pending().await,
+            },
+        };
+        Held {
+            _slot: slot,
+            _cap: cap,
+        }
+    }
+
+    /// The connection settings with the password read from the password file, if any; an
+    /// unreadable file is logged (its path, never its content) and the server's answer
+    /// tells the rest.
+    fn settings(&self, config: &Config) -> Config {
+        let mut config = config.clone();
+        if let Some(file) = &self.password_file {
+            match super::connect::read_secret(file) {
+                Ok(pw) => {
+                    config.password(pw);
+                }
+                Err(reason) => tracing::warn!(
+                    file = %file.display(),
+                    %reason,
+                    "cannot read the password file; connecting without a password"
+                ),
+            }
+        }
+        config
     }
 
     /// Slots not held by a socket or an attempt.
@@ -62,17 +161,13 @@ impl std::fmt::Debug for SlotConnect {
 
 impl Connect for SlotConnect {
     fn connect(&self, config: &Config) -> BoxFuture<'_, Result<(Client, JoinHandle<()>), Error>> {
-        let config = config.clone();
+        let config = self.settings(config);
         Box::pin(async move {
             // Waiting here is cancelled with the caller (the pool's connect timeout): nothing
             // is held yet.
-            let Ok(slot) = self.slots.clone().acquire_owned().await else {
-                // The semaphore is never closed; should it be, no slot ever comes free and the
-                // pool's connect timeout ends the wait.
-                return std::future::pending().await;
-            };
+            let held = self.hold().await;
             let (answer, client) = oneshot::channel();
-            let task = tokio::spawn(attempt(config, self.tls.clone(), slot, answer));
+            let task = tokio::spawn(attempt(config, self.tls.clone(), held, answer));
             match client.await {
                 Ok(Ok(client)) => Ok((client, task)),
                 Ok(Err(e)) => Err(e),
@@ -84,14 +179,14 @@ impl Connect for SlotConnect {
     }
 }
 
-/// Connects holding `_slot` (given back when this returns), hands the client to whoever still
+/// Connects holding `_held` (given back when this returns), hands the client to whoever still
 /// waits for it and then drives the connection until its socket closes. When nobody waits any
 /// longer, the client is dropped at once, which ends the session (and with it the task and the
 /// slot) as soon as the server has answered the start-up.
 async fn attempt(
     config: Config,
     tls: MakeRustlsConnect,
-    _slot: OwnedSemaphorePermit,
+    _held: Held,
     answer: oneshot::Sender<Result<Client, Error>>,
 ) {
     let (client, connection) = match config.connect(tls).await {

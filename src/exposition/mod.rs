@@ -232,8 +232,11 @@ impl EncodeMetric for Value {
 #[derive(Debug)]
 pub struct Renderer {
     registry: Registry,
-    snapshot: Arc<Snapshot>,
+    /// `None` for the process body of a fleet (its self-metrics only).
+    snapshot: Option<Arc<Snapshot>>,
     current: Arc<ArcSwap<Exposition>>,
+    /// Told after every render (a fleet's process body shows its targets' states).
+    then: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Renderer {
@@ -244,9 +247,26 @@ impl Renderer {
         }));
         Self {
             registry,
-            snapshot,
+            snapshot: Some(snapshot),
             current: Arc::new(ArcSwap::from_pointee(Exposition::default())),
+            then: None,
         }
+    }
+
+    /// A renderer of a registry alone: a fleet's `/metrics`, the process's own metrics.
+    pub fn process(registry: Registry) -> Self {
+        Self {
+            registry,
+            snapshot: None,
+            current: Arc::new(ArcSwap::from_pointee(Exposition::default())),
+            then: None,
+        }
+    }
+
+    /// Tells `then` after every render.
+    pub fn notifying(mut self, then: Arc<tokio::sync::Notify>) -> Self {
+        self.then = Some(then);
+        self
     }
 
     /// The handle scrapes read from.
@@ -272,11 +292,13 @@ impl Renderer {
     /// Renders the current snapshot and swaps it in.
     pub fn render(&self) {
         // Read before encoding: a state reached during the encoding shows in the next render.
-        let up = self.snapshot.is_up();
-        let (succeeded, pending) = self.snapshot.readiness();
+        let (up, (succeeded, pending)) = match &self.snapshot {
+            Some(s) => (s.is_up(), s.readiness()),
+            None => (true, (true, Vec::new())),
+        };
         let ready = up && succeeded;
         let mut om = String::with_capacity(64 * 1024);
-        let whole = self.snapshot.consistency.hold();
+        let whole = self.snapshot.as_ref().map(|s| s.consistency.hold());
         let encoded = prometheus_client::encoding::text::encode(&mut om, &self.registry);
         drop(whole);
         if let Err(e) = encoded {
@@ -294,6 +316,9 @@ impl Renderer {
         };
         exposition.make_wanted();
         self.current.store(Arc::new(exposition));
+        if let Some(then) = &self.then {
+            then.notify_one();
+        }
     }
 }
 

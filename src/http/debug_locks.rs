@@ -9,8 +9,9 @@
 use std::collections::{HashMap, HashSet};
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::AppState;
@@ -26,8 +27,19 @@ const SECONDS: [&str; 3] = [
     "lock_wait_seconds",
 ];
 
-pub(super) async fn debug_locks(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let Some(result) = state.snapshot.result(QUERY) else {
+pub(super) async fn debug_locks(
+    State(state): State<AppState>,
+    Query(param): Query<super::targets::TargetParam>,
+) -> Response {
+    match state.target(&param) {
+        Ok(t) => answer(&t.snapshot).into_response(),
+        Err(r) => *r,
+    }
+}
+
+/// The lock forest of `snapshot`'s last sample.
+fn answer(snapshot: &crate::snapshot::Snapshot) -> (StatusCode, Json<Value>) {
+    let Some(result) = snapshot.result(QUERY) else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({

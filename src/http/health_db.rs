@@ -4,20 +4,35 @@
 //! there is no sample, 404 when the catalog names no health query.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::AppState;
 
-pub(super) async fn health_db(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let Some(query) = state.health_query.as_deref() else {
+pub(super) async fn health_db(
+    State(state): State<AppState>,
+    Query(param): Query<super::targets::TargetParam>,
+) -> Response {
+    match state.target(&param) {
+        Ok(t) => answer(&t.snapshot, state.health_query.as_deref()).into_response(),
+        Err(r) => *r,
+    }
+}
+
+/// The health query's rows of `snapshot`'s last sample.
+fn answer(
+    snapshot: &crate::snapshot::Snapshot,
+    health_query: Option<&str>,
+) -> (StatusCode, Json<Value>) {
+    let Some(query) = health_query else {
         return (
             StatusCode::NOT_FOUND,
             Json(json!({"error": "the catalog names no health_query"})),
         );
     };
-    let Some(result) = state.snapshot.result(query) else {
+    let Some(result) = snapshot.result(query) else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(

@@ -1,7 +1,7 @@
 //! The HTTP surface: `/metrics` (a copy of pre-rendered bytes, format and encoding negotiated),
 //! `/health` (liveness), `/ready` (readiness), `/health/db` (the database's own health
 //! checks, from the last sample), `/debug/locks` (the lock forest, behind basic auth only),
-//! `/` (landing page); HTTPS, basic auth and headers from
+//! `/` (landing page); in fleet mode `/probe?target=NAME` and `/sd` ([`targets`]); HTTPS, basic auth and headers from
 //! the web configuration file ([`webconfig`], [`auth`]); the server with its connection cap
 //! and deadlines ([`server`]). The router is built from
 //! an [`AppState`] and can be tested without a socket (`tower::ServiceExt::oneshot`).
@@ -13,14 +13,17 @@ mod landing;
 pub mod metrics;
 mod negotiate;
 pub(crate) mod server;
+pub mod targets;
 pub(crate) mod webconfig;
+
+pub use targets::{TargetView, Targets};
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -40,6 +43,11 @@ pub struct AppState {
     pub health_query: Option<Arc<str>>,
     /// The configuration without secrets, as shown on the landing page.
     pub config_summary: Arc<String>,
+    /// Fleet mode: the targets (`/probe`, `/sd`); `None` when one database is sampled and
+    /// `/metrics` is its body.
+    pub targets: Option<Targets>,
+    /// The listen address (`/sd` names it when a request has no usable `Host`).
+    pub listen: std::net::SocketAddr,
 }
 
 /// Builds the router with a request timeout.
@@ -50,6 +58,8 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/ready", get(ready))
         .route("/health/db", get(health_db::health_db))
         .route("/debug/locks", get(debug_locks::debug_locks))
+        .route("/probe", get(targets::probe))
+        .route("/sd", get(targets::sd))
         .route("/", get(landing::page))
         .fallback(not_found)
         .layer(TimeoutLayer::with_status_code(
@@ -60,9 +70,13 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
 }
 
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let current = state.exposition.load();
-    let openmetrics = negotiate::wants_openmetrics(&headers);
-    let gzip = negotiate::wants_gzip(&headers);
+    serve_body(&state.exposition.load(), &headers)
+}
+
+/// A pre-rendered body in the format and encoding `headers` ask for.
+fn serve_body(current: &Exposition, headers: &HeaderMap) -> Response {
+    let openmetrics = negotiate::wants_openmetrics(headers);
+    let gzip = negotiate::wants_gzip(headers);
     let body = current.body(openmetrics, gzip);
     let ctype = if openmetrics {
         OPENMETRICS
@@ -87,9 +101,23 @@ async fn health() -> &'static str {
 }
 
 /// 200 once every enabled query has succeeded at least once and the database answers; 503
-/// otherwise, naming the queries still waiting for their first success.
-async fn ready(State(state): State<AppState>) -> (StatusCode, String) {
-    let current = state.exposition.load();
+/// otherwise, naming the queries still waiting for their first success. In fleet mode: every
+/// target, or the one `?target=` names.
+async fn ready(
+    State(state): State<AppState>,
+    Query(param): Query<targets::TargetParam>,
+) -> Response {
+    match (&state.targets, state.target(&param)) {
+        (Some(all), Err(_)) if param.is_empty() => {
+            targets::fleet_ready(&all.load()).into_response()
+        }
+        (_, Err(r)) => *r,
+        (_, Ok(t)) => ready_one(&t.exposition.load()).into_response(),
+    }
+}
+
+/// Readiness of one target.
+fn ready_one(current: &Exposition) -> (StatusCode, String) {
     if !current.up {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -133,6 +161,8 @@ mod tests {
             snapshot,
             health_query: Some("database_health".into()),
             config_summary: Arc::new(String::new()),
+            targets: None,
+            listen: "127.0.0.1:0".parse().unwrap(),
         }
     }
 

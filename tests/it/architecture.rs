@@ -22,6 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["exposition"],
     &["http"],
     &["config"],
+    &["fleet"],
     &["app"],
     &["demo"],
     &["cli"],
