@@ -103,6 +103,11 @@ impl Budget {
         })
     }
 
+    /// Closes the pooled connections idle for longer than `idle`; returns how many.
+    pub fn close_idle(&self, idle: Duration) -> usize {
+        self.pool.retain(|_, m| m.last_used() <= idle).removed.len()
+    }
+
     /// Closes the pool: idle connections close now, leased ones when they come back (a removed
     /// fleet target's connections are gone once its tasks have stopped).
     pub fn close(&self) {

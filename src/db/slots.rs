@@ -29,6 +29,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use deadpool_postgres::Connect;
 use futures_util::future::BoxFuture;
@@ -43,6 +44,23 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 pub struct Cap {
     permits: Arc<Semaphore>,
     max: usize,
+    waiting: Arc<AtomicUsize>,
+}
+
+/// Counts one waiter of the cap while it lives (also when the wait is cancelled).
+struct Waiter(Arc<AtomicUsize>);
+
+impl Waiter {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Cap {
@@ -51,7 +69,14 @@ impl Cap {
         Self {
             permits: Arc::new(Semaphore::new(max)),
             max,
+            waiting: Arc::default(),
         }
+    }
+
+    /// Connection attempts waiting for a permit now: while there are any, the fleet closes
+    /// idle connections so that the permits go round.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// The most sockets at once.
@@ -114,10 +139,13 @@ impl SlotConnect {
         };
         let cap = match &self.cap {
             None => None,
-            Some(c) => match c.permits.clone().acquire_owned().await {
-                Ok(p) => Some(p),
-                Err(_) => return std::future::pending().await,
-            },
+            Some(c) => {
+                let _waiter = Waiter::new(&c.waiting);
+                match c.permits.clone().acquire_owned().await {
+                    Ok(p) => Some(p),
+                    Err(_) => return std::future::pending().await,
+                }
+            }
         };
         Held {
             _slot: slot,

@@ -70,6 +70,9 @@ struct Inner {
     tracker: TaskTracker,
 }
 
+/// How long a connection may stay idle in its pool while others wait for the fleet's cap.
+const IDLE_WHEN_CONTENDED: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The name of the one target of a service that samples one database.
 const SINGLE: &str = "default";
 
@@ -181,10 +184,34 @@ impl Fleet {
         self.inner.rendered.notify_one();
     }
 
+    /// While connection attempts wait for the cap, closes connections idle for longer than
+    /// [`IDLE_WHEN_CONTENDED`], every [`IDLE_WHEN_CONTENDED`]: with more targets than the cap
+    /// holds connections for, the permits go round instead of staying with idle pools.
+    fn share_the_cap(&self, cap: Cap) {
+        let (me, stop) = (self.clone(), self.inner.stop.clone());
+        self.inner.tracker.spawn(async move {
+            let mut tick = tokio::time::interval(IDLE_WHEN_CONTENDED);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if cap.waiting() > 0 {
+                    let all: Vec<Arc<Target>> = me.targets().values().cloned().collect();
+                    for t in all {
+                        t.close_idle(IDLE_WHEN_CONTENDED);
+                    }
+                }
+            }
+        });
+    }
+
     /// Starts every target; in fleet mode, reads the targets file first and again every
     /// refresh interval.
     pub fn start(&self) {
-        if let Some((f, _, _)) = &self.inner.fleet {
+        if let Some((f, cap, _)) = &self.inner.fleet {
+            self.share_the_cap(cap.clone());
             let _ = self.refresh();
             let (me, every, stop) = (self.clone(), f.refresh_interval, self.inner.stop.clone());
             self.inner.tracker.spawn(async move {

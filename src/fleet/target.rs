@@ -191,6 +191,11 @@ impl Target {
         self.budget.close();
     }
 
+    /// Closes its pooled connections idle for longer than `idle`.
+    pub(crate) fn close_idle(&self, idle: std::time::Duration) -> usize {
+        self.budget.close_idle(idle)
+    }
+
     /// Switches to `catalog` as a diff (see [`Sampler::apply`]).
     pub fn apply(&self, catalog: Catalog) -> Applied {
         let applied = self.sampler.apply(catalog);

@@ -93,10 +93,10 @@ async fn the_role_never_holds_more_server_connections_than_the_budget_even_when_
 /// Processes stopped with SIGSTOP; all continued (SIGCONT) when dropped, also on panic, so
 /// the cluster can be stopped and removed.
 #[derive(Default)]
-struct Stopped(Mutex<Vec<i32>>);
+pub(crate) struct Stopped(Mutex<Vec<i32>>);
 
 impl Stopped {
-    fn stop(&self, pid: i32) {
+    pub(crate) fn stop(&self, pid: i32) {
         let mut pids = self.0.lock().unwrap();
         if !pids.contains(&pid) {
             kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
@@ -119,7 +119,7 @@ impl Drop for Stopped {
 }
 
 /// The postmaster's pid, from its pid file.
-fn postmaster_pid(cluster: &TempCluster) -> i32 {
+pub(crate) fn postmaster_pid(cluster: &TempCluster) -> i32 {
     let file = std::fs::read_to_string(cluster.dir().join("data/postmaster.pid")).unwrap();
     file.lines().next().unwrap().trim().parse().unwrap()
 }

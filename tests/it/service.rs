@@ -53,6 +53,28 @@ pub(crate) async fn start(url: &str, catalog: &str, tweak: impl FnOnce(&mut Conf
     std::fs::write(&catalog_path, catalog).unwrap();
     let mut cfg = config(url, &catalog_path);
     tweak(&mut cfg);
+    run(cfg, dir, catalog_path).await
+}
+
+/// Starts the exporter on the settings `tweak` makes of the defaults (listening on
+/// 127.0.0.1:0, sampling `catalog`), e.g. a fleet; `tweak` gets the temp dir for its files.
+pub(crate) async fn start_settings(
+    catalog: &str,
+    tweak: impl FnOnce(&mut Settings, &std::path::Path),
+) -> Running {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let catalog_path = dir.path().join("queries.yaml");
+    std::fs::write(&catalog_path, catalog).unwrap();
+    let mut s = Settings::default();
+    s.web.listen_address = "127.0.0.1:0".into();
+    s.queries_file = Some(catalog_path.clone());
+    tweak(&mut s, dir.path());
+    let cfg = s.validate().unwrap_or_else(|e| panic!("{e}"));
+    run(cfg, dir, catalog_path).await
+}
+
+/// Builds and runs the exporter on `cfg` until the handle is dropped.
+async fn run(cfg: Config, dir: tempfile::TempDir, catalog_path: PathBuf) -> Running {
     let cat = Catalog::load(
         &catalog_path,
         Defaults {
@@ -165,6 +187,38 @@ impl Running {
         self.get("/metrics").await.1
     }
 
+    /// The `/probe?target=NAME` answer of a fleet: status and body.
+    pub(crate) async fn probe(&self, target: &str) -> (u16, String) {
+        self.get(&format!("/probe?target={}", percent(target)))
+            .await
+    }
+
+    /// Waits until `f` holds for the `/probe` body of `target`; panics with `what` and the
+    /// last answer.
+    pub(crate) async fn wait_probe(
+        &self,
+        target: &str,
+        what: &str,
+        f: impl Fn(&str) -> bool,
+    ) -> String {
+        let last = std::sync::Mutex::new(String::new());
+        let found = crate::harness::eventually(crate::harness::PATIENCE, || async {
+            let (status, b) = self.probe(target).await;
+            if status == 200 && f(&b) {
+                return Some(b);
+            }
+            *last.lock().unwrap() = format!("{status}\n{b}");
+            None
+        })
+        .await;
+        found.unwrap_or_else(|| {
+            panic!(
+                "timed out waiting for {what} of {target}; last answer:\n{}",
+                last.lock().unwrap()
+            )
+        })
+    }
+
     /// Stops the service and waits for it.
     pub(crate) async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
@@ -215,4 +269,17 @@ pub(crate) fn sample(body: &str, series: &str) -> Option<f64> {
 pub(crate) fn has_family(body: &str, family: &str) -> bool {
     body.lines()
         .any(|l| l.starts_with(&format!("# TYPE {family} ")))
+}
+
+/// `s` percent-encoded for a query parameter (every byte but letters and digits).
+pub(crate) fn percent(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
