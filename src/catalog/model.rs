@@ -43,6 +43,8 @@ pub(crate) struct RawQuery {
     pub requires_preload: Option<String>,
     #[serde(default)]
     pub role: Role,
+    #[serde(default)]
+    pub scope: Scope,
     pub accumulate: Option<Spanned<Accumulate>>,
     pub binds: Option<Binds>,
 }
@@ -116,6 +118,19 @@ pub enum Role {
     /// Everywhere (the default).
     #[default]
     Any,
+}
+
+/// What a query reads: its own database (the default), or the whole server (sessions, WAL,
+/// checkpoints, replication, locks, every database's statistics): a fleet samples a
+/// server-wide query through one target of each server only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The database the target names.
+    #[default]
+    Database,
+    /// The whole server.
+    Server,
 }
 
 /// How a query's values become counters inside pgpulse.
@@ -231,6 +246,8 @@ pub struct QuerySpec {
     pub requires_preload: Option<String>,
     /// Which servers it runs on (primary, replica, any).
     pub role: Role,
+    /// What it reads: its database, or the whole server (run once per server in a fleet).
+    pub scope: Scope,
     /// Values accumulated into counters by pgpulse (every metric is then a counter).
     pub accumulate: Option<Accumulate>,
     /// Configuration values bound to the query's parameters.

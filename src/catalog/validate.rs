@@ -293,6 +293,7 @@ fn query(q: RawQuery, qloc: Loc, d: Defaults, seen: &mut Seen) -> Found<QuerySpe
         requires_extension: q.requires_extension,
         requires_preload: q.requires_preload,
         role: q.role,
+        scope: q.scope,
         accumulate: q.accumulate.map(|a| a.value),
         binds: q.binds,
         location: super::model::Location(qloc.0, qloc.1),

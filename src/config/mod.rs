@@ -284,6 +284,7 @@ impl Config {
             trade_tables: self.trade_tables.clone(),
             lock_roots_named: self.lock_roots_named,
             key_queries,
+            seat: crate::db::server::Seat::alone(),
         }
     }
 

@@ -14,6 +14,7 @@ pub mod migrate;
 mod migrate_error;
 pub(crate) mod outcome;
 pub mod pool;
+pub mod server;
 pub(crate) mod session;
 pub(crate) mod slots;
 pub mod tls;

@@ -131,23 +131,34 @@ impl std::fmt::Debug for Value {
     }
 }
 
-/// `pg_up` and `pg_server_version_num`, from the probe's verdict in the snapshot.
+/// `pg_up`, `pg_server_version_num` and `pg_server_in_recovery`, from the probe's verdict in
+/// the snapshot. A standby's role is this gauge, never a label: a promotion changes no
+/// series' identity. The role is absent until a probe has reached the server (a standby
+/// must not pass for a primary meanwhile).
 fn encode_probe(snapshot: &Snapshot, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+    let version = snapshot.server_version();
     let facts = [
         (
             "pg_up",
             "Whether the last connection attempt to PostgreSQL succeeded (1) or not (0)",
-            i64::from(snapshot.is_up()),
+            Some(i64::from(snapshot.is_up())),
         ),
         (
             "pg_server_version_num",
             "server_version_num of the PostgreSQL server (0 before the first connection)",
-            snapshot.server_version(),
+            Some(version),
+        ),
+        (
+            "pg_server_in_recovery",
+            "1 on a standby (in recovery), 0 on a primary, at the last probe that reached the server",
+            (version > 0).then(|| i64::from(snapshot.in_recovery())),
         ),
     ];
     for (name, help, value) in facts {
         let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-        family.encode_gauge(&value)?;
+        if let Some(v) = value {
+            family.encode_gauge(&v)?;
+        }
     }
     Ok(())
 }

@@ -31,6 +31,7 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::config::fleet::{FleetConfig, TargetConfig};
 use crate::db::pool::PoolError;
+use crate::db::server::{Seat, Servers};
 use crate::db::slots::Cap;
 use crate::http::{TargetView, Targets};
 use crate::sampler::Applied;
@@ -62,6 +63,8 @@ struct Inner {
     /// `None` when the service samples one database.
     fleet: Option<(FleetConfig, Cap, FleetMetrics)>,
     catalog: Mutex<Catalog>,
+    /// Which targets reach the same server.
+    servers: Servers,
     targets: Mutex<BTreeMap<String, Arc<Target>>>,
     published: Targets,
     /// Told after each target's render: the process body shows the targets' states.
@@ -94,6 +97,7 @@ impl Fleet {
             registry,
             stop: &inner.stop,
             rendered: None,
+            seat: Seat::alone(),
         };
         let t = Target::build(parts, BTreeMap::new(), String::new())?;
         fleet.targets().insert(SINGLE.to_owned(), Arc::new(t));
@@ -136,6 +140,7 @@ impl Fleet {
                 config,
                 fleet,
                 catalog: Mutex::new(catalog),
+                servers: Servers::default(),
                 targets: Mutex::new(BTreeMap::new()),
                 published: Targets::default(),
                 rendered: Arc::new(Notify::new()),
@@ -329,6 +334,7 @@ impl Fleet {
             registry: Registry::default(),
             stop: &inner.stop,
             rendered: Some(inner.rendered.clone()),
+            seat: inner.servers.seat(&t.name),
         };
         Target::build(parts, t.labels.clone(), t.fingerprint.clone())
     }

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::db::lease::Budget;
+use crate::db::server::Seat;
 use crate::db::pool::{PoolError, PoolSettings};
 use crate::exposition::Renderer;
 use crate::http::TargetView;
@@ -42,6 +43,7 @@ impl Features {
         budget: &Budget,
         ids: &KeyQueryIds,
         consistency: &Consistency,
+        seat: &Seat,
     ) -> Self {
         let guard = |g| {
             PlanGuard::new(
@@ -61,6 +63,7 @@ impl Features {
                     s,
                     ids.clone(),
                     consistency.clone(),
+                    seat.clone(),
                 )
             }),
         }
@@ -92,6 +95,8 @@ pub struct Parts<'a> {
     pub stop: &'a CancellationToken,
     /// Told after each render of its body (the fleet's `/metrics` shows its state).
     pub rendered: Option<Arc<Notify>>,
+    /// Its place at its server (whether it samples the server-wide queries).
+    pub seat: Seat,
 }
 
 /// One sampled database.
@@ -105,6 +110,7 @@ pub struct Target {
     changed: Arc<Notify>,
     stop: CancellationToken,
     tracker: TaskTracker,
+    seat: Seat,
     labels: Arc<BTreeMap<String, String>>,
     /// What the target was made of: a reload keeps it while this is unchanged.
     pub fingerprint: String,
@@ -124,6 +130,7 @@ impl Target {
             mut registry,
             stop,
             rendered,
+            seat,
         } = parts;
         let budget = Budget::new(crate::db::pool::build(&pool)?);
         let sampler_metrics = Arc::new(SamplerMetrics::register(&mut registry));
@@ -135,6 +142,7 @@ impl Target {
             &budget,
             &key_queries,
             &snapshot.consistency,
+            &seat,
         );
         let mut renderer = Renderer::new(registry, snapshot.clone());
         if let Some(n) = rendered {
@@ -145,13 +153,15 @@ impl Target {
             stop.child_token(),
             TaskTracker::new(),
         );
+        let mut settings = config.sampler_settings(key_queries);
+        settings.seat = seat.clone();
         let sampler = Sampler::new(
             catalog,
             budget.clone(),
             snapshot.clone(),
             sampler_metrics,
             changed.clone(),
-            config.sampler_settings(key_queries),
+            settings,
             tracker.clone(),
             stop.clone(),
         );
@@ -165,6 +175,7 @@ impl Target {
             changed,
             stop,
             tracker,
+            seat,
             labels: Arc::new(labels),
             fingerprint,
         })
@@ -183,8 +194,10 @@ impl Target {
         );
     }
 
-    /// Stops every task of the target, waits for them, and closes its pool.
+    /// Stops every task of the target, waits for them, and closes its pool; it leaves its
+    /// server, so another target of that server samples the server-wide queries.
     pub async fn stop(&self) {
+        self.seat.leave();
         self.stop.cancel();
         self.tracker.close();
         self.tracker.wait().await;

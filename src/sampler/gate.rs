@@ -1,5 +1,6 @@
 //! Gating: whether a query of the catalog runs on this server, from what the probe learnt
-//! (server version, installed extensions, preloaded libraries). A gated query is disabled,
+//! (server version, installed extensions, preloaded libraries), and whether this target
+//! samples its server's server-wide queries (see [`crate::db::server`]). A gated query is disabled,
 //! not failing: its series go and `pgpulse_query_enabled` says 0.
 
 use crate::catalog::QuerySpec;
@@ -8,7 +9,19 @@ use super::probe::ServerInfo;
 
 /// Why `spec` cannot run on the server of `server_version_num` `version` described by
 /// `server`, if it cannot.
-pub(crate) fn check(spec: &QuerySpec, version: i64, server: &ServerInfo) -> Option<String> {
+pub(crate) fn check(
+    spec: &QuerySpec,
+    version: i64,
+    server: &ServerInfo,
+    seat: &crate::db::server::Seat,
+) -> Option<String> {
+    if spec.scope == crate::catalog::Scope::Server
+        && let Some(leader) = seat.leader().filter(|_| !seat.leads())
+    {
+        return Some(format!(
+            "server-wide: sampled through target {leader}, which reaches the same server"
+        ));
+    }
     let v = i32::try_from(version).unwrap_or(i32::MAX);
     if let Some(min) = spec.min_server_version
         && v < min

@@ -64,6 +64,8 @@ pub struct SamplerSettings {
     /// The key queries' identifiers (the plan guard records them), bound to the queries that
     /// ask (`binds: key_queries`).
     pub key_queries: crate::plans::slo::KeyQueryIds,
+    /// This target's place at its server: whether it samples the server-wide queries.
+    pub seat: crate::db::server::Seat,
 }
 
 /// The current catalog and the stop handle of each of its running query tasks: the one home

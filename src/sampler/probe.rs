@@ -176,6 +176,7 @@ impl Sampler {
             // Dropping the lease lets the connection settle: its slot stays taken until the
             // server answers.
             drop(lease);
+            self.settings.seat.sit(None);
             self.snapshot.set_up(false, None);
             if was_up {
                 tracing::warn!("database unreachable");
@@ -221,6 +222,8 @@ impl Sampler {
         self.server
             .in_recovery
             .store(live.in_recovery, Ordering::Relaxed);
+        self.snapshot.set_in_recovery(live.in_recovery);
+        self.settings.seat.sit(Some(live.server));
         let statements = self.server.statements_epoch.load(Ordering::Relaxed);
         self.snapshot
             .set_reset_epoch(live.epoch ^ statements.rotate_left(1));
@@ -276,17 +279,21 @@ struct Liveness {
     /// A digest of the postmaster's start time and every `stats_reset` of the cumulative
     /// statistics: it changes when a counter's source really reset.
     epoch: u64,
+    /// A digest of the postmaster's start time and port: the server's identity.
+    server: u64,
 }
 
-/// The liveness statement: version, recovery, and the statistics reset epoch (every role may
-/// read these views' `stats_reset`).
+/// The liveness statement: version, recovery, the statistics reset epoch (every role may
+/// read these views' `stats_reset`) and the server's identity (postmaster start time and
+/// port, which every role may read).
 const LIVENESS_SQL: &str = "SELECT current_setting('server_version_num') || '|' || pg_is_in_recovery() \
     || '|' || md5(concat_ws(',', pg_postmaster_start_time(), \
     (SELECT string_agg(coalesce(stats_reset::text, '-'), ',' ORDER BY datid) FROM pg_stat_database), \
     (SELECT stats_reset FROM pg_stat_bgwriter), (SELECT stats_reset FROM pg_stat_wal), \
     (SELECT stats_reset FROM pg_stat_archiver), \
     (SELECT string_agg(coalesce(stats_reset::text, '-'), ',' ORDER BY name) FROM pg_stat_slru), \
-    (SELECT string_agg(coalesce(stats_reset::text, '-'), ',' ORDER BY slot_name) FROM pg_stat_replication_slots)))";
+    (SELECT string_agg(coalesce(stats_reset::text, '-'), ',' ORDER BY slot_name) FROM pg_stat_replication_slots))) \
+    || '|' || md5(pg_postmaster_start_time()::text || ':' || current_setting('port'))";
 
 /// Extensions, preloaded libraries, whether the monitoring schema is installed, and when
 /// pg_stat_statements was last reset (read only where it is preloaded: its view errors
@@ -329,10 +336,12 @@ async fn liveness(
             let version = parts.next()?.parse::<i64>().ok()?;
             let in_recovery = parts.next()? == "true";
             let epoch = digest(parts.next()?);
+            let server = digest(parts.next()?);
             Some(Liveness {
                 version,
                 in_recovery,
                 epoch,
+                server,
             })
         })),
         Ok(Err(e)) => Err(crate::db::outcome::describe(&e)),

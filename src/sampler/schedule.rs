@@ -87,7 +87,12 @@ impl Sampler {
 
     /// Whether gating lets `spec` run on this server; records the verdict.
     fn gate(&self, spec: &Arc<QuerySpec>) -> bool {
-        let reason = gate::check(spec, self.snapshot.server_version(), &self.server);
+        let reason = gate::check(
+            spec,
+            self.snapshot.server_version(),
+            &self.server,
+            &self.settings.seat,
+        );
         let enabled = reason.is_none();
         self.commit(spec, || {
             self.metrics.record_gate(spec, enabled);

@@ -87,6 +87,9 @@ pub struct SlowLogReader {
     ids: KeyQueryIds,
     keys: KeyMisses,
     state: Mutex<State>,
+    /// The log is the server's: in a fleet, only the target that samples its server's
+    /// server-wide queries reads it, so each slow execution is counted once.
+    seat: crate::db::server::Seat,
 }
 
 impl SlowLogReader {
@@ -98,8 +101,10 @@ impl SlowLogReader {
         settings: ReaderSettings,
         ids: KeyQueryIds,
         consistency: Consistency,
+        seat: crate::db::server::Seat,
     ) -> Arc<Self> {
         Arc::new(Self {
+            seat,
             consistency,
             budget,
             settings,
@@ -131,6 +136,9 @@ impl SlowLogReader {
     /// the reader turns off (naming what to set), on, or starts failing. While off, only
     /// every [`OFF_EVERY`]th tick checks the setup again.
     pub async fn poll(&self) {
+        if !self.seat.leads() {
+            return;
+        }
         let mut st = self.state.lock().await;
         let State {
             tracker,

@@ -157,6 +157,8 @@ pub struct Snapshot {
     inner: Mutex<Inner>,
     /// Whether the database answered the last probe: the one home of `pg_up`.
     up: AtomicBool,
+    /// Whether the server was in recovery at the last probe that reached it.
+    in_recovery: AtomicBool,
     /// `server_version_num` from the last probe that reached the server, 0 before.
     server_version: AtomicI64,
     /// The server's statistics reset epoch as the probe last read it (0: not read yet).
@@ -305,6 +307,17 @@ impl Snapshot {
             self.server_version.store(v, Ordering::Relaxed);
         }
         self.up.store(up, Ordering::Relaxed);
+    }
+
+    /// Records whether the server is in recovery (a standby), from the last probe that
+    /// reached it.
+    pub fn set_in_recovery(&self, in_recovery: bool) {
+        self.in_recovery.store(in_recovery, Ordering::Relaxed);
+    }
+
+    /// Whether the server was in recovery at the last probe that reached it.
+    pub fn in_recovery(&self) -> bool {
+        self.in_recovery.load(Ordering::Relaxed)
     }
 
     /// `server_version_num` from the last probe that reached the server, 0 before.
