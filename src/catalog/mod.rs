@@ -9,9 +9,7 @@ mod model;
 mod validate;
 
 pub use derive::Derive;
-pub use model::{
-    Accumulate, Binds, HistogramSpec, MetricKind, MetricSpec, QuerySpec, Role, Scope,
-};
+pub use model::{Accumulate, Binds, HistogramSpec, MetricKind, MetricSpec, QuerySpec, Role, Scope};
 pub use validate::{Invalid, Loc, Problem, is_label_name, is_metric_name};
 
 use std::fmt;

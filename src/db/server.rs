@@ -110,6 +110,10 @@ mod tests {
         let b2 = servers.seat("b");
         b2.sit(Some(1));
         b.leave();
-        assert_eq!(c.leader().as_deref(), Some("b"), "the old b's leaving keeps the new b");
+        assert_eq!(
+            c.leader().as_deref(),
+            Some("b"),
+            "the old b's leaving keeps the new b"
+        );
     }
 }

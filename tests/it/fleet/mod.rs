@@ -9,6 +9,7 @@ mod isolation;
 mod lifecycle;
 mod probe;
 mod rotation;
+mod servers;
 
 use std::collections::BTreeMap;
 
