@@ -43,7 +43,11 @@ const SERVER_RUNS: &str = "pgpulse_query_runs_total{query=\"server_sessions\"}";
 /// The series keys (name and labels) of the catalog's and the probe's families in `body`.
 fn series(body: &str) -> Vec<String> {
     body.lines()
-        .filter(|l| ["pg_test_", "pg_up", "pg_server_"].iter().any(|p| l.starts_with(p)))
+        .filter(|l| {
+            ["pg_test_", "pg_up", "pg_server_"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
         .filter_map(|l| l.rsplit_once(' ').map(|(k, _)| k.to_owned()))
         .collect()
 }
@@ -176,6 +180,67 @@ async fn a_promotion_flips_the_role_gauge_without_new_series_and_stops_replica_q
     assert!(
         ok.is_some(),
         "the promoted server still runs its server-wide queries"
+    );
+    svc.stop().await;
+}
+
+/// The sum of every slow-execution counter of a body.
+fn slow_total(body: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with("pg_statement_executions_over_threshold_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_servers_slow_statement_log_is_read_through_one_target_and_counted_once() {
+    use crate::slow_log::{as_user, log_cluster, setup};
+    let cluster = log_cluster(&[]);
+    let (one, two) = setup(&cluster).await;
+    two.migrate().await;
+    let catalog = crate::signals::shipped(&["statements_available"], "2s");
+    let svc = start_settings(&catalog, |s, _| {
+        s.targets = vec![
+            target("a", &as_user(&one.url, "pgpulse_login"), &[]),
+            target("b", &as_user(&two.url, "pgpulse_login"), &[]),
+        ];
+        s.plans.enabled = false;
+        s.slow_log.interval = std::time::Duration::from_millis(500);
+        s.slow_log.chunk_bytes = 4096;
+    })
+    .await;
+    svc.wait_probe("a", "its log reader up", |b| {
+        sample(b, "pgpulse_slow_log_up") == Some(1.0)
+    })
+    .await;
+    svc.wait_probe("b", "its server known", |b| {
+        sample(b, "pgpulse_query_enabled{query=\"statements_available\"}") == Some(0.0)
+    })
+    .await;
+    let trader = connect(&as_user(&two.url, "trader_a")).await;
+    for _ in 0..3 {
+        exec(&trader, "SELECT pg_sleep(0.15) /* fleet-once */").await;
+    }
+    let series = format!(
+        "pg_statement_executions_over_threshold_total{{datname=\"{}\",user=\"trader_a\"}}",
+        two.name
+    );
+    let polls = |b: &str| sample(b, "pgpulse_slow_log_polls_total").unwrap_or(0.0);
+    let body = svc
+        .wait_probe("a", "the three slow executions", |b| {
+            sample(b, &series) == Some(3.0)
+        })
+        .await;
+    let p0 = polls(&body);
+    let body = svc
+        .wait_probe("a", "three more polls", |b| polls(b) >= p0 + 3.0)
+        .await;
+    assert_eq!(sample(&body, &series), Some(3.0), "counted once:\n{body}");
+    let b = svc.probe("b").await.1;
+    assert_eq!(
+        slow_total(&b),
+        0.0,
+        "b does not read its server's log:\n{b}"
     );
     svc.stop().await;
 }
