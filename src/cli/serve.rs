@@ -56,10 +56,16 @@ pub async fn check_config(
     if explicit_db {
         check_columns(&config, &catalog).await?;
     }
+    let database = match &config.fleet {
+        Some(f) => format!(
+            "a fleet of {} targets",
+            f.read_targets(config.connect_timeout)
+                .map_or(0, |t| t.len())
+        ),
+        None => format!("database {} ({})", config.target, config.target.tls()),
+    };
     println!(
-        "configuration ok: database {} ({}), listen {}, {} queries from {}{}",
-        config.target,
-        config.target.tls(),
+        "configuration ok: {database}, listen {}, {} queries from {}{}",
         config.listen,
         catalog.queries.len(),
         catalog.source,

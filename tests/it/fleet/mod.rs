@@ -5,6 +5,7 @@
 //! diff by name.
 
 mod budget;
+mod config;
 mod isolation;
 mod lifecycle;
 mod probe;
