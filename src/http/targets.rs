@@ -86,8 +86,8 @@ pub(super) async fn probe(
     }
 }
 
-/// `GET /sd`: one entry per target with its labels, `__metrics_path__` and
-/// `__param_target`; the address is the one the request came to (its `Host`), so Prometheus
+/// `GET /sd`: one entry per target with its labels, `__metrics_path__`, `__param_target` and
+/// `instance` (the target's name, so each target's series are its own); the address is the one the request came to (its `Host`), so Prometheus
 /// scrapes pgpulse as it reached it.
 pub(super) async fn sd(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let Some(targets) = &state.targets else {
@@ -109,6 +109,8 @@ pub(super) async fn sd(State(state): State<AppState>, headers: HeaderMap) -> Res
                 .collect();
             labels.insert("__metrics_path__".into(), "/probe".into());
             labels.insert("__param_target".into(), name.clone().into());
+            // Every target's series would otherwise carry pgpulse's own address as instance.
+            labels.insert("instance".into(), name.clone().into());
             serde_json::json!({"targets": [host], "labels": labels})
         })
         .collect();

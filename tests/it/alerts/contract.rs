@@ -53,7 +53,7 @@ const CONTRACT: &str = "up pg_up pg_server_version_num pgpulse_build_info
     pg_replication_replay_lag_bytes pg_replication_flush_lag_bytes
     pg_replication_replay_lag_seconds pg_replication_slot_active
     pg_replication_slot_retained_wal_bytes pg_replication_slot_wal_status
-    pg_standby_replay_lag_bytes pg_standby_replay_paused pg_standby_receive_lag_bytes
+    pg_standby_replay_lag_bytes pg_standby_replay_lag_seconds pg_standby_replay_paused pg_standby_receive_lag_bytes
     pg_locks pg_lock_table_usage_ratio pg_autovacuum_workers pg_longest_running_statement_seconds
     pg_vacuum_heap_scanned_ratio pg_sequence_used_ratio pg_client_connections
     pg_database_load_session_seconds_total

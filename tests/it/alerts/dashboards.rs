@@ -73,6 +73,7 @@ fn dashboards_have_fixed_unique_uids_and_pick_prometheus_through_the_datasource_
     let all = dashboards();
     let uids: BTreeSet<&str> = all.iter().map(|(u, _)| u.as_str()).collect();
     let fixed = BTreeSet::from([
+        "pgpulse-fleet",
         "pgpulse-overview",
         "pgpulse-server",
         "pgpulse-statements",
@@ -108,7 +109,7 @@ fn dashboards_have_fixed_unique_uids_and_pick_prometheus_through_the_datasource_
             dsv["type"] == "datasource" && dsv["query"] == "prometheus",
             "no prometheus datasource variable".into(),
         );
-        let mut needed = vec!["job", "instance"];
+        let mut needed = vec!["job", "cluster", "instance"];
         if d.to_string().contains("$datname") {
             needed.push("datname");
         }
@@ -158,7 +159,8 @@ fn every_dashboard_panel_has_a_current_type_a_title_a_description_and_a_unit() {
     assert_none(problems);
 }
 
-/// Every selector of every dashboard query has job="$job" and instance=~"$instance", and every
+/// Every selector of every dashboard query has job="$job", cluster=~"$cluster" and
+/// instance=~"$instance", and every
 /// range is `$__rate_interval` (so rates work at any scrape interval), or `$__range` (a total
 /// over the dashboard's time range, such as an error budget left).
 #[test]
@@ -172,9 +174,9 @@ fn every_dashboard_query_selects_job_and_instance_and_rates_over_rate_interval()
         for s in found {
             let has = |m: &str| s.matchers.iter().any(|x| x == m);
             let instance = has(r#"instance=~"$instance""#) || has(r#"instance="$instance""#);
-            if !has(r#"job="$job""#) || !instance {
+            if !has(r#"job="$job""#) || !has(r#"cluster=~"$cluster""#) || !instance {
                 problems.push(format!(
-                    "{}: {} lacks job/instance matchers {:?}",
+                    "{}: {} lacks job/cluster/instance matchers {:?}",
                     t.at, s.name, s.matchers
                 ));
             }
@@ -240,7 +242,7 @@ fn dashboard_thresholds_equal_the_alert_thresholds() {
         ("pg_sequence_used_ratio", &[0.75], "> 0.75"),
         ("pg_replication_replay_lag_seconds", &[60.0], "> 60"),
         (
-            "pg_database_xid_age_xids{job=\"$job\", instance=~\"$instance\"} / 2147483648",
+            "pg_database_xid_age_xids{job=\"$job\", cluster=~\"$cluster\", instance=~\"$instance\"} / 2147483648",
             &[0.5, 0.75],
             "/ 2147483648 > 0.75",
         ),
@@ -250,10 +252,10 @@ fn dashboard_thresholds_equal_the_alert_thresholds() {
     let mut shown = BTreeSet::new();
     for (uid, d) in dashboards() {
         for p in panels(&d) {
-            let exprs: String = items(&p["targets"]).map(|t| text(&t["expr"])).collect();
-            let steps = &p["fieldConfig"]["defaults"]["thresholds"]["steps"];
-            let steps: Vec<f64> = items(steps).filter_map(|s| s["value"].as_f64()).collect();
-            for (needle, wanted, _) in cases.iter().filter(|c| exprs.contains(c.0)) {
+            for (needle, wanted, _) in cases {
+                let Some(steps) = threshold_steps(p, needle) else {
+                    continue;
+                };
                 shown.insert(*needle);
                 if !wanted
                     .iter()
@@ -278,6 +280,29 @@ fn dashboard_thresholds_equal_the_alert_thresholds() {
         }
     }
     assert_none(problems);
+}
+
+/// The threshold steps that apply to the panel's query containing `needle`, if one does: the
+/// panel's, or, in a table that renames each query's value column (`Value #A` → a name), the
+/// override of that column's name.
+fn threshold_steps(p: &Value, needle: &str) -> Option<Vec<f64>> {
+    let t = items(&p["targets"]).find(|t| text(&t["expr"]).contains(needle))?;
+    let values =
+        |steps: &Value| -> Vec<f64> { items(steps).filter_map(|s| s["value"].as_f64()).collect() };
+    let column = format!("Value #{}", text(&t["refId"]));
+    let renamed = items(&p["transformations"]).find_map(|x| {
+        x["options"]["renameByName"][&column]
+            .as_str()
+            .map(str::to_owned)
+    });
+    let overridden = renamed.and_then(|name| {
+        items(&p["fieldConfig"]["overrides"])
+            .filter(|o| o["matcher"]["options"] == name.as_str())
+            .flat_map(|o| items(&o["properties"]))
+            .find(|prop| prop["id"] == "thresholds")
+            .map(|prop| values(&prop["value"]["steps"]))
+    });
+    Some(overridden.unwrap_or_else(|| values(&p["fieldConfig"]["defaults"]["thresholds"]["steps"])))
 }
 
 /// Grafana provisioning: a Prometheus data source, and a file provider reading

@@ -161,6 +161,7 @@ fn substitute(expr: &str, instance: &str, datname: &str) -> String {
         .replace("$__interval", "1m")
         .replace("$__range", "1h")
         .replace("$job", "pgpulse")
+        .replace("$cluster", ".*")
         .replace("$instance", instance)
         .replace("$datname", datname)
 }

@@ -46,8 +46,8 @@ async fn each_target_is_served_at_probe_and_listed_at_sd_for_prometheus() {
     assert_eq!(status, 200);
     let sd: serde_json::Value = serde_json::from_str(&sd).unwrap();
     let expected = serde_json::json!([
-        {"targets": [svc.addr.to_string()], "labels": {"__metrics_path__": "/probe", "__param_target": "risk"}},
-        {"targets": [svc.addr.to_string()], "labels": {"__metrics_path__": "/probe", "__param_target": "trading", "cluster": "eu", "env": "prod"}},
+        {"targets": [svc.addr.to_string()], "labels": {"__metrics_path__": "/probe", "__param_target": "risk", "instance": "risk"}},
+        {"targets": [svc.addr.to_string()], "labels": {"__metrics_path__": "/probe", "__param_target": "trading", "instance": "trading", "cluster": "eu", "env": "prod"}},
     ]);
     assert_eq!(sd, expected);
     let (status, ready) = svc.get("/ready").await;
