@@ -86,8 +86,9 @@ pub(super) struct AlertStack {
     dir: tempfile::TempDir,
 }
 
-/// Starts the chain scraping pgpulse at `target`.
-pub(super) async fn start(target: SocketAddr) -> Result<AlertStack, AlertingError> {
+/// Starts the chain scraping pgpulse at `target` (its fleet's targets, discovered at `/sd`,
+/// when `fleet`).
+pub(super) async fn start(target: SocketAddr, fleet: bool) -> Result<AlertStack, AlertingError> {
     let prometheus_bin = find(&["prometheus"])?;
     let alertmanager_bin = find(&["prometheus-alertmanager", "alertmanager"])?;
     let dir = tempfile::Builder::new()
@@ -129,6 +130,7 @@ pub(super) async fn start(target: SocketAddr) -> Result<AlertStack, AlertingErro
         &scrape.to_string(),
         &alertmanager_addr.to_string(),
         "pgpulse.demo.rules.yml",
+        fleet,
     );
     write(dir.path(), "prometheus.yml", &config)?;
     let (prometheus, prometheus_addr) =

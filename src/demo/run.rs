@@ -19,7 +19,7 @@ use crate::catalog::{Catalog, Defaults};
 use crate::db::outcome::describe;
 
 /// Interval and timeout of the demo's queries: short, so a newcomer sees values move.
-const DEMO_DEFAULTS: Defaults = Defaults {
+pub(super) const DEMO_DEFAULTS: Defaults = Defaults {
     interval: Duration::from_secs(5),
     timeout: Duration::from_secs(4),
 };
@@ -91,6 +91,10 @@ pub struct DemoArgs {
     /// Make an alert condition true within a minute.
     #[arg(long, value_enum)]
     pub scenario: Option<Scenario>,
+    /// A fleet: a streaming standby (pg_basebackup) and a second database too, sampled by one
+    /// pgpulse as three targets served at /probe and listed at /sd.
+    #[arg(long)]
+    pub fleet: bool,
 }
 
 /// `--listen-address` as clap checks it: `host:port`, so a bare port is refused at once.
@@ -124,11 +128,18 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             })?,
         None => None,
     };
-    let config = demo_config(&cluster, &args)?;
+    let standby = match args.fleet {
+        true => Some(super::fleet::prepare(&cluster).await?),
+        false => None,
+    };
+    let config = match &standby {
+        Some(s) => super::fleet::config(&cluster, s, &args, DEMO_DEFAULTS)?,
+        None => demo_config(&cluster, &args)?,
+    };
     let catalog = Catalog::builtin(DEMO_DEFAULTS)?;
     let app = crate::app::App::build_on(listener, config, catalog).await?;
     let addr = app.local_addr();
-    let alerting = start_alerting(addr).await;
+    let alerting = start_alerting(addr, args.fleet).await;
     print_banner(&args, addr, &cluster.url("trade_engine"), alerting.as_ref());
     spawn_status(
         stats.clone(),
@@ -146,7 +157,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         a.stop().await;
     }
     drop(client);
-    tokio::task::spawn_blocking(move || drop(cluster))
+    tokio::task::spawn_blocking(move || drop((standby, cluster)))
         .await
         .ok();
     eprintln!("pgpulse demo: stopped; throwaway cluster removed");
@@ -260,10 +271,11 @@ async fn shutdown_after(limit: Option<std::time::Duration>) {
     }
 }
 
-/// Starts Prometheus and Alertmanager when installed; says why not otherwise.
-async fn start_alerting(target: SocketAddr) -> Option<AlertStack> {
+/// Starts Prometheus and Alertmanager when installed (discovering a fleet's targets through
+/// `/sd`); says why not otherwise.
+async fn start_alerting(target: SocketAddr, fleet: bool) -> Option<AlertStack> {
     eprintln!("pgpulse demo: starting Prometheus and Alertmanager ...");
-    match super::alerting::start(target).await {
+    match super::alerting::start(target, fleet).await {
         Ok(stack) => Some(stack),
         Err(e) => {
             eprintln!("pgpulse demo: running without Prometheus and Alertmanager: {e}");
@@ -276,6 +288,9 @@ fn print_banner(args: &DemoArgs, addr: SocketAddr, database: &str, alerting: Opt
     println!("pgpulse demo is running:");
     println!("  metrics:      http://{addr}/metrics");
     println!("  status:       http://{addr}/");
+    if args.fleet {
+        super::fleet::print_banner(addr);
+    }
     if let Some(a) = alerting {
         let demo_for = |bundled: &str| {
             let ms = rules::parse_duration(bundled).unwrap_or_default();

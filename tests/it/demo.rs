@@ -13,6 +13,13 @@ struct Demo {
 
 impl Demo {
     fn start(scenario: Option<&str>) -> Self {
+        match scenario {
+            Some(s) => Self::start_with(&["--scenario", s]),
+            None => Self::start_with(&[]),
+        }
+    }
+
+    fn start_with(extra: &[&str]) -> Self {
         let port = pgpulse::demo::cluster::free_port().unwrap();
         let listen = format!("127.0.0.1:{port}");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgpulse"));
@@ -25,9 +32,7 @@ impl Demo {
             "--duration",
             "120s",
         ]);
-        if let Some(s) = scenario {
-            cmd.args(["--scenario", s]);
-        }
+        cmd.args(extra);
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -40,13 +45,19 @@ impl Demo {
     }
 
     async fn wait_for(&mut self, what: &str, f: impl Fn(&str) -> bool) -> String {
+        let url = self.url.clone();
+        self.wait_at(&url, what, f).await
+    }
+
+    /// Waits until the body at `url` satisfies `f`.
+    async fn wait_at(&mut self, url: &str, what: &str, f: impl Fn(&str) -> bool) -> String {
         let end = Instant::now() + crate::harness::PATIENCE;
         let mut last = String::new();
         while Instant::now() < end {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("demo exited early with {status}");
             }
-            if let Ok(r) = reqwest::get(&self.url).await
+            if let Ok(r) = reqwest::get(url).await
                 && let Ok(b) = r.text().await
             {
                 if f(&b) {
@@ -264,4 +275,41 @@ fn without_postgresql_binaries_the_demo_names_the_package_to_install() {
     let (_, stderr) = crate::harness::text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("apt-get install postgresql"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_fleet_demo_samples_a_primary_its_standby_and_a_second_database_from_one_process() {
+    let mut demo = Demo::start_with(&["--fleet"]);
+    let base = demo.url.trim_end_matches("/metrics").to_owned();
+    for (target, standby) in [("primary", 0.0), ("replica", 1.0), ("risk", 0.0)] {
+        demo.wait_at(
+            &format!("{base}/probe?target={target}"),
+            &format!("target {target} sampled"),
+            |b| {
+                sample(b, "pg_up") == Some(1.0)
+                    && sample(b, "pg_server_in_recovery") == Some(standby)
+            },
+        )
+        .await;
+    }
+    let sd = demo
+        .wait_at(&format!("{base}/sd"), "the target list", |b| {
+            b.contains("risk")
+        })
+        .await;
+    let sd: serde_json::Value = serde_json::from_str(&sd).unwrap();
+    let names: Vec<&str> = sd
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["labels"]["__param_target"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["primary", "replica", "risk"]);
+    assert!(
+        sd.as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["labels"]["cluster"] == "demo")
+    );
+    demo.stop();
 }
