@@ -309,13 +309,15 @@ impl Fleet {
         for (_, t) in stopping {
             self.inner.tracker.spawn(async move { t.stop().await });
         }
-        tracing::info!(
-            started = a.started,
-            restarted = a.restarted,
-            kept = a.kept,
-            stopped = a.stopped,
-            "target list applied"
-        );
+        if a.started + a.restarted + a.stopped > 0 {
+            tracing::info!(
+                started = a.started,
+                restarted = a.restarted,
+                kept = a.kept,
+                stopped = a.stopped,
+                "target list applied"
+            );
+        }
         a
     }
 

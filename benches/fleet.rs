@@ -1,0 +1,279 @@
+//! A fleet from one process: the real `pgpulse serve` binary with the shipped catalog samples
+//! 50 targets over 3 throwaway servers (each database a copy of the reference trade-engine
+//! schema with the monitoring schema), then one more target of about 10,000 relations
+//! (scripts/trading-shape.sql). Reports the resident memory per added target, pgpulse's CPU and
+//! the database time (pg_stat_statements of its login role, all three servers) per target and
+//! minute over `PGPULSE_BENCH_SECONDS` (default 120), `/probe` scrapes/s and latency with 50 wrk
+//! connections spread over the 50 targets, and the time from adding a target to the file to its
+//! first complete snapshot. Run: `cargo bench --bench fleet` (needs `wrk`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pgpulse::demo::{ClusterOptions, TempCluster};
+
+const SERVERS: usize = 3;
+const TARGETS: usize = 50;
+const ROLE: &str = "pgpulse_bench";
+
+/// A server with a template database (trade-engine + monitoring schema, pg_stat_statements)
+/// and the sampling role.
+async fn server() -> TempCluster {
+    let cluster = tokio::task::spawn_blocking(|| TempCluster::start(&ClusterOptions::default()))
+        .await
+        .unwrap()
+        .expect("start cluster");
+    let admin = common::connect(&cluster.url("postgres")).await;
+    admin.batch_execute("CREATE DATABASE tmpl").await.unwrap();
+    let mut c = common::connect(&cluster.url("tmpl")).await;
+    pgpulse::demo::schema::install(&c).await.unwrap();
+    pgpulse::db::migrate::migrate(&mut c).await.unwrap();
+    c.batch_execute(&format!(
+        "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; \
+         CREATE ROLE {ROLE} LOGIN IN ROLE pgpulse_monitor"
+    ))
+    .await
+    .unwrap();
+    drop(c);
+    cluster
+}
+
+/// The database of target `i` on `cluster`, copied from the template.
+async fn database(cluster: &TempCluster, i: usize) -> String {
+    let admin = common::connect(&cluster.url("postgres")).await;
+    admin
+        .batch_execute(&format!("CREATE DATABASE t{i:02} TEMPLATE tmpl"))
+        .await
+        .unwrap();
+    cluster
+        .url(&format!("t{i:02}"))
+        .replacen("postgres@", &format!("{ROLE}@"), 1)
+}
+
+/// Writes the targets file (file_sd, one named target per group).
+fn write_targets(file: &std::path::Path, targets: &[(String, String)]) {
+    let mut text = String::new();
+    for (name, url) in targets {
+        text.push_str(&format!(
+            "- targets: ['{url}']\n  labels: {{__pgpulse_name: '{name}'}}\n"
+        ));
+    }
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
+fn proc_field(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User + system CPU of `pid` in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// Milliseconds of statements of the sampling role on every server since the last reset.
+async fn db_ms(servers: &[TempCluster]) -> f64 {
+    let mut total = 0.0;
+    for s in servers {
+        let c = common::connect(&s.url("tmpl")).await;
+        let ms: f64 = c
+            .query_one(
+                "SELECT coalesce(sum(total_exec_time + total_plan_time), 0)::float8 \
+                 FROM pg_stat_statements WHERE userid = (SELECT oid FROM pg_roles WHERE rolname = $1)",
+                &[&ROLE],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        total += ms;
+    }
+    total
+}
+
+async fn reset(servers: &[TempCluster]) {
+    for s in servers {
+        common::connect(&s.url("tmpl"))
+            .await
+            .batch_execute("SELECT pg_stat_statements_reset()")
+            .await
+            .unwrap();
+    }
+}
+
+/// Waits until `/ready?target=NAME` answers 200; returns how long that took.
+async fn ready(listen: &str, name: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://{listen}/ready?target={name}")).await
+            && r.status() == 200
+        {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "{name} never ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return;
+    }
+    let seconds: u64 = std::env::var("PGPULSE_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
+    let mut servers = Vec::new();
+    for _ in 0..SERVERS {
+        servers.push(server().await);
+    }
+    let mut targets = Vec::new();
+    for i in 0..TARGETS {
+        let url = database(&servers[i % SERVERS], i).await;
+        targets.push((format!("t{i:02}"), url));
+    }
+    let relations: i64 = common::connect(&servers[0].url("t00"))
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("targets.yaml");
+    write_targets(&file, &targets[..1]);
+    let config = dir.path().join("pgpulse.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "targets_file: {}\nfleet: {{max_connections: 120, pool_size: 2, refresh_interval: 1s}}\n",
+            file.display()
+        ),
+    )
+    .unwrap();
+    let port = pgpulse::demo::cluster::free_port().unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgpulse"))
+        .args(["serve", "--listen-address", &listen])
+        .arg("--config")
+        .arg(&config)
+        .env_remove("PGPULSE_BENCH_SECONDS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    ready(&listen, "t00").await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let rss_one = proc_field(pid, "VmRSS:");
+    write_targets(&file, &targets);
+    let all_ready = Instant::now();
+    for (name, _) in &targets {
+        ready(&listen, name).await;
+    }
+    let all_ready = all_ready.elapsed();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    reset(&servers).await;
+    let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let minutes = t0.elapsed().as_secs_f64() / 60.0;
+    let cpu = (cpu_seconds(pid) - cpu0) / minutes / TARGETS as f64 * 1000.0;
+    let db = db_ms(&servers).await / minutes / TARGETS as f64;
+    let rss_all = proc_field(pid, "VmRSS:");
+    let per_target = (rss_all as f64 - rss_one as f64) / (TARGETS - 1) as f64 / 1024.0;
+    let lua = dir.path().join("spread.lua");
+    std::fs::write(
+        &lua,
+        format!(
+            "local n = 0\nrequest = function()\n  n = n + 1\n  return wrk.format(nil, string.format('/probe?target=t%02d', n % {TARGETS}))\nend\n"
+        ),
+    )
+    .unwrap();
+    let wrk = Command::new("wrk")
+        .args(["-t2", "-c50", "-d10s", "--latency", "-s"])
+        .arg(&lua)
+        .arg(format!("http://{listen}"))
+        .output()
+        .expect("wrk (apt-get install wrk)");
+    let wrk = String::from_utf8_lossy(&wrk.stdout).into_owned();
+    let field = |prefix: &str| {
+        wrk.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .map(str::trim)
+            .unwrap_or("?")
+            .to_owned()
+    };
+    // One more target of about 10,000 relations.
+    let big = database(&servers[0], TARGETS).await;
+    let c = common::connect(&servers[0].url(&format!("t{TARGETS:02}"))).await;
+    c.batch_execute(include_str!("../scripts/trading-shape.sql"))
+        .await
+        .unwrap();
+    c.batch_execute("CALL bench_trading_shape(5, 2500)")
+        .await
+        .unwrap();
+    let rss_before_big = proc_field(pid, "VmRSS:");
+    targets.push((format!("t{TARGETS:02}"), big));
+    write_targets(&file, &targets);
+    let big_ready = ready(&listen, &format!("t{TARGETS:02}")).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let rss_big = proc_field(pid, "VmRSS:") as f64 - rss_before_big as f64;
+    println!(
+        "fleet: {TARGETS} targets over {SERVERS} servers, {relations} relations in public of each"
+    );
+    println!(
+        "  RSS with 1 target:              {:.1} MB",
+        rss_one as f64 / 1024.0
+    );
+    println!(
+        "  RSS with {TARGETS} targets:             {:.1} MB ({per_target:.2} MB per added target)",
+        rss_all as f64 / 1024.0
+    );
+    println!(
+        "  all {} added targets ready in:  {:.1} s",
+        TARGETS - 1,
+        all_ready.as_secs_f64()
+    );
+    println!("  pgpulse CPU per target:         {cpu:.1} ms/min (over {minutes:.1} min)");
+    println!("  database time per target:       {db:.1} ms/min (all three servers)");
+    println!(
+        "  /probe, 50 connections over {TARGETS} targets: {} req/s, p50 {}, p99 {}",
+        field("Requests/sec:"),
+        field("50%"),
+        field("99%")
+    );
+    println!(
+        "  a target of ~10,000 relations: first complete snapshot {:.1} s after it was added to the file, +{:.1} MB RSS",
+        big_ready.as_secs_f64(),
+        rss_big / 1024.0
+    );
+    println!(
+        "  peak RSS:                       {:.1} MB",
+        proc_field(pid, "VmHWM:") as f64 / 1024.0
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
