@@ -135,6 +135,111 @@ async fn ready(listen: &str, name: &str) -> Duration {
     }
 }
 
+/// The running fleet: its servers, targets, targets file and the pgpulse process.
+struct Fleet {
+    servers: Vec<TempCluster>,
+    targets: Vec<(String, String)>,
+    file: std::path::PathBuf,
+    listen: String,
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    /// Starts the servers, their target databases and pgpulse with the first target only.
+    async fn start() -> Self {
+        let mut servers = Vec::new();
+        for _ in 0..SERVERS {
+            servers.push(server().await);
+        }
+        let mut targets = Vec::new();
+        for i in 0..TARGETS {
+            let url = database(&servers[i % SERVERS], i).await;
+            targets.push((format!("t{i:02}"), url));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("targets.yaml");
+        write_targets(&file, &targets[..1]);
+        let config = dir.path().join("pgpulse.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "targets_file: {}\nfleet: {{max_connections: 120, pool_size: 2, refresh_interval: 1s}}\n",
+                file.display()
+            ),
+        )
+        .unwrap();
+        let listen = format!("127.0.0.1:{}", pgpulse::demo::cluster::free_port().unwrap());
+        let child = Command::new(env!("CARGO_BIN_EXE_pgpulse"))
+            .args(["serve", "--listen-address", &listen])
+            .arg("--config")
+            .arg(&config)
+            .env_remove("PGPULSE_BENCH_SECONDS")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self {
+            servers,
+            targets,
+            file,
+            listen,
+            child,
+            dir,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// `/probe` with 50 wrk connections spread over the targets: requests/s, p50, p99.
+fn probe_load(f: &Fleet) -> [String; 3] {
+    let lua = f.dir.path().join("spread.lua");
+    std::fs::write(
+        &lua,
+        format!(
+            "local n = 0\nrequest = function()\n  n = n + 1\n  return wrk.format(nil, string.format('/probe?target=t%02d', n % {TARGETS}))\nend\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new("wrk")
+        .args(["-t2", "-c50", "-d10s", "--latency", "-s"])
+        .arg(&lua)
+        .arg(format!("http://{}", f.listen))
+        .output()
+        .expect("wrk (apt-get install wrk)");
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    ["Requests/sec:", "50%", "99%"].map(|prefix| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .map_or("?", str::trim)
+            .to_owned()
+    })
+}
+
+/// Adds a target of about 10,000 relations; returns the time to its first complete snapshot
+/// and the resident memory it added, in MB.
+async fn add_big_target(f: &mut Fleet) -> (Duration, f64) {
+    let name = format!("t{TARGETS:02}");
+    let url = database(&f.servers[0], TARGETS).await;
+    let c = common::connect(&f.servers[0].url(&name)).await;
+    c.batch_execute(include_str!("../scripts/trading-shape.sql"))
+        .await
+        .unwrap();
+    c.batch_execute("CALL bench_trading_shape(5, 2500)")
+        .await
+        .unwrap();
+    let before = proc_field(f.pid(), "VmRSS:");
+    f.targets.push((name.clone(), url));
+    write_targets(&f.file, &f.targets);
+    let took = ready(&f.listen, &name).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let added = (proc_field(f.pid(), "VmRSS:") as f64 - before as f64) / 1024.0;
+    (took, added)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
@@ -144,16 +249,9 @@ async fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(120);
-    let mut servers = Vec::new();
-    for _ in 0..SERVERS {
-        servers.push(server().await);
-    }
-    let mut targets = Vec::new();
-    for i in 0..TARGETS {
-        let url = database(&servers[i % SERVERS], i).await;
-        targets.push((format!("t{i:02}"), url));
-    }
-    let relations: i64 = common::connect(&servers[0].url("t00"))
+    let mut f = Fleet::start().await;
+    let pid = f.pid();
+    let relations: i64 = common::connect(&f.servers[0].url("t00"))
         .await
         .query_one(
             "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace",
@@ -162,85 +260,26 @@ async fn main() {
         .await
         .unwrap()
         .get(0);
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("targets.yaml");
-    write_targets(&file, &targets[..1]);
-    let config = dir.path().join("pgpulse.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "targets_file: {}\nfleet: {{max_connections: 120, pool_size: 2, refresh_interval: 1s}}\n",
-            file.display()
-        ),
-    )
-    .unwrap();
-    let port = pgpulse::demo::cluster::free_port().unwrap();
-    let listen = format!("127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgpulse"))
-        .args(["serve", "--listen-address", &listen])
-        .arg("--config")
-        .arg(&config)
-        .env_remove("PGPULSE_BENCH_SECONDS")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    ready(&listen, "t00").await;
+    ready(&f.listen, "t00").await;
     tokio::time::sleep(Duration::from_secs(20)).await;
     let rss_one = proc_field(pid, "VmRSS:");
-    write_targets(&file, &targets);
+    write_targets(&f.file, &f.targets);
     let all_ready = Instant::now();
-    for (name, _) in &targets {
-        ready(&listen, name).await;
+    for (name, _) in &f.targets {
+        ready(&f.listen, name).await;
     }
     let all_ready = all_ready.elapsed();
     tokio::time::sleep(Duration::from_secs(20)).await;
-    reset(&servers).await;
+    reset(&f.servers).await;
     let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let minutes = t0.elapsed().as_secs_f64() / 60.0;
     let cpu = (cpu_seconds(pid) - cpu0) / minutes / TARGETS as f64 * 1000.0;
-    let db = db_ms(&servers).await / minutes / TARGETS as f64;
+    let db = db_ms(&f.servers).await / minutes / TARGETS as f64;
     let rss_all = proc_field(pid, "VmRSS:");
     let per_target = (rss_all as f64 - rss_one as f64) / (TARGETS - 1) as f64 / 1024.0;
-    let lua = dir.path().join("spread.lua");
-    std::fs::write(
-        &lua,
-        format!(
-            "local n = 0\nrequest = function()\n  n = n + 1\n  return wrk.format(nil, string.format('/probe?target=t%02d', n % {TARGETS}))\nend\n"
-        ),
-    )
-    .unwrap();
-    let wrk = Command::new("wrk")
-        .args(["-t2", "-c50", "-d10s", "--latency", "-s"])
-        .arg(&lua)
-        .arg(format!("http://{listen}"))
-        .output()
-        .expect("wrk (apt-get install wrk)");
-    let wrk = String::from_utf8_lossy(&wrk.stdout).into_owned();
-    let field = |prefix: &str| {
-        wrk.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix))
-            .map(str::trim)
-            .unwrap_or("?")
-            .to_owned()
-    };
-    // One more target of about 10,000 relations.
-    let big = database(&servers[0], TARGETS).await;
-    let c = common::connect(&servers[0].url(&format!("t{TARGETS:02}"))).await;
-    c.batch_execute(include_str!("../scripts/trading-shape.sql"))
-        .await
-        .unwrap();
-    c.batch_execute("CALL bench_trading_shape(5, 2500)")
-        .await
-        .unwrap();
-    let rss_before_big = proc_field(pid, "VmRSS:");
-    targets.push((format!("t{TARGETS:02}"), big));
-    write_targets(&file, &targets);
-    let big_ready = ready(&listen, &format!("t{TARGETS:02}")).await;
-    tokio::time::sleep(Duration::from_secs(20)).await;
-    let rss_big = proc_field(pid, "VmRSS:") as f64 - rss_before_big as f64;
+    let [rps, p50, p99] = probe_load(&f);
+    let (big_ready, rss_big) = add_big_target(&mut f).await;
     println!(
         "fleet: {TARGETS} targets over {SERVERS} servers, {relations} relations in public of each"
     );
@@ -259,21 +298,15 @@ async fn main() {
     );
     println!("  pgpulse CPU per target:         {cpu:.1} ms/min (over {minutes:.1} min)");
     println!("  database time per target:       {db:.1} ms/min (all three servers)");
+    println!("  /probe, 50 connections over {TARGETS} targets: {rps} req/s, p50 {p50}, p99 {p99}");
     println!(
-        "  /probe, 50 connections over {TARGETS} targets: {} req/s, p50 {}, p99 {}",
-        field("Requests/sec:"),
-        field("50%"),
-        field("99%")
-    );
-    println!(
-        "  a target of ~10,000 relations: first complete snapshot {:.1} s after it was added to the file, +{:.1} MB RSS",
-        big_ready.as_secs_f64(),
-        rss_big / 1024.0
+        "  a target of ~10,000 relations: first complete snapshot {:.1} s after it was added to the file, +{rss_big:.1} MB RSS",
+        big_ready.as_secs_f64()
     );
     println!(
         "  peak RSS:                       {:.1} MB",
         proc_field(pid, "VmHWM:") as f64 / 1024.0
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    let _ = f.child.kill();
+    let _ = f.child.wait();
 }
