@@ -17,14 +17,11 @@ use arc_swap::ArcSwap;
 use axum::body::Bytes;
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
-use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::catalog::MetricKind;
 use crate::snapshot::Snapshot;
-use crate::snapshot::histogram::HistogramSnapshot;
+
+mod families;
 
 /// Content type of the OpenMetrics text format.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -117,134 +114,15 @@ impl Exposition {
     }
 }
 
-/// Encodes the snapshot's latest results as metric families.
-#[derive(Debug)]
-struct SnapshotCollector {
-    snapshot: Arc<Snapshot>,
-}
-
-struct Value(f64, MetricKind);
-
-impl std::fmt::Debug for Value {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-/// `pg_up`, `pg_server_version_num` and `pg_server_in_recovery`, from the probe's verdict in
-/// the snapshot. A standby's role is this gauge, never a label: a promotion changes no
-/// series' identity. The role is absent until a probe has reached the server (a standby
-/// must not pass for a primary meanwhile).
-fn encode_probe(snapshot: &Snapshot, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
-    let version = snapshot.server_version();
-    let facts = [
-        (
-            "pg_up",
-            "Whether the last connection attempt to PostgreSQL succeeded (1) or not (0)",
-            Some(i64::from(snapshot.is_up())),
-        ),
-        (
-            "pg_server_version_num",
-            "server_version_num of the PostgreSQL server (0 before the first connection)",
-            Some(version),
-        ),
-        (
-            "pg_server_in_recovery",
-            "1 on a standby (in recovery), 0 on a primary, at the last probe that reached the server",
-            (version > 0).then(|| i64::from(snapshot.in_recovery())),
-        ),
-    ];
-    for (name, help, value) in facts {
-        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-        if let Some(v) = value {
-            family.encode_gauge(&v)?;
-        }
-    }
-    Ok(())
-}
-
-impl Collector for SnapshotCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        encode_probe(&self.snapshot, &mut encoder)?;
-        for result in self.snapshot.results() {
-            if let (Some(spec), Some(h)) = (&result.spec.histogram, &result.histogram) {
-                let family = encoder.encode_descriptor(
-                    &spec.name,
-                    &spec.help,
-                    None,
-                    MetricType::Histogram,
-                )?;
-                encode_histogram(family, h)?;
-            }
-            for (spec, series) in result.spec.metrics.iter().zip(&result.families) {
-                let ty = match spec.kind {
-                    MetricKind::Gauge => MetricType::Gauge,
-                    MetricKind::Counter => MetricType::Counter,
-                };
-                let mut family = encoder.encode_descriptor(spec.family(), &spec.help, None, ty)?;
-                if result.spec.labels.is_empty() {
-                    // No labels: at most one series (duplicates are dropped when sampling).
-                    if let Some(s) = series.first() {
-                        Value(s.value, spec.kind).encode(family)?;
-                    }
-                    continue;
-                }
-                for s in series {
-                    let labels: Vec<(&str, &str)> = result
-                        .spec
-                        .labels
-                        .iter()
-                        .map(String::as_str)
-                        .zip(s.labels.iter().map(String::as_str))
-                        .collect();
-                    Value(s.value, spec.kind).encode(family.encode_family(&labels)?)?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-fn encode_histogram(
-    mut encoder: prometheus_client::encoding::MetricEncoder,
-    h: &HistogramSnapshot,
-) -> Result<(), std::fmt::Error> {
-    encoder.encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)
-}
-
-impl EncodeMetric for Value {
-    fn encode(
-        &self,
-        mut encoder: prometheus_client::encoding::MetricEncoder,
-    ) -> Result<(), std::fmt::Error> {
-        // Integral values print without a fraction ("42", not "42.0").
-        let integral = self.0.fract() == 0.0 && self.0.abs() < 9.0e15;
-        match (self.1, integral) {
-            (MetricKind::Gauge, true) => encoder.encode_gauge(&(self.0 as i64)),
-            (MetricKind::Gauge, false) => encoder.encode_gauge(&self.0),
-            (MetricKind::Counter, true) if self.0 >= 0.0 => {
-                encoder.encode_counter::<NoLabelSet, u64, f64>(&(self.0 as u64), None)
-            }
-            (MetricKind::Counter, _) => {
-                encoder.encode_counter::<NoLabelSet, f64, f64>(&self.0, None)
-            }
-        }
-    }
-
-    fn metric_type(&self) -> MetricType {
-        match self.1 {
-            MetricKind::Gauge => MetricType::Gauge,
-            MetricKind::Counter => MetricType::Counter,
-        }
-    }
-}
-
 /// Renders snapshots and publishes them for scrapes.
 #[derive(Debug)]
 pub struct Renderer {
+    /// The self-metrics.
     registry: Registry,
     /// `None` for the process body of a fleet (its self-metrics only).
     snapshot: Option<Arc<Snapshot>>,
+    /// The snapshot's results as encoded by the last render.
+    encoded: families::Encoded,
     current: Arc<ArcSwap<Exposition>>,
     /// Told after every render (a fleet's process body shows its targets' states).
     then: Option<Arc<tokio::sync::Notify>>,
@@ -252,12 +130,10 @@ pub struct Renderer {
 
 impl Renderer {
     /// Creates a renderer over a registry (holding the self-metrics) and the snapshot.
-    pub fn new(mut registry: Registry, snapshot: Arc<Snapshot>) -> Self {
-        registry.register_collector(Box::new(SnapshotCollector {
-            snapshot: snapshot.clone(),
-        }));
+    pub fn new(registry: Registry, snapshot: Arc<Snapshot>) -> Self {
         Self {
             registry,
+            encoded: families::Encoded::default(),
             snapshot: Some(snapshot),
             current: Arc::new(ArcSwap::from_pointee(Exposition::default())),
             then: None,
@@ -268,6 +144,7 @@ impl Renderer {
     pub fn process(registry: Registry) -> Self {
         Self {
             registry,
+            encoded: families::Encoded::default(),
             snapshot: None,
             current: Arc::new(ArcSwap::from_pointee(Exposition::default())),
             then: None,
@@ -300,6 +177,18 @@ impl Renderer {
         }
     }
 
+    /// The self-metrics, then the snapshot's families (each result encoded once, when it is
+    /// published, and its text reused by later renders), then `# EOF`.
+    fn encode(&self, om: &mut String) -> std::fmt::Result {
+        prometheus_client::encoding::text::encode(om, &self.registry)?;
+        if let Some(snapshot) = &self.snapshot {
+            families::strip_eof(om);
+            self.encoded.append(snapshot, om)?;
+            om.push_str(families::EOF);
+        }
+        Ok(())
+    }
+
     /// Renders the current snapshot and swaps it in.
     pub fn render(&self) {
         // Read before encoding: a state reached during the encoding shows in the next render.
@@ -310,7 +199,7 @@ impl Renderer {
         let ready = up && succeeded;
         let mut om = String::with_capacity(64 * 1024);
         let whole = self.snapshot.as_ref().map(|s| s.consistency.hold());
-        let encoded = prometheus_client::encoding::text::encode(&mut om, &self.registry);
+        let encoded = self.encode(&mut om);
         drop(whole);
         if let Err(e) = encoded {
             // Only a formatting error of a value can get here; keep serving the last body.
