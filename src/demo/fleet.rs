@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use super::cluster::TempCluster;
-use super::run::{DEMO_ROLE, DemoArgs, DemoError};
+use super::error::DemoError;
 use crate::config::fleet::TargetSettings;
 
 /// Creates the `risk` database (with the monitoring schema) and the standby.
@@ -28,15 +28,15 @@ pub(super) async fn prepare(primary: &TempCluster) -> Result<TempCluster, DemoEr
         .map_err(DemoError::from)
 }
 
-/// A target of the demo: `database` on `cluster`, sampled as the demo's role.
-/// Its one label is the cluster: a server's role is the gauge `pg_server_in_recovery`, never a
-/// label (a promotion would leave a label lying).
-fn target(name: &str, cluster: &TempCluster, database: &str) -> TargetSettings {
+/// A target of the demo: `database` on `cluster`, sampled as `role`. Its one label is the
+/// cluster: a server's role is the gauge `pg_server_in_recovery`, never a label (a promotion
+/// would leave a label lying).
+fn target(name: &str, cluster: &TempCluster, database: &str, role: &str) -> TargetSettings {
     TargetSettings {
         name: name.to_owned(),
         url: cluster.url(database).replacen(
             "postgres://postgres@",
-            &format!("postgres://{DEMO_ROLE}@"),
+            &format!("postgres://{role}@"),
             1,
         ),
         auth: None,
@@ -44,19 +44,21 @@ fn target(name: &str, cluster: &TempCluster, database: &str) -> TargetSettings {
     }
 }
 
-/// The fleet's configuration: three targets, the demo's intervals.
+/// The fleet's configuration: three targets sampled as `role`, served on `listen_address`,
+/// the demo's intervals.
 pub(super) fn config(
     primary: &TempCluster,
     standby: &TempCluster,
-    args: &DemoArgs,
+    listen_address: &str,
+    role: &str,
     defaults: crate::catalog::Defaults,
 ) -> Result<crate::config::Config, DemoError> {
     let mut settings = crate::config::Settings::default();
-    settings.web.listen_address = args.listen_address.clone();
+    settings.web.listen_address = listen_address.to_owned();
     settings.targets = vec![
-        target("primary", primary, "trade_engine"),
-        target("replica", standby, "trade_engine"),
-        target("risk", primary, "risk"),
+        target("primary", primary, "trade_engine", role),
+        target("replica", standby, "trade_engine", role),
+        target("risk", primary, "risk", role),
     ];
     let mut config = settings.validate()?;
     config.default_interval = defaults.interval;

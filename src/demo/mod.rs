@@ -5,6 +5,7 @@
 
 mod alerting;
 pub mod cluster;
+mod error;
 pub mod fleet;
 pub mod rules;
 mod run;
@@ -14,4 +15,5 @@ mod status;
 pub mod workload;
 
 pub use cluster::{ClusterOptions, TempCluster};
-pub use run::{DemoArgs, DemoError, run};
+pub use error::DemoError;
+pub use run::{DemoArgs, run};

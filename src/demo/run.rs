@@ -10,7 +10,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::alerting::AlertStack;
-use super::cluster::{ClusterError, ClusterOptions, TempCluster};
+use super::cluster::{ClusterOptions, TempCluster};
+use super::error::DemoError;
 use super::rules;
 use super::scenario::{self, Scenario};
 use super::status;
@@ -26,47 +27,6 @@ pub(super) const DEMO_DEFAULTS: Defaults = Defaults {
 
 /// The login role the demo's pgpulse samples as (a member of `pgpulse_monitor`).
 pub(super) const DEMO_ROLE: &str = "pgpulse";
-
-/// Why the demo stopped early; each variant names the step.
-#[derive(Debug, thiserror::Error)]
-pub enum DemoError {
-    /// The throwaway cluster could not start.
-    #[error(transparent)]
-    Cluster(#[from] ClusterError),
-    /// A connection failed.
-    #[error(transparent)]
-    Connect(#[from] crate::db::ConnectError),
-    /// A statement of a setup step failed.
-    #[error("{step}: {reason}")]
-    Database {
-        /// What the demo was doing.
-        step: &'static str,
-        /// The server's message.
-        reason: String,
-    },
-    /// The migrations failed.
-    #[error(transparent)]
-    Migrate(#[from] crate::db::migrate::MigrateError),
-    /// The demo's configuration is invalid (e.g. a bad listen address).
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    /// The built-in catalog does not load.
-    #[error(transparent)]
-    Catalog(#[from] crate::catalog::CatalogError),
-    /// The exporter failed.
-    #[error(transparent)]
-    App(#[from] crate::app::AppError),
-    /// A background task panicked.
-    #[error("{0}")]
-    Task(String),
-}
-
-impl DemoError {
-    /// Whether the failure is a configuration or usage error.
-    pub fn is_config(&self) -> bool {
-        matches!(self, Self::Config(_) | Self::Catalog(_))
-    }
-}
 
 fn step(step: &'static str) -> impl FnOnce(tokio_postgres::Error) -> DemoError {
     move |e| DemoError::Database {
@@ -133,7 +93,9 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         false => None,
     };
     let config = match &standby {
-        Some(s) => super::fleet::config(&cluster, s, &args, DEMO_DEFAULTS)?,
+        Some(s) => {
+            super::fleet::config(&cluster, s, &args.listen_address, DEMO_ROLE, DEMO_DEFAULTS)?
+        }
         None => demo_config(&cluster, &args)?,
     };
     let catalog = Catalog::builtin(DEMO_DEFAULTS)?;
