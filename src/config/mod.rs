@@ -411,51 +411,6 @@ impl Settings {
     }
 }
 
-impl Settings {
-    /// The fleet, when `targets:` or `targets_file:` is set; `database.url` (or its keys) is
-    /// then an error, as one configuration names its databases in one place.
-    fn fleet_config(
-        &self,
-        connect_timeout: Duration,
-    ) -> Result<Option<fleet::FleetConfig>, ConfigError> {
-        if self.targets.is_empty() && self.targets_file.is_none() {
-            return Ok(None);
-        }
-        let db = &self.database;
-        if db.url.is_some() || db.url_file.is_some() || db.host.is_some() || db.dbname.is_some() {
-            return Err(ConfigError::Invalid {
-                key: "targets",
-                reason: "database.url (or its keys) and targets exclude each other: put that \
-                         database in targets: too"
-                    .to_owned(),
-            });
-        }
-        let f = &self.fleet;
-        at_least_one("fleet.max_connections", f.max_connections)?;
-        if !(1..=20).contains(&f.pool_size) || f.pool_size > f.max_connections {
-            return Err(ConfigError::Invalid {
-                key: "fleet.pool_size",
-                reason: format!(
-                    "{} is outside 1..=20 or above fleet.max_connections",
-                    f.pool_size
-                ),
-            });
-        }
-        let mut config = fleet::FleetConfig {
-            targets: Vec::new(),
-            file: self.targets_file.clone(),
-            auths: self.auths.clone(),
-            max_connections: f.max_connections,
-            refresh_interval: positive("fleet.refresh_interval", f.refresh_interval)?,
-            pool_size: f.pool_size,
-        };
-        config.targets = config.resolve_static(&self.targets, connect_timeout)?;
-        // The file is read now too, so a bad one stops the start with its error.
-        config.read_targets(connect_timeout)?;
-        Ok(Some(config))
-    }
-}
-
 impl DatabaseSettings {
     /// The database target: the URL (or its file) or the discrete keys, the password (or
     /// its file, or `~/.pgpass`) and TLS.
