@@ -309,17 +309,13 @@ impl Settings {
 
 impl AuthSettings {
     fn ssl_params(&self) -> Result<crate::db::tls::SslParams, String> {
-        Ok(crate::db::tls::SslParams {
-            mode: self
-                .sslmode
-                .as_deref()
-                .map(str::parse)
-                .transpose()
-                .map_err(|e: crate::db::tls::TlsError| e.to_string())?,
-            root_cert: self.sslrootcert.clone(),
-            cert: self.sslcert.clone(),
-            key: self.sslkey.clone(),
-        })
+        super::ssl_params(
+            self.sslmode.as_deref(),
+            &self.sslrootcert,
+            &self.sslcert,
+            &self.sslkey,
+        )
+        .map_err(|e| e.to_string())
     }
 }
 

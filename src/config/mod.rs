@@ -477,21 +477,33 @@ impl DatabaseSettings {
     }
 
     fn ssl_params(&self) -> Result<crate::db::tls::SslParams, ConfigError> {
-        Ok(crate::db::tls::SslParams {
-            mode: self
-                .sslmode
-                .as_deref()
-                .map(str::parse)
-                .transpose()
-                .map_err(|e: crate::db::tls::TlsError| ConfigError::Invalid {
-                    key: "database.sslmode",
-                    reason: e.to_string(),
-                })?,
-            root_cert: self.sslrootcert.clone(),
-            cert: self.sslcert.clone(),
-            key: self.sslkey.clone(),
+        ssl_params(
+            self.sslmode.as_deref(),
+            &self.sslrootcert,
+            &self.sslcert,
+            &self.sslkey,
+        )
+        .map_err(|e| ConfigError::Invalid {
+            key: "database.sslmode",
+            reason: e.to_string(),
         })
     }
+}
+
+/// libpq-style TLS keys (of `database` or of an auth) as the TLS settings; only `sslmode` can
+/// be malformed here (the files are read when the connector is built).
+fn ssl_params(
+    mode: Option<&str>,
+    root_cert: &Option<String>,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+) -> Result<crate::db::tls::SslParams, crate::db::tls::TlsError> {
+    Ok(crate::db::tls::SslParams {
+        mode: mode.map(str::parse).transpose()?,
+        root_cert: root_cert.clone(),
+        cert: cert.clone(),
+        key: key.clone(),
+    })
 }
 
 impl WebSettings {

@@ -88,7 +88,13 @@ impl Fleet {
         stop: CancellationToken,
         tracker: TaskTracker,
     ) -> Result<Self, PoolError> {
-        let fleet = Self::empty(config, None, catalog, (stop, tracker));
+        let fleet = Self::empty(
+            config,
+            None,
+            catalog,
+            (Targets::default(), Arc::new(Notify::new())),
+            (stop, tracker),
+        );
         let inner = &fleet.inner;
         let parts = target::Parts {
             config: &inner.config,
@@ -119,20 +125,20 @@ impl Fleet {
         let cap = Cap::new(fleet.max_connections);
         let published = Targets::default();
         let m = FleetMetrics::register(registry, published.clone(), cap.clone());
-        let mut me = Self::empty(config, Some((fleet, cap, m)), catalog, (stop, tracker));
-        let inner = Arc::get_mut(&mut me.inner);
-        // Just made, so not shared yet.
-        if let Some(inner) = inner {
-            inner.published = published;
-            inner.rendered = rendered;
-        }
-        me
+        Self::empty(
+            config,
+            Some((fleet, cap, m)),
+            catalog,
+            (published, rendered),
+            (stop, tracker),
+        )
     }
 
     fn empty(
         config: Config,
         fleet: Option<(FleetConfig, Cap, FleetMetrics)>,
         catalog: Catalog,
+        (published, rendered): (Targets, Arc<Notify>),
         (stop, tracker): (CancellationToken, TaskTracker),
     ) -> Self {
         Self {
@@ -142,8 +148,8 @@ impl Fleet {
                 catalog: Mutex::new(catalog),
                 servers: Servers::default(),
                 targets: Mutex::new(BTreeMap::new()),
-                published: Targets::default(),
-                rendered: Arc::new(Notify::new()),
+                published,
+                rendered,
                 stop,
                 tracker,
             }),
