@@ -18,10 +18,12 @@ fn watch(app: String, done: Arc<AtomicBool>) -> tokio::task::JoinHandle<i64> {
         let c = connect(&admin_url()).await;
         let most = AtomicI64::new(0);
         let sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1";
+        // The count's cadence, not a wait for a condition: a sample every 100 ms.
+        let mut every = tokio::time::interval(std::time::Duration::from_millis(100));
         while !done.load(Ordering::Relaxed) {
+            every.tick().await;
             let n: i64 = c.query_one(sql, &[&app]).await.unwrap().get(0);
             most.fetch_max(n, Ordering::Relaxed);
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         most.load(Ordering::Relaxed)
     })
@@ -73,19 +75,14 @@ async fn the_cap_holds_over_every_target_through_churn() {
     let done = Arc::new(AtomicBool::new(false));
     let watcher = watch(app.clone(), done.clone());
     let pairs: Vec<(&str, &TestDb)> = names.iter().copied().zip(dbs.iter()).collect();
+    let listed = |ix: &[usize]| -> Vec<(&str, &str)> {
+        ix.iter().map(|&i| (names[i], urls[i].as_str())).collect()
+    };
     all_sampled(&svc, &pairs[..3]).await;
     // Add the fourth target by the timer, then churn by reload (SIGHUP's path).
-    write_targets(
-        &file,
-        &[
-            (names[0], &urls[0]),
-            (names[1], &urls[1]),
-            (names[2], &urls[2]),
-            (names[3], &urls[3]),
-        ],
-    );
+    write_targets(&file, &listed(&[0, 1, 2, 3]));
     all_sampled(&svc, &pairs).await;
-    write_targets(&file, &[(names[1], &urls[1]), (names[3], &urls[3])]);
+    write_targets(&file, &listed(&[1, 3]));
     let _ = svc.reloader.reload();
     assert_eq!(svc.probe("a").await.0, 404);
     all_sampled(&svc, &[pairs[1], pairs[3]]).await;
@@ -100,15 +97,7 @@ async fn the_cap_holds_over_every_target_through_churn() {
     })
     .await;
     assert!(gone.is_some(), "the removed targets' connections closed");
-    write_targets(
-        &file,
-        &[
-            (names[0], &urls[0]),
-            (names[1], &urls[1]),
-            (names[2], &urls[2]),
-            (names[3], &urls[3]),
-        ],
-    );
+    write_targets(&file, &listed(&[0, 1, 2, 3]));
     let _ = svc.reloader.reload();
     all_sampled(&svc, &pairs).await;
     done.store(true, Ordering::Relaxed);

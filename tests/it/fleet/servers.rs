@@ -3,24 +3,18 @@
 //! target only, as pg_stat_statements counts; a standby's promotion flips
 //! `pg_server_in_recovery` without a new series identity and stops its replica-only queries.
 
-use super::{target, whoami};
+use super::{WHOAMI, target, whoami};
 use crate::harness::{TestDb, connect, eventually, exec, own_cluster};
 use crate::service::{Running, sample, start_settings};
 use crate::signals::DEADLINE;
 use pgpulse::demo::TempCluster;
 
-/// A database query and a server-wide one, every second; and a replica-only one.
-const CATALOG: &str = r#"
-queries:
-  - name: whoami
-    help: the database sampled
-    interval: 1s
-    timeout: 900ms
-    sql: SELECT current_database() AS db, 1 AS one
-    labels: [db]
-    metrics:
-      - {column: one, name: pg_test_database, type: gauge, help: The database sampled.}
-  - name: server_sessions
+/// [`WHOAMI`]'s database query with a server-wide one, every second, and a replica-only one.
+fn catalog() -> String {
+    format!("{WHOAMI}{MORE}")
+}
+
+const MORE: &str = r#"  - name: server_sessions
     help: sessions of the whole server
     scope: server
     interval: 1s
@@ -69,7 +63,7 @@ async fn three_databases_of_one_server_run_its_server_wide_queries_once() {
         cluster.port(),
         dbs[2].name
     );
-    let svc = start_settings(CATALOG, |s, _| {
+    let svc = start_settings(&catalog(), |s, _| {
         s.targets = vec![
             target("t1", &dbs[0].url, &[]),
             target("t2", &dbs[1].url, &[]),
@@ -135,7 +129,7 @@ async fn a_promotion_flips_the_role_gauge_without_new_series_and_stops_replica_q
     let primary = own_cluster(Default::default());
     let standby = TempCluster::standby_of(&primary, "fleet_standby")
         .unwrap_or_else(|e| panic!("standby: {e}"));
-    let svc = start_settings(CATALOG, |s, _| {
+    let svc = start_settings(&catalog(), |s, _| {
         s.targets = vec![
             target("primary", &primary.url("postgres"), &[]),
             target("replica", &standby.url("postgres"), &[]),
