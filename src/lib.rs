@@ -21,7 +21,7 @@
 //!   reload); [`plans`] (the key queries' plan check).
 //! - 3: [`sampler`] (probe, gating, scheduling, running a query, rows → series, the current
 //!   catalog and reload as a diff); [`slowlog`] (the exact slow-statement counter);
-//!   [`maintenance`] (the job runner).
+//!   [`maintenance`] (the job runner); [`bouncer`] (PgBouncer's admin console as a target).
 //! - 4: [`exposition`] (snapshot + self-metrics → text/OpenMetrics, gzip, the render loop).
 //! - 5: [`http`] (server with deadlines and a connection cap, router, auth, handlers).
 //! - 6: [`config`] (settings layered by figment, validated into [`config::Config`], whose
@@ -43,6 +43,7 @@ pub mod db;
 pub mod plans;
 pub mod snapshot;
 
+pub mod bouncer;
 pub mod maintenance;
 pub mod sampler;
 pub mod slowlog;

@@ -30,6 +30,20 @@ pub struct TargetSettings {
     /// Labels `/sd` hands to Prometheus with the target (e.g. `cluster`, `env`).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// What the URL reaches: PostgreSQL (the default) or PgBouncer's admin console.
+    #[serde(default)]
+    pub kind: TargetKind,
+}
+
+/// What a target's URL reaches.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    /// A PostgreSQL database, sampled with the catalog.
+    #[default]
+    Postgres,
+    /// PgBouncer's admin console (the `pgbouncer` database), sampled with `SHOW` commands.
+    Pgbouncer,
 }
 
 /// A named credential set.
@@ -61,6 +75,13 @@ pub struct FleetSettings {
     pub refresh_interval: Duration,
     /// Each target's own connection budget (below `max_connections`).
     pub pool_size: usize,
+    /// How often a PgBouncer target's console is read.
+    #[serde(with = "humantime_serde")]
+    pub pgbouncer_interval: Duration,
+    /// How long one console command may take (client-side: the console has no
+    /// `statement_timeout`).
+    #[serde(with = "humantime_serde")]
+    pub pgbouncer_timeout: Duration,
 }
 
 impl Default for FleetSettings {
@@ -69,6 +90,8 @@ impl Default for FleetSettings {
             max_connections: 20,
             refresh_interval: Duration::from_secs(30),
             pool_size: 2,
+            pgbouncer_interval: Duration::from_secs(15),
+            pgbouncer_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -84,6 +107,8 @@ pub struct TargetConfig {
     pub password_file: Option<PathBuf>,
     /// Labels for `/sd`.
     pub labels: BTreeMap<String, String>,
+    /// PostgreSQL or PgBouncer.
+    pub kind: TargetKind,
     /// What the target was made of (URL, auth, labels): a reload keeps a target whose
     /// fingerprint did not change.
     pub fingerprint: String,
@@ -104,6 +129,10 @@ pub struct FleetConfig {
     pub refresh_interval: Duration,
     /// Each target's pool size.
     pub pool_size: usize,
+    /// How often a PgBouncer target's console is read.
+    pub pgbouncer_interval: Duration,
+    /// The client-side timeout of one console command.
+    pub pgbouncer_timeout: Duration,
 }
 
 /// Where a target came from, for errors: `targets[3]` or `file:line`.
@@ -207,6 +236,21 @@ impl FleetConfig {
                 "the url names no database (libpq would silently use the user name); add /dbname",
             ));
         }
+        if entry.kind == TargetKind::Pgbouncer && target.config().get_dbname() != Some("pgbouncer")
+        {
+            return Err(bad(
+                origin,
+                name,
+                "a pgbouncer target's url names PgBouncer's admin database: .../pgbouncer",
+            ));
+        }
+        if entry.kind == TargetKind::Pgbouncer && target.config().get_options().is_some() {
+            return Err(bad(
+                origin,
+                name,
+                "PgBouncer's console takes no `options`; remove them from the url",
+            ));
+        }
         if let Some(user) = &auth.user {
             target.set_user(user);
         }
@@ -214,12 +258,13 @@ impl FleetConfig {
         target
             .configure_tls(auth.ssl_params().map_err(|r| bad(origin, name, r))?)
             .map_err(|e| bad(origin, name, e.to_string()))?;
-        let fingerprint = format!("{}|{auth:?}|{:?}", entry.url, entry.labels);
+        let fingerprint = format!("{}|{auth:?}|{:?}|{:?}", entry.url, entry.labels, entry.kind);
         Ok(TargetConfig {
             name: entry.name.clone(),
             target,
             password_file: auth.password_file.clone(),
             labels: entry.labels.clone(),
+            kind: entry.kind,
             fingerprint,
         })
     }
@@ -299,6 +344,8 @@ impl Settings {
             max_connections: f.max_connections,
             refresh_interval: super::positive("fleet.refresh_interval", f.refresh_interval)?,
             pool_size: f.pool_size,
+            pgbouncer_interval: super::positive("fleet.pgbouncer_interval", f.pgbouncer_interval)?,
+            pgbouncer_timeout: super::positive("fleet.pgbouncer_timeout", f.pgbouncer_timeout)?,
         };
         config.targets = config.resolve_static(&self.targets, connect_timeout)?;
         // The file is read now too, so a bad one stops the start with its error.
@@ -331,10 +378,12 @@ struct Group {
 /// The meta labels a file_sd group may carry for pgpulse.
 const META_NAME: &str = "__pgpulse_name";
 const META_AUTH: &str = "__pgpulse_auth";
+const META_KIND: &str = "__pgpulse_kind";
 
 /// Reads a file_sd file (YAML, or JSON, which YAML reads too) into target entries. Each
 /// `targets` string is a libpq URL (`postgres://` may be left out); `__pgpulse_name` names the
-/// target of a one-target group (default: `host:port/dbname`), `__pgpulse_auth` its auth; other
+/// target of a one-target group (default: `host:port/dbname`), `__pgpulse_auth` its auth,
+/// `__pgpulse_kind` its kind (`postgres`, `pgbouncer`); other
 /// `__`-prefixed labels are dropped, as Prometheus drops them.
 fn read_file_sd(file: &Path) -> Result<Vec<(Origin, TargetSettings)>, ConfigError> {
     let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Read {
@@ -389,11 +438,26 @@ fn entry(origin: &Origin, group: &Group, t: &str) -> Result<TargetSettings, Conf
         .filter(|(k, _)| !k.starts_with("__"))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    let kind = match group.labels.get(META_KIND).map(String::as_str) {
+        None | Some("postgres") => TargetKind::Postgres,
+        Some("pgbouncer") => TargetKind::Pgbouncer,
+        Some(other) => {
+            return Err(bad(
+                origin,
+                &name,
+                format!(
+                    "{META_KIND} `{}` is neither postgres nor pgbouncer",
+                    other.escape_debug()
+                ),
+            ));
+        }
+    };
     Ok(TargetSettings {
         name,
         url,
         auth: group.labels.get(META_AUTH).cloned(),
         labels,
+        kind,
     })
 }
 
@@ -430,6 +494,8 @@ mod tests {
             max_connections: 4,
             refresh_interval: Duration::from_secs(30),
             pool_size: 2,
+            pgbouncer_interval: Duration::from_secs(15),
+            pgbouncer_timeout: Duration::from_secs(5),
         }
     }
 
@@ -439,6 +505,7 @@ mod tests {
             url: url.to_owned(),
             auth: None,
             labels: BTreeMap::new(),
+            kind: TargetKind::Postgres,
         }
     }
 

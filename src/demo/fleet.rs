@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use super::cluster::TempCluster;
 use super::error::DemoError;
-use crate::config::fleet::TargetSettings;
+use crate::config::fleet::{TargetKind, TargetSettings};
 
 /// Creates the `risk` database (with the monitoring schema) and the standby.
 pub(super) async fn prepare(primary: &TempCluster) -> Result<TempCluster, DemoError> {
@@ -41,6 +41,7 @@ fn target(name: &str, cluster: &TempCluster, database: &str, role: &str) -> Targ
         ),
         auth: None,
         labels: [("cluster".to_owned(), "demo".to_owned())].into(),
+        kind: TargetKind::Postgres,
     }
 }
 

@@ -4,6 +4,7 @@
 //! with `--fleet`, a standby and a second database too, sampled by one pgpulse ([`fleet`]).
 
 mod alerting;
+pub mod bouncer;
 pub mod cluster;
 mod error;
 pub mod fleet;
@@ -14,6 +15,7 @@ pub mod schema;
 mod status;
 pub mod workload;
 
+pub use bouncer::{BouncerOptions, TempBouncer};
 pub use cluster::{ClusterOptions, TempCluster};
 pub use error::DemoError;
 pub use run::{DemoArgs, run};

@@ -19,7 +19,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use prometheus_client::registry::Registry;
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Liveness, Snapshot};
 
 mod families;
 
@@ -119,8 +119,12 @@ impl Exposition {
 pub struct Renderer {
     /// The self-metrics.
     registry: Registry,
-    /// `None` for the process body of a fleet (its self-metrics only).
+    /// `None` for the process body of a fleet (its self-metrics only) and for a PgBouncer
+    /// target (its collector is in the registry).
     snapshot: Option<Arc<Snapshot>>,
+    /// What `up` and readiness follow without a snapshot (a PgBouncer target); neither a
+    /// snapshot nor this: always up (the process body).
+    liveness: Option<Arc<Liveness>>,
     /// The snapshot's results as encoded by the last render.
     encoded: families::Encoded,
     current: Arc<ArcSwap<Exposition>>,
@@ -135,6 +139,7 @@ impl Renderer {
             registry,
             encoded: families::Encoded::default(),
             snapshot: Some(snapshot),
+            liveness: None,
             current: Arc::new(ArcSwap::from_pointee(Exposition::default())),
             then: None,
         }
@@ -146,9 +151,18 @@ impl Renderer {
             registry,
             encoded: families::Encoded::default(),
             snapshot: None,
+            liveness: None,
             current: Arc::new(ArcSwap::from_pointee(Exposition::default())),
             then: None,
         }
+    }
+
+    /// A body of `registry` alone whose `up` and readiness follow `liveness` (a PgBouncer
+    /// target's).
+    pub fn watching(registry: Registry, liveness: Arc<Liveness>) -> Self {
+        let mut r = Self::process(registry);
+        r.liveness = Some(liveness);
+        r
     }
 
     /// Tells `then` after every render.
@@ -192,9 +206,10 @@ impl Renderer {
     /// Renders the current snapshot and swaps it in.
     pub fn render(&self) {
         // Read before encoding: a state reached during the encoding shows in the next render.
-        let (up, (succeeded, pending)) = match &self.snapshot {
-            Some(s) => (s.is_up(), s.readiness()),
-            None => (true, (true, Vec::new())),
+        let (up, (succeeded, pending)) = match (&self.snapshot, &self.liveness) {
+            (Some(s), _) => (s.is_up(), s.readiness()),
+            (None, Some(l)) => (l.is_up(), (l.answered(), Vec::new())),
+            (None, None) => (true, (true, Vec::new())),
         };
         let ready = up && succeeded;
         let mut om = String::with_capacity(64 * 1024);

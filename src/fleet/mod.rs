@@ -4,6 +4,7 @@
 //! `/probe?target=NAME`, and `/metrics` has the process's own metrics.
 //!
 //! - [`target`]: one target (pool, probe, sampler, snapshot, features, body).
+//! - [`bouncer`]: a PgBouncer target (console sampler, body).
 //! - [`metrics`]: the fleet's own metrics.
 //!
 //! Shared by the targets: the global connection cap ([`Cap`], one permit per socket, taken
@@ -16,6 +17,7 @@
 //! ([`crate::http::Targets`]) without locking. A removed target stops on the service's
 //! tracker, after it has left the published map.
 
+pub mod bouncer;
 mod metrics;
 pub mod target;
 
@@ -27,9 +29,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::bouncer::BouncerSettings;
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::config::fleet::{FleetConfig, TargetConfig};
+use crate::config::fleet::{FleetConfig, TargetConfig, TargetKind};
 use crate::db::pool::PoolError;
 use crate::db::server::{Seat, Servers};
 use crate::db::slots::Cap;
@@ -105,8 +108,11 @@ impl Fleet {
             rendered: None,
             seat: Seat::alone(),
         };
-        let t = Target::build(parts, BTreeMap::new(), String::new())?;
-        fleet.targets().insert(SINGLE.to_owned(), Arc::new(t));
+        let t = target::Database::build(parts, BTreeMap::new())?;
+        fleet.targets().insert(
+            SINGLE.to_owned(),
+            Arc::new(Target::database(t, String::new())),
+        );
         fleet.publish();
         Ok(fleet)
     }
@@ -327,9 +333,22 @@ impl Fleet {
         a
     }
 
-    /// Builds one target of the fleet: its own pool of `fleet.pool_size` within the cap.
+    /// Builds one target of the fleet: a database with its own pool of `fleet.pool_size`
+    /// within the cap, or a PgBouncer with its one console connection within the cap.
     fn build(&self, f: &FleetConfig, cap: &Cap, t: &TargetConfig) -> Result<Target, PoolError> {
         let inner = &self.inner;
+        if t.kind == TargetKind::Pgbouncer {
+            let settings = BouncerSettings {
+                target: t.target.clone(),
+                password_file: t.password_file.clone(),
+                cap: Some(cap.clone()),
+                interval: f.pgbouncer_interval,
+                timeout: f.pgbouncer_timeout,
+            };
+            let rendered = Some(inner.rendered.clone());
+            let p = bouncer::Pooler::build(settings, t.labels.clone(), &inner.stop, rendered);
+            return Ok(Target::pooler(p, t.fingerprint.clone()));
+        }
         let mut pool = inner.config.pool_settings();
         pool.target = t.target.clone();
         pool.size = f.pool_size;
@@ -344,7 +363,8 @@ impl Fleet {
             rendered: Some(inner.rendered.clone()),
             seat: inner.servers.seat(&t.name),
         };
-        Target::build(parts, t.labels.clone(), t.fingerprint.clone())
+        let d = target::Database::build(parts, t.labels.clone())?;
+        Ok(Target::database(d, t.fingerprint.clone()))
     }
 
     /// Stops every target and waits for them.

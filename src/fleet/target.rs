@@ -1,10 +1,11 @@
-//! One target: a database's pool, probe, sampler, snapshot, optional features (the plan
-//! guard, the slow-statement log reader) and rendered body, with tasks of its own. Nothing of
-//! one target is shared with another but the fleet's connection cap, taken through its pool.
+//! One target: a PostgreSQL database ([`Database`]: its pool, probe, sampler, snapshot,
+//! optional features (the plan guard, the slow-statement log reader) and rendered body) or a
+//! PgBouncer ([`super::bouncer::Pooler`]), with tasks of its own. Nothing of one target is
+//! shared with another but the fleet's connection cap, taken through its connections.
 //!
 //! A target's tasks run on its own [`TaskTracker`] under a child of the service's stop token,
 //! so a target removed by a reload stops alone: [`Target::stop`] cancels its tasks, waits for
-//! them, and closes its pool.
+//! them, and closes its connections.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -99,9 +100,82 @@ pub struct Parts<'a> {
     pub seat: Seat,
 }
 
-/// One sampled database.
+/// One target of the fleet, of either kind.
 #[derive(Debug)]
 pub struct Target {
+    kind: Kind,
+    /// What the target was made of: a reload keeps it while this is unchanged.
+    pub fingerprint: String,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Database(Database),
+    Pooler(super::bouncer::Pooler),
+}
+
+impl Target {
+    /// A database target.
+    pub fn database(d: Database, fingerprint: String) -> Self {
+        Self {
+            kind: Kind::Database(d),
+            fingerprint,
+        }
+    }
+
+    /// A PgBouncer target.
+    pub fn pooler(p: super::bouncer::Pooler, fingerprint: String) -> Self {
+        Self {
+            kind: Kind::Pooler(p),
+            fingerprint,
+        }
+    }
+
+    /// Starts its tasks.
+    pub fn start(&self) {
+        match &self.kind {
+            Kind::Database(d) => d.start(),
+            Kind::Pooler(p) => p.start(),
+        }
+    }
+
+    /// Stops its tasks, waits for them, closes its connections.
+    pub async fn stop(&self) {
+        match &self.kind {
+            Kind::Database(d) => d.stop().await,
+            Kind::Pooler(p) => p.stop().await,
+        }
+    }
+
+    /// Closes its pooled connections idle for longer than `idle` (a PgBouncer target holds
+    /// one console connection, used every round).
+    pub(crate) fn close_idle(&self, idle: std::time::Duration) -> usize {
+        match &self.kind {
+            Kind::Database(d) => d.close_idle(idle),
+            Kind::Pooler(_) => 0,
+        }
+    }
+
+    /// Switches a database target to `catalog` (a PgBouncer target has none).
+    pub fn apply(&self, catalog: Catalog) -> Applied {
+        match &self.kind {
+            Kind::Database(d) => d.apply(catalog),
+            Kind::Pooler(_) => Applied::default(),
+        }
+    }
+
+    /// What HTTP serves of it.
+    pub fn view(&self) -> TargetView {
+        match &self.kind {
+            Kind::Database(d) => d.view(),
+            Kind::Pooler(p) => p.view(),
+        }
+    }
+}
+
+/// One sampled database.
+#[derive(Debug)]
+pub struct Database {
     renderer: Arc<Renderer>,
     snapshot: Arc<Snapshot>,
     sampler: Arc<Sampler>,
@@ -112,17 +186,11 @@ pub struct Target {
     tracker: TaskTracker,
     seat: Seat,
     labels: Arc<BTreeMap<String, String>>,
-    /// What the target was made of: a reload keeps it while this is unchanged.
-    pub fingerprint: String,
 }
 
-impl Target {
-    /// Builds a target; no connection is made until [`Target::start`].
-    pub fn build(
-        parts: Parts<'_>,
-        labels: BTreeMap<String, String>,
-        fingerprint: String,
-    ) -> Result<Self, PoolError> {
+impl Database {
+    /// Builds a database target; no connection is made until [`Database::start`].
+    pub fn build(parts: Parts<'_>, labels: BTreeMap<String, String>) -> Result<Self, PoolError> {
         let Parts {
             config,
             pool,
@@ -177,7 +245,6 @@ impl Target {
             tracker,
             seat,
             labels: Arc::new(labels),
-            fingerprint,
         })
     }
 
@@ -214,11 +281,6 @@ impl Target {
         let applied = self.sampler.apply(catalog);
         self.changed.notify_one();
         applied
-    }
-
-    /// The catalog it samples now.
-    pub fn catalog(&self) -> Catalog {
-        self.sampler.catalog()
     }
 
     /// What HTTP serves of it.

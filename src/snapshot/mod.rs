@@ -391,6 +391,36 @@ impl Snapshot {
     }
 }
 
+/// Whether a target without a snapshot (a PgBouncer console) answers: its body's `up` and
+/// readiness follow it as a database target's follow [`Snapshot::is_up`] and
+/// [`Snapshot::readiness`].
+#[derive(Debug, Default)]
+pub struct Liveness {
+    up: AtomicBool,
+    /// Latched at the first successful round.
+    answered: AtomicBool,
+}
+
+impl Liveness {
+    /// Records the verdict of the last round.
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Relaxed);
+        if up {
+            self.answered.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the last round succeeded.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Whether a round ever succeeded (readiness, latched as a snapshot's is).
+    pub fn answered(&self) -> bool {
+        self.answered.load(Ordering::Relaxed)
+    }
+}
+
 /// Whether two specs expose the same families with the same labels.
 fn same_shape(a: &QuerySpec, b: &QuerySpec) -> bool {
     a.labels == b.labels

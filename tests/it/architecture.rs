@@ -18,7 +18,7 @@ const LEAVES: &[&str] = &["clock", "yaml", "shutdown", "crypto"];
 const LAYERS: &[&[&str]] = &[
     &["catalog", "db"],
     &["snapshot", "plans"],
-    &["sampler", "slowlog", "maintenance"],
+    &["sampler", "slowlog", "maintenance", "bouncer"],
     &["exposition"],
     &["http"],
     &["config"],

@@ -30,6 +30,7 @@ mod migrations;
 mod next_step;
 mod partitions;
 mod pass_round;
+mod pgbouncer;
 mod plans;
 mod readme;
 mod readonly;

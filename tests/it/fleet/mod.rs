@@ -14,7 +14,7 @@ mod servers;
 
 use std::collections::BTreeMap;
 
-use pgpulse::config::fleet::TargetSettings;
+use pgpulse::config::fleet::{TargetKind, TargetSettings};
 
 /// One query per target, every second: the database it ran in, as a label, so a body shows
 /// whose it is.
@@ -40,6 +40,7 @@ pub(crate) fn target(name: &str, url: &str, labels: &[(&str, &str)]) -> TargetSe
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect::<BTreeMap<_, _>>(),
+        kind: TargetKind::Postgres,
     }
 }
 

@@ -1,0 +1,266 @@
+//! PgBouncer as a target: the queue in front of PostgreSQL. A round of `SHOW` commands on
+//! PgBouncer's admin console every `fleet.pgbouncer_interval`, in the background as every
+//! other sampling, its families kept for the renders; a scrape never reaches the console.
+//!
+//! - [`console`]: the console connection and its client-side deadlines.
+//! - [`reading`]: the commands' answers as metric families, columns read by name.
+//! - [`state`]: the last round, the life of the counters, their encoding.
+//!
+//! One connection per PgBouncer, opened through the target's slot and the fleet's cap like
+//! every socket of pgpulse; a round that fails drops it and the next round connects again.
+
+pub mod console;
+pub mod reading;
+pub mod state;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family as Labelled;
+use prometheus_client::registry::Registry;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::db::DatabaseTarget;
+use crate::db::slots::{Cap, SlotConnect};
+use console::{Console, ConsoleError, Table};
+use reading::{Family, Kind, Notes};
+pub use state::State;
+
+/// Where a PgBouncer is and how it is read.
+#[derive(Debug, Clone)]
+pub struct BouncerSettings {
+    /// The console (`.../pgbouncer`), user and TLS included.
+    pub target: DatabaseTarget,
+    /// The file the password is read from for every new connection.
+    pub password_file: Option<PathBuf>,
+    /// The fleet's cap the console connection takes a permit of.
+    pub cap: Option<Cap>,
+    /// How often a round runs.
+    pub interval: Duration,
+    /// The deadline of one command.
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommandLabel {
+    command: &'static str,
+}
+
+/// pgpulse's own metrics of a PgBouncer target.
+#[derive(Debug)]
+struct BouncerMetrics {
+    commands: Labelled<CommandLabel, Counter>,
+    errors: Counter,
+    dropped: Counter,
+}
+
+impl BouncerMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            commands: Labelled::default(),
+            errors: Counter::default(),
+            dropped: Counter::default(),
+        };
+        registry.register(
+            "pgpulse_pgbouncer_commands",
+            "Console commands pgpulse sent to PgBouncer",
+            m.commands.clone(),
+        );
+        registry.register(
+            "pgpulse_pgbouncer_errors",
+            "Rounds of console commands that failed (no connection, an error, a deadline missed)",
+            m.errors.clone(),
+        );
+        registry.register(
+            "pgpulse_pgbouncer_series_dropped",
+            "Rows of one command over the cap of 500 (pools, databases), not exposed",
+            m.dropped.clone(),
+        );
+        m
+    }
+}
+
+/// The sampler of one PgBouncer.
+#[derive(Debug)]
+pub struct Bouncer {
+    state: State,
+    metrics: BouncerMetrics,
+    console: tokio::sync::Mutex<Console>,
+    interval: Duration,
+    /// Missing columns already logged, and the last error logged.
+    logged: Mutex<(BTreeSet<String>, Option<String>)>,
+}
+
+impl Bouncer {
+    /// A sampler of `settings`; its metrics join `registry`. Nothing connects before
+    /// [`Bouncer::start`].
+    pub fn new(settings: BouncerSettings, registry: &mut Registry) -> Arc<Self> {
+        let state = State::default();
+        registry.register_collector(state.collector());
+        let connect = SlotConnect::new(settings.target.tls().connector(), 1)
+            .within(settings.cap)
+            .with_password_file(settings.password_file);
+        let console = Console::new(connect, settings.target.config().clone(), settings.timeout);
+        Arc::new(Self {
+            state,
+            metrics: BouncerMetrics::register(registry),
+            console: tokio::sync::Mutex::new(console),
+            interval: settings.interval,
+            logged: Mutex::default(),
+        })
+    }
+
+    /// What it exposes.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The last round's error, `None` when it succeeded.
+    pub fn last_error(&self) -> Option<String> {
+        self.logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+
+    /// Runs a round now and every interval until `stop`; `changed` is told after each.
+    pub fn start(
+        self: &Arc<Self>,
+        tracker: &TaskTracker,
+        stop: CancellationToken,
+        changed: Arc<Notify>,
+    ) {
+        let me = self.clone();
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(me.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = me.run_round() => changed.notify_one(),
+                }
+            }
+            me.console.lock().await.close();
+        });
+    }
+
+    /// One round: read, record, log what changed.
+    pub async fn run_round(&self) {
+        let mut console = self.console.lock().await;
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        match self.round(&mut console).await {
+            Ok((families, version, notes)) => {
+                drop(console);
+                self.metrics.dropped.inc_by(notes.dropped);
+                self.note(notes, None);
+                if self.state.record(families, version, now) {
+                    tracing::info!(
+                        "PgBouncer's totals begin a new life (first round or a restart)"
+                    );
+                }
+            }
+            Err(e) => {
+                console.close();
+                drop(console);
+                self.metrics.errors.inc();
+                self.note(Notes::default(), Some(e.to_string()));
+                self.state.fail();
+            }
+        }
+    }
+
+    /// Logs each missing column once, and an error when it differs from the last one.
+    fn note(&self, notes: Notes, error: Option<String>) {
+        let mut g = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        for m in notes.missing {
+            if g.0.insert(m.clone()) {
+                tracing::warn!(missing = %m, "PgBouncer's answer lacks a column; its series are skipped");
+            }
+        }
+        if error != g.1 {
+            match &error {
+                Some(e) => tracing::warn!(error = %e, "PgBouncer not read"),
+                None => tracing::info!("PgBouncer read again"),
+            }
+            g.1 = error;
+        }
+    }
+
+    async fn show(
+        &self,
+        console: &mut Console,
+        command: &'static str,
+    ) -> Result<Table, ConsoleError> {
+        self.metrics
+            .commands
+            .get_or_create(&CommandLabel { command })
+            .inc();
+        console.show(command).await
+    }
+
+    /// The commands of one round: `SHOW VERSION` on a new connection, then the pools,
+    /// databases, totals, lists and configuration.
+    async fn round(
+        &self,
+        console: &mut Console,
+    ) -> Result<(Vec<Family>, Option<String>, Notes), ConsoleError> {
+        let version = if console.is_connected() {
+            None
+        } else {
+            reading::version(&self.show(console, "SHOW VERSION").await?)
+        };
+        let mut notes = Notes::default();
+        let mut families = Vec::new();
+        for source in reading::SOURCES {
+            let table = self.show(console, source.command).await?;
+            families.extend(source.read(&table, &mut notes));
+        }
+        let lists = self.show(console, "SHOW LISTS").await?;
+        let config = self.show(console, "SHOW CONFIG").await?;
+        let scalars = [
+            (
+                "pgbouncer_client_connections",
+                "Client connections (SHOW LISTS used_clients)",
+                reading::keyed(&lists, "list", "items", "used_clients"),
+            ),
+            (
+                "pgbouncer_server_connections",
+                "Server connections (SHOW LISTS used_servers)",
+                reading::keyed(&lists, "list", "items", "used_servers"),
+            ),
+            (
+                "pgbouncer_max_client_connections",
+                "Most client connections PgBouncer accepts (max_client_conn)",
+                reading::keyed(&config, "key", "value", "max_client_conn"),
+            ),
+        ];
+        for (name, help, value) in scalars {
+            match value {
+                Some(v) => families.push(Family {
+                    name,
+                    help,
+                    kind: Kind::Gauge,
+                    labels: Vec::new(),
+                    series: vec![(Vec::new(), v)],
+                }),
+                None => {
+                    notes.missing.insert(format!("{name}: not in the answer"));
+                }
+            }
+        }
+        Ok((families, version, notes))
+    }
+}
