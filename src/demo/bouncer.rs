@@ -86,7 +86,7 @@ impl TempBouncer {
             .is_root()
             .then(|| "postgres".to_owned());
         let dir = tempfile::Builder::new()
-            .prefix("pgpulse-pgbouncer-")
+            .prefix(&format!("pgpulse-pgbouncer-{}-", std::process::id()))
             .tempdir()
             .map_err(io("create the PgBouncer directory"))?
             .keep();

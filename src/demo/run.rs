@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::alerting::AlertStack;
+use super::bouncer::{BouncerOptions, TempBouncer};
 use super::cluster::{ClusterOptions, TempCluster};
 use super::error::DemoError;
 use super::rules;
@@ -55,6 +56,10 @@ pub struct DemoArgs {
     /// pgpulse as three targets served at /probe and listed at /sd.
     #[arg(long)]
     pub fleet: bool,
+    /// A PgBouncer (pool size 2) in front of the trade database, sampled as the target
+    /// `pgbouncer` (a fleet: /probe, /sd); the pool-exhaustion scenario implies it.
+    #[arg(long)]
+    pub pgbouncer: bool,
 }
 
 /// `--listen-address` as clap checks it: `host:port`, so a bare port is refused at once.
@@ -70,6 +75,8 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     eprintln!("pgpulse demo: starting a throwaway PostgreSQL ...");
     let cluster = start_cluster(args.scenario).await?;
     let (client, target) = prepare(&cluster).await?;
+    let bouncer = start_bouncer(&cluster, &args)?;
+    let bouncer_url = bouncer.as_ref().map(|b| b.url("postgres", "trade_engine"));
     let stop = CancellationToken::new();
     let stats = Arc::new(WorkloadStats::default());
     let work_client = crate::db::connect(&target).await?;
@@ -80,7 +87,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         stop.clone(),
     ));
     let scenario_task = match args.scenario {
-        Some(s) => scenario::apply(s, &client, &target, stop.clone())
+        Some(s) => scenario::apply(s, &client, &target, bouncer_url.as_deref(), stop.clone())
             .await
             .map_err(|reason| DemoError::Database {
                 step: "start the scenario",
@@ -92,17 +99,20 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         true => Some(super::fleet::prepare(&cluster).await?),
         false => None,
     };
-    let config = match &standby {
-        Some(s) => {
-            super::fleet::config(&cluster, s, &args.listen_address, DEMO_ROLE, DEMO_DEFAULTS)?
-        }
-        None => demo_config(&cluster, &args)?,
+    let fleet = super::fleet::Members {
+        primary: &cluster,
+        standby: standby.as_ref(),
+        bouncer: bouncer.as_ref(),
+    };
+    let config = match fleet.is_fleet() {
+        true => fleet.config(&args.listen_address, DEMO_ROLE, DEMO_DEFAULTS)?,
+        false => demo_config(&cluster, &args)?,
     };
     let catalog = Catalog::builtin(DEMO_DEFAULTS)?;
     let app = crate::app::App::build_on(listener, config, catalog).await?;
     let addr = app.local_addr();
-    let alerting = start_alerting(addr, args.fleet).await;
-    print_banner(&args, addr, &cluster.url("trade_engine"), alerting.as_ref());
+    let alerting = start_alerting(addr, fleet.is_fleet()).await;
+    print_banner(&args, addr, &fleet, alerting.as_ref());
     spawn_status(
         stats.clone(),
         alerting.as_ref(),
@@ -119,11 +129,29 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         a.stop().await;
     }
     drop(client);
-    tokio::task::spawn_blocking(move || drop((standby, cluster)))
+    tokio::task::spawn_blocking(move || drop((bouncer, standby, cluster)))
         .await
         .ok();
     eprintln!("pgpulse demo: stopped; throwaway cluster removed");
     Ok(served?)
+}
+
+/// The demo's PgBouncer, with `--pgbouncer` or the pool-exhaustion scenario: in front of the
+/// trade database with a pool of 2, trusting loopback clients as the throwaway cluster does.
+fn start_bouncer(cluster: &TempCluster, args: &DemoArgs) -> Result<Option<TempBouncer>, DemoError> {
+    if !args.pgbouncer && args.scenario != Some(Scenario::PoolExhaustion) {
+        return Ok(None);
+    }
+    eprintln!("pgpulse demo: starting PgBouncer (pool size 2) in front of trade_engine ...");
+    let opts = BouncerOptions {
+        backend_port: cluster.port(),
+        databases: vec![("trade_engine".into(), "trade_engine".into())],
+        auth_type: "trust".into(),
+        pool_size: 2,
+        ..Default::default()
+    };
+    let bouncer = tokio::task::block_in_place(|| TempBouncer::start(&opts))?;
+    Ok(Some(bouncer))
 }
 
 /// Binds the listen address first: a taken port fails now, not after the cluster's setup.
@@ -246,12 +274,18 @@ async fn start_alerting(target: SocketAddr, fleet: bool) -> Option<AlertStack> {
     }
 }
 
-fn print_banner(args: &DemoArgs, addr: SocketAddr, database: &str, alerting: Option<&AlertStack>) {
+fn print_banner(
+    args: &DemoArgs,
+    addr: SocketAddr,
+    fleet: &super::fleet::Members<'_>,
+    alerting: Option<&AlertStack>,
+) {
+    let database = fleet.primary.url("trade_engine");
     println!("pgpulse demo is running:");
     println!("  metrics:      http://{addr}/metrics");
     println!("  status:       http://{addr}/");
-    if args.fleet {
-        super::fleet::print_banner(addr);
+    if fleet.is_fleet() {
+        fleet.print_banner(addr);
     }
     if let Some(a) = alerting {
         let demo_for = |bundled: &str| {

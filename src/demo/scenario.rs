@@ -24,6 +24,10 @@ pub enum Scenario {
     CacheMiss,
     /// Future trade partitions dropped and a row in the default partition: runway below 2 days.
     PartitionGap,
+    /// A PgBouncer with a pool of 2 in front of the trade database and 16 clients running
+    /// 20 ms statements through it: orders queue in PgBouncer while every PostgreSQL signal
+    /// stays green.
+    PoolExhaustion,
 }
 
 impl Scenario {
@@ -36,6 +40,7 @@ impl Scenario {
             Self::Locks => &["PgTradeTableLockQueue", "PgLockWaitLong"],
             Self::CacheMiss => &["PgCacheHitRatioLow"],
             Self::PartitionGap => &["PgPartitionRunwayCritical", "PgDefaultPartitionHasRows"],
+            Self::PoolExhaustion => &["PgBouncerClientsWaitingTrading"],
         }
     }
 
@@ -55,6 +60,9 @@ impl Scenario {
             Self::PartitionGap => {
                 "pg_partition_runway_seconds{parent=\"trades\"} (below 172800) and pg_partition_default_rows"
             }
+            Self::PoolExhaustion => {
+                "pgbouncer_pool_clients{state=\"waiting\"} at /probe?target=pgbouncer (above 0), while /probe?target=primary stays green"
+            }
         }
     }
 }
@@ -67,9 +75,11 @@ pub(crate) async fn apply(
     scenario: Scenario,
     client: &Client,
     target: &DatabaseTarget,
+    bouncer: Option<&str>,
     stop: CancellationToken,
 ) -> Setup {
     match scenario {
+        Scenario::PoolExhaustion => pool_exhaustion(bouncer, stop).await,
         Scenario::Bloat => bloat(client).await,
         Scenario::PartitionGap => partition_gap(client).await,
         Scenario::CacheMiss => cache_miss(client, target, stop).await,
@@ -123,6 +133,35 @@ async fn cache_miss(client: &Client, target: &DatabaseTarget, stop: Cancellation
     Ok(Some(
         loop_task(target, stop, sql, Duration::from_millis(200)).await?,
     ))
+}
+
+/// Eight clients per server connection of PgBouncer's pool (2), each sending 20 ms statements
+/// back to back through `bouncer` (a URL): clients always wait in PgBouncer's queue, while
+/// PostgreSQL sees two short statements at a time.
+async fn pool_exhaustion(bouncer: Option<&str>, stop: CancellationToken) -> Setup {
+    let url = bouncer.ok_or("the pool-exhaustion scenario needs the demo's PgBouncer")?;
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .map_err(describe)?;
+        tokio::spawn(conn);
+        clients.push(c);
+    }
+    Ok(Some(tokio::spawn(async move {
+        let busy = clients.iter().map(|c| async move {
+            loop {
+                if let Err(e) = c.batch_execute("SELECT pg_sleep(0.02)").await {
+                    tracing::debug!(error = %e, "scenario statement failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = futures_util::future::join_all(busy) => {}
+        }
+    })))
 }
 
 /// A role of its own, so the dashboard shows who is slow; pgpulse (role `pgpulse`) and the

@@ -395,3 +395,82 @@ async fn the_locks_scenario_reaches_alertmanager_and_sigterm_leaves_nothing() {
         bundled
     );
 }
+
+/// The pool-exhaustion scenario, end to end: the demo's PgBouncer (pool size 2) queues the
+/// scenario's clients; Prometheus fires PgBouncerClientsWaitingTrading, Alertmanager pages,
+/// and meanwhile not one PostgreSQL alert is pending or firing (every `Pg*` rule stays
+/// inactive while orders queue in front of the database). At SIGTERM the PgBouncer goes too.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pool_exhaustion_scenario_pages_while_every_postgresql_alert_stays_inactive() {
+    let mut demo = Demo::start("pool-exhaustion");
+    let prometheus = demo.address("prometheus").await;
+    let alertmanager = demo.address("alertmanager").await;
+    let pid = demo.child.id();
+    let url = format!(
+        "http://{alertmanager}/api/v2/alerts?filter=alertname%3D%22PgBouncerClientsWaitingTrading%22"
+    );
+    let alert = eventually(PATIENCE, || async {
+        json(&url).await?.as_array()?.first().cloned()
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "the waiting-clients alert never reached Alertmanager:\n{}",
+            demo.logs()
+        )
+    });
+    assert_eq!(alert["labels"]["database"], "trade_engine");
+    assert_eq!(alert["labels"]["instance"], "pgbouncer");
+    assert_eq!(alert["labels"]["severity"], "critical");
+    assert_eq!(alert["receivers"][0]["name"], "pager");
+    // Steady state (a rate needs two samples of a counter: PgCommitRateLow may be pending
+    // for the first seconds of any demo): the waiting-clients alert fires, no `Pg*` alert of
+    // PostgreSQL is pending or firing.
+    let alerts = format!("http://{prometheus}/api/v1/alerts");
+    let last = Mutex::new(Vec::new());
+    let green = eventually(PATIENCE, || async {
+        let active = json(&alerts).await?;
+        let names: Vec<String> = active["data"]["alerts"]
+            .as_array()?
+            .iter()
+            .filter_map(|a| a["labels"]["alertname"].as_str().map(str::to_owned))
+            .collect();
+        *last.lock().unwrap() = names.clone();
+        let postgres = names.iter().any(|n| !n.starts_with("PgBouncer"));
+        (!postgres && names.iter().any(|n| n == "PgBouncerClientsWaitingTrading")).then_some(())
+    })
+    .await;
+    assert!(
+        green.is_some(),
+        "PostgreSQL alerts active beside the waiting clients: {:?}",
+        last.lock().unwrap()
+    );
+    let waiting = json(&format!(
+        "http://{prometheus}/api/v1/query?query=pgbouncer_pool_clients%7Bstate%3D%22waiting%22%2Cdatabase%3D%22trade_engine%22%7D"
+    ))
+    .await
+    .unwrap();
+    let value = waiting["data"]["result"][0]["value"][1].as_str().unwrap();
+    assert!(value.parse::<f64>().unwrap() > 0.0, "{waiting}");
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let end = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(s) = demo.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < end, "the demo did not stop on SIGTERM");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{}", demo.logs());
+    // PgBouncer and its watchdog (which notices the demo's exit within a second) are gone.
+    let pattern = format!("pgpulse-pgbouncer-{pid}-");
+    let gone = eventually(PATIENCE, || async {
+        let left = Command::new("pgrep").args(["-f", &pattern]).output().ok()?;
+        left.stdout.is_empty().then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "PgBouncer left behind");
+}
