@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use deadpool_postgres::Connect;
-use tokio_postgres::{Client, Config, SimpleQueryMessage};
+use futures_util::StreamExt;
+use tokio_postgres::{Client, Config, SimpleQueryMessage, SimpleQueryStream};
 
 use crate::db::slots::SlotConnect;
 
@@ -43,20 +44,49 @@ pub enum ConsoleError {
     },
 }
 
-/// One answer of the console: its column names and rows (text values, `None` for NULL).
+/// The most rows of one answer kept (each pool is a few series): in `auto-database` mode
+/// any client can make PgBouncer create pools, so an answer's size is not PgBouncer's
+/// operator's alone. Rows past it are counted, not kept.
+pub const MAX_ROWS: usize = 500;
+
+/// The longest text value kept (PgBouncer's names are at most 63 bytes); longer ones are cut
+/// at a character boundary.
+const MAX_VALUE: usize = 256;
+
+/// One answer of the console: its column names and rows (text values, `None` for NULL), at
+/// most [`MAX_ROWS`] of them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Table {
     columns: Vec<String>,
     rows: Vec<Vec<Option<String>>>,
+    over: u64,
 }
 
 impl Table {
-    /// A table of `columns` and `rows` (rows as long as `columns`).
+    /// A table of `columns` and `rows` (rows as long as `columns`), kept as an answer is.
     pub fn new(columns: &[&str], rows: Vec<Vec<Option<String>>>) -> Self {
-        Self {
+        let mut t = Self {
             columns: columns.iter().map(|c| (*c).to_owned()).collect(),
-            rows,
+            ..Self::default()
+        };
+        for r in rows {
+            t.push(r);
         }
+        t
+    }
+
+    /// Keeps a row while under [`MAX_ROWS`], counts it otherwise.
+    fn push(&mut self, row: Vec<Option<String>>) {
+        if self.rows.len() < MAX_ROWS {
+            self.rows.push(row);
+        } else {
+            self.over += 1;
+        }
+    }
+
+    /// Rows of the answer past [`MAX_ROWS`], not kept.
+    pub fn over(&self) -> u64 {
+        self.over
     }
 
     /// The index of the column named `name`, if the answer has it.
@@ -69,27 +99,36 @@ impl Table {
         &self.rows
     }
 
-    fn from_messages(messages: Vec<SimpleQueryMessage>) -> Self {
+    /// Reads an answer, keeping at most [`MAX_ROWS`] rows of at most [`MAX_VALUE`]-byte
+    /// values.
+    async fn read(
+        mut stream: std::pin::Pin<&mut SimpleQueryStream>,
+    ) -> Result<Self, tokio_postgres::Error> {
         let mut t = Self::default();
-        for m in messages {
-            match m {
-                SimpleQueryMessage::RowDescription(cols) if t.columns.is_empty() => {
+        while let Some(m) = stream.next().await {
+            match m? {
+                SimpleQueryMessage::RowDescription(cols) => {
                     t.columns = cols.iter().map(|c| c.name().to_owned()).collect();
                 }
-                SimpleQueryMessage::Row(row) => {
-                    if t.columns.is_empty() {
-                        t.columns = row.columns().iter().map(|c| c.name().to_owned()).collect();
-                    }
-                    let values = (0..row.len())
-                        .map(|i| row.get(i).map(str::to_owned))
-                        .collect();
-                    t.rows.push(values);
+                SimpleQueryMessage::Row(row) if t.rows.len() < MAX_ROWS => {
+                    let values = (0..row.len()).map(|i| row.get(i).map(cut)).collect();
+                    t.push(values);
                 }
+                SimpleQueryMessage::Row(_) => t.over += 1,
                 _ => {}
             }
         }
-        t
+        Ok(t)
     }
+}
+
+/// `v`, cut to [`MAX_VALUE`] bytes at a character boundary.
+fn cut(v: &str) -> String {
+    let mut end = v.len().min(MAX_VALUE);
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    v[..end].to_owned()
 }
 
 /// The console connection of one PgBouncer target.
@@ -158,8 +197,12 @@ impl Console {
     pub(super) async fn show(&mut self, command: &'static str) -> Result<Table, ConsoleError> {
         let timeout = self.timeout;
         let client = self.client().await?;
-        match tokio::time::timeout(timeout, client.simple_query(command)).await {
-            Ok(Ok(messages)) => Ok(Table::from_messages(messages)),
+        let answer = async {
+            let stream = client.simple_query_raw(command).await?;
+            Table::read(std::pin::pin!(stream)).await
+        };
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(table)) => Ok(table),
             Ok(Err(e)) => {
                 if client.is_closed() {
                     self.close();
@@ -182,5 +225,19 @@ fn reason(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => db.message().to_owned(),
         None => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_values_are_cut_at_a_character_boundary() {
+        let long = "é".repeat(200);
+        let v = cut(&long);
+        assert!(v.len() <= MAX_VALUE && v.len() >= MAX_VALUE - 1, "{}", v.len());
+        assert!(long.starts_with(&v));
+        assert_eq!(cut("trade"), "trade");
     }
 }

@@ -4,15 +4,12 @@
 //!
 //! Columns are read by name: a column a later PgBouncer adds is ignored, one an earlier
 //! version lacks skips the series made of it (the caller logs it once). Values that are not
-//! numbers are skipped the same way. Rows past [`MAX_ROWS`] of one command are dropped and
-//! counted: in `auto-database` mode any client can make PgBouncer create pools.
+//! numbers are skipped the same way. Rows past [`super::console::MAX_ROWS`] of one command
+//! are not kept by the console and counted here.
 
 use std::collections::BTreeSet;
 
 use super::console::Table;
-
-/// The most rows of one command turned into series (each pool is a few series).
-pub const MAX_ROWS: usize = 500;
 
 /// Gauge or counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,7 +235,7 @@ pub const SOURCES: &[Source] = &[
 pub struct Notes {
     /// `command: column` of every column (or key) the answer lacked or gave a non-number in.
     pub missing: BTreeSet<String>,
-    /// Rows dropped over [`MAX_ROWS`].
+    /// Rows dropped over [`super::console::MAX_ROWS`].
     pub dropped: u64,
 }
 
@@ -253,7 +250,7 @@ impl Source {
             return Vec::new();
         };
         let rows = table.rows();
-        notes.dropped += rows.len().saturating_sub(MAX_ROWS) as u64;
+        notes.dropped += table.over();
         self.specs
             .iter()
             .map(|spec| {
@@ -263,7 +260,7 @@ impl Source {
                     labels.push("state");
                 }
                 let mut series = Vec::new();
-                for row in rows.iter().take(MAX_ROWS) {
+                for row in rows {
                     let key: Vec<String> = keys
                         .iter()
                         .map(|&i| row.get(i).cloned().flatten().unwrap_or_default())
@@ -340,6 +337,7 @@ pub fn version(table: &Table) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::console::MAX_ROWS;
     use super::*;
 
     fn row(values: &[&str]) -> Vec<Option<String>> {

@@ -111,9 +111,10 @@ async fn failing_pgbouncers_slow_no_other_target_and_hold_the_budget() {
     crate::harness::eventually(crate::harness::PATIENCE, || async {
         let body = svc.metrics().await;
         let open = sample(&body, "pgpulse_fleet_connections").unwrap_or(0.0);
-        let mut m = max_open.lock().unwrap();
-        *m = m.max(open);
-        drop(m);
+        {
+            let mut m = max_open.lock().unwrap();
+            *m = m.max(open);
+        }
         (runs(&svc).await >= before + 5.0).then_some(())
     })
     .await
