@@ -236,7 +236,11 @@ mod tests {
     fn long_values_are_cut_at_a_character_boundary() {
         let long = "é".repeat(200);
         let v = cut(&long);
-        assert!(v.len() <= MAX_VALUE && v.len() >= MAX_VALUE - 1, "{}", v.len());
+        assert!(
+            v.len() <= MAX_VALUE && v.len() >= MAX_VALUE - 1,
+            "{}",
+            v.len()
+        );
         assert!(long.starts_with(&v));
         assert_eq!(cut("trade"), "trade");
     }

@@ -57,11 +57,17 @@ pub async fn check_config(
         check_columns(&config, &catalog).await?;
     }
     let database = match &config.fleet {
-        Some(f) => format!(
-            "a fleet of {} targets",
-            f.read_targets(config.connect_timeout)
-                .map_or(0, |t| t.len())
-        ),
+        Some(f) => {
+            let targets = f.read_targets(config.connect_timeout).unwrap_or_default();
+            let bouncers = targets
+                .iter()
+                .filter(|t| t.kind == crate::config::fleet::TargetKind::Pgbouncer)
+                .count();
+            format!(
+                "a fleet of {} targets ({bouncers} of them PgBouncer)",
+                targets.len()
+            )
+        }
         None => format!("database {} ({})", config.target, config.target.tls()),
     };
     println!(

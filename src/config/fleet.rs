@@ -596,4 +596,65 @@ mod tests {
             .to_string();
         assert!(e.contains("t.yaml:2"), "{e}");
     }
+
+    #[test]
+    fn a_pgbouncer_target_names_the_admin_database_and_takes_no_options() {
+        let f = fleet(&[]);
+        let r = |url: &str| {
+            let mut t = settings("pool", url);
+            t.kind = TargetKind::Pgbouncer;
+            f.resolve(&origin(), &t, Duration::from_secs(1))
+        };
+        let t = r("postgres://stats@h:6432/pgbouncer").unwrap();
+        assert_eq!(t.kind, TargetKind::Pgbouncer);
+        let e = r("postgres://h:6432/trade").unwrap_err().to_string();
+        assert!(e.contains("admin database"), "{e}");
+        let e = r("postgres://h:6432/pgbouncer?options=-cjit%3Doff")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("options"), "{e}");
+        let postgres = f
+            .resolve(
+                &origin(),
+                &settings("pool", "postgres://h:6432/pgbouncer"),
+                Duration::from_secs(1),
+            )
+            .unwrap();
+        assert_ne!(
+            postgres.fingerprint, t.fingerprint,
+            "a change of kind rebuilds the target"
+        );
+    }
+
+    #[test]
+    fn a_file_sd_group_names_its_kind_and_an_unknown_kind_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.yaml");
+        std::fs::write(
+            &file,
+            "- targets: [h:6432/pgbouncer]
+  labels: {__pgpulse_kind: pgbouncer}
+",
+        )
+        .unwrap();
+        let mut f = fleet(&[]);
+        f.file = Some(file.clone());
+        let all = f.read_targets(Duration::from_secs(1)).unwrap();
+        assert_eq!(all[0].kind, TargetKind::Pgbouncer);
+        std::fs::write(
+            &file,
+            "- targets: [h/db]
+  labels: {__pgpulse_kind: \"x\\ny\"}
+",
+        )
+        .unwrap();
+        let e = f
+            .read_targets(Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("neither postgres nor pgbouncer") && !e.contains("x\ny"),
+            "{e}"
+        );
+    }
 }

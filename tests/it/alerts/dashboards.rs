@@ -75,6 +75,7 @@ fn dashboards_have_fixed_unique_uids_and_pick_prometheus_through_the_datasource_
     let fixed = BTreeSet::from([
         "pgpulse-fleet",
         "pgpulse-overview",
+        "pgpulse-pgbouncer",
         "pgpulse-server",
         "pgpulse-statements",
         "pgpulse-tables",
@@ -245,6 +246,34 @@ fn dashboard_thresholds_equal_the_alert_thresholds() {
             "pg_database_xid_age_xids{job=\"$job\", cluster=~\"$cluster\", instance=~\"$instance\"} / 2147483648",
             &[0.5, 0.75],
             "/ 2147483648 > 0.75",
+        ),
+        // PgBouncer (the pgpulse-pgbouncer dashboard). Waiting clients are counts: `> 0` is a
+        // step at 1; up, paused and disabled are 0/1 gauges with their step at 1.
+        ("pgbouncer_up", &[1.0], "pgbouncer_up == 0"),
+        (
+            "state=\"waiting\"",
+            &[1.0],
+            "pgbouncer_pool_clients{state=\"waiting\", database=~\"trad.*|order.*|market.*\"}\n) > 0",
+        ),
+        (
+            "pgbouncer_pool_max_wait_seconds",
+            &[1.0],
+            "pgbouncer_pool_max_wait_seconds > 1",
+        ),
+        (
+            "/ pgbouncer_max_client_connections",
+            &[0.9],
+            "/ (pgbouncer_max_client_connections > 0) > 0.9",
+        ),
+        (
+            "pgbouncer_database_paused",
+            &[1.0],
+            "pgbouncer_database_paused == 1",
+        ),
+        (
+            "pgbouncer_database_disabled",
+            &[1.0],
+            "pgbouncer_database_disabled == 1",
         ),
     ];
     let rules: String = alerts().iter().map(|r| r.expr.clone()).collect();

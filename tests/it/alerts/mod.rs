@@ -7,7 +7,7 @@
 //! This module owns reading what the checks check (the rule file, the dashboards, their
 //! queries) and running the tools; each submodule owns one kind of check.
 
-mod contract;
+pub(crate) mod contract;
 mod counters;
 mod dashboards;
 mod live;
@@ -164,6 +164,7 @@ fn substitute(expr: &str, instance: &str, datname: &str) -> String {
         .replace("$cluster", ".*")
         .replace("$instance", instance)
         .replace("$datname", datname)
+        .replace("$database", ".*")
 }
 
 /// Runs a tool in the repository with space-separated arguments (none of ours contains a

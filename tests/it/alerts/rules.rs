@@ -105,16 +105,25 @@ fn every_alert_has_a_severity_annotations_with_its_values_and_a_runbook_section(
     }
 }
 
-/// amtool accepts the example and routes by severity: critical pages, warning goes to chat.
+/// amtool accepts the example and routes every alert of the rules (the PgBouncer ones too) by
+/// its severity: critical pages, warning goes to chat.
 #[test]
 fn amtool_accepts_the_alertmanager_example_and_routes_critical_to_the_pager_and_warnings_to_chat() {
     tool("amtool check-config alerts/alertmanager.yml").unwrap_or_else(|o| panic!("{o}"));
-    for (severity, receiver) in [("critical", "pager"), ("warning", "chat")] {
+    for rule in alerts() {
+        let (name, severity) = (rule.name(), rule.labels["severity"].as_str());
+        let receiver = if severity == "critical" {
+            "pager"
+        } else {
+            "chat"
+        };
         let out = tool(&format!(
             "amtool config routes test --config.file=alerts/alertmanager.yml \
-             --verify.receivers={receiver} alertname=PgDown instance=db1:9864 severity={severity}"
+             --verify.receivers={receiver} alertname={name} instance=db1:9864 severity={severity}"
         ))
-        .unwrap_or_else(|o| panic!("severity={severity} is not routed to {receiver}:\n{o}"));
+        .unwrap_or_else(|o| {
+            panic!("{name} (severity={severity}) is not routed to {receiver}:\n{o}")
+        });
         let resolved = out
             .lines()
             .find(|l| !l.starts_with("Warning"))
@@ -125,25 +134,40 @@ fn amtool_accepts_the_alertmanager_example_and_routes_critical_to_the_pager_and_
 
 /// A real Alertmanager with our example config: PgDown silences its instance's other alerts,
 /// PgpulseDown silences PgDown, the critical runway silences the warning of the same parent,
-/// the critical idle transaction its warning; other instances and parents stay active.
+/// the critical idle transaction its warning; PgBouncerDown silences its PgBouncer's other
+/// alerts, waiting clients of a trading pool the max-wait warning of the same pool; other
+/// instances, parents and pools stay active.
 #[tokio::test]
 async fn a_real_alertmanager_inhibits_the_alerts_of_an_instance_whose_database_or_exporter_is_down()
 {
-    // [alertname, instance, parent label, expected state]
+    // "alertname instance other-labels expected-state"; other labels `k=v,k=v` (sorted) or `-`.
     let cases = [
-        ["PgDown", "db1", "", "active"],
-        ["PgCacheHitRatioLow", "db1", "", "suppressed"],
-        ["PgpulseQueryFailing", "db1", "", "suppressed"],
-        ["PgCacheHitRatioLow", "db2", "", "active"],
-        ["PgpulseDown", "db3", "", "active"],
-        ["PgDown", "db3", "", "suppressed"],
-        ["PgPartitionRunwayCritical", "db2", "trades", "active"],
-        ["PgPartitionRunwayLow", "db2", "trades", "suppressed"],
-        ["PgPartitionRunwayLow", "db2", "orders", "active"],
-        ["PgIdleInTransactionCritical", "db2", "", "active"],
-        ["PgIdleInTransactionLong", "db2", "", "suppressed"],
-        ["PgIdleInTransactionLong", "db4", "", "active"],
+        "PgDown db1 - active",
+        "PgCacheHitRatioLow db1 - suppressed",
+        "PgpulseQueryFailing db1 - suppressed",
+        "PgCacheHitRatioLow db2 - active",
+        "PgpulseDown db3 - active",
+        "PgDown db3 - suppressed",
+        "PgPartitionRunwayCritical db2 parent=trades active",
+        "PgPartitionRunwayLow db2 parent=trades suppressed",
+        "PgPartitionRunwayLow db2 parent=orders active",
+        "PgIdleInTransactionCritical db2 - active",
+        "PgIdleInTransactionLong db2 - suppressed",
+        "PgIdleInTransactionLong db4 - active",
+        "PgBouncerDown bouncer-a - active",
+        "PgBouncerClientsWaiting bouncer-a database=reports,user=analyst suppressed",
+        "PgBouncerClientsWaiting bouncer-b database=reports,user=analyst active",
+        "PgBouncerClientsWaitingTrading bouncer-b database=trade,user=engine active",
+        "PgBouncerMaxWaitHigh bouncer-b database=trade,user=engine suppressed",
+        "PgBouncerMaxWaitHigh bouncer-b database=reports,user=analyst active",
     ];
+    let cases: Vec<[String; 4]> = cases
+        .iter()
+        .map(|c| {
+            let w: Vec<&str> = c.split_whitespace().collect();
+            [w[0], w[1], w[2], w[3]].map(String::from)
+        })
+        .collect();
     let dir = tempfile::tempdir().unwrap();
     // Our config, with the example receivers pointed at a closed local port.
     let config =
@@ -152,11 +176,11 @@ async fn a_real_alertmanager_inhibits_the_alerts_of_an_instance_whose_database_o
     let (am, addr) = alertmanager(dir.path(), &config).await;
     let posted: Vec<Value> = cases
         .iter()
-        .map(|[name, instance, parent, _]| {
+        .map(|[name, instance, other, _]| {
             let mut labels =
                 json!({"alertname": name, "instance": instance, "severity": "warning"});
-            if !parent.is_empty() {
-                labels["parent"] = json!(parent);
+            for (k, v) in other.split(',').filter_map(|kv| kv.split_once('=')) {
+                labels[k] = json!(v);
             }
             json!({ "labels": labels })
         })
@@ -168,17 +192,25 @@ async fn a_real_alertmanager_inhibits_the_alerts_of_an_instance_whose_database_o
         .header("content-type", "application/json")
         .body(json!(posted).to_string());
     assert!(r.send().await.unwrap().status().is_success(), "post alerts");
-    let want: BTreeSet<[String; 4]> = cases.iter().map(|c| c.map(String::from)).collect();
+    let want: BTreeSet<[String; 4]> = cases.iter().cloned().collect();
     let deadline = Instant::now() + crate::harness::PATIENCE;
     loop {
         let body: Value =
             serde_json::from_str(&reqwest::get(&url).await.unwrap().text().await.unwrap()).unwrap();
         let state = |a: &Value| {
             let label = |k: &str| text(&a["labels"][k]).to_owned();
+            let mut other: Vec<String> = (a["labels"].as_object().into_iter().flatten())
+                .filter(|(k, _)| !matches!(k.as_str(), "alertname" | "instance" | "severity"))
+                .map(|(k, v)| format!("{k}={}", text(v)))
+                .collect();
+            other.sort();
+            if other.is_empty() {
+                other.push("-".into());
+            }
             [
                 label("alertname"),
                 label("instance"),
-                label("parent"),
+                other.join(","),
                 text(&a["status"]["state"]).to_owned(),
             ]
         };
