@@ -3,6 +3,8 @@
 //! PostgreSQL meanwhile sees two busy sessions and nothing wrong.
 
 use super::{STATS_PASSWORD, add_bouncer, bouncer_over_cluster, client, console, show};
+use crate::alerts::contract::PGBOUNCER_CONTRACT;
+use crate::exporter::promtool_check;
 use crate::fleet::WHOAMI;
 use crate::service::{sample, start_settings};
 
@@ -71,6 +73,14 @@ async fn five_sleepers_on_a_pool_of_two_show_three_waiting_as_show_pools_does() 
         Some(100.0),
         "max_client_conn of the test PgBouncer"
     );
+    // The whole contract of a PgBouncer target is in the body, and promtool finds it clean.
+    for name in PGBOUNCER_CONTRACT.split_whitespace() {
+        let present = body
+            .lines()
+            .any(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")));
+        assert!(present, "{name} missing from the body:\n{body}");
+    }
+    promtool_check(&body).unwrap_or_else(|e| panic!("promtool check metrics:\n{e}\n{body}"));
     for s in sleepers {
         s.abort();
     }
