@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use crate::db::DatabaseTarget;
 use crate::db::slots::{Cap, SlotConnect};
 use console::{Console, ConsoleError, Table};
-use reading::{Family, Kind, Notes};
+use reading::{Family, Notes};
 pub use state::State;
 
 /// Where a PgBouncer is and how it is read.
@@ -45,6 +45,34 @@ pub struct BouncerSettings {
     pub interval: Duration,
     /// The deadline of one command.
     pub timeout: Duration,
+}
+
+/// The PgBouncer section of the metrics reference (docs/metrics.md).
+pub fn markdown() -> String {
+    let mut s = String::from(
+        "## PgBouncer targets (`kind: pgbouncer`, every `fleet.pgbouncer_interval`)\n\n\
+         A round of SHOW commands on PgBouncer's admin console (docs/operations.md, \
+         \"PgBouncer targets\"). Pools over 500 rows of one answer are dropped and counted.\n\n\
+         | metric | type | labels | help |\n| --- | --- | --- | --- |\n",
+    );
+    let mut row = |name: &str, kind: &str, labels: &[&str], help: &str| {
+        let labels: Vec<String> = labels.iter().map(|l| format!("`{l}`")).collect();
+        s.push_str(&format!(
+            "| `{name}` | {kind} | {} | {help}. |\n",
+            labels.join(", ")
+        ));
+    };
+    row(state::UP.0, "gauge", &[], state::UP.1);
+    row(state::START.0, "gauge", &[], state::START.1);
+    row(state::VERSION.0, "gauge", &["version"], state::VERSION.1);
+    for (name, kind, labels, help) in reading::documented() {
+        let kind = match kind {
+            reading::Kind::Gauge => "gauge",
+            reading::Kind::Counter => "counter",
+        };
+        row(name, kind, &labels, help);
+    }
+    s
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -228,39 +256,15 @@ impl Bouncer {
             let table = self.show(console, source.command).await?;
             families.extend(source.read(&table, &mut notes));
         }
-        let lists = self.show(console, "SHOW LISTS").await?;
-        let config = self.show(console, "SHOW CONFIG").await?;
-        let scalars = [
-            (
-                "pgbouncer_client_connections",
-                "Client connections (SHOW LISTS used_clients)",
-                reading::keyed(&lists, "list", "items", "used_clients"),
-            ),
-            (
-                "pgbouncer_server_connections",
-                "Server connections (SHOW LISTS used_servers)",
-                reading::keyed(&lists, "list", "items", "used_servers"),
-            ),
-            (
-                "pgbouncer_max_client_connections",
-                "Most client connections PgBouncer accepts (max_client_conn)",
-                reading::keyed(&config, "key", "value", "max_client_conn"),
-            ),
-        ];
-        for (name, help, value) in scalars {
-            match value {
-                Some(v) => families.push(Family {
-                    name,
-                    help,
-                    kind: Kind::Gauge,
-                    labels: Vec::new(),
-                    series: vec![(Vec::new(), v)],
-                }),
-                None => {
-                    notes.missing.insert(format!("{name}: not in the answer"));
-                }
-            }
+        let mut answers = Vec::new();
+        for (command, _, _) in reading::KEYED {
+            answers.push(self.show(console, command).await?);
         }
+        families.extend(
+            reading::SCALARS
+                .iter()
+                .filter_map(|s| s.read(&answers, &mut notes)),
+        );
         Ok((families, version, notes))
     }
 }

@@ -313,6 +313,88 @@ fn sum(
     total
 }
 
+/// A gauge read from a key/value answer (`SHOW LISTS`, `SHOW CONFIG`).
+pub struct Scalar {
+    /// The family.
+    pub name: &'static str,
+    /// Its help text.
+    pub help: &'static str,
+    /// The command (one of [`KEYED`]).
+    pub command: &'static str,
+    /// The key of its row.
+    pub key: &'static str,
+}
+
+/// The key/value commands: (command, key column, value column).
+pub const KEYED: &[(&str, &str, &str)] = &[
+    ("SHOW LISTS", "list", "items"),
+    ("SHOW CONFIG", "key", "value"),
+];
+
+/// The gauges of the key/value commands.
+pub const SCALARS: &[Scalar] = &[
+    Scalar {
+        name: "pgbouncer_client_connections",
+        help: "Client connections (SHOW LISTS used_clients)",
+        command: "SHOW LISTS",
+        key: "used_clients",
+    },
+    Scalar {
+        name: "pgbouncer_server_connections",
+        help: "Server connections (SHOW LISTS used_servers)",
+        command: "SHOW LISTS",
+        key: "used_servers",
+    },
+    Scalar {
+        name: "pgbouncer_max_client_connections",
+        help: "Most client connections PgBouncer accepts (max_client_conn)",
+        command: "SHOW CONFIG",
+        key: "max_client_conn",
+    },
+];
+
+impl Scalar {
+    /// Its family from the answers of [`KEYED`] (same order), or a note when it is missing.
+    pub fn read(&self, answers: &[Table], notes: &mut Notes) -> Option<Family> {
+        let found = KEYED
+            .iter()
+            .zip(answers)
+            .find(|((command, _, _), _)| *command == self.command)
+            .and_then(|((_, k, v), table)| keyed(table, k, v, self.key));
+        let Some(value) = found else {
+            notes
+                .missing
+                .insert(format!("{}: {}", self.command, self.key));
+            return None;
+        };
+        Some(Family {
+            name: self.name,
+            help: self.help,
+            kind: Kind::Gauge,
+            labels: Vec::new(),
+            series: vec![(Vec::new(), value)],
+        })
+    }
+}
+
+/// Every family a round can give: (name, type, labels, help), for the metrics reference.
+pub fn documented() -> Vec<(&'static str, Kind, Vec<&'static str>, &'static str)> {
+    let mut out = Vec::new();
+    for source in SOURCES {
+        for spec in source.specs {
+            let mut labels: Vec<&'static str> = source.keys.iter().map(|(l, _)| *l).collect();
+            if spec.parts.iter().any(|(state, _)| !state.is_empty()) {
+                labels.push("state");
+            }
+            out.push((spec.name, spec.kind, labels, spec.help));
+        }
+    }
+    for s in SCALARS {
+        out.push((s.name, Kind::Gauge, Vec::new(), s.help));
+    }
+    out
+}
+
 /// The value of `key` in a two-column answer (`SHOW LISTS`: list, items; `SHOW CONFIG`: key,
 /// value), as a number.
 pub fn keyed(table: &Table, key_column: &str, value_column: &str, key: &str) -> Option<f64> {

@@ -82,6 +82,22 @@ impl State {
     }
 }
 
+/// `pgbouncer_up`: (name, help).
+pub const UP: (&str, &str) = (
+    "pgbouncer_up",
+    "Whether the last round of console commands succeeded within its deadline (1) or not (0)",
+);
+/// `pgbouncer_start_time_seconds`: (name, help).
+pub const START: (&str, &str) = (
+    "pgbouncer_start_time_seconds",
+    "When pgpulse first saw the current life of PgBouncer's totals (a restart begins a new one), unix seconds",
+);
+/// `pgbouncer_version_info{version}`: (name, help).
+pub const VERSION: (&str, &str) = (
+    "pgbouncer_version_info",
+    "PgBouncer's version (the value is 1)",
+);
+
 #[derive(Debug)]
 struct StateCollector(State);
 
@@ -89,29 +105,16 @@ impl Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let up = self.0.liveness.is_up();
         let g = self.0.lock();
-        let help = "Whether the last round of console commands succeeded within its deadline (1) or not (0)";
-        let mut family =
-            encoder.encode_descriptor("pgbouncer_up", help, None, MetricType::Gauge)?;
+        let gauge = MetricType::Gauge;
+        let mut family = encoder.encode_descriptor(UP.0, UP.1, None, gauge)?;
         family.encode_gauge(&i64::from(up))?;
         if let Some(start) = g.life_start {
-            let help = "When pgpulse first saw the current life of PgBouncer's totals (a restart begins a new one), unix seconds";
             encoder
-                .encode_descriptor(
-                    "pgbouncer_start_time_seconds",
-                    help,
-                    None,
-                    MetricType::Gauge,
-                )?
+                .encode_descriptor(START.0, START.1, None, gauge)?
                 .encode_gauge(&start)?;
         }
         if let (true, Some(v)) = (up, &g.version) {
-            let help = "PgBouncer's version (the value is 1)";
-            let mut f = encoder.encode_descriptor(
-                "pgbouncer_version_info",
-                help,
-                None,
-                MetricType::Gauge,
-            )?;
+            let mut f = encoder.encode_descriptor(VERSION.0, VERSION.1, None, gauge)?;
             f.encode_family(&[("version", v.as_str())])?
                 .encode_gauge(&1)?;
         }

@@ -178,6 +178,7 @@ pub fn print_catalog(path: Option<&Path>, markdown: bool) -> Result<(), CliError
     let catalog = Catalog::from_source(&source, Defaults::default())?;
     if markdown {
         print!("{}", crate::catalog::markdown(&catalog));
+        print!("\n{}", crate::bouncer::markdown());
     } else {
         for (q, m) in catalog.metric_names() {
             println!(

@@ -168,7 +168,11 @@ fn metric_names_and_label_sets_match_the_golden_list() {
 fn docs_metrics_md_is_generated_from_queries_yaml() {
     golden(
         "docs/metrics.md",
-        &pgpulse::catalog::markdown(&catalog()),
+        &format!(
+            "{}\n{}",
+            pgpulse::catalog::markdown(&catalog()),
+            pgpulse::bouncer::markdown()
+        ),
         "run `cargo run -- catalog --markdown > docs/metrics.md`",
     );
 }
