@@ -167,18 +167,11 @@ impl Bouncer {
     ) {
         let me = self.clone();
         tracker.spawn(async move {
-            let mut tick = tokio::time::interval(me.interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tick.tick() => {}
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = me.run_round() => changed.notify_one(),
-                }
-            }
+            crate::clock::every(me.interval, &stop, || async {
+                me.run_round().await;
+                changed.notify_one();
+            })
+            .await;
             me.console.lock().await.close();
         });
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::cluster::{ClusterError, free_port};
+use super::cluster::{ClusterError, free_port, watchdog};
 
 /// Settings of a throwaway PgBouncer.
 #[derive(Debug, Clone)]
@@ -189,18 +189,11 @@ impl TempBouncer {
              if [ -f \"$dir/pgbouncer.pid\" ]; then p=$(cat \"$dir/pgbouncer.pid\"); \
                kill -CONT \"$p\"; kill -KILL \"$p\"; fi 2>/dev/null; \
              rm -rf \"$dir\"";
-        Command::new("sh")
-            .arg("-c")
-            .arg(SCRIPT)
-            .arg("pgpulse-watchdog")
-            .arg(std::process::id().to_string())
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map(|_| ())
-            .map_err(io("start the PgBouncer watchdog"))
+        watchdog(
+            "start the PgBouncer watchdog",
+            SCRIPT,
+            &[self.dir.as_os_str()],
+        )
     }
 
     /// The running daemon's process id, from its pidfile.

@@ -156,6 +156,28 @@ fn user_ids(user: &str) -> Option<(u32, u32)> {
     Some((u.uid.as_raw(), u.gid.as_raw()))
 }
 
+/// Starts `script` under `sh` with this process's id as `$1` and `args` as `$2`...: a
+/// watchdog that cleans up once this process is gone, whatever way it ended. Paths travel as
+/// positional arguments, never inside the script's text.
+pub(super) fn watchdog(
+    step: &'static str,
+    script: &str,
+    args: &[&std::ffi::OsStr],
+) -> Result<(), ClusterError> {
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("pgpulse-watchdog")
+        .arg(std::process::id().to_string())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(|_| ())
+        .map_err(|source| ClusterError::Io { step, source })
+}
+
 impl TempCluster {
     /// Creates and starts a cluster; blocks until it accepts connections.
     pub fn start(opts: &ClusterOptions) -> Result<Self, ClusterError> {
@@ -376,23 +398,13 @@ impl TempCluster {
                else \"$pg_ctl\" stop -m immediate -D \"$dir/data\"; fi >/dev/null 2>&1; \
              fi; \
              rm -rf \"$dir\"";
-        Command::new("sh")
-            .arg("-c")
-            .arg(SCRIPT)
-            .arg("pgpulse-watchdog")
-            .arg(std::process::id().to_string())
-            .arg(&self.dir)
-            .arg(self.bindir.join("pg_ctl"))
-            .arg(self.run_as.as_deref().unwrap_or(""))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map(|_| ())
-            .map_err(|source| ClusterError::Io {
-                step: "start the cluster watchdog",
-                source,
-            })
+        let pg_ctl = self.bindir.join("pg_ctl");
+        let user = self.run_as.as_deref().unwrap_or("");
+        watchdog(
+            "start the cluster watchdog",
+            SCRIPT,
+            &[self.dir.as_os_str(), pg_ctl.as_os_str(), user.as_ref()],
+        )
     }
 
     /// A server binary: from the bindir, else next to the file `initdb` links to (a bindir of
