@@ -114,12 +114,44 @@ impl BouncerMetrics {
     }
 }
 
+/// The console connection and what it read that changes rarely.
+#[derive(Debug)]
+struct Session {
+    console: Console,
+    /// Per key/value command ([`reading::KEYED`]), its last answer and the rounds since.
+    kept: Vec<Option<(Table, u32)>>,
+}
+
+impl Session {
+    /// The answer of key/value command `i` (`command`, read every `every` rounds): read
+    /// again on a new connection and every `every` rounds, kept otherwise.
+    async fn keyed(
+        &mut self,
+        b: &Bouncer,
+        (i, command, every): (usize, &'static str, u32),
+        fresh: bool,
+    ) -> Result<Table, ConsoleError> {
+        if let Some(Some((table, since))) = self.kept.get_mut(i)
+            && !fresh
+            && *since + 1 < every
+        {
+            *since += 1;
+            return Ok(table.clone());
+        }
+        let table = b.show(&mut self.console, command).await?;
+        if let Some(slot) = self.kept.get_mut(i) {
+            *slot = Some((table.clone(), 0));
+        }
+        Ok(table)
+    }
+}
+
 /// The sampler of one PgBouncer.
 #[derive(Debug)]
 pub struct Bouncer {
     state: State,
     metrics: BouncerMetrics,
-    console: tokio::sync::Mutex<Console>,
+    session: tokio::sync::Mutex<Session>,
     interval: Duration,
     /// Missing columns already logged, and the last error logged.
     logged: Mutex<(BTreeSet<String>, Option<String>)>,
@@ -138,7 +170,10 @@ impl Bouncer {
         Arc::new(Self {
             state,
             metrics: BouncerMetrics::register(registry),
-            console: tokio::sync::Mutex::new(console),
+            session: tokio::sync::Mutex::new(Session {
+                console,
+                kept: vec![None; reading::KEYED.len()],
+            }),
             interval: settings.interval,
             logged: Mutex::default(),
         })
@@ -172,19 +207,19 @@ impl Bouncer {
                 changed.notify_one();
             })
             .await;
-            me.console.lock().await.close();
+            me.session.lock().await.console.close();
         });
     }
 
     /// One round: read, record, log what changed.
     pub async fn run_round(&self) {
-        let mut console = self.console.lock().await;
+        let mut session = self.session.lock().await;
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        match self.round(&mut console).await {
+        match self.round(&mut session).await {
             Ok((families, version, notes)) => {
-                drop(console);
+                drop(session);
                 self.metrics.dropped.inc_by(notes.dropped);
                 self.note(notes, None);
                 if self.state.record(families, version, now) {
@@ -194,8 +229,8 @@ impl Bouncer {
                 }
             }
             Err(e) => {
-                console.close();
-                drop(console);
+                session.console.close();
+                drop(session);
                 self.metrics.errors.inc();
                 self.note(Notes::default(), Some(e.to_string()));
                 self.state.fail();
@@ -233,25 +268,27 @@ impl Bouncer {
     }
 
     /// The commands of one round: `SHOW VERSION` on a new connection, then the pools,
-    /// databases, totals, lists and configuration.
+    /// databases, totals and lists, and the configuration on a new connection and every few
+    /// rounds.
     async fn round(
         &self,
-        console: &mut Console,
+        session: &mut Session,
     ) -> Result<(Vec<Family>, Option<String>, Notes), ConsoleError> {
-        let version = if console.is_connected() {
-            None
+        let fresh = !session.console.is_connected();
+        let version = if fresh {
+            reading::version(&self.show(&mut session.console, "SHOW VERSION").await?)
         } else {
-            reading::version(&self.show(console, "SHOW VERSION").await?)
+            None
         };
         let mut notes = Notes::default();
         let mut families = Vec::new();
         for source in reading::SOURCES {
-            let table = self.show(console, source.command).await?;
+            let table = self.show(&mut session.console, source.command).await?;
             families.extend(source.read(&table, &mut notes));
         }
         let mut answers = Vec::new();
-        for (command, _, _) in reading::KEYED {
-            answers.push(self.show(console, command).await?);
+        for (i, (command, _, _, every)) in reading::KEYED.iter().enumerate() {
+            answers.push(session.keyed(self, (i, command, *every), fresh).await?);
         }
         families.extend(
             reading::SCALARS

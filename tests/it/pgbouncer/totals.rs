@@ -56,6 +56,22 @@ async fn a_thousand_transactions_raise_the_counter_by_exactly_a_thousand() {
     let body = shows(&svc, before + 1000.0).await;
     let queries = sample(&body, "pgbouncer_queries_total{database=\"trade\"}").unwrap();
     assert!(queries >= 1001.0, "{queries}");
+    // The configuration is read on a new connection and every 10th round only.
+    let sent = |b: &str, c: &str| {
+        sample(
+            b,
+            &format!("pgpulse_pgbouncer_commands_total{{command=\"{c}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let body = svc
+        .wait_probe("bouncer", "30 rounds", |b| sent(b, "SHOW POOLS") >= 30.0)
+        .await;
+    let (pools, config) = (sent(&body, "SHOW POOLS"), sent(&body, "SHOW CONFIG"));
+    assert!(
+        config >= 3.0 && config <= 2.0 + pools / 10.0,
+        "{config} of {pools} rounds"
+    );
     svc.stop().await;
 }
 
