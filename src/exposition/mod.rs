@@ -28,6 +28,12 @@ pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; char
 /// Content type of the Prometheus text format.
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// The least time between two renders of one body. Queries publish at their own moments
+/// (a target with 1 s queries changes several times a second); every render encodes the
+/// self-metrics and compresses the forms scrapers ask for, so renders are coalesced: a body
+/// is at most this much older than the snapshot, far below any scrape interval.
+pub const MIN_GAP: std::time::Duration = std::time::Duration::from_millis(1000);
+
 /// Which forms scrapers have asked for: Prometheus text, its gzip, OpenMetrics gzip. Shared
 /// by every body of one renderer; a render makes the forms asked for.
 #[derive(Debug, Default)]
@@ -176,8 +182,8 @@ impl Renderer {
         self.current.clone()
     }
 
-    /// Renders on every change notice until `stop` is cancelled (notices that arrive during
-    /// a render are shown by one render after it).
+    /// Renders on change notices until `stop` is cancelled, at most once per [`MIN_GAP`]:
+    /// notices that arrive during a render or the gap after it are shown by one render then.
     pub async fn render_on_change(
         self: Arc<Self>,
         changed: Arc<tokio::sync::Notify>,
@@ -187,6 +193,10 @@ impl Renderer {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = changed.notified() => self.render(),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(MIN_GAP) => {}
             }
         }
     }

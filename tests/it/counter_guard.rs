@@ -33,13 +33,15 @@ fn dropped(body: &str, reason: &str) -> f64 {
     .unwrap_or(-1.0)
 }
 
-/// Sets the source and waits until a run after the change was published.
+/// Sets the source and waits until two runs after the change were published. The body read
+/// first may be one render gap (`exposition::MIN_GAP`, one run of this 1 s query) behind,
+/// and the run in flight at the change may have read the old value: four runs more.
 async fn set_and_wait(svc: &Running, c: &tokio_postgres::Client, sql: &str) -> String {
     let runs =
         |b: &str| sample(b, "pgpulse_query_runs_total{query=\"hostile_counter\"}").unwrap_or(0.0);
     let before = runs(&svc.metrics().await);
     exec(c, sql).await;
-    svc.wait_for("two runs after the change", |b| runs(b) >= before + 2.0)
+    svc.wait_for("two runs after the change", |b| runs(b) >= before + 4.0)
         .await
 }
 

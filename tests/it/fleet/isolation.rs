@@ -53,14 +53,16 @@ async fn a_stopped_server_and_a_silent_listener_slow_no_other_target() {
     })
     .await;
     // Freeze the server: the postmaster and every backend pgpulse holds there.
+    // The postmaster first, so that no backend of pgpulse starts after the list is read; the
+    // test's own backend, started before, still answers.
     let admin = connect(&cluster.url("postgres")).await;
+    stopped.stop(postmaster_pid(&cluster));
     let pids = strings(
         &admin,
         "SELECT pid::text FROM pg_stat_activity WHERE application_name = 'pgpulse'",
     )
     .await;
     drop(admin);
-    stopped.stop(postmaster_pid(&cluster));
     for pid in pids {
         stopped.stop(pid.parse().unwrap());
     }
