@@ -42,9 +42,12 @@ async fn targets_added_and_removed_in_the_file_come_and_go_and_the_others_keep_t
     })
     .await
     .expect("a removed target answers 404");
-    let m = svc.metrics().await;
-    assert_eq!(sample(&m, "pgpulse_fleet_targets"), Some(1.0), "{m}");
-    assert_eq!(sample(&m, "pgpulse_target_up{target=\"a\"}"), None, "{m}");
+    // /metrics follows within a render gap (a second).
+    svc.wait_for("the process body without a", |m| {
+        sample(m, "pgpulse_fleet_targets") == Some(1.0)
+            && sample(m, "pgpulse_target_up{target=\"a\"}").is_none()
+    })
+    .await;
     // A target list that does not read keeps the running targets, and says so.
     std::fs::write(&file, "- targets: [b/db]\n  lables: {}\n").unwrap();
     svc.wait_for("the failed refresh counted", |m| {
