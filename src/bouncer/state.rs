@@ -1,7 +1,8 @@
 //! The last round's families of one PgBouncer, the life of its counters, and their encoding.
 //!
 //! PgBouncer's `SHOW STATS` totals start again from zero when it restarts. A round in which
-//! any total is below the previous round's begins a new life: `pgbouncer_start_time_seconds`
+//! any total is below its last value in this life (also when its database was absent from
+//! rounds in between) begins a new life: `pgbouncer_start_time_seconds`
 //! moves to that round's time, so a reset shows as a reset, never as a decrease inside one
 //! life. The previous values outlive a failed round, so a restart during an outage is seen
 //! at the first round after it. While the console does not answer, only `pgbouncer_up` (0)
@@ -16,6 +17,9 @@ use prometheus_client::metrics::MetricType;
 
 use super::reading::{Family, Kind};
 use crate::snapshot::Liveness;
+
+/// The most counter series whose last value is kept (7 totals of 500 databases, ten times).
+const MAX_KEPT: usize = 35_000;
 
 /// A counter series: its family and label values.
 type SeriesKey = (&'static str, Vec<String>);
@@ -59,8 +63,15 @@ impl State {
         let new_life = dropped || g.life_start.is_none();
         if new_life {
             g.life_start = Some(now);
+            g.last.clear();
         }
-        g.last = current;
+        // The last value of every series of this life, also of one absent now (a database
+        // gone from SHOW STATS that comes back lower is a reset too); bounded by forgetting
+        // the absent ones when PgBouncer's databases churn.
+        if g.last.len() + current.len() > MAX_KEPT {
+            g.last.clear();
+        }
+        g.last.extend(current);
         g.families = families;
         if version.is_some() {
             g.version = version;
@@ -215,5 +226,17 @@ mod tests {
             !s.record(totals(3.0), None, 160.0),
             "equal is the same life"
         );
+    }
+
+    #[test]
+    fn a_series_that_comes_back_lower_after_a_round_without_it_begins_a_new_life() {
+        let s = State::default();
+        s.record(totals(50.0), None, 100.0);
+        assert!(
+            !s.record(Vec::new(), None, 115.0),
+            "gone: nothing to compare"
+        );
+        assert!(s.record(totals(5.0), None, 130.0), "back lower: a reset");
+        assert_eq!(s.lock().life_start, Some(130.0));
     }
 }
