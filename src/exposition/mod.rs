@@ -1,6 +1,6 @@
-//! Exposition: the whole `/metrics` body, rendered once per snapshot change and kept behind
-//! an [`ArcSwap`]. A scrape loads the current [`Exposition`] and clones a reference-counted
-//! buffer: its cost does not depend on the database or on the number of scrapers. The body is
+//! Exposition: the whole `/metrics` body, rendered on snapshot changes (at most once per
+//! [`MIN_GAP`]) and kept behind an [`ArcSwap`]. A scrape loads the current [`Exposition`] and
+//! clones a reference-counted buffer: its cost does not depend on the database or on the number of scrapers. The body is
 //! encoded in OpenMetrics text; each render also makes the other forms (Prometheus text, gzip)
 //! that scrapers have asked for, so a scrape is a copy of pre-rendered bytes and a form nobody
 //! asks for costs no conversion nor compression. Only the first request for a form makes it
