@@ -86,3 +86,37 @@ pub(crate) fn sample(body: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// A `/proc/PID/status` figure in kB (`VmRSS:`, `VmHWM:`), 0 when unreadable.
+pub(crate) fn proc_kb(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `PGPULSE_BENCH_SECONDS`, else `default`.
+pub(crate) fn bench_seconds(default: u64) -> u64 {
+    std::env::var("PGPULSE_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The built `pgpulse serve --config CONFIG` on a free loopback port (its stdout and stderr
+/// discarded); returns the child and its `host:port`.
+pub(crate) fn serve_binary(config: &std::path::Path) -> (std::process::Child, String) {
+    let listen = format!("127.0.0.1:{}", pgpulse::demo::cluster::free_port().unwrap());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_pgpulse"))
+        .args(["serve", "--listen-address", &listen])
+        .arg("--config")
+        .arg(config)
+        .env_remove("PGPULSE_BENCH_SECONDS")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    (child, listen)
+}

@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pgpulse::demo::{ClusterOptions, TempCluster};
@@ -169,16 +169,7 @@ impl Fleet {
             ),
         )
         .unwrap();
-        let listen = format!("127.0.0.1:{}", pgpulse::demo::cluster::free_port().unwrap());
-        let child = Command::new(env!("CARGO_BIN_EXE_pgpulse"))
-            .args(["serve", "--listen-address", &listen])
-            .arg("--config")
-            .arg(&config)
-            .env_remove("PGPULSE_BENCH_SECONDS")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let (child, listen) = common::serve_binary(&config);
         Self {
             servers,
             targets,
@@ -245,10 +236,7 @@ async fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
     }
-    let seconds: u64 = std::env::var("PGPULSE_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(120);
+    let seconds: u64 = common::bench_seconds(120);
     let mut f = Fleet::start().await;
     let pid = f.pid();
     let relations: i64 = common::connect(&f.servers[0].url("t00"))

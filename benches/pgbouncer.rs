@@ -68,15 +68,6 @@ impl Drop for Proc {
     }
 }
 
-fn proc_kb(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Connects to PgBouncer's console as the stats user.
 async fn console(port: u16) -> Client {
     common::connect(&format!(
@@ -311,8 +302,8 @@ async fn measure(
         window: console_commands(log, from, to),
         under_load,
         load,
-        rss_kb: proc_kb(child.pid(), "VmRSS:"),
-        hwm_kb: proc_kb(child.pid(), "VmHWM:"),
+        rss_kb: common::proc_kb(child.pid(), "VmRSS:"),
+        hwm_kb: common::proc_kb(child.pid(), "VmHWM:"),
         // Two GETs of /probe read it, before and after; neither reaches the console.
         own_count: (own_after > 0.0).then(|| (own_after - own_before) / minutes),
     }
@@ -334,16 +325,7 @@ fn start_pgpulse(dir: &Path, bouncer_port: u16) -> (Proc, String) {
         ),
     )
     .unwrap();
-    let listen = format!("127.0.0.1:{}", free_port().unwrap());
-    let child = Command::new(env!("CARGO_BIN_EXE_pgpulse"))
-        .args(["serve", "--listen-address", &listen])
-        .arg("--config")
-        .arg(&config)
-        .env_remove("PGPULSE_BENCH_SECONDS")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (child, listen) = common::serve_binary(&config);
     (Proc(child), format!("http://{listen}/probe?target=bouncer"))
 }
 
@@ -429,10 +411,7 @@ async fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
     }
-    let seconds: u64 = std::env::var("PGPULSE_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(120);
+    let seconds: u64 = common::bench_seconds(120);
     let window = Duration::from_secs(seconds);
     let cluster = tokio::task::spawn_blocking(|| TempCluster::start(&ClusterOptions::default()))
         .await

@@ -18,10 +18,7 @@ async fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
     }
-    let seconds: u64 = std::env::var("PGPULSE_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(600);
+    let seconds: u64 = common::bench_seconds(600);
     let queries = std::env::var("PGPULSE_BENCH_QUERIES")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/queries.yaml").to_owned());
     let (cluster, url) = common::cluster().await;

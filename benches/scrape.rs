@@ -28,15 +28,6 @@ fn field<'a>(out: &'a str, prefix: &str) -> &'a str {
         .unwrap_or("?")
 }
 
-fn rss_kb(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 async fn commits(c: &tokio_postgres::Client) -> i64 {
     c.query_one(
         "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'bench'",
@@ -192,8 +183,8 @@ async fn main() {
     }
     println!(
         "\nexporter memory: VmRSS {} kB, VmHWM (peak) {} kB",
-        rss_kb(pid, "VmRSS:"),
-        rss_kb(pid, "VmHWM:")
+        common::proc_kb(pid, "VmRSS:"),
+        common::proc_kb(pid, "VmHWM:")
     );
     let _ = child.kill();
     let _ = child.wait();
