@@ -456,14 +456,12 @@ async fn the_pool_exhaustion_scenario_pages_while_every_postgresql_alert_stays_i
         .args(["-TERM", &pid.to_string()])
         .status()
         .unwrap();
-    let end = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(s) = demo.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < end, "the demo did not stop on SIGTERM");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let child = Mutex::new(&mut demo.child);
+    let status = eventually(PATIENCE, || async {
+        child.lock().unwrap().try_wait().unwrap()
+    })
+    .await
+    .expect("the demo stops on SIGTERM");
     assert!(status.success(), "{}", demo.logs());
     // PgBouncer and its watchdog (which notices the demo's exit within a second) are gone.
     let pattern = format!("pgpulse-pgbouncer-{pid}-");

@@ -73,11 +73,7 @@ pub(crate) async fn console(bouncer: &TempBouncer) -> Client {
         "postgres://pgpulse_stats:{STATS_PASSWORD}@127.0.0.1:{}/pgbouncer",
         bouncer.port()
     );
-    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("console: {e}"));
-    tokio::spawn(conn);
-    c
+    crate::harness::connect(&url).await
 }
 
 /// Connects through PgBouncer to `trade` as `postgres`.
@@ -86,11 +82,7 @@ pub(crate) async fn client(bouncer: &TempBouncer) -> Client {
         "postgres://postgres:postgres@127.0.0.1:{}/trade",
         bouncer.port()
     );
-    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("through PgBouncer: {e}"));
-    tokio::spawn(conn);
-    c
+    crate::harness::connect(&url).await
 }
 
 /// The value of `column` in the row of `command` whose `key_column` is `key`: the truth.

@@ -16,6 +16,13 @@ async fn shows(svc: &Running, want: f64) -> String {
     .await
 }
 
+/// SHOW STATS' transactions of `trade`: the truth.
+async fn xacts(truth: &tokio_postgres::Client) -> f64 {
+    show(truth, "SHOW STATS", "database", "trade", "total_xact_count")
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_transactions_raise_the_counter_by_exactly_a_thousand() {
     let (_cluster, bouncer) = bouncer_over_cluster(|_| {});
@@ -26,28 +33,12 @@ async fn a_thousand_transactions_raise_the_counter_by_exactly_a_thousand() {
     let truth = console(&bouncer).await;
     let trade = client(&bouncer).await;
     trade.simple_query("SELECT 1").await.unwrap();
-    let before = show(
-        &truth,
-        "SHOW STATS",
-        "database",
-        "trade",
-        "total_xact_count",
-    )
-    .await
-    .unwrap();
+    let before = xacts(&truth).await;
     shows(&svc, before).await;
     for _ in 0..1000 {
         trade.simple_query("SELECT 1").await.unwrap();
     }
-    let after = show(
-        &truth,
-        "SHOW STATS",
-        "database",
-        "trade",
-        "total_xact_count",
-    )
-    .await
-    .unwrap();
+    let after = xacts(&truth).await;
     assert_eq!(
         after - before,
         1000.0,
