@@ -237,8 +237,12 @@ impl App {
 fn summary(config: &Config, catalog: &Catalog) -> String {
     let database = match &config.fleet {
         Some(f) => format!(
-            "fleet: {} targets in the config file{}, at most {} connections, {} per target",
+            "fleet: {} targets in the config file{}{}, at most {} connections, {} per target",
             f.targets.len(),
+            match f.discoveries.len() {
+                0 => String::new(),
+                n => format!(", the databases of {n} servers (discovered)"),
+            },
             f.file
                 .as_ref()
                 .map(|p| format!(" and those of {}", p.display()))

@@ -58,14 +58,19 @@ pub async fn check_config(
     }
     let database = match &config.fleet {
         Some(f) => {
-            let targets = f.read_targets(config.connect_timeout).unwrap_or_default();
+            let none_found = std::collections::BTreeMap::new();
+            let targets = f
+                .read_targets(config.connect_timeout, &none_found)
+                .unwrap_or_default();
             let bouncers = targets
                 .iter()
                 .filter(|t| t.kind == crate::config::fleet::TargetKind::Pgbouncer)
                 .count();
             format!(
-                "a fleet of {} targets ({bouncers} of them PgBouncer)",
-                targets.len()
+                "a fleet of {} targets ({bouncers} of them PgBouncer) and {} servers whose \
+                 databases are discovered",
+                targets.len(),
+                f.discoveries.len()
             )
         }
         None => format!("database {} ({})", config.target, config.target.tls()),

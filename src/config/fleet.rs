@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::discover::{DiscoverSettings, Discovery};
+use super::target::valid_name;
+pub use super::target::{TargetConfig, TargetKind};
 use super::{ConfigError, Settings};
 use crate::db::DatabaseTarget;
 
@@ -33,17 +36,10 @@ pub struct TargetSettings {
     /// What the URL reaches: PostgreSQL (the default) or PgBouncer's admin console.
     #[serde(default)]
     pub kind: TargetKind,
-}
-
-/// What a target's URL reaches.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum TargetKind {
-    /// A PostgreSQL database, sampled with the catalog.
-    #[default]
-    Postgres,
-    /// PgBouncer's admin console (the `pgbouncer` database), sampled with `SHOW` commands.
-    Pgbouncer,
+    /// Makes this entry a server whose databases are discovered, each a target
+    /// `NAME/DATNAME`; the URL's database is only where the list is read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discover_databases: Option<DiscoverSettings>,
 }
 
 /// A named credential set.
@@ -96,29 +92,13 @@ impl Default for FleetSettings {
     }
 }
 
-/// One target, validated: where it is, how to authenticate, its labels.
-#[derive(Debug, Clone)]
-pub struct TargetConfig {
-    /// Its name (unique in the fleet).
-    pub name: String,
-    /// The connection without a password (user and TLS from its auth).
-    pub target: DatabaseTarget,
-    /// The file its password is read from for every new connection.
-    pub password_file: Option<PathBuf>,
-    /// Labels for `/sd`.
-    pub labels: BTreeMap<String, String>,
-    /// PostgreSQL or PgBouncer.
-    pub kind: TargetKind,
-    /// What the target was made of (URL, auth, labels): a reload keeps a target whose
-    /// fingerprint did not change.
-    pub fingerprint: String,
-}
-
 /// The fleet, validated.
 #[derive(Debug, Clone)]
 pub struct FleetConfig {
     /// The targets of the config file.
     pub targets: Vec<TargetConfig>,
+    /// The config file's entries whose databases are discovered.
+    pub discoveries: Vec<Discovery>,
     /// The file_sd file, read at start and on every refresh.
     pub file: Option<PathBuf>,
     /// The credential sets targets reference.
@@ -147,10 +127,8 @@ fn bad(origin: &Origin, name: &str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Names: letters, digits and `._:/@-`, 1..=100 characters (they travel in URLs and labels).
 fn check_name(origin: &Origin, name: &str) -> Result<(), ConfigError> {
-    let ok = |c: char| c.is_ascii_alphanumeric() || "._:/@-".contains(c);
-    if name.is_empty() || name.len() > 100 || !name.chars().all(ok) {
+    if !valid_name(name) {
         return Err(bad(
             origin,
             name,
@@ -269,25 +247,45 @@ impl FleetConfig {
         })
     }
 
-    /// The config file's targets, resolved.
+    /// The config file's targets and discoveries, resolved.
     pub(super) fn resolve_static(
-        &self,
+        &mut self,
         entries: &[TargetSettings],
         connect_timeout: Duration,
-    ) -> Result<Vec<TargetConfig>, ConfigError> {
-        entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| self.resolve(&Origin(format!("targets[{i}]")), e, connect_timeout))
-            .collect()
+    ) -> Result<(), ConfigError> {
+        for (i, e) in entries.iter().enumerate() {
+            let origin = Origin(format!("targets[{i}]"));
+            let resolved = self.resolve(&origin, e, connect_timeout)?;
+            match &e.discover_databases {
+                None => self.targets.push(resolved),
+                Some(_) if e.kind == TargetKind::Pgbouncer => {
+                    return Err(bad(
+                        &origin,
+                        &e.name,
+                        "discover_databases is for PostgreSQL servers, not PgBouncer",
+                    ));
+                }
+                Some(d) => self
+                    .discoveries
+                    .push(Discovery::new(resolved, d, |r| bad(&origin, &e.name, r))?),
+            }
+        }
+        Ok(())
     }
 
-    /// Every target now: the config file's, then the targets file's; names are unique.
+    /// Every target now: the config file's, the databases discovered so far (`found`: by
+    /// discovery name, the selected databases), then the targets file's; names are unique.
     pub fn read_targets(
         &self,
         connect_timeout: Duration,
+        found: &BTreeMap<String, Vec<String>>,
     ) -> Result<Vec<TargetConfig>, ConfigError> {
         let mut all = self.targets.clone();
+        for d in &self.discoveries {
+            if let Some(databases) = found.get(d.name()) {
+                all.extend(d.targets(databases));
+            }
+        }
         if let Some(file) = &self.file {
             for (origin, entry) in read_file_sd(file)? {
                 all.push(self.resolve(&origin, &entry, connect_timeout)?);
@@ -339,6 +337,7 @@ impl Settings {
         }
         let mut config = FleetConfig {
             targets: Vec::new(),
+            discoveries: Vec::new(),
             file: self.targets_file.clone(),
             auths: self.auths.clone(),
             max_connections: f.max_connections,
@@ -347,9 +346,9 @@ impl Settings {
             pgbouncer_interval: super::positive("fleet.pgbouncer_interval", f.pgbouncer_interval)?,
             pgbouncer_timeout: super::positive("fleet.pgbouncer_timeout", f.pgbouncer_timeout)?,
         };
-        config.targets = config.resolve_static(&self.targets, connect_timeout)?;
+        config.resolve_static(&self.targets, connect_timeout)?;
         // The file is read now too, so a bad one stops the start with its error.
-        config.read_targets(connect_timeout)?;
+        config.read_targets(connect_timeout, &BTreeMap::new())?;
         Ok(Some(config))
     }
 }
@@ -458,6 +457,7 @@ fn entry(origin: &Origin, group: &Group, t: &str) -> Result<TargetSettings, Conf
         auth: group.labels.get(META_AUTH).cloned(),
         labels,
         kind,
+        discover_databases: None,
     })
 }
 
@@ -486,6 +486,7 @@ mod tests {
     fn fleet(auths: &[(&str, AuthSettings)]) -> FleetConfig {
         FleetConfig {
             targets: vec![],
+            discoveries: vec![],
             file: None,
             auths: auths
                 .iter()
@@ -506,6 +507,7 @@ mod tests {
             auth: None,
             labels: BTreeMap::new(),
             kind: TargetKind::Postgres,
+            discover_databases: None,
         }
     }
 
@@ -578,20 +580,22 @@ mod tests {
         .unwrap();
         let mut f = fleet(&[]);
         f.file = Some(file.clone());
-        let all = f.read_targets(Duration::from_secs(1)).unwrap();
+        let all = f
+            .read_targets(Duration::from_secs(1), &BTreeMap::new())
+            .unwrap();
         let names: Vec<&str> = all.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["h1:5433/trading", "h2:5434/risk", "primary"]);
         assert_eq!(all[0].labels.get("cluster").map(String::as_str), Some("eu"));
         assert!(all[2].labels.is_empty(), "meta labels are dropped");
         std::fs::write(&file, "- targets: [h/db, h/db]\n").unwrap();
         let e = f
-            .read_targets(Duration::from_secs(1))
+            .read_targets(Duration::from_secs(1), &BTreeMap::new())
             .unwrap_err()
             .to_string();
         assert!(e.contains("two targets have this name"), "{e}");
         std::fs::write(&file, "- targets: [h/db]\n  lables: {}\n").unwrap();
         let e = f
-            .read_targets(Duration::from_secs(1))
+            .read_targets(Duration::from_secs(1), &BTreeMap::new())
             .unwrap_err()
             .to_string();
         assert!(e.contains("t.yaml:2"), "{e}");
@@ -639,7 +643,9 @@ mod tests {
         .unwrap();
         let mut f = fleet(&[]);
         f.file = Some(file.clone());
-        let all = f.read_targets(Duration::from_secs(1)).unwrap();
+        let all = f
+            .read_targets(Duration::from_secs(1), &BTreeMap::new())
+            .unwrap();
         assert_eq!(all[0].kind, TargetKind::Pgbouncer);
         std::fs::write(
             &file,
@@ -649,7 +655,7 @@ mod tests {
         )
         .unwrap();
         let e = f
-            .read_targets(Duration::from_secs(1))
+            .read_targets(Duration::from_secs(1), &BTreeMap::new())
             .unwrap_err()
             .to_string();
         assert!(

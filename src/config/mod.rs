@@ -5,9 +5,11 @@
 //! Unknown keys are errors. A file is first parsed on its own with serde-saphyr so that its
 //! errors carry `file:line:column`; errors of the environment name the variable.
 
+pub mod discover;
 pub mod fleet;
 pub(crate) mod secrets;
 mod settings;
+pub mod target;
 
 pub use settings::{
     DatabaseSettings, LogFormat, MaintenanceRunnerSettings, PlanSettings, SamplingSettings,

@@ -171,6 +171,11 @@ impl DatabaseTarget {
         self.config.user(user);
     }
 
+    /// Overrides the database name.
+    pub fn set_dbname(&mut self, dbname: &str) {
+        self.config.dbname(dbname);
+    }
+
     /// Overrides the connect timeout.
     pub fn set_connect_timeout(&mut self, timeout: Duration) {
         self.config.connect_timeout(timeout);

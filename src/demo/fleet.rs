@@ -44,6 +44,7 @@ fn target(name: &str, cluster: &TempCluster, database: &str, role: &str) -> Targ
         auth: None,
         labels: [("cluster".to_owned(), "demo".to_owned())].into(),
         kind: TargetKind::Postgres,
+        discover_databases: None,
     }
 }
 
@@ -101,6 +102,7 @@ impl Members<'_> {
                 auth: None,
                 labels: [("cluster".to_owned(), "demo".to_owned())].into(),
                 kind: TargetKind::Pgbouncer,
+                discover_databases: None,
             });
             settings.fleet.pgbouncer_interval = defaults.interval;
         }

@@ -10,6 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::config::discover::Selected;
 use crate::db::slots::Cap;
 use crate::http::Targets;
 
@@ -78,11 +79,28 @@ struct ResultLabel {
     result: &'static str,
 }
 
+/// Labels of a discovery's metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct DiscoveryLabel {
+    discovery: String,
+}
+
+/// Labels of a discovery's read counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct DiscoveryResult {
+    discovery: String,
+    result: &'static str,
+}
+
 /// The handles the fleet writes.
 #[derive(Debug, Clone)]
 pub(super) struct FleetMetrics {
     refreshes: Family<ResultLabel, Counter>,
     refresh_ok: Gauge,
+    discoveries: Family<DiscoveryResult, Counter>,
+    discovery_ok: Family<DiscoveryLabel, Gauge>,
+    discovered: Family<DiscoveryLabel, Gauge>,
+    skipped: Family<DiscoveryLabel, Gauge>,
 }
 
 impl FleetMetrics {
@@ -92,6 +110,10 @@ impl FleetMetrics {
         let m = Self {
             refreshes: Family::default(),
             refresh_ok: Gauge::default(),
+            discoveries: Family::default(),
+            discovery_ok: Family::default(),
+            discovered: Family::default(),
+            skipped: Family::default(),
         };
         registry.register(
             "pgpulse_fleet_refreshes",
@@ -104,7 +126,54 @@ impl FleetMetrics {
             m.refresh_ok.clone(),
         );
         m.refresh_ok.set(1);
+        m.register_discovery(registry);
         m
+    }
+
+    fn register_discovery(&self, registry: &mut Registry) {
+        registry.register(
+            "pgpulse_fleet_discoveries",
+            "Reads of a server's list of databases (discover_databases) by result",
+            self.discoveries.clone(),
+        );
+        registry.register(
+            "pgpulse_fleet_last_discovery_successful",
+            "Whether the last read of a server's list of databases succeeded",
+            self.discovery_ok.clone(),
+        );
+        registry.register(
+            "pgpulse_fleet_discovered_databases",
+            "Databases a discovery selected (each a target), from its last good read",
+            self.discovered.clone(),
+        );
+        registry.register(
+            "pgpulse_fleet_discovery_skipped_databases",
+            "Databases a discovery matched but did not take: a name that is no valid target \
+             name, or past discover_databases.max_databases",
+            self.skipped.clone(),
+        );
+    }
+
+    /// Records a read of a server's list of databases (`None`: it failed).
+    pub(super) fn record_discovery(&self, name: &str, read: Option<&Selected>) {
+        let discovery = name.to_owned();
+        let result = if read.is_some() { "success" } else { "failure" };
+        self.discoveries
+            .get_or_create(&DiscoveryResult {
+                discovery: discovery.clone(),
+                result,
+            })
+            .inc();
+        let label = DiscoveryLabel { discovery };
+        self.discovery_ok
+            .get_or_create(&label)
+            .set(i64::from(read.is_some()));
+        if let Some(s) = read {
+            self.discovered
+                .get_or_create(&label)
+                .set(s.databases.len() as i64);
+            self.skipped.get_or_create(&label).set(s.skipped as i64);
+        }
     }
 
     /// Records a read of the target list.

@@ -5,6 +5,7 @@
 //!
 //! - [`target`]: one target (pool, probe, sampler, snapshot, features, body).
 //! - [`bouncer`]: a PgBouncer target (console sampler, body).
+//! - [`discover`]: the discovery of a server's databases, each a target.
 //! - [`metrics`]: the fleet's own metrics.
 //!
 //! Shared by the targets: the global connection cap ([`Cap`], one permit per socket, taken
@@ -18,6 +19,7 @@
 //! tracker, after it has left the published map.
 
 pub mod bouncer;
+mod discover;
 mod metrics;
 pub mod target;
 
@@ -68,6 +70,8 @@ struct Inner {
     catalog: Mutex<Catalog>,
     /// Which targets reach the same server.
     servers: Servers,
+    /// The databases each discovery selected last.
+    found: discover::Found,
     targets: Mutex<BTreeMap<String, Arc<Target>>>,
     published: Targets,
     /// Told after each target's render: the process body shows the targets' states.
@@ -153,6 +157,7 @@ impl Fleet {
                 fleet,
                 catalog: Mutex::new(catalog),
                 servers: Servers::default(),
+                found: discover::Found::default(),
                 targets: Mutex::new(BTreeMap::new()),
                 published,
                 rendered,
@@ -225,11 +230,14 @@ impl Fleet {
     }
 
     /// Starts every target; in fleet mode, reads the targets file first and again every
-    /// refresh interval.
+    /// refresh interval, and starts each discovery of a server's databases.
     pub fn start(&self) {
         if let Some((f, cap, _)) = &self.inner.fleet {
             self.share_the_cap(cap.clone());
             let _ = self.refresh();
+            for d in &f.discoveries {
+                discover::spawn(self, d.clone(), cap.clone());
+            }
             let (me, every, stop) = (self.clone(), f.refresh_interval, self.inner.stop.clone());
             self.inner.tracker.spawn(async move {
                 let mut tick = tokio::time::interval(every);
@@ -263,13 +271,15 @@ impl Fleet {
         sum
     }
 
-    /// Reads the target list again (config file targets and `targets_file`) and applies it
-    /// as a diff by name; a list that does not read keeps the running targets.
+    /// Reads the target list again (config file targets, the databases discovered so far and
+    /// `targets_file`) and applies it as a diff by name; a list that does not read keeps the
+    /// running targets.
     pub fn refresh(&self) -> Result<TargetsApplied, crate::config::ConfigError> {
         let Some((f, cap, m)) = &self.inner.fleet else {
             return Ok(TargetsApplied::default());
         };
-        let read = f.read_targets(self.inner.config.connect_timeout);
+        let found = self.inner.found.now();
+        let read = f.read_targets(self.inner.config.connect_timeout, &found);
         m.record_refresh(read.is_ok());
         match read {
             Ok(list) => Ok(self.apply_targets(f, cap, list)),

@@ -1,7 +1,7 @@
 //! A fleet's configuration through `pgpulse check-config`: a good one is summed up; a
 //! password in a target URL, `database.url` beside `targets:`, a targets file with an unknown
-//! key or a duplicate name are exit 2 naming the file, the line and the target, never the
-//! password.
+//! key or a duplicate name, a bad `discover_databases` are exit 2 naming the file, the line
+//! and the target, never the password.
 
 use crate::harness::{pgpulse, text};
 
@@ -32,6 +32,32 @@ fn a_fleet_configuration_is_checked_and_its_errors_name_file_line_and_target() {
     let (code, msg) = check(d, &good);
     assert_eq!(code, Some(0), "{msg}");
     assert!(msg.contains("a fleet of 3 targets"), "{msg}");
+
+    let discovering = "targets:\n  - name: eu1\n    url: 'postgres://db0:5432/postgres'\n    \
+                       discover_databases: {include: ['trad*'], exclude: [trading_old], interval: 2m}\n";
+    let (code, msg) = check(d, discovering);
+    assert_eq!(code, Some(0), "{msg}");
+    assert!(
+        msg.contains("0 targets") && msg.contains("1 servers whose databases are discovered"),
+        "{msg}"
+    );
+    let (code, msg) = check(
+        d,
+        "targets:\n  - name: eu1\n    url: 'postgres://db0/postgres'\n    \
+         discover_databases: {include: []}\n",
+    );
+    assert_eq!(code, Some(2), "{msg}");
+    assert!(
+        msg.contains("targets[0]: target `eu1`") && msg.contains("include is empty"),
+        "{msg}"
+    );
+    let (code, msg) = check(
+        d,
+        "targets:\n  - name: eu1\n    url: 'postgres://db0/postgres'\n    \
+         discover_databases: {incude: ['*']}\n",
+    );
+    assert_eq!(code, Some(2), "{msg}");
+    assert!(msg.contains("incude"), "{msg}");
 
     let (code, msg) = check(
         d,

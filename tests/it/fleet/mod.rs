@@ -6,6 +6,7 @@
 
 mod budget;
 mod config;
+mod discover;
 mod isolation;
 mod lifecycle;
 mod probe;
@@ -41,6 +42,7 @@ pub(crate) fn target(name: &str, url: &str, labels: &[(&str, &str)]) -> TargetSe
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect::<BTreeMap<_, _>>(),
         kind: TargetKind::Postgres,
+        discover_databases: None,
     }
 }
 

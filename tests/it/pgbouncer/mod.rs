@@ -63,6 +63,7 @@ pub(crate) fn add_bouncer(
         auth: Some(name.to_owned()),
         labels: BTreeMap::from([("cluster".to_owned(), "test".to_owned())]),
         kind: TargetKind::Pgbouncer,
+        discover_databases: None,
     });
     s.fleet.pgbouncer_interval = std::time::Duration::from_millis(200);
 }
