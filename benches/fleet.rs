@@ -3,9 +3,11 @@
 //! schema with the monitoring schema), then one more target of about 10,000 relations
 //! (scripts/trading-shape.sql). Reports the resident memory per added target, pgpulse's CPU and
 //! the database time (pg_stat_statements of its login role, all three servers) per target and
-//! minute over `PGPULSE_BENCH_SECONDS` (default 120), `/probe` scrapes/s and latency with 50 wrk
-//! connections spread over the 50 targets, and the time from adding a target to the file to its
-//! first complete snapshot. Run: `cargo bench --bench fleet` (needs `wrk`).
+//! minute over `PGPULSE_BENCH_SECONDS` (default 120) and per added database (the median
+//! database), `/probe` scrapes/s and latency with 50 wrk connections spread over the 50
+//! targets (sending Prometheus' scrape headers, then none) and with 50 paced scrapers (one per
+//! target, every 10 ms), and the time from adding a target to the file to its first complete
+//! snapshot. Run: `cargo bench --bench fleet` (needs `wrk`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -89,23 +91,52 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-/// Milliseconds of statements of the sampling role on every server since the last reset.
-async fn db_ms(servers: &[TempCluster]) -> f64 {
-    let mut total = 0.0;
+/// Milliseconds of statements of the sampling role since the last reset, per database of
+/// every server.
+async fn db_ms(servers: &[TempCluster]) -> Vec<f64> {
+    let mut all = Vec::new();
     for s in servers {
         let c = common::connect(&s.url("tmpl")).await;
-        let ms: f64 = c
-            .query_one(
+        let rows = c
+            .query(
                 "SELECT coalesce(sum(total_exec_time + total_plan_time), 0)::float8 \
-                 FROM pg_stat_statements WHERE userid = (SELECT oid FROM pg_roles WHERE rolname = $1)",
+                 FROM pg_stat_statements WHERE userid = (SELECT oid FROM pg_roles WHERE rolname = $1) \
+                 GROUP BY dbid",
                 &[&ROLE],
             )
             .await
-            .unwrap()
-            .get(0);
-        total += ms;
+            .unwrap();
+        all.extend(rows.iter().map(|r| r.get::<_, f64>(0)));
     }
-    total
+    all
+}
+
+/// The ten statements of target `t03` (a database of the first server that does not run the
+/// server-wide queries) that took the most time: ms per minute, calls, the query's start.
+async fn breakdown(servers: &[TempCluster], minutes: f64) -> Vec<String> {
+    let c = common::connect(&servers[0].url("tmpl")).await;
+    let rows = c
+        .query(
+            "SELECT (total_exec_time + total_plan_time)::float8, calls, \
+                    left(regexp_replace(query, '\\s+', ' ', 'g'), 70) \
+             FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 't03') \
+             ORDER BY 1 DESC LIMIT 10",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| {
+            let (ms, calls, q): (f64, i64, String) = (r.get(0), r.get(1), r.get(2));
+            format!("{:7.2} ms/min {calls:5} calls  {q}", ms / minutes)
+        })
+        .collect()
+}
+
+/// The median of `v`.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 async fn reset(servers: &[TempCluster]) {
@@ -185,8 +216,15 @@ impl Fleet {
     }
 }
 
-/// `/probe` with 50 wrk connections spread over the targets: requests/s, p50, p99.
-fn probe_load(f: &Fleet) -> [String; 3] {
+/// The headers Prometheus sends with every scrape (2.x, `enable_compression` on by default).
+const PROMETHEUS_HEADERS: [&str; 2] = [
+    "Accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    "Accept-Encoding: gzip",
+];
+
+/// `/probe` with 50 wrk connections spread over the targets, each request with `headers`:
+/// requests/s, p50, p99.
+fn probe_load(f: &Fleet, headers: &[&str]) -> [String; 3] {
     let lua = f.dir.path().join("spread.lua");
     std::fs::write(
         &lua,
@@ -195,9 +233,13 @@ fn probe_load(f: &Fleet) -> [String; 3] {
         ),
     )
     .unwrap();
-    let out = Command::new("wrk")
-        .args(["-t2", "-c50", "-d10s", "--latency", "-s"])
-        .arg(&lua)
+    let mut wrk = Command::new("wrk");
+    wrk.args(["-t2", "-c50", "-d10s", "--latency", "-s"])
+        .arg(&lua);
+    for h in headers {
+        wrk.args(["-H", h]);
+    }
+    let out = wrk
         .arg(format!("http://{}", f.listen))
         .output()
         .expect("wrk (apt-get install wrk)");
@@ -208,6 +250,48 @@ fn probe_load(f: &Fleet) -> [String; 3] {
             .map_or("?", str::trim)
             .to_owned()
     })
+}
+
+/// How often each of the 50 paced scrapers GETs its target: 5,000 scrapes/s in all, 1,500
+/// times what two Prometheus servers scraping every 15 s ask.
+const PACE: Duration = Duration::from_millis(10);
+
+/// 50 scrapers, one per target, each GETting `/probe` every [`PACE`] with Prometheus' headers
+/// for `span`, their starts spread over the pace: scrapes done, p50 and p99 in ms. A latency
+/// counts from when the scrape was due, so a scraper that fell behind counts its wait too.
+async fn paced_scrapes(f: &Fleet, span: Duration) -> (usize, f64, f64) {
+    let client = reqwest::Client::new();
+    let start = tokio::time::Instant::now() + Duration::from_millis(100);
+    let mut tasks = Vec::new();
+    for i in 0..TARGETS {
+        let url = format!("http://{}/probe?target=t{i:02}", f.listen);
+        let client = client.clone();
+        let first = start + PACE * i as u32 / TARGETS as u32;
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(first, PACE);
+            let mut latencies = Vec::new();
+            while first.elapsed() < span {
+                let due = tick.tick().await;
+                let mut req = client.get(&url);
+                for h in PROMETHEUS_HEADERS {
+                    let (k, v) = h.split_once(": ").unwrap();
+                    req = req.header(k, v);
+                }
+                let r = req.send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                r.bytes().await.unwrap();
+                latencies.push(due.elapsed().as_secs_f64() * 1000.0);
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_by(f64::total_cmp);
+    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+    (all.len(), at(0.50), at(0.99))
 }
 
 /// Adds a target of about 10,000 relations; returns the time to its first complete snapshot
@@ -263,10 +347,17 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let minutes = t0.elapsed().as_secs_f64() / 60.0;
     let cpu = (cpu_seconds(pid) - cpu0) / minutes / TARGETS as f64 * 1000.0;
-    let db = db_ms(&f.servers).await / minutes / TARGETS as f64;
+    let per_db = db_ms(&f.servers).await;
+    let db = per_db.iter().sum::<f64>() / minutes / TARGETS as f64;
+    // Of 50 databases, 3 run their server's server-wide queries: the median is one that
+    // does not, what one more database on a server costs.
+    let added_db = median(per_db) / minutes;
+    let top = breakdown(&f.servers, minutes).await;
     let rss_all = proc_field(pid, "VmRSS:");
     let per_target = (rss_all as f64 - rss_one as f64) / (TARGETS - 1) as f64 / 1024.0;
-    let [rps, p50, p99] = probe_load(&f);
+    let [rps, p50, p99] = probe_load(&f, &PROMETHEUS_HEADERS);
+    let [plain_rps, plain_p50, plain_p99] = probe_load(&f, &[]);
+    let (paced, paced_p50, paced_p99) = paced_scrapes(&f, Duration::from_secs(10)).await;
     let (big_ready, rss_big) = add_big_target(&mut f).await;
     println!(
         "fleet: {TARGETS} targets over {SERVERS} servers, {relations} relations in public of each"
@@ -286,7 +377,22 @@ async fn main() {
     );
     println!("  pgpulse CPU per target:         {cpu:.1} ms/min (over {minutes:.1} min)");
     println!("  database time per target:       {db:.1} ms/min (all three servers)");
-    println!("  /probe, 50 connections over {TARGETS} targets: {rps} req/s, p50 {p50}, p99 {p99}");
+    println!(
+        "  database time per added database: {added_db:.1} ms/min (median over the databases); t03's top statements:"
+    );
+    for line in top {
+        println!("      {line}");
+    }
+    println!(
+        "  /probe, 50 connections over {TARGETS} targets, as Prometheus asks (gzip): {rps} req/s, p50 {p50}, p99 {p99}"
+    );
+    println!(
+        "  /probe, the same with no Accept headers (plain text): {plain_rps} req/s, p50 {plain_p50}, p99 {plain_p99}"
+    );
+    println!(
+        "  /probe, 50 paced scrapers (one per target, every {} ms, Prometheus' headers): {paced} scrapes in 10 s, p50 {paced_p50:.2} ms, p99 {paced_p99:.2} ms",
+        PACE.as_millis()
+    );
     println!(
         "  a target of ~10,000 relations: first complete snapshot {:.1} s after it was added to the file, +{rss_big:.1} MB RSS",
         big_ready.as_secs_f64()
