@@ -257,8 +257,9 @@ fn probe_load(f: &Fleet, headers: &[&str]) -> [String; 3] {
 const PACE: Duration = Duration::from_millis(10);
 
 /// 50 scrapers, one per target, each GETting `/probe` every [`PACE`] with Prometheus' headers
-/// for `span`, their starts spread over the pace: scrapes done, p50 and p99 in ms. A latency
-/// counts from when the scrape was due, so a scraper that fell behind counts its wait too.
+/// for `span`, their starts spread over the pace: scrapes done, p50 and p99 in ms, from the
+/// request's start to its body's end (the due time would add the client's 1 ms timer grain;
+/// a scraper that falls behind shows as fewer scrapes than 50 × span / pace).
 async fn paced_scrapes(f: &Fleet, span: Duration) -> (usize, f64, f64) {
     let client = reqwest::Client::new();
     let start = tokio::time::Instant::now() + Duration::from_millis(100);
@@ -271,7 +272,8 @@ async fn paced_scrapes(f: &Fleet, span: Duration) -> (usize, f64, f64) {
             let mut tick = tokio::time::interval_at(first, PACE);
             let mut latencies = Vec::new();
             while first.elapsed() < span {
-                let due = tick.tick().await;
+                tick.tick().await;
+                let sent = std::time::Instant::now();
                 let mut req = client.get(&url);
                 for h in PROMETHEUS_HEADERS {
                     let (k, v) = h.split_once(": ").unwrap();
@@ -280,7 +282,7 @@ async fn paced_scrapes(f: &Fleet, span: Duration) -> (usize, f64, f64) {
                 let r = req.send().await.unwrap();
                 assert_eq!(r.status(), 200);
                 r.bytes().await.unwrap();
-                latencies.push(due.elapsed().as_secs_f64() * 1000.0);
+                latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
             }
             latencies
         }));
