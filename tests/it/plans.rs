@@ -158,9 +158,26 @@ async fn a_dropped_index_makes_explain_exit_1_naming_the_query_and_flips_the_ser
             (sample(&body, series) == Some(want)).then_some(body)
         }
     };
-    let body = eventually(crate::harness::PATIENCE, value_is(1.0))
-        .await
-        .expect("latest_ticker uses its index");
+    // The guard publishes each key query's gauges as it judges it: wait for the last one
+    // asserted below, not only the first.
+    let body = eventually(crate::harness::PATIENCE, || async {
+        let body = value_is(1.0)().await?;
+        sample(
+            &body,
+            r#"pg_plan_partitions_expected_max{query="trade_history_by_symbol"}"#,
+        )
+        .and(sample(
+            &body,
+            r#"pg_plan_partitions_scanned{query="trades_partition_pruning"}"#,
+        ))
+        .and(sample(
+            &body,
+            r#"pg_plan_estimated_cost{query="latest_ticker"}"#,
+        ))
+        .map(|_| body)
+    })
+    .await
+    .expect("latest_ticker uses its index, and every key query was judged");
     promtool_check(&body).unwrap_or_else(|e| panic!("promtool check metrics:\n{e}\n{body}"));
     assert_eq!(
         sample(
