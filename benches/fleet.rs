@@ -296,6 +296,26 @@ async fn paced_scrapes(f: &Fleet, span: Duration) -> (usize, f64, f64) {
     (all.len(), at(0.50), at(0.99))
 }
 
+/// The three loads of `/probe` (wrk with Prometheus' headers, wrk with none, paced), as
+/// report lines.
+async fn probe_figures(f: &Fleet) -> [String; 3] {
+    let [rps, p50, p99] = probe_load(f, &PROMETHEUS_HEADERS);
+    let [plain_rps, plain_p50, plain_p99] = probe_load(f, &[]);
+    let (paced, paced_p50, paced_p99) = paced_scrapes(f, Duration::from_secs(10)).await;
+    [
+        format!(
+            "  /probe, 50 connections over {TARGETS} targets, as Prometheus asks (gzip): {rps} req/s, p50 {p50}, p99 {p99}"
+        ),
+        format!(
+            "  /probe, the same with no Accept headers (plain text): {plain_rps} req/s, p50 {plain_p50}, p99 {plain_p99}"
+        ),
+        format!(
+            "  /probe, 50 paced scrapers (one per target, every {} ms, Prometheus' headers): {paced} scrapes in 10 s, p50 {paced_p50:.2} ms, p99 {paced_p99:.2} ms",
+            PACE.as_millis()
+        ),
+    ]
+}
+
 /// Adds a target of about 10,000 relations; returns the time to its first complete snapshot
 /// and the resident memory it added, in MB.
 async fn add_big_target(f: &mut Fleet) -> (Duration, f64) {
@@ -357,9 +377,7 @@ async fn main() {
     let top = breakdown(&f.servers, minutes).await;
     let rss_all = proc_field(pid, "VmRSS:");
     let per_target = (rss_all as f64 - rss_one as f64) / (TARGETS - 1) as f64 / 1024.0;
-    let [rps, p50, p99] = probe_load(&f, &PROMETHEUS_HEADERS);
-    let [plain_rps, plain_p50, plain_p99] = probe_load(&f, &[]);
-    let (paced, paced_p50, paced_p99) = paced_scrapes(&f, Duration::from_secs(10)).await;
+    let probe = probe_figures(&f).await;
     let (big_ready, rss_big) = add_big_target(&mut f).await;
     println!(
         "fleet: {TARGETS} targets over {SERVERS} servers, {relations} relations in public of each"
@@ -385,16 +403,9 @@ async fn main() {
     for line in top {
         println!("      {line}");
     }
-    println!(
-        "  /probe, 50 connections over {TARGETS} targets, as Prometheus asks (gzip): {rps} req/s, p50 {p50}, p99 {p99}"
-    );
-    println!(
-        "  /probe, the same with no Accept headers (plain text): {plain_rps} req/s, p50 {plain_p50}, p99 {plain_p99}"
-    );
-    println!(
-        "  /probe, 50 paced scrapers (one per target, every {} ms, Prometheus' headers): {paced} scrapes in 10 s, p50 {paced_p50:.2} ms, p99 {paced_p99:.2} ms",
-        PACE.as_millis()
-    );
+    for line in probe {
+        println!("{line}");
+    }
     println!(
         "  a target of ~10,000 relations: first complete snapshot {:.1} s after it was added to the file, +{rss_big:.1} MB RSS",
         big_ready.as_secs_f64()
