@@ -9,7 +9,9 @@ mod model;
 mod validate;
 
 pub use derive::Derive;
-pub use model::{Accumulate, Binds, HistogramSpec, MetricKind, MetricSpec, QuerySpec, Role, Scope};
+pub use model::{
+    Accumulate, Binds, HistogramSpec, MetricKind, MetricSpec, QuerySpec, Role, Scope, Signal,
+};
 pub use validate::{Invalid, Loc, Problem, is_label_name, is_metric_name};
 
 use std::fmt;
@@ -220,6 +222,19 @@ pub fn markdown(catalog: &Catalog) -> String {
         if q.scope == Scope::Server {
             s.push_str(
                 "Server-wide: in a fleet it runs through one target of each server (the first by name).\n\n",
+            );
+        }
+        if q.signals.is_some() {
+            s.push_str(
+                "Signals lock waits: each run tells every database of its server whether a session waits for a lock.\n\n",
+            );
+        }
+        if q.idle_without.is_some() {
+            let _ = writeln!(
+                s,
+                "Idles while the server signals no lock wait since its last run, which found none: \
+                 its last result stands (a run at least every {}, its expire_after).\n",
+                humantime::format_duration(q.expire_after)
             );
         }
         if let Some(v) = q.min_server_version {

@@ -47,6 +47,8 @@ pub(crate) struct RawQuery {
     pub scope: Scope,
     pub accumulate: Option<Spanned<Accumulate>>,
     pub binds: Option<Binds>,
+    pub signals: Option<Spanned<Signal>>,
+    pub idle_without: Option<Spanned<Signal>>,
 }
 
 /// A statement-latency histogram as written.
@@ -158,6 +160,15 @@ pub enum Binds {
     KeyQueries,
 }
 
+/// What a server-wide query's result tells the queries of every database at its server
+/// (`signals:` on the query that reads it, `idle_without:` on those that wait for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    /// Some session waits for a lock: the signalling query returned a value other than 0.
+    LockWaits,
+}
+
 /// One metric of a query: a value column and how it is exposed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricSpec {
@@ -252,6 +263,13 @@ pub struct QuerySpec {
     pub accumulate: Option<Accumulate>,
     /// Configuration values bound to the query's parameters.
     pub binds: Option<Binds>,
+    /// What each of its results tells the other queries at its server (see
+    /// [`crate::db::server::Seat::signal`]).
+    pub signals: Option<Signal>,
+    /// The signal without which the query idles: while its server's signalling query has
+    /// seen nothing since this query's last run found nothing either (every value 0), its
+    /// last result stands and it sends no statement (see [`crate::sampler::idle`]).
+    pub idle_without: Option<Signal>,
     /// Line and column of the query in its file, for messages.
     pub location: Location,
 }

@@ -152,6 +152,14 @@ pub enum Problem {
     /// The series budget is zero.
     #[error("max_series must be at least 1")]
     ZeroBudget,
+    /// `signals` on a query that does not read the whole server.
+    #[error("signals needs scope: server (the signal stands for every database of the server)")]
+    SignalNeedsServerScope,
+    /// `idle_without` with a key that changes a result between runs or feeds other queries.
+    #[error(
+        "idle_without cannot be combined with derive, accumulate, histogram, rollup_key, publish_rows or signals (its last result must stand as it is)"
+    )]
+    IdleCombined,
     /// `health_query` names no query of the catalog.
     #[error("health_query \"{0}\" is not a query of this catalog")]
     UnknownHealthQuery(String),
@@ -241,6 +249,7 @@ fn query(q: RawQuery, qloc: Loc, d: Defaults, seen: &mut Seen) -> Found<QuerySpe
     let (sql, derive) = source(&q, qloc)?;
     let (interval, timeout, expire_after) = timing(&q, qloc, d)?;
     let labels = labels(&q.labels)?;
+    signalling(&q, derive.is_some())?;
     if q.metrics.is_empty() && q.histogram.is_none() && !q.publish_rows {
         return Err((qloc, Problem::NoMetrics));
     }
@@ -296,9 +305,33 @@ fn query(q: RawQuery, qloc: Loc, d: Defaults, seen: &mut Seen) -> Found<QuerySpe
         scope: q.scope,
         accumulate: q.accumulate.map(|a| a.value),
         binds: q.binds,
+        signals: q.signals.map(|s| s.value),
+        idle_without: q.idle_without.map(|s| s.value),
         location: super::model::Location(qloc.0, qloc.1),
         name,
     })
+}
+
+/// `signals` only on a server-wide query; `idle_without` only on a query whose last result
+/// can stand unchanged (nothing accumulated, rolled up or kept beside it) and that signals
+/// nothing itself.
+fn signalling(q: &RawQuery, derived: bool) -> Found<()> {
+    if let Some(s) = &q.signals
+        && q.scope != super::Scope::Server
+    {
+        return Err((at(&s.referenced), Problem::SignalNeedsServerScope));
+    }
+    if let Some(i) = &q.idle_without
+        && (derived
+            || q.histogram.is_some()
+            || q.accumulate.is_some()
+            || q.rollup_key.is_some()
+            || q.publish_rows
+            || q.signals.is_some())
+    {
+        return Err((at(&i.referenced), Problem::IdleCombined));
+    }
+    Ok(())
 }
 
 /// The statement: SQL of its own, or the relation pass's for a derived family (which then

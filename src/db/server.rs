@@ -9,16 +9,41 @@
 //! A target whose probe fails leaves its seat empty: while its server (or its database, or
 //! its role) does not answer it, the next target by name samples the server.
 //!
-//! Concurrency: one `std::sync::Mutex` around a small map (one entry per target), held for a
-//! map operation only.
+//! The server-wide query that `signals:` something (whether a session waits for a lock)
+//! tells its server's [`Watch`] after each run; the queries of every database at that server
+//! ask it whether they may idle (see [`crate::sampler::idle`]).
+//!
+//! Concurrency: one `std::sync::Mutex` around each small map (one entry per target, one per
+//! server and signal), held for a map operation only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-/// The seats of a process: by target name, the seat sitting there and its server's identity.
+use crate::catalog::Signal;
+
+/// What a server's signalling query last told: when its last run started, how long that
+/// stays news, and when the last run that saw the signal started.
+#[derive(Debug, Clone, Copy)]
+struct Watch {
+    at: Instant,
+    fresh_for: Duration,
+    seen: Option<Instant>,
+}
+
+/// A signal stays news for this many of its query's intervals: a signalling query that
+/// missed two runs (failing, overrun, or its target gone) no longer lets anybody idle.
+const FRESH_INTERVALS: u32 = 3;
+
+/// The seats of a process: by target name, the seat sitting there and its server's identity;
+/// the seat counter; by server identity and signal, what the server's signalling query saw.
 #[derive(Debug, Clone, Default)]
-pub struct Servers(Arc<Mutex<BTreeMap<String, (u64, u64)>>>, Arc<AtomicU64>);
+pub struct Servers(
+    Arc<Mutex<BTreeMap<String, (u64, u64)>>>,
+    Arc<AtomicU64>,
+    Arc<Mutex<HashMap<(u64, Signal), Watch>>>,
+);
 
 impl Servers {
     /// A seat for target `name` (a target rebuilt under the same name gets a new one, which
@@ -34,6 +59,10 @@ impl Servers {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, (u64, u64)>> {
         // Poisoning only means a panic elsewhere while holding a plain map.
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn watches(&self) -> MutexGuard<'_, HashMap<(u64, Signal), Watch>> {
+        self.2.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -85,6 +114,44 @@ impl Seat {
     pub fn leads(&self) -> bool {
         self.leader().is_none_or(|l| l == self.name)
     }
+
+    /// The identity of the server this target last reached.
+    fn server(&self) -> Option<u64> {
+        self.servers
+            .lock()
+            .get(&self.name)
+            .map(|(_, server)| *server)
+    }
+
+    /// Tells this target's server what a run of its `signal`ling query (on an `interval`)
+    /// that started at `started` saw.
+    pub fn signal(&self, signal: Signal, started: Instant, seen: bool, interval: Duration) {
+        let Some(server) = self.server() else { return };
+        let mut watches = self.servers.watches();
+        let w = watches.entry((server, signal)).or_insert(Watch {
+            at: started,
+            fresh_for: interval,
+            seen: None,
+        });
+        w.at = w.at.max(started);
+        w.fresh_for = interval * FRESH_INTERVALS;
+        if seen {
+            w.seen = Some(w.seen.map_or(started, |s| s.max(started)));
+        }
+    }
+
+    /// Whether this target's server has, as far as its signalling query can tell, been
+    /// without `signal` since `since`: that query has run lately, and none of its runs that
+    /// started at or after `since` saw the signal.
+    pub fn quiet_since(&self, signal: Signal, since: Instant) -> bool {
+        let Some(server) = self.server() else {
+            return false;
+        };
+        self.servers
+            .watches()
+            .get(&(server, signal))
+            .is_some_and(|w| w.at.elapsed() <= w.fresh_for && w.seen.is_none_or(|s| s < since))
+    }
 }
 
 #[cfg(test)]
@@ -115,5 +182,45 @@ mod tests {
             Some("b"),
             "the old b's leaving keeps the new b"
         );
+    }
+
+    #[test]
+    fn a_watch_lets_a_database_idle_only_on_fresh_news_of_its_own_server_without_the_signal() {
+        use crate::catalog::Signal::LockWaits;
+        // Intervals of 10 s: a stalled test thread cannot make fresh news stale.
+        let second = Duration::from_secs(10);
+        let servers = Servers::default();
+        let (lead, other, elsewhere) = (servers.seat("a"), servers.seat("b"), servers.seat("c"));
+        let now = Instant::now();
+        let before = now - 4 * second;
+        assert!(!other.quiet_since(LockWaits, before), "its server unknown");
+        lead.sit(Some(1));
+        other.sit(Some(1));
+        elsewhere.sit(Some(2));
+        assert!(!other.quiet_since(LockWaits, before), "no signal yet");
+        lead.signal(LockWaits, now, false, second);
+        assert!(other.quiet_since(LockWaits, before) && lead.quiet_since(LockWaits, now));
+        assert!(!elsewhere.quiet_since(LockWaits, before), "another server");
+        // A wait seen by a run that started after the database's last run: no idling.
+        lead.signal(LockWaits, now, true, second);
+        assert!(!other.quiet_since(LockWaits, before) && !other.quiet_since(LockWaits, now));
+        let later = now + second / 2;
+        assert!(
+            other.quiet_since(LockWaits, later),
+            "a later run of its own found none"
+        );
+        // An older report arriving late moves nothing back.
+        lead.signal(LockWaits, before, false, second);
+        assert!(!other.quiet_since(LockWaits, now));
+        // News older than three intervals is no news.
+        let second = Duration::from_secs(1);
+        let stale = Servers::default();
+        let (l, o) = (stale.seat("a"), stale.seat("b"));
+        l.sit(Some(1));
+        o.sit(Some(1));
+        l.signal(LockWaits, now - 4 * second, false, second);
+        assert!(!o.quiet_since(LockWaits, now - 10 * second));
+        l.signal(LockWaits, now, false, 10 * second);
+        assert!(o.quiet_since(LockWaits, now - 10 * second));
     }
 }

@@ -89,6 +89,7 @@ pub struct SamplerMetrics {
     nulls: Family<QueryLabel, Counter>,
     counter_drops: Family<ErrorReason, Counter>,
     skipped: Family<QueryLabel, Counter>,
+    idle: Family<QueryLabel, Counter>,
     enabled: Family<QueryLabel, Gauge>,
     connect_failures: Counter,
 }
@@ -134,6 +135,7 @@ impl SamplerMetrics {
             nulls: Family::default(),
             counter_drops: Family::default(),
             skipped: Family::default(),
+            idle: Family::default(),
             enabled: Family::default(),
             connect_failures: Counter::default(),
         };
@@ -181,6 +183,11 @@ impl SamplerMetrics {
             m.skipped.clone(),
         );
         r.register(
+            "pgpulse_query_idle_ticks",
+            "Ticks a query with idle_without sent no statement: its server's signalling query saw nothing since the query's last run found nothing, so that result stands",
+            m.idle.clone(),
+        );
+        r.register(
             "pgpulse_query_enabled",
             "Whether a query runs on this server (version, extension and preload gating)",
             m.enabled.clone(),
@@ -201,6 +208,9 @@ impl SamplerMetrics {
         let _ = self.nulls.get_or_create(&q);
         let _ = self.skipped.get_or_create(&q);
         let _ = self.series.get_or_create(&q);
+        if spec.idle_without.is_some() {
+            let _ = self.idle.get_or_create(&q);
+        }
         for kind in ErrorKind::ALL {
             let _ = self.errors.get_or_create(&ErrorLabels {
                 query: spec.name.clone(),
@@ -221,6 +231,7 @@ impl SamplerMetrics {
         self.dropped.remove(&q);
         self.nulls.remove(&q);
         self.skipped.remove(&q);
+        self.idle.remove(&q);
         self.enabled.remove(&q);
         for kind in ErrorKind::ALL {
             self.errors.remove(&ErrorLabels {
@@ -300,6 +311,11 @@ impl SamplerMetrics {
         let q = label(spec);
         self.skipped.get_or_create(&q).inc();
         self.series.get_or_create(&q).set(gauge_value(series));
+    }
+
+    /// Records a tick in which `spec` idled (its last result stands).
+    pub fn record_idle(&self, spec: &QuerySpec) {
+        self.idle.get_or_create(&label(spec)).inc();
     }
 
     /// Records whether gating lets `spec` run; a disabled query exposes no series.

@@ -3,6 +3,7 @@
 //!
 //! - [`probe`]: liveness, server facts, reconnect backoff.
 //! - [`gate`]: whether a query runs on this server.
+//! - [`idle`]: whether a query may let its last result stand, from its server's signal.
 //! - [`schedule`]: the per-query loop and one tick.
 //! - [`run`]: one run of one query in a read-only transaction; [`decode`] and [`cell`]: rows
 //!   → series within the budget.
@@ -21,6 +22,7 @@
 pub mod cell;
 pub(crate) mod decode;
 pub(crate) mod gate;
+pub(crate) mod idle;
 pub mod metrics;
 pub(crate) mod probe;
 pub mod relations;

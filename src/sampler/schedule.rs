@@ -1,10 +1,10 @@
 //! Scheduling: the loop of one query (first run at its offset once the probe has given its
 //! first verdict, then every interval; a run still in flight when the next tick comes skips
-//! that tick) and what one tick does: skip while the database is down, gate, run, then record
-//! the outcome under the roster's generation check.
+//! that tick) and what one tick does: skip while the database is down, gate, idle (see
+//! [`super::idle`]), run, then record the outcome under the roster's generation check.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
@@ -53,7 +53,12 @@ impl Sampler {
             self.changed.notify_one();
             return;
         }
-        let timer = self.metrics.start_run(spec);
+        if self.idles(spec) {
+            // Only a self-metric counts it: no render for that alone.
+            self.commit(spec, || self.metrics.record_idle(spec));
+            return;
+        }
+        let (timer, started) = (self.metrics.start_run(spec), Instant::now());
         let lock_timeout = self.settings.lock_timeout;
         let outcome = match spec.derive {
             Some(family) => {
@@ -70,7 +75,9 @@ impl Sampler {
         let overran = (timer.elapsed().as_secs_f64() / spec.interval.as_secs_f64()).floor() as u64;
         let maybe_down = self
             .commit(spec, || match outcome {
-                Ok(sampled) => {
+                Ok(mut sampled) => {
+                    sampled.result.started = started;
+                    self.signal(spec, started, &sampled.result);
                     self.record_published(spec, sampled, overran);
                     false
                 }

@@ -142,6 +142,7 @@ mod tests {
             histogram: None,
             rows: None,
             at,
+            started: std::time::Instant::now(),
         }
     }
 

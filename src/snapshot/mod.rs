@@ -19,7 +19,7 @@ pub(crate) mod rollup;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use crate::catalog::QuerySpec;
 use histogram::{HistogramSnapshot, LatencyHistogram, StatementSample};
@@ -52,6 +52,9 @@ pub struct QueryResult {
     pub rows: Option<Vec<Row>>,
     /// When it was produced.
     pub at: SystemTime,
+    /// When the run that produced it started: what the server saw since is compared with
+    /// this (see [`crate::sampler::idle`]).
+    pub started: Instant,
 }
 
 impl QueryResult {
@@ -63,7 +66,13 @@ impl QueryResult {
             histogram: None,
             rows: spec.publish_rows.then(Vec::new),
             at: SystemTime::now(),
+            started: Instant::now(),
         }
+    }
+
+    /// Whether it found nothing: every value is 0, or it has no series.
+    pub fn all_zero(&self) -> bool {
+        self.families.iter().flatten().all(|s| s.value == 0.0)
     }
 
     /// Total number of series across its metrics.

@@ -210,6 +210,7 @@ mod tests {
             histogram: None,
             rows: None,
             at,
+            started: std::time::Instant::now(),
         }
     }
 

@@ -181,6 +181,19 @@ fn catalog_errors_name_file_line_column_query_and_key() {
             4,
         ),
         (
+            GOOD.replace("    help: one\n", "    help: one\n    signals: lock_waits\n"),
+            "signals needs scope: server",
+            4,
+        ),
+        (
+            GOOD.replace(
+                "    help: one\n",
+                "    help: one\n    publish_rows: true\n    idle_without: lock_waits\n",
+            ),
+            "idle_without cannot be combined",
+            5,
+        ),
+        (
             format!(
                 "{GOOD}{}",
                 GOOD.replace("queries:\n", "")

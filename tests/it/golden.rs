@@ -42,7 +42,7 @@ fn self_metric_families() -> Vec<String> {
     pgpulse::app::metrics::AppMetrics::register(&mut registry).record_reload(true);
     let m = pgpulse::sampler::SamplerMetrics::register(&mut registry);
     pgpulse::http::metrics::HttpMetrics::register(&mut registry).set_open(0);
-    let yaml = "queries:\n  - name: q\n    sql: SELECT 1 AS v\n    metrics:\n      - {column: v, name: pg_v_total, type: counter, help: v}\n";
+    let yaml = "queries:\n  - name: q\n    sql: SELECT 1 AS v\n    idle_without: lock_waits\n    metrics:\n      - {column: v, name: pg_v_total, type: counter, help: v}\n";
     let spec = Catalog::parse(yaml, "q.yaml".as_ref(), Default::default())
         .unwrap()
         .queries[0]

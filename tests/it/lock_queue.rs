@@ -2,7 +2,9 @@
 //! against the classic trading outage on real PostgreSQL: a report idle in transaction holds
 //! the trades table, a migration's `ALTER TABLE` waits for it, and a trade insert queues behind
 //! the migration. The trade tables live under other names (one of them hostile) and are
-//! found through the configuration, bound as parameters.
+//! found through the configuration, bound as parameters. Both queries idle while the server's
+//! `lock_roots` sees no lock wait (`idle_without: lock_waits`), so every scenario here runs
+//! with idling on; the last tests check idling itself, also across a fleet's databases.
 
 use std::collections::HashMap;
 
@@ -109,11 +111,21 @@ async fn two_samples_later(svc: &Running) -> String {
         .await
 }
 
+/// The two queue queries and the server-wide `lock_roots` that signals lock waits.
+const QUEUE_QUERIES: [&str; 3] = [
+    "lock_roots",
+    "trade_table_lock_queue",
+    "trade_table_lock_modes",
+];
+
 async fn setup() -> (TestDb, Client, Running) {
-    let db = TestDb::new().await;
+    setup_on(TestDb::new().await, shipped(&QUEUE_QUERIES, "1s")).await
+}
+
+/// [`setup`] on `db` with `catalog`.
+async fn setup_on(db: TestDb, catalog: String) -> (TestDb, Client, Running) {
     let admin = db.client().await;
     exec(&admin, SCHEMA).await;
-    let catalog = shipped(&["trade_table_lock_queue", "trade_table_lock_modes"], "1s");
     let svc = start(&db.url, &catalog, |c| c.trade_tables = tables()).await;
     (db, admin, svc)
 }
@@ -375,4 +387,153 @@ async fn verify_names_every_role_that_can_alter_a_trade_table_without_a_lock_tim
     assert!(line(r#""ev""il\nx""#).starts_with("LOCK_TIMEOUT WARN"));
     drop(admin);
     drop(db);
+}
+
+/// `pgpulse_query_{what}_total` of `query` in `body` (0 when absent).
+fn count(body: &str, what: &str, query: &str) -> f64 {
+    sample(
+        body,
+        &format!("pgpulse_query_{what}_total{{query=\"{query}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+/// [`QUEUE_QUERIES`] with results that may stand an hour: the queue queries wake only on the
+/// server's signal within a test's patience (their run at least every `expire_after` would
+/// otherwise hide a signal that never arrives).
+fn idling_catalog() -> String {
+    let catalog = shipped(&QUEUE_QUERIES, "1s");
+    assert!(catalog.contains("expire_after: 10s"));
+    catalog.replace("expire_after: 10s", "expire_after: 1h")
+}
+
+/// Whether both queue queries idled at least `n` times in `body`.
+fn both_idled(body: &str, n: f64) -> bool {
+    ["trade_table_lock_queue", "trade_table_lock_modes"]
+        .iter()
+        .all(|q| count(body, "idle_ticks", q) >= n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_nobody_waits_the_queue_queries_idle_and_a_waiting_ddl_wakes_them() {
+    // A server of its own: other tests' lock waits on the shared one would wake them.
+    let cluster = crate::harness::own_cluster(Default::default());
+    let db = TestDb::on(&cluster.url("postgres")).await;
+    let (db, admin, svc) = setup_on(db, idling_catalog()).await;
+    let body = svc
+        .wait_for("both queue queries idling", |b| both_idled(b, 3.0))
+        .await;
+    // The last result stands while they idle: every configured table that exists, at 0.
+    assert_eq!(trades(&body, "pg_trade_table_lock_queue"), Some(0.0));
+    assert_eq!(
+        trades(&body, "pg_trade_table_lock_waiting_sessions"),
+        Some(0.0)
+    );
+    assert!(body.contains("pg_trade_table_lock_queue{table=\"market_data\""));
+    let report = session(&db, "report").await;
+    exec(&report, "BEGIN; SELECT count(*) FROM exchange.fills").await;
+    let ddl = background(
+        session(&db, "migration").await,
+        "ALTER TABLE exchange.fills ADD COLUMN note text",
+    );
+    waiting(&admin, 1).await;
+    svc.wait_for("the waiting DDL counted", |b| {
+        trades(b, "pg_trade_table_lock_waiting_sessions") == Some(1.0)
+    })
+    .await;
+    exec(&report, "ROLLBACK").await;
+    assert_eq!(ddl.await.unwrap(), None, "the DDL went through");
+    let body = svc
+        .wait_for("the count back to 0", |b| {
+            trades(b, "pg_trade_table_lock_waiting_sessions") == Some(0.0)
+        })
+        .await;
+    let idled = count(&body, "idle_ticks", "trade_table_lock_queue");
+    svc.wait_for("idling again", |b| {
+        count(b, "idle_ticks", "trade_table_lock_queue") >= idled + 3.0
+    })
+    .await;
+    svc.stop().await;
+}
+
+/// A signalling query that always fails: the signal never becomes news.
+const BROKEN_SIGNAL: &str = r#"  - name: broken_signal
+    help: fails every run
+    scope: server
+    signals: lock_waits
+    interval: 1s
+    timeout: 800ms
+    sql: SELECT 1 / (SELECT count(*) - count(*) FROM pg_class)::int AS waits
+    metrics:
+      - {column: waits, name: pg_test_waits, type: gauge, help: Never.}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_fresh_signal_the_queue_queries_run_every_tick() {
+    let db = TestDb::new().await;
+    exec(&db.client().await, SCHEMA).await;
+    let catalog = format!(
+        "{}{BROKEN_SIGNAL}",
+        shipped(&["trade_table_lock_queue", "trade_table_lock_modes"], "1s")
+    );
+    let svc = start(&db.url, &catalog, |c| c.trade_tables = tables()).await;
+    let body = svc
+        .wait_for("five runs of the queue query and a failed signal", |b| {
+            count(b, "runs", "trade_table_lock_queue") >= 5.0
+                && sample(
+                    b,
+                    "pgpulse_query_errors_total{query=\"broken_signal\",kind=\"sql\"}",
+                )
+                .is_some_and(|n| n >= 2.0)
+        })
+        .await;
+    for q in ["trade_table_lock_queue", "trade_table_lock_modes"] {
+        assert_eq!(count(&body, "idle_ticks", q), 0.0, "{q} idled:\n{body}");
+    }
+    assert_eq!(trades(&body, "pg_trade_table_lock_queue"), Some(0.0));
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_database_idles_on_its_leaders_signal_and_wakes_on_its_own_waiter() {
+    let cluster = crate::harness::own_cluster(Default::default());
+    let admin_url = cluster.url("postgres");
+    let (first, second) = (TestDb::on(&admin_url).await, TestDb::on(&admin_url).await);
+    let admin = second.client().await;
+    exec(&admin, SCHEMA).await;
+    let svc = crate::service::start_settings(&idling_catalog(), |s, _| {
+        s.trade_tables = tables();
+        s.targets = vec![
+            crate::fleet::target("t1", &first.url, &[]),
+            crate::fleet::target("t2", &second.url, &[]),
+        ];
+    })
+    .await;
+    let body = svc
+        .wait_probe("t2", "both queue queries idling", |b| both_idled(b, 3.0))
+        .await;
+    // t1 leads the server: lock_roots runs there only, and t2 idles on what it signals.
+    assert_eq!(
+        sample(&body, "pgpulse_query_enabled{query=\"lock_roots\"}"),
+        Some(0.0)
+    );
+    assert_eq!(trades(&body, "pg_trade_table_lock_queue"), Some(0.0));
+    let report = session(&second, "report").await;
+    exec(&report, "BEGIN; SELECT count(*) FROM exchange.fills").await;
+    let ddl = background(
+        session(&second, "migration").await,
+        "ALTER TABLE exchange.fills ADD COLUMN note text",
+    );
+    waiting(&admin, 1).await;
+    svc.wait_probe("t2", "the waiting DDL counted", |b| {
+        trades(b, "pg_trade_table_lock_waiting_sessions") == Some(1.0)
+    })
+    .await;
+    exec(&report, "ROLLBACK").await;
+    assert_eq!(ddl.await.unwrap(), None, "the DDL went through");
+    svc.wait_probe("t2", "the count back to 0", |b| {
+        trades(b, "pg_trade_table_lock_waiting_sessions") == Some(0.0)
+    })
+    .await;
+    svc.stop().await;
 }
