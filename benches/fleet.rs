@@ -91,8 +91,8 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-/// Milliseconds of statements of the sampling role since the last reset, per database of
-/// every server.
+/// Milliseconds of top-level statements of the sampling role since the last reset, per
+/// database of every server (the servers track nested statements too: they would count twice).
 async fn db_ms(servers: &[TempCluster]) -> Vec<f64> {
     let mut all = Vec::new();
     for s in servers {
@@ -101,7 +101,7 @@ async fn db_ms(servers: &[TempCluster]) -> Vec<f64> {
             .query(
                 "SELECT coalesce(sum(total_exec_time + total_plan_time), 0)::float8 \
                  FROM pg_stat_statements WHERE userid = (SELECT oid FROM pg_roles WHERE rolname = $1) \
-                 GROUP BY dbid",
+                 AND toplevel GROUP BY dbid",
                 &[&ROLE],
             )
             .await
@@ -119,7 +119,7 @@ async fn breakdown(servers: &[TempCluster], minutes: f64) -> Vec<String> {
         .query(
             "SELECT (total_exec_time + total_plan_time)::float8, calls, \
                     left(regexp_replace(query, '\\s+', ' ', 'g'), 70) \
-             FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 't03') \
+             FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 't03') AND toplevel \
              ORDER BY 1 DESC LIMIT 10",
             &[],
         )

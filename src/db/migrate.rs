@@ -113,6 +113,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "cheaper_health_check",
         sql: include_str!("../../migrations/V016__cheaper_health_check.sql"),
     },
+    Migration {
+        version: 17,
+        name: "health_report_reads_control_files_on_demand",
+        sql: include_str!("../../migrations/V017__health_report_reads_control_files_on_demand.sql"),
+    },
 ];
 
 pub use super::migrate_error::MigrateError;

@@ -10,7 +10,7 @@ use pgpulse::catalog::Derive;
 use pgpulse::sampler::relations::{derive, facts, health};
 use tokio_postgres::SimpleQueryMessage;
 
-use crate::harness::{TestDb, cluster_without_autovacuum, flush_stats};
+use crate::harness::{TestDb, cluster_without_autovacuum, flush_stats, scalar, strings};
 use crate::service::{sample, start};
 use crate::signals::shipped;
 
@@ -482,6 +482,60 @@ async fn the_cheaper_views_and_health_check_return_what_their_former_definitions
     )
     .await;
     assert_eq!(warned, 2, "both rewritten checks fire on this database");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_health_report_says_what_v016s_said_with_and_without_pg_stat_statements_preloaded() {
+    // V017 reads pg_available_extensions only for the advice given when the extension is not
+    // preloaded: that branch needs a server without it.
+    let bare = crate::harness::own_cluster(pgpulse::demo::ClusterOptions {
+        preload_pg_stat_statements: false,
+        ..Default::default()
+    });
+    for (db, expected) in [
+        (TestDb::trade_migrated().await, "OK: None."),
+        (
+            TestDb::trade_migrated_on(&bare.url("postgres")).await,
+            "WARNING: Add pg_stat_statements to shared_preload_libraries",
+        ),
+    ] {
+        let c = db.client().await;
+        let v016 = former(
+            "V016__cheaper_health_check.sql",
+            "CREATE OR REPLACE FUNCTION monitoring.health_report(",
+        );
+        let v016 = v016.replace("monitoring.health_report(", "former.health_report(");
+        exec(&c, &format!("CREATE SCHEMA former; {v016}")).await;
+        let rows = |schema: &str| {
+            format!(
+                "SELECT check_name, status, CASE WHEN check_name = 'Long Running Transactions' \
+                 THEN '' ELSE value END, threshold, recommendation \
+                 FROM {schema}.health_report(NULL, NULL, NULL, 0, NULL, NULL, NULL)"
+            )
+        };
+        let differ = scalar(
+            &c,
+            &format!(
+                "SELECT count(*) FROM (({} EXCEPT ALL {}) UNION ALL ({} EXCEPT ALL {})) d",
+                rows("monitoring"),
+                rows("former"),
+                rows("former"),
+                rows("monitoring")
+            ),
+        )
+        .await;
+        assert_eq!(differ, 0, "rows differ from V016's");
+        let advice = strings(
+            &c,
+            "SELECT status || ': ' || recommendation FROM monitoring.health_report(NULL, NULL, NULL, 0, NULL, NULL, NULL) \
+             WHERE check_name = 'pg_stat_statements'",
+        )
+        .await;
+        assert_eq!(advice.len(), 1, "{advice:?}");
+        assert!(advice[0].starts_with(expected), "{advice:?}");
+        // The contrib package is installed here: no advice to install it.
+        assert!(!advice[0].contains("contrib"), "{advice:?}");
+    }
 }
 
 /// `database_health_check()` as pgpulse's `health` family serves it: status code first.
