@@ -157,7 +157,7 @@ pub enum Problem {
     SignalNeedsServerScope,
     /// `idle_without` with a key that changes a result between runs or feeds other queries.
     #[error(
-        "idle_without cannot be combined with derive, accumulate, histogram, rollup_key, publish_rows or signals (its last result must stand as it is)"
+        "idle_without cannot be combined with derive, accumulate, histogram, rollup_key or signals (its last result must stand as it is)"
     )]
     IdleCombined,
     /// `health_query` names no query of the catalog.
@@ -326,7 +326,6 @@ fn signalling(q: &RawQuery, derived: bool) -> Found<()> {
             || q.histogram.is_some()
             || q.accumulate.is_some()
             || q.rollup_key.is_some()
-            || q.publish_rows
             || q.signals.is_some())
     {
         return Err((at(&i.referenced), Problem::IdleCombined));

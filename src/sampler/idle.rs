@@ -1,9 +1,9 @@
 //! Idling: a query with `idle_without: SIGNAL` sends no statement in a tick when its last
-//! result found nothing (every value 0) and its server's signalling query (`signals:
+//! result found nothing (every value 0, no row kept) and its server's signalling query (`signals:
 //! SIGNAL`, server-wide, through whichever target leads the server) has run lately and seen
-//! nothing since that result's run started: the result stands as it is. So the 1 s lock
-//! queries of every database at a server cost one server-wide statement while no session
-//! waits for a lock. The query runs as usual when the signal is seen or is not fresh (the
+//! nothing since that result's run started: the result stands as it is. So the lock
+//! queries of a server and of every database at it cost one statement a second while no
+//! session waits for a lock. The query runs as usual when the signal is seen or is not fresh (the
 //! signalling query failing, overrunning, gated out or not in the catalog), and at least
 //! every `expire_after` of its own (a trade table created or dropped shows then): a result
 //! never stands longer than a failing query's would.
@@ -25,7 +25,7 @@ impl Sampler {
             return false;
         };
         Arc::ptr_eq(&last.spec, spec)
-            && last.all_zero()
+            && last.found_nothing()
             && last.started.elapsed() < spec.expire_after
             && self.settings.seat.quiet_since(signal, last.started)
     }
@@ -34,7 +34,7 @@ impl Sampler {
     /// signals something.
     pub(super) fn signal(&self, spec: &QuerySpec, started: Instant, result: &QueryResult) {
         if let Some(signal) = spec.signals {
-            let seen = !result.all_zero();
+            let seen = !result.found_nothing();
             self.settings
                 .seat
                 .signal(signal, started, seen, spec.interval);

@@ -70,9 +70,10 @@ impl QueryResult {
         }
     }
 
-    /// Whether it found nothing: every value is 0, or it has no series.
-    pub fn all_zero(&self) -> bool {
+    /// Whether it found nothing: every value is 0 (or it has no series), and no row is kept.
+    pub fn found_nothing(&self) -> bool {
         self.families.iter().flatten().all(|s| s.value == 0.0)
+            && self.rows.as_ref().is_none_or(Vec::is_empty)
     }
 
     /// Total number of series across its metrics.

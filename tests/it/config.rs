@@ -188,7 +188,7 @@ fn catalog_errors_name_file_line_column_query_and_key() {
         (
             GOOD.replace(
                 "    help: one\n",
-                "    help: one\n    publish_rows: true\n    idle_without: lock_waits\n",
+                "    help: one\n    rollup_key: k\n    idle_without: lock_waits\n",
             ),
             "idle_without cannot be combined",
             5,

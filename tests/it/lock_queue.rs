@@ -111,9 +111,11 @@ async fn two_samples_later(svc: &Running) -> String {
         .await
 }
 
-/// The two queue queries and the server-wide `lock_roots` that signals lock waits.
-const QUEUE_QUERIES: [&str; 3] = [
+/// The two queue queries, the server-wide `lock_root_load` that signals lock waits and
+/// `lock_roots` (which defines its statement, and idles on it too).
+const QUEUE_QUERIES: [&str; 4] = [
     "lock_roots",
+    "lock_root_load",
     "trade_table_lock_queue",
     "trade_table_lock_modes",
 ];
@@ -407,11 +409,15 @@ fn idling_catalog() -> String {
     catalog.replace("expire_after: 10s", "expire_after: 1h")
 }
 
-/// Whether both queue queries idled at least `n` times in `body`.
+/// Whether the queue queries and `lock_roots` idled at least `n` times in `body`.
 fn both_idled(body: &str, n: f64) -> bool {
-    ["trade_table_lock_queue", "trade_table_lock_modes"]
-        .iter()
-        .all(|q| count(body, "idle_ticks", q) >= n)
+    [
+        "trade_table_lock_queue",
+        "trade_table_lock_modes",
+        "lock_roots",
+    ]
+    .iter()
+    .all(|q| count(body, "idle_ticks", q) >= n)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -510,11 +516,15 @@ async fn a_fleet_database_idles_on_its_leaders_signal_and_wakes_on_its_own_waite
     })
     .await;
     let body = svc
-        .wait_probe("t2", "both queue queries idling", |b| both_idled(b, 3.0))
+        .wait_probe("t2", "both queue queries idling", |b| {
+            ["trade_table_lock_queue", "trade_table_lock_modes"]
+                .iter()
+                .all(|q| count(b, "idle_ticks", q) >= 3.0)
+        })
         .await;
-    // t1 leads the server: lock_roots runs there only, and t2 idles on what it signals.
+    // t1 leads the server: lock_root_load runs there only, and t2 idles on what it signals.
     assert_eq!(
-        sample(&body, "pgpulse_query_enabled{query=\"lock_roots\"}"),
+        sample(&body, "pgpulse_query_enabled{query=\"lock_root_load\"}"),
         Some(0.0)
     );
     assert_eq!(trades(&body, "pg_trade_table_lock_queue"), Some(0.0));
