@@ -162,11 +162,20 @@ pub enum Binds {
 
 /// What a server-wide query's result tells the queries of every database at its server
 /// (`signals:` on the query that reads it, `idle_without:` on those that wait for it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Signal {
     /// Some session waits for a lock: the signalling query returned a value other than 0.
     LockWaits,
+}
+
+impl Signal {
+    /// Its name in the catalog.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::LockWaits => "lock_waits",
+        }
+    }
 }
 
 /// One metric of a query: a value column and how it is exposed.

@@ -21,7 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::catalog::Signal;
+/// A signal, by its name in the catalog (`lock_waits`).
+pub type Signal = &'static str;
 
 /// What a server's signalling query last told: when its last run started, how long that
 /// stays news, and when the last run that saw the signal started.
@@ -186,41 +187,41 @@ mod tests {
 
     #[test]
     fn a_watch_lets_a_database_idle_only_on_fresh_news_of_its_own_server_without_the_signal() {
-        use crate::catalog::Signal::LockWaits;
+        const LOCK_WAITS: Signal = "lock_waits";
         // Intervals of 10 s: a stalled test thread cannot make fresh news stale.
         let second = Duration::from_secs(10);
         let servers = Servers::default();
         let (lead, other, elsewhere) = (servers.seat("a"), servers.seat("b"), servers.seat("c"));
         let now = Instant::now();
         let before = now - 4 * second;
-        assert!(!other.quiet_since(LockWaits, before), "its server unknown");
+        assert!(!other.quiet_since(LOCK_WAITS, before), "its server unknown");
         lead.sit(Some(1));
         other.sit(Some(1));
         elsewhere.sit(Some(2));
-        assert!(!other.quiet_since(LockWaits, before), "no signal yet");
-        lead.signal(LockWaits, now, false, second);
-        assert!(other.quiet_since(LockWaits, before) && lead.quiet_since(LockWaits, now));
-        assert!(!elsewhere.quiet_since(LockWaits, before), "another server");
+        assert!(!other.quiet_since(LOCK_WAITS, before), "no signal yet");
+        lead.signal(LOCK_WAITS, now, false, second);
+        assert!(other.quiet_since(LOCK_WAITS, before) && lead.quiet_since(LOCK_WAITS, now));
+        assert!(!elsewhere.quiet_since(LOCK_WAITS, before), "another server");
         // A wait seen by a run that started after the database's last run: no idling.
-        lead.signal(LockWaits, now, true, second);
-        assert!(!other.quiet_since(LockWaits, before) && !other.quiet_since(LockWaits, now));
+        lead.signal(LOCK_WAITS, now, true, second);
+        assert!(!other.quiet_since(LOCK_WAITS, before) && !other.quiet_since(LOCK_WAITS, now));
         let later = now + second / 2;
         assert!(
-            other.quiet_since(LockWaits, later),
+            other.quiet_since(LOCK_WAITS, later),
             "a later run of its own found none"
         );
         // An older report arriving late moves nothing back.
-        lead.signal(LockWaits, before, false, second);
-        assert!(!other.quiet_since(LockWaits, now));
+        lead.signal(LOCK_WAITS, before, false, second);
+        assert!(!other.quiet_since(LOCK_WAITS, now));
         // News older than three intervals is no news.
         let second = Duration::from_secs(1);
         let stale = Servers::default();
         let (l, o) = (stale.seat("a"), stale.seat("b"));
         l.sit(Some(1));
         o.sit(Some(1));
-        l.signal(LockWaits, now - 4 * second, false, second);
-        assert!(!o.quiet_since(LockWaits, now - 10 * second));
-        l.signal(LockWaits, now, false, 10 * second);
-        assert!(o.quiet_since(LockWaits, now - 10 * second));
+        l.signal(LOCK_WAITS, now - 4 * second, false, second);
+        assert!(!o.quiet_since(LOCK_WAITS, now - 10 * second));
+        l.signal(LOCK_WAITS, now, false, 10 * second);
+        assert!(o.quiet_since(LOCK_WAITS, now - 10 * second));
     }
 }

@@ -27,7 +27,7 @@ impl Sampler {
         Arc::ptr_eq(&last.spec, spec)
             && last.found_nothing()
             && last.started.elapsed() < spec.expire_after
-            && self.settings.seat.quiet_since(signal, last.started)
+            && self.settings.seat.quiet_since(signal.name(), last.started)
     }
 
     /// Tells the server what a run of `spec` that started at `started` found, when `spec`
@@ -37,7 +37,7 @@ impl Sampler {
             let seen = !result.found_nothing();
             self.settings
                 .seat
-                .signal(signal, started, seen, spec.interval);
+                .signal(signal.name(), started, seen, spec.interval);
         }
     }
 }
