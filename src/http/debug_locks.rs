@@ -2,7 +2,8 @@
 //! request): every session that waits for a lock or holds one another waits for, with the
 //! sessions it waits for, its lock request, its ages and its statement as pg_stat_statements
 //! normalized it (parameters as `$1`; the literal text of `pg_stat_activity.query` is never
-//! read into it), and the roots, most blocked sessions first. It names sessions and
+//! read into it, and a text pg_stat_statements left with a constant in it is not served), and
+//! the roots, most blocked sessions first. It names sessions and
 //! statements, so it is served only behind basic authentication or on a loopback listen
 //! address ([`super::auth`] answers 404 elsewhere).
 
@@ -66,6 +67,7 @@ fn session(row: &Row) -> Value {
             ("blocked_by", Some(v)) => Value::Array(pids(v).into_iter().map(Value::from).collect()),
             ("root", Some(v)) => Value::Bool(v == "t"),
             ("pid", Some(v)) => v.parse::<i64>().map_or(Value::Null, Value::from),
+            ("statement", Some(v)) if !normalized(v) => Value::Null,
             (k, Some(v)) if SECONDS.contains(&k) => v
                 .parse::<f64>()
                 .ok()
@@ -76,6 +78,34 @@ fn session(row: &Row) -> Value {
         m.insert(k.clone(), value);
     }
     Value::Object(m)
+}
+
+/// Whether a pg_stat_statements text is normalized: no string constant (no quote, no dollar
+/// quote) and no number standing alone (a digit that is not inside an identifier or a `$n`
+/// parameter). pg_stat_statements keeps a statement's text as it came when the statement's
+/// entry was evicted or reset between its parsing and its end; such a text is not served.
+/// A comment or a quoted identifier with a digit makes a normalized text look unnormalized:
+/// it is not served either.
+fn normalized(text: &str) -> bool {
+    let mut prev = ' ';
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        let dollar_quote = c == '$' && {
+            let tag: String = chars
+                .clone()
+                .take_while(|t| t.is_alphanumeric() || *t == '_')
+                .collect();
+            let after = chars.clone().nth(tag.chars().count());
+            after == Some('$') && !tag.starts_with(|t: char| t.is_ascii_digit())
+        };
+        let loose_digit =
+            c.is_ascii_digit() && !(prev.is_alphanumeric() || prev == '_' || prev == '$');
+        if c == '\'' || dollar_quote || loose_digit {
+            return false;
+        }
+        prev = c;
+    }
+    true
 }
 
 fn pids(list: &str) -> Vec<i64> {
@@ -159,6 +189,36 @@ mod tests {
                 json!({"pid": 5, "blocked_sessions": 1})
             ]
         );
+    }
+
+    #[test]
+    fn a_statement_with_a_constant_left_in_it_is_not_served() {
+        for text in [
+            "SELECT count(*) FROM book WHERE symbol = $1",
+            "UPDATE t1 SET qty = qty + $1 WHERE id = $2 AND v2 IS NULL",
+            "SELECT a::int4, \"col_9\" FROM s.t LIMIT $12",
+        ] {
+            assert!(normalized(text), "{text}");
+        }
+        for text in [
+            "SELECT count(*) FROM book WHERE symbol = 'BTC-USD'",
+            "SELECT * FROM accounts WHERE id = 4711",
+            "SELECT $1 + .5",
+            "INSERT INTO t VALUES (-1)",
+            "SELECT $$secret$$",
+            "SELECT $tag$secret$tag$",
+            "SELECT E'\\x41'",
+            "SELECT $1 /* user 'bob' */",
+            "SELECT \"x 1\" FROM t",
+        ] {
+            assert!(!normalized(text), "{text}");
+        }
+        let mut r = row(9, "");
+        r.push((
+            "statement".into(),
+            Some("DELETE FROM book WHERE qty < 3".into()),
+        ));
+        assert_eq!(session(&r)["statement"], Value::Null);
     }
 
     #[test]
