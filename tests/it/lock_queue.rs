@@ -85,6 +85,22 @@ async fn waiting(admin: &Client, n: i64) {
     .expect("the sessions queue");
 }
 
+/// A report idle in transaction holding the trades table, and an `ALTER TABLE` waiting for it
+/// (once the database shows it waiting): the report's session, and the DDL's SQLSTATE handle.
+async fn ddl_behind_reader(
+    db: &TestDb,
+    admin: &Client,
+) -> (Client, tokio::task::JoinHandle<Option<String>>) {
+    let report = session(db, "report").await;
+    exec(&report, "BEGIN; SELECT count(*) FROM exchange.fills").await;
+    let ddl = background(
+        session(db, "migration").await,
+        "ALTER TABLE exchange.fills ADD COLUMN note text",
+    );
+    waiting(admin, 1).await;
+    (report, ddl)
+}
+
 /// The runs of the queue query so far.
 fn runs(body: &str) -> f64 {
     sample(
@@ -149,13 +165,7 @@ async fn a_ddl_waiting_behind_an_idle_reader_with_an_insert_behind_it_raises_the
         "absent tables have no row"
     );
 
-    let report = session(&db, "report").await;
-    exec(&report, "BEGIN; SELECT count(*) FROM exchange.fills").await;
-    let ddl = background(
-        session(&db, "migration").await,
-        "ALTER TABLE exchange.fills ADD COLUMN note text",
-    );
-    waiting(&admin, 1).await;
+    let (report, ddl) = ddl_behind_reader(&db, &admin).await;
     // A DDL waiting with nobody behind it blocks no writes yet: no flag.
     let body = two_samples_later(&svc).await;
     assert_eq!(trades(&body, "pg_trade_table_lock_queue"), Some(0.0));
@@ -436,13 +446,7 @@ async fn while_nobody_waits_the_queue_queries_idle_and_a_waiting_ddl_wakes_them(
         Some(0.0)
     );
     assert!(body.contains("pg_trade_table_lock_queue{table=\"market_data\""));
-    let report = session(&db, "report").await;
-    exec(&report, "BEGIN; SELECT count(*) FROM exchange.fills").await;
-    let ddl = background(
-        session(&db, "migration").await,
-        "ALTER TABLE exchange.fills ADD COLUMN note text",
-    );
-    waiting(&admin, 1).await;
+    let (report, ddl) = ddl_behind_reader(&db, &admin).await;
     svc.wait_for("the waiting DDL counted", |b| {
         trades(b, "pg_trade_table_lock_waiting_sessions") == Some(1.0)
     })
@@ -528,13 +532,7 @@ async fn a_fleet_database_idles_on_its_leaders_signal_and_wakes_on_its_own_waite
         Some(0.0)
     );
     assert_eq!(trades(&body, "pg_trade_table_lock_queue"), Some(0.0));
-    let report = session(&second, "report").await;
-    exec(&report, "BEGIN; SELECT count(*) FROM exchange.fills").await;
-    let ddl = background(
-        session(&second, "migration").await,
-        "ALTER TABLE exchange.fills ADD COLUMN note text",
-    );
-    waiting(&admin, 1).await;
+    let (report, ddl) = ddl_behind_reader(&second, &admin).await;
     svc.wait_probe("t2", "the waiting DDL counted", |b| {
         trades(b, "pg_trade_table_lock_waiting_sessions") == Some(1.0)
     })
