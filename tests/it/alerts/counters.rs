@@ -93,7 +93,8 @@ async fn exported(listen: &str) -> Option<(f64, f64)> {
     Some((value, runs))
 }
 
-/// Waits until pgpulse has sampled twice more (so the last scans are in its counter).
+/// Waits until pgpulse has sampled twice more (a baseline after its start), and returns the
+/// value.
 async fn two_more_samples(listen: &str) -> f64 {
     let (_, runs) = eventually(PATIENCE, || exported(listen))
         .await
@@ -104,6 +105,22 @@ async fn two_more_samples(listen: &str) -> f64 {
     .await
     .expect("two more samples");
     value
+}
+
+/// Waits until pgpulse exports exactly `want` for the series. A number of runs alone would
+/// not do: the derived families share one read of the statistics per round, so a run within
+/// half an interval of the last read (the first run of a query a reload restarted) reuses
+/// it. The scans are all made before the wait, so a counter that lost or counted twice any
+/// of them never shows `want`.
+async fn reaches(listen: &str, want: f64) -> f64 {
+    let last = std::cell::Cell::new(None);
+    let seen = eventually(PATIENCE, || async {
+        let (value, _) = exported(listen).await?;
+        last.set(Some(value));
+        (value == want).then_some(value)
+    })
+    .await;
+    seen.unwrap_or_else(|| panic!("pgpulse never exported {want}; last seen {:?}", last.get()))
 }
 
 /// Waits until Prometheus has scraped `value` for the series.
@@ -215,26 +232,26 @@ async fn increase_of_a_rolled_up_counter_spans_a_detach_a_sighup_and_a_restart_e
     scan(&c, &today, 5).await;
     scan(&c, &oldest, 3).await;
     done += 8;
-    two_more_samples(&listen).await;
+    reaches(&listen, start_value + done as f64).await;
     // Detach the oldest partition: its scans leave the parent.
     exec(&c, &format!("ALTER TABLE trades DETACH PARTITION {oldest}")).await;
     scan(&c, &today, 4).await;
     done += 4;
-    two_more_samples(&listen).await;
+    reaches(&listen, start_value + done as f64).await;
     // Reload with a changed timeout: the query restarts, its counter state stays.
     std::fs::write(&queries, catalog(800)).unwrap();
     exporter.signal(nix::sys::signal::Signal::SIGHUP);
     scan(&c, &today, 3).await;
     done += 3;
-    let before_restart = two_more_samples(&listen).await;
+    let before_restart = reaches(&listen, start_value + done as f64).await;
     scraped(&prom, before_restart).await;
     // Restart: the counter starts again from a baseline; Prometheus sees a reset.
     exporter.stop();
     let exporter = Exporter::start(&db.url, &listen, &queries);
-    two_more_samples(&listen).await;
+    let baseline = two_more_samples(&listen).await;
     scan(&c, &today, 6).await;
     done += 6;
-    let end_value = two_more_samples(&listen).await;
+    let end_value = reaches(&listen, baseline + 6.0).await;
     scraped(&prom, end_value).await;
     let t1 = instant(&prom, "time()").await.unwrap();
     // From a few seconds before t0: the scrape that last saw the starting value may precede
