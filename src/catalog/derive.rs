@@ -121,15 +121,9 @@ impl Derive {
         matches!(self, Derive::Partitions | Derive::Health)
     }
 
-    /// Whether the family counts the rows of DEFAULT partitions at each of its runs.
+    /// Whether the family counts the rows of DEFAULT partitions (when they may have changed).
     pub fn counts_default_rows(self) -> bool {
         matches!(self, Derive::Partitions)
-    }
-
-    /// Whether each run of the family reads from the database, even when the facts are
-    /// fresh (the DEFAULT partitions' rows, the health report).
-    pub fn reads_every_run(self) -> bool {
-        self.counts_default_rows() || self == Derive::Health
     }
 }
 

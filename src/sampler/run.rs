@@ -1,9 +1,10 @@
 //! Running one query. The catalog's SQL is sent over the extended protocol, so the server
 //! accepts exactly one statement (a `;`-separated second statement is a parse error, whatever
-//! quotes or comments hide it), inside a transaction that is read-only with server-side
-//! `statement_timeout` and `lock_timeout`, on a session whose `default_transaction_read_only`
-//! is on. Rows are streamed through a portal in batches of [`ROW_BATCH`] and decoded one at a
-//! time, so memory is bounded by the query's budget.
+//! quotes or comments hide it), in an implicit transaction right after the session's
+//! settings are pinned ([`crate::db::session::pin`]: server-side `statement_timeout` and
+//! `lock_timeout`, `search_path`, `default_transaction_read_only`). Rows are streamed as
+//! the server sends them (the driver reads the socket only as fast as they are taken) and
+//! decoded one at a time, so memory is bounded by the query's budget.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,12 +16,9 @@ use super::decode::{Decoder, RunStats};
 use crate::catalog::{Binds, QuerySpec};
 use crate::db::lease::Budget;
 use crate::db::outcome::{ErrorKind, RunError, classify, pool_error};
-use crate::db::session::{CLIENT_GRACE, begin_read_only, timeouts_sql};
+use crate::db::session::{CLIENT_GRACE, pin};
 use crate::db::trade_tables::TradeTables;
 use crate::snapshot::QueryResult;
-
-/// Rows fetched per round trip from the query's portal.
-pub(crate) const ROW_BATCH: i32 = 1000;
 
 /// What one successful run produced.
 #[derive(Debug)]
@@ -106,7 +104,7 @@ pub async fn sample_once(
     let Some(client) = checkout.client() else {
         return Err(RunError::new(ErrorKind::Connection, "no connection"));
     };
-    match tokio::time::timeout(guard, run_in_transaction(client, spec, lock_timeout, binds)).await {
+    match tokio::time::timeout(guard, run_pinned(client, spec, lock_timeout, binds)).await {
         Ok(Ok(sampled)) => {
             checkout.release();
             Ok(sampled)
@@ -117,8 +115,8 @@ pub async fn sample_once(
             if let Some(c) = checkout.client() {
                 c.statement_cache.remove(&spec.sql, &[]);
             }
-            // A failed transaction was rolled back by the driver when it was dropped; a
-            // connection that closed or failed otherwise is discarded with the checkout.
+            // A failed statement ended its implicit transaction; a connection that closed or
+            // failed otherwise is discarded with the checkout.
             if err.leaves_connection_usable() && checkout.client().is_some_and(|c| !c.is_closed()) {
                 checkout.release();
             }
@@ -135,16 +133,16 @@ pub async fn sample_once(
     }
 }
 
-async fn run_in_transaction(
+async fn run_pinned(
     client: &mut Object,
     spec: &Arc<QuerySpec>,
     lock_timeout: Duration,
     binds: &Bound,
 ) -> Result<Sampled, RunError> {
-    let txn = begin_read_only(client, &timeouts_sql(spec.timeout, lock_timeout)).await?;
-    // Prepared once per connection (inside the transaction, so under its timeouts): later runs
-    // skip parsing and, for a statement without parameters, planning (a generic plan).
-    let statement = txn
+    pin(client, spec.timeout, lock_timeout).await?;
+    // Prepared once per connection (under the pinned timeouts): later runs skip parsing and,
+    // for a statement without parameters, planning (a generic plan).
+    let statement = client
         .prepare_cached(&spec.sql)
         .await
         .map_err(|e| classify(&e))?;
@@ -160,27 +158,15 @@ async fn run_in_transaction(
         ));
     }
     let mut decoder = Decoder::new(spec, &columns)?;
-    let portal = txn
-        .bind(&statement, &binds.params())
+    let rows = client
+        .query_raw(&statement, binds.params())
         .await
         .map_err(|e| classify(&e))?;
-    loop {
-        let rows = txn
-            .query_portal_raw(&portal, ROW_BATCH)
-            .await
-            .map_err(|e| classify(&e))?;
-        pin_mut!(rows);
-        let mut n = 0;
-        while let Some(row) = rows.next().await {
-            let row = row.map_err(|e| classify(&e))?;
-            n += 1;
-            decoder.push(&row)?;
-        }
-        if n < ROW_BATCH {
-            break;
-        }
+    pin_mut!(rows);
+    while let Some(row) = rows.next().await {
+        let row = row.map_err(|e| classify(&e))?;
+        decoder.push(&row)?;
     }
-    txn.commit().await.map_err(|e| classify(&e))?;
     let (result, stats) = decoder.finish();
     Ok(Sampled { result, stats })
 }

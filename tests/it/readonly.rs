@@ -144,3 +144,82 @@ async fn sampling_sessions_are_read_only_by_default() {
     .await;
     svc.stop().await;
 }
+
+/// A catalog query that changes its session's settings for good (`set_config(..., false)`):
+/// read-write, no timeouts, a tenant's schema first on the path.
+const TAMPER: &str = "SELECT 1 AS v FROM (SELECT \
+    set_config('default_transaction_read_only', 'off', false), \
+    set_config('statement_timeout', '0', false), set_config('lock_timeout', '0', false), \
+    set_config('search_path', 'tenant, pg_catalog', false)) s";
+
+#[tokio::test]
+async fn a_query_that_changes_its_sessions_settings_leaves_no_mark_on_the_next_run() {
+    let db = TestDb::trade_migrated().await;
+    let c = db.client().await;
+    let trades = scalar(&c, "SELECT count(*) FROM trades").await;
+    // One connection: every run of the writer and the observer follows a tamper run on it.
+    let catalog = format!(
+        "queries:
+  - name: tamper
+    interval: 1s
+    timeout: 900ms
+    sql: {TAMPER}
+    metrics:
+      - {{column: v, name: pg_test_tamper, type: gauge, help: Tamper.}}
+  - name: writer
+    interval: 1s
+    timeout: 900ms
+    sql: WITH d AS (DELETE FROM trades RETURNING 1) SELECT count(*) AS v FROM d
+    metrics:
+      - {{column: v, name: pg_test_deleted, type: gauge, help: Deleted.}}
+  - name: observer
+    interval: 1s
+    timeout: 900ms
+    sql: >-
+      SELECT 1 / (current_setting('transaction_read_only') = 'on'
+              AND current_setting('statement_timeout') = '900ms'
+              AND current_setting('lock_timeout') <> '0'
+              AND current_setting('search_path') = 'pg_catalog, public, pg_temp')::int AS pinned
+    metrics:
+      - {{column: pinned, name: pg_test_pinned, type: gauge, help: Pinned.}}
+"
+    );
+    let svc = start(&db.url, &catalog, |c| c.pool_size = 1).await;
+    let runs = |b: &str, q: &str| {
+        sample(b, &format!("pgpulse_query_runs_total{{query=\"{q}\"}}")).unwrap_or(0.0)
+    };
+    let body = svc
+        .wait_for("ten runs of each, the tamper runs succeeding", |b| {
+            ["tamper", "writer", "observer"]
+                .iter()
+                .all(|q| runs(b, q) >= 10.0)
+                && sample(b, "pg_test_tamper") == Some(1.0)
+        })
+        .await;
+    // Every writer run failed (read-only), and every observer run saw its own settings (it
+    // divides by zero otherwise).
+    let writer_errors = sample(
+        &body,
+        "pgpulse_query_errors_total{query=\"writer\",kind=\"sql\"}",
+    )
+    .unwrap_or(0.0);
+    assert_eq!(writer_errors, runs(&body, "writer"), "every write refused");
+    let observer_errors = ["sql", "decode", "timeout", "unavailable"]
+        .iter()
+        .map(|k| {
+            sample(
+                &body,
+                &format!("pgpulse_query_errors_total{{query=\"observer\",kind=\"{k}\"}}"),
+            )
+            .unwrap_or(0.0)
+        })
+        .sum::<f64>();
+    assert_eq!(observer_errors, 0.0, "the observer never failed");
+    assert_eq!(sample(&body, "pg_test_pinned"), Some(1.0));
+    svc.stop().await;
+    assert_eq!(
+        scalar(&c, "SELECT count(*) FROM trades").await,
+        trades,
+        "no trade deleted"
+    );
+}

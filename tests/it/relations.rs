@@ -617,3 +617,76 @@ async fn the_health_family_equals_database_health_check_in_one_snapshot() {
     );
     assert_eq!(ours.len(), 8);
 }
+
+/// Calls of `monitoring.default_partition_rows` counted by the server (`track_functions`).
+async fn default_rows_calls(c: &tokio_postgres::Client) -> i64 {
+    scalar(
+        c,
+        "SELECT coalesce(sum(calls), 0)::int8 FROM pg_stat_user_functions \
+         WHERE schemaname = 'monitoring' AND funcname = 'default_partition_rows'",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn default_partition_rows_are_counted_again_only_when_they_may_have_changed() {
+    let db = TestDb::trade_migrated().await;
+    let c = db.client().await;
+    let name: String = c
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    exec(
+        &c,
+        &format!("ALTER DATABASE \"{name}\" SET track_functions = 'pl'"),
+    )
+    .await;
+    let svc = start(&db.url, &shipped(&["partitions"], "1s"), |_| {}).await;
+    let series = "pg_partition_default_rows{parent=\"trades\"}";
+    let runs = |b: &str| sample(b, "pgpulse_query_runs_total{query=\"partitions\"}").unwrap_or(0.0);
+    let view = "SELECT default_partition_rows FROM monitoring.v_partition_health \
+                WHERE parent_relname = 'trades'";
+    let body = svc
+        .wait_for("the DEFAULT rows counted", |b| {
+            sample(b, series) == Some(0.0) && runs(b) >= 2.0
+        })
+        .await;
+    assert_eq!(scalar(&c, view).await, 0, "the view agrees");
+    // At rest: runs go on, the DEFAULT partitions (two, orders' and trades') are not counted
+    // again. Counting every run would call the function twice a run, ten times or more here;
+    // the call of a run just before the first read may show up late, hence at most two.
+    let calls = default_rows_calls(&c).await;
+    let base = runs(&body);
+    svc.wait_for("five more runs", |b| runs(b) >= base + 5.0)
+        .await;
+    let more = default_rows_calls(&c).await - calls;
+    assert!(more <= 2, "{more} calls in five runs at rest");
+    // A row no partition covers lands in the DEFAULT partition: counted at once, exactly.
+    let row = "INSERT INTO trades (symbol, price, quantity, maker_order_id, taker_order_id, \
+               maker_user_id, taker_user_id, executed_at) \
+               VALUES ('BTC-USD', 1, 1, 1, 2, 1, 2, now() + interval '400 days')";
+    let before = runs(&svc.metrics().await);
+    exec(&c, row).await;
+    exec(&c, row).await;
+    flush_stats(&c).await;
+    let body = svc.wait_for_sample(series, |v| v == 2.0).await;
+    assert_eq!(scalar(&c, view).await, 2, "the view agrees");
+    // Seen by the runs right after the insert, not by the safety net fifteen intervals on.
+    let took = runs(&body) - before;
+    assert!(took <= 5.0, "counted {took} runs after the insert");
+    // Emptied by a TRUNCATE of the partition (no row deleted: a new file).
+    let default: String = c
+        .query_one(
+            "SELECT partition_relname FROM monitoring.partition_bounds('trades'::regclass) \
+             WHERE is_default",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    exec(&c, &format!("TRUNCATE {default}")).await;
+    svc.wait_for_sample(series, |v| v == 0.0).await;
+    assert_eq!(scalar(&c, view).await, 0, "the view agrees");
+    svc.stop().await;
+}

@@ -159,6 +159,30 @@ impl Facts {
         }
         h.finish()
     }
+
+    /// What the rows of the DEFAULT partitions of `bounds` depend on: the catalog row and
+    /// the writes (rows inserted, updated, deleted, vacuums) of each DEFAULT partition and of
+    /// its own partitions. A row that lands there, a `TRUNCATE` (a new catalog row) and a
+    /// statistics reset (counters back at zero) each change it.
+    pub fn default_rows_signature(&self, bounds: &Bounds) -> u64 {
+        let mut defaults: Vec<u32> = bounds
+            .by_partition
+            .iter()
+            .filter(|(_, b)| b.is_default)
+            .map(|(oid, _)| *oid)
+            .collect();
+        defaults.sort_unstable();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let writes = |r: &Relation| (r.oid, r.version, r.inserted, r.changes);
+        for oid in &defaults {
+            self.get(*oid).map(writes).hash(&mut h);
+        }
+        let within = |r: &&Relation| r.parent.is_some_and(|p| defaults.binary_search(&p).is_ok());
+        for r in self.relations.iter().filter(within) {
+            writes(r).hash(&mut h);
+        }
+        h.finish()
+    }
 }
 
 /// Exact sizes in bytes, by oid, and what each was read for.
@@ -220,6 +244,8 @@ pub struct Bounds {
     pub by_partition: HashMap<u32, Bound>,
     /// [`Facts::partitions_fingerprint`] when read.
     pub fingerprint: u64,
+    /// [`Facts::default_rows_signature`] when `default_rows` were counted, and when.
+    pub default_rows_read: Option<(u64, Instant)>,
 }
 
 fn decode(e: impl std::fmt::Display) -> RunError {
@@ -398,6 +424,7 @@ pub async fn read_bounds(txn: &Transaction<'_>, fingerprint: u64) -> Result<Boun
         by_partition: HashMap::new(),
         fingerprint,
         default_rows: HashMap::new(),
+        default_rows_read: None,
     };
     each_row(txn, BOUNDS_SQL, |row| {
         if let (Some(p), Some(parent)) = (oid(row.try_get("oid")?), oid(row.try_get("parent")?)) {

@@ -8,10 +8,11 @@
 //!
 //! Concurrency: the cached pass sits behind one async mutex. A family's tick takes it, reads
 //! again only what is stale for it (facts older than half its interval, exact sizes older
-//! than [`SIZES_EVERY`] of its intervals, bounds read for another set of partitions), in one
-//! read-only transaction on one pooled connection, and releases it; families whose ticks
-//! fall in the same round (first runs are spread over 10 s) reuse that read. A family
-//! waiting for another's read holds no connection.
+//! than [`SIZES_EVERY`] of its intervals, bounds read for another set of partitions, the
+//! DEFAULT partitions' rows when their writes changed), in one read-only transaction on one
+//! pooled connection, and releases it; families whose ticks fall in the same round (first
+//! runs are spread over 10 s) reuse that read. A family waiting for another's read holds no
+//! connection.
 
 pub mod derive;
 pub mod facts;
@@ -101,9 +102,7 @@ impl RelationSource {
                     .all_at
                     .is_none_or(|at| at.elapsed() > spec.interval * SIZES_EVERY),
         };
-        // The partitions family reads the DEFAULT partitions' rows at each of its runs, the
-        // health family its report.
-        if stale.facts || stale.all_sizes || family.reads_every_run() {
+        if stale.facts || stale.all_sizes || reads_anyway(&cache, family, spec.interval) {
             let guard = spec.timeout + CLIENT_GRACE;
             let read = read(budget, spec, lock_timeout, &mut cache, family, stale);
             tokio::time::timeout(guard, read).await.map_err(|_| {
@@ -141,6 +140,30 @@ impl RelationSource {
         let (result, stats) = decoder.finish();
         Ok(Sampled { result, stats })
     }
+}
+
+/// Whether a family's run reads from the database although the facts and sizes are fresh:
+/// the health family its report, each run; the partitions family its bounds when the
+/// partitions changed, and the DEFAULT partitions' rows when they may have changed (see
+/// [`default_rows_due`]).
+fn reads_anyway(cache: &Cache, family: Derive, interval: Duration) -> bool {
+    let Some(facts) = cache.facts.as_ref() else {
+        return true;
+    };
+    family == Derive::Health
+        || (family.needs_bounds() && cache.bounds.fingerprint != facts.partitions_fingerprint())
+        || (family.counts_default_rows() && default_rows_due(facts, &cache.bounds, interval))
+}
+
+/// Whether the DEFAULT partitions' rows are counted again: when their signature
+/// ([`facts::Facts::default_rows_signature`]) changed since they were counted, and after
+/// [`SIZES_EVERY`] of the family's intervals in any case (a safety net, e.g. for a server
+/// that does not count writes, `track_counts = off`). Counting calls a function per
+/// DEFAULT partition; at rest, when no row lands there, nothing changes.
+fn default_rows_due(facts: &Facts, bounds: &Bounds, interval: Duration) -> bool {
+    bounds.default_rows_read.is_none_or(|(signature, at)| {
+        signature != facts.default_rows_signature(bounds) || at.elapsed() > interval * SIZES_EVERY
+    })
 }
 
 /// Reads what is stale in one read-only transaction on one pooled connection.
@@ -210,8 +233,10 @@ async fn read_in_transaction(
     if family.needs_bounds() && cache.bounds.fingerprint != fingerprint {
         cache.bounds = facts::read_bounds(&txn, fingerprint).await?;
     }
-    if family.counts_default_rows() {
+    if family.counts_default_rows() && default_rows_due(facts, &cache.bounds, spec.interval) {
+        let signature = facts.default_rows_signature(&cache.bounds);
         facts::read_default_rows(&txn, &mut cache.bounds).await?;
+        cache.bounds.default_rows_read = Some((signature, std::time::Instant::now()));
     }
     if family == Derive::Health {
         cache.report = health::report(&txn, facts, &cache.bounds).await?;
