@@ -165,7 +165,9 @@ pub enum Binds {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Signal {
-    /// Some session waits for a lock: the signalling query returned a value other than 0.
+    /// Some session waits for a lock: the signalling query's result has a series of the
+    /// `Lock` wait event (its `wait_event_type` label) other than 0, or, without that label,
+    /// any value other than 0.
     LockWaits,
 }
 

@@ -157,7 +157,7 @@ pub enum Problem {
     SignalNeedsServerScope,
     /// `idle_without` with a key that changes a result between runs or feeds other queries.
     #[error(
-        "idle_without cannot be combined with derive, accumulate, histogram, rollup_key or signals (its last result must stand as it is)"
+        "idle_without cannot be combined with derive, histogram, rollup_key or signals (its last result must stand as it is)"
     )]
     IdleCombined,
     /// `health_query` names no query of the catalog.
@@ -313,8 +313,8 @@ fn query(q: RawQuery, qloc: Loc, d: Defaults, seen: &mut Seen) -> Found<QuerySpe
 }
 
 /// `signals` only on a server-wide query; `idle_without` only on a query whose last result
-/// can stand unchanged (nothing accumulated, rolled up or kept beside it) and that signals
-/// nothing itself.
+/// can stand unchanged (nothing rolled up or kept beside it; an accumulated counter adds
+/// nothing while nothing is found) and that signals nothing itself.
 fn signalling(q: &RawQuery, derived: bool) -> Found<()> {
     if let Some(s) = &q.signals
         && q.scope != super::Scope::Server
@@ -322,11 +322,7 @@ fn signalling(q: &RawQuery, derived: bool) -> Found<()> {
         return Err((at(&s.referenced), Problem::SignalNeedsServerScope));
     }
     if let Some(i) = &q.idle_without
-        && (derived
-            || q.histogram.is_some()
-            || q.accumulate.is_some()
-            || q.rollup_key.is_some()
-            || q.signals.is_some())
+        && (derived || q.histogram.is_some() || q.rollup_key.is_some() || q.signals.is_some())
     {
         return Err((at(&i.referenced), Problem::IdleCombined));
     }

@@ -216,6 +216,7 @@ impl Decoder {
     /// The result and the run's counters.
     pub(crate) fn finish(mut self) -> (QueryResult, RunStats) {
         self.result.at = std::time::SystemTime::now();
+        self.result.note_found();
         (self.result, self.stats)
     }
 }

@@ -143,6 +143,7 @@ mod tests {
             rows: None,
             at,
             started: std::time::Instant::now(),
+            found_nothing: false,
         }
     }
 

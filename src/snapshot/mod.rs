@@ -55,6 +55,9 @@ pub struct QueryResult {
     /// When the run that produced it started: what the server saw since is compared with
     /// this (see [`crate::sampler::idle`]).
     pub started: Instant,
+    /// Whether the run's own rows found nothing (every value 0 or no series, no row kept),
+    /// noted before any accumulation or roll-up ([`QueryResult::note_found`]).
+    pub found_nothing: bool,
 }
 
 impl QueryResult {
@@ -67,13 +70,15 @@ impl QueryResult {
             rows: spec.publish_rows.then(Vec::new),
             at: SystemTime::now(),
             started: Instant::now(),
+            found_nothing: true,
         }
     }
 
-    /// Whether it found nothing: every value is 0 (or it has no series), and no row is kept.
-    pub fn found_nothing(&self) -> bool {
-        self.families.iter().flatten().all(|s| s.value == 0.0)
-            && self.rows.as_ref().is_none_or(Vec::is_empty)
+    /// Notes whether the run's own rows found nothing: every value is 0 (or there is no
+    /// series), and no row is kept.
+    pub fn note_found(&mut self) {
+        self.found_nothing = self.families.iter().flatten().all(|s| s.value == 0.0)
+            && self.rows.as_ref().is_none_or(Vec::is_empty);
     }
 
     /// Total number of series across its metrics.

@@ -211,6 +211,7 @@ mod tests {
             rows: None,
             at,
             started: std::time::Instant::now(),
+            found_nothing: false,
         }
     }
 

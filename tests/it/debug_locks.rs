@@ -26,7 +26,15 @@ async fn session(db: &TestDb, app: &str) -> Client {
 async fn serve(db: &TestDb, dir: &std::path::Path, users: bool, listen: &str) -> Running {
     let listen = listen.parse().unwrap();
     // With the query that signals lock waits: the forest idles while none waits.
-    let catalog = shipped(&["lock_roots", "lock_root_load", "lock_forest"], "1s");
+    let catalog = shipped(
+        &[
+            "database_load",
+            "lock_roots",
+            "lock_root_load",
+            "lock_forest",
+        ],
+        "1s",
+    );
     let file = dir.join("web-config.yml");
     let hash = bcrypt::hash(PASSWORD, 4).unwrap();
     std::fs::write(&file, format!("basic_auth_users:\n  {USER}: {hash}\n")).unwrap();

@@ -3,7 +3,7 @@
 //! the trades table, a migration's `ALTER TABLE` waits for it, and a trade insert queues behind
 //! the migration. The trade tables live under other names (one of them hostile) and are
 //! found through the configuration, bound as parameters. Both queries idle while the server's
-//! `lock_roots` sees no lock wait (`idle_without: lock_waits`), so every scenario here runs
+//! `database_load` sees no lock wait (`idle_without: lock_waits`), so every scenario here runs
 //! with idling on; the last tests check idling itself, also across a fleet's databases.
 
 use std::collections::HashMap;
@@ -127,9 +127,10 @@ async fn two_samples_later(svc: &Running) -> String {
         .await
 }
 
-/// The two queue queries, the server-wide `lock_root_load` that signals lock waits and
-/// `lock_roots` (which defines its statement, and idles on it too).
-const QUEUE_QUERIES: [&str; 4] = [
+/// The two queue queries, the server-wide `database_load` that signals lock waits, and
+/// `lock_roots` and `lock_root_load`, which idle on it too.
+const QUEUE_QUERIES: [&str; 5] = [
+    "database_load",
     "lock_roots",
     "lock_root_load",
     "trade_table_lock_queue",
@@ -419,12 +420,14 @@ fn idling_catalog() -> String {
     catalog.replace("expire_after: 10s", "expire_after: 1h")
 }
 
-/// Whether the queue queries and `lock_roots` idled at least `n` times in `body`.
+/// Whether the queue queries, `lock_roots` and `lock_root_load` idled at least `n` times in
+/// `body`.
 fn both_idled(body: &str, n: f64) -> bool {
     [
         "trade_table_lock_queue",
         "trade_table_lock_modes",
         "lock_roots",
+        "lock_root_load",
     ]
     .iter()
     .all(|q| count(body, "idle_ticks", q) >= n)
@@ -449,6 +452,15 @@ async fn while_nobody_waits_the_queue_queries_idle_and_a_waiting_ddl_wakes_them(
     let (report, ddl) = ddl_behind_reader(&db, &admin).await;
     svc.wait_for("the waiting DDL counted", |b| {
         trades(b, "pg_trade_table_lock_waiting_sessions") == Some(1.0)
+    })
+    .await;
+    // lock_root_load woke too: the reader holds up one session, second after second.
+    svc.wait_for("the reader's blocked seconds accumulating", |b| {
+        b.lines().any(|l| {
+            l.starts_with("pg_lock_root_blocked_seconds_total{")
+                && l.contains("application_name=\"report\"")
+                && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) >= Some(2.0)
+        })
     })
     .await;
     exec(&report, "ROLLBACK").await;
@@ -526,9 +538,9 @@ async fn a_fleet_database_idles_on_its_leaders_signal_and_wakes_on_its_own_waite
                 .all(|q| count(b, "idle_ticks", q) >= 3.0)
         })
         .await;
-    // t1 leads the server: lock_root_load runs there only, and t2 idles on what it signals.
+    // t1 leads the server: database_load runs there only, and t2 idles on what it signals.
     assert_eq!(
-        sample(&body, "pgpulse_query_enabled{query=\"lock_root_load\"}"),
+        sample(&body, "pgpulse_query_enabled{query=\"database_load\"}"),
         Some(0.0)
     );
     assert_eq!(trades(&body, "pg_trade_table_lock_queue"), Some(0.0));

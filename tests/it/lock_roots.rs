@@ -110,7 +110,7 @@ async fn book(named: u32) -> (TempCluster, TestDb, Client, Running) {
          INSERT INTO book SELECT g, 0 FROM generate_series(1, 20) g",
     )
     .await;
-    let catalog = shipped(&["lock_roots", "lock_root_load"], "1s");
+    let catalog = shipped(&["database_load", "lock_roots", "lock_root_load"], "1s");
     let svc = start(&db.url, &catalog, |c| c.lock_roots_named = named as i32).await;
     (cluster, db, admin, svc)
 }
