@@ -77,6 +77,16 @@ def rss_kb(pid: int) -> tuple[int, int]:
     return vals["VmRSS"], vals["VmHWM"]
 
 
+def cpu_ms(pid: int) -> float:
+    """User + system CPU time of a process so far, in ms; 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # utime and stime are fields 14 and 15 of the line (11 and 12 after the command).
+    return (int(fields[11]) + int(fields[12])) * 1000.0 / os.sysconf("SC_CLK_TCK")
+
+
 def mb(kb: float) -> str:
     return f"{kb / 1024:.1f} MB"
 

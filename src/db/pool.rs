@@ -5,9 +5,9 @@
 //! session is idle, and through [`super::slots`], which keeps an abandoned connection
 //! attempt's slot until its socket is closed). Sampling sessions start with
 //! `default_transaction_read_only = on`, so even a statement outside pgpulse's read-only
-//! transaction cannot write, and with a session `statement_timeout` and `lock_timeout`, so the
-//! few statements sent outside a transaction of pgpulse's own (`BEGIN`, `ROLLBACK`) carry
-//! timeouts too.
+//! transactions cannot write, and with a session `statement_timeout` and `lock_timeout`, so
+//! the first statement a session sends (the pin before a query's run,
+//! [`super::session::pin`], or a transaction's `BEGIN`) carries timeouts too.
 
 use std::time::Duration;
 
