@@ -632,11 +632,7 @@ async fn default_rows_calls(c: &tokio_postgres::Client) -> i64 {
 async fn default_partition_rows_are_counted_again_only_when_they_may_have_changed() {
     let db = TestDb::trade_migrated().await;
     let c = db.client().await;
-    let name: String = c
-        .query_one("SELECT current_database()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let name = strings(&c, "SELECT current_database()").await.remove(0);
     exec(
         &c,
         &format!("ALTER DATABASE \"{name}\" SET track_functions = 'pl'"),
@@ -676,15 +672,13 @@ async fn default_partition_rows_are_counted_again_only_when_they_may_have_change
     let took = runs(&body) - before;
     assert!(took <= 5.0, "counted {took} runs after the insert");
     // Emptied by a TRUNCATE of the partition (no row deleted: a new file).
-    let default: String = c
-        .query_one(
-            "SELECT partition_relname FROM monitoring.partition_bounds('trades'::regclass) \
-             WHERE is_default",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let default = strings(
+        &c,
+        "SELECT partition_relname FROM monitoring.partition_bounds('trades'::regclass) \
+         WHERE is_default",
+    )
+    .await
+    .remove(0);
     exec(&c, &format!("TRUNCATE {default}")).await;
     svc.wait_for_sample(series, |v| v == 0.0).await;
     assert_eq!(scalar(&c, view).await, 0, "the view agrees");

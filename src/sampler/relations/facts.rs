@@ -69,6 +69,12 @@ pub struct Relation {
 }
 
 impl Relation {
+    /// What changes when its contents may have: its catalog row (`version`), rows inserted,
+    /// and rows updated and deleted plus vacuums.
+    fn writes(&self) -> (u32, i64, i64) {
+        (self.version, self.inserted, self.changes)
+    }
+
     /// Unix time of the last vacuum (0), autovacuum (1), analyze (2) or autoanalyze (3).
     pub fn last(&self, which: usize) -> Option<f64> {
         self.last.get(which).copied().filter(|t| !t.is_nan())
@@ -173,13 +179,12 @@ impl Facts {
             .collect();
         defaults.sort_unstable();
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        let writes = |r: &Relation| (r.oid, r.version, r.inserted, r.changes);
         for oid in &defaults {
-            self.get(*oid).map(writes).hash(&mut h);
+            (oid, self.get(*oid).map(Relation::writes)).hash(&mut h);
         }
         let within = |r: &&Relation| r.parent.is_some_and(|p| defaults.binary_search(&p).is_ok());
         for r in self.relations.iter().filter(within) {
-            writes(r).hash(&mut h);
+            (r.oid, r.writes()).hash(&mut h);
         }
         h.finish()
     }
@@ -206,13 +211,12 @@ impl Facts {
     /// when it changes.
     pub fn size_signature(&self, r: &Relation, indexes: &[&Relation]) -> u64 {
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        let writes = |r: &Relation| (r.version, r.inserted, r.changes);
-        writes(r).hash(&mut h);
+        r.writes().hash(&mut h);
         if let Some(t) = r.indrelid.and_then(|t| self.get(t)) {
-            writes(t).hash(&mut h);
+            t.writes().hash(&mut h);
         }
         if let Some(t) = r.toast.and_then(|t| self.get(t)) {
-            writes(t).hash(&mut h);
+            t.writes().hash(&mut h);
         }
         for i in indexes {
             i.version.hash(&mut h);

@@ -152,18 +152,21 @@ fn reads_anyway(cache: &Cache, family: Derive, interval: Duration) -> bool {
     };
     family == Derive::Health
         || (family.needs_bounds() && cache.bounds.fingerprint != facts.partitions_fingerprint())
-        || (family.counts_default_rows() && default_rows_due(facts, &cache.bounds, interval))
+        || (family.counts_default_rows()
+            && default_rows_due(facts, &cache.bounds, interval).is_some())
 }
 
-/// Whether the DEFAULT partitions' rows are counted again: when their signature
+/// The DEFAULT partitions' current signature when their rows are to be counted again: when it
 /// ([`facts::Facts::default_rows_signature`]) changed since they were counted, and after
 /// [`SIZES_EVERY`] of the family's intervals in any case (a safety net, e.g. for a server
 /// that does not count writes, `track_counts = off`). Counting calls a function per
 /// DEFAULT partition; at rest, when no row lands there, nothing changes.
-fn default_rows_due(facts: &Facts, bounds: &Bounds, interval: Duration) -> bool {
-    bounds.default_rows_read.is_none_or(|(signature, at)| {
-        signature != facts.default_rows_signature(bounds) || at.elapsed() > interval * SIZES_EVERY
-    })
+fn default_rows_due(facts: &Facts, bounds: &Bounds, interval: Duration) -> Option<u64> {
+    let now = facts.default_rows_signature(bounds);
+    let due = bounds
+        .default_rows_read
+        .is_none_or(|(counted, at)| counted != now || at.elapsed() > interval * SIZES_EVERY);
+    due.then_some(now)
 }
 
 /// Reads what is stale in one read-only transaction on one pooled connection.
@@ -233,8 +236,11 @@ async fn read_in_transaction(
     if family.needs_bounds() && cache.bounds.fingerprint != fingerprint {
         cache.bounds = facts::read_bounds(&txn, fingerprint).await?;
     }
-    if family.counts_default_rows() && default_rows_due(facts, &cache.bounds, spec.interval) {
-        let signature = facts.default_rows_signature(&cache.bounds);
+    let due = family
+        .counts_default_rows()
+        .then(|| default_rows_due(facts, &cache.bounds, spec.interval))
+        .flatten();
+    if let Some(signature) = due {
         facts::read_default_rows(&txn, &mut cache.bounds).await?;
         cache.bounds.default_rows_read = Some((signature, std::time::Instant::now()));
     }
