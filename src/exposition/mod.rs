@@ -34,6 +34,14 @@ pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// is at most this much older than the snapshot, far below any scrape interval.
 pub const MIN_GAP: std::time::Duration = std::time::Duration::from_millis(1000);
 
+/// The least time between two renders while nobody read the current body: a scraper every
+/// 15 s reads one body in fifteen at [`MIN_GAP`], and each render encodes every self-metric
+/// and compresses the whole body (a quarter of pgpulse's CPU at 40,000 relations). A body
+/// nobody read is replaced at most this often, so a scrape gets a body at most this much
+/// older than the snapshot; once a body is read, or when `up` or readiness changes, the next
+/// render comes after [`MIN_GAP`] again.
+pub const IDLE_GAP: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Which forms scrapers have asked for: Prometheus text, its gzip, OpenMetrics gzip. Shared
 /// by every body of one renderer; a render makes the forms asked for.
 #[derive(Debug, Default)]
@@ -60,6 +68,8 @@ pub struct Exposition {
     pub pending: Vec<String>,
     /// Whether the database answered when this body was rendered.
     pub up: bool,
+    /// Whether a scrape read this body ([`Exposition::body`]).
+    read: std::sync::atomic::AtomicBool,
 }
 
 impl Exposition {
@@ -75,6 +85,7 @@ impl Exposition {
         if let Some(w) = form.and_then(|i| self.wanted.0.get(i)) {
             w.store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        self.read.store(true, std::sync::atomic::Ordering::Relaxed);
         self.make(openmetrics, gzip)
     }
 
@@ -182,22 +193,61 @@ impl Renderer {
         self.current.clone()
     }
 
-    /// Renders on change notices until `stop` is cancelled, at most once per [`MIN_GAP`]:
-    /// notices that arrive during a render or the gap after it are shown by one render then.
+    /// Renders on change notices until `stop` is cancelled, at most once per [`MIN_GAP`], and
+    /// at most once per [`IDLE_GAP`] while the current body is unread and its `up` and
+    /// readiness still hold: notices that arrive during a render or the gap after it are
+    /// shown by one render then.
     pub async fn render_on_change(
         self: Arc<Self>,
         changed: Arc<tokio::sync::Notify>,
         stop: tokio_util::sync::CancellationToken,
     ) {
+        let mut last = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = changed.notified() => self.render(),
+                _ = changed.notified() => {}
             }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(MIN_GAP) => {}
+            // A change is pending: checked once per MIN_GAP until it is due.
+            loop {
+                let since = last.elapsed();
+                let due = since >= IDLE_GAP || self.current_read() || self.state_changed();
+                if since >= MIN_GAP && due {
+                    break;
+                }
+                let wait = MIN_GAP.saturating_sub(since).max(MIN_GAP / 4);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
             }
+            self.render();
+            last = tokio::time::Instant::now();
+        }
+    }
+
+    /// Whether a scrape read the current body.
+    fn current_read(&self) -> bool {
+        self.current
+            .load()
+            .read
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether `up` or readiness differ from the current body's.
+    fn state_changed(&self) -> bool {
+        let (up, (succeeded, _)) = self.state();
+        let current = self.current.load();
+        current.up != up || current.ready != (up && succeeded)
+    }
+
+    /// `up`, and whether every enabled query succeeded at least once with those still
+    /// pending, from the snapshot (or the liveness without one).
+    fn state(&self) -> (bool, (bool, Vec<String>)) {
+        match (&self.snapshot, &self.liveness) {
+            (Some(s), _) => (s.is_up(), s.readiness()),
+            (None, Some(l)) => (l.is_up(), (l.answered(), Vec::new())),
+            (None, None) => (true, (true, Vec::new())),
         }
     }
 
@@ -216,11 +266,7 @@ impl Renderer {
     /// Renders the current snapshot and swaps it in.
     pub fn render(&self) {
         // Read before encoding: a state reached during the encoding shows in the next render.
-        let (up, (succeeded, pending)) = match (&self.snapshot, &self.liveness) {
-            (Some(s), _) => (s.is_up(), s.readiness()),
-            (None, Some(l)) => (l.is_up(), (l.answered(), Vec::new())),
-            (None, None) => (true, (true, Vec::new())),
-        };
+        let (up, (succeeded, pending)) = self.state();
         let ready = up && succeeded;
         let mut om = String::with_capacity(64 * 1024);
         let whole = self.snapshot.as_ref().map(|s| s.consistency.hold());
@@ -347,6 +393,48 @@ mod tests {
         );
         assert_eq!(made, asked);
         assert!(next.openmetrics_gzip.get().is_none(), "never asked for");
+    }
+
+    /// A render every MIN_GAP while scrapes read each body; one per IDLE_GAP while nobody
+    /// reads them; the first body at once when `up` changes.
+    #[tokio::test(start_paused = true)]
+    async fn an_unread_body_is_rendered_again_only_after_the_idle_gap() {
+        let renderer = Arc::new(Renderer::process(Registry::default()));
+        let handle = renderer.handle();
+        let (changed, stop) = (
+            Arc::new(tokio::sync::Notify::new()),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let task = tokio::spawn(renderer.render_on_change(changed.clone(), stop.clone()));
+        let sec = |s: f64| tokio::time::sleep(std::time::Duration::from_secs_f64(s));
+        let body = || handle.load_full();
+        let start = body();
+        changed.notify_one();
+        sec(1.1).await;
+        let first = body();
+        assert!(
+            !Arc::ptr_eq(&start, &first),
+            "up changed: rendered after MIN_GAP"
+        );
+        assert!(first.up);
+        changed.notify_one();
+        sec(3.5).await;
+        assert!(
+            Arc::ptr_eq(&first, &body()),
+            "unread: no render before IDLE_GAP"
+        );
+        sec(1.6).await;
+        let second = body();
+        assert!(!Arc::ptr_eq(&first, &second), "rendered at IDLE_GAP");
+        second.body(true, false);
+        changed.notify_one();
+        sec(1.2).await;
+        assert!(
+            !Arc::ptr_eq(&second, &body()),
+            "read: rendered after MIN_GAP"
+        );
+        stop.cancel();
+        task.await.unwrap();
     }
 
     #[test]

@@ -46,7 +46,11 @@ pub(crate) struct Decoder {
     names: Vec<String>,
     result: QueryResult,
     stats: RunStats,
-    seen: HashSet<Vec<String>>,
+    /// Digests of the label sets kept, under keys of this decoder's own (a tenant cannot
+    /// make two of its names collide): 8 bytes per series where a copy of the labels took
+    /// about 200 (6 MB at 30,000 partition indexes of a roll-up).
+    seen: HashSet<u64>,
+    digest: std::hash::RandomState,
     kept: usize,
     budget: usize,
 }
@@ -102,6 +106,7 @@ impl Decoder {
             result: QueryResult::empty(spec),
             stats: RunStats::default(),
             seen: HashSet::new(),
+            digest: std::hash::RandomState::new(),
             kept: 0,
             budget,
         })
@@ -165,13 +170,14 @@ impl Decoder {
         if self.spec.metrics.is_empty() {
             return Ok(());
         }
-        let labels = self
+        let mut labels = self
             .columns
             .labels
             .iter()
             .map(|&i| cell(i).map(|c| c.text().unwrap_or_default()))
             .collect::<Result<Vec<String>, _>>()?;
-        if self.seen.contains(&labels) {
+        let digest = std::hash::BuildHasher::hash_one(&self.digest, &labels);
+        if self.seen.contains(&digest) {
             self.stats.dropped += self.spec.metrics.len() as u64;
             return Ok(());
         }
@@ -188,13 +194,16 @@ impl Decoder {
             return Ok(());
         }
         self.kept += series.len();
-        self.seen.insert(labels.clone());
-        for (m, value) in series {
+        self.seen.insert(digest);
+        // Each series owns its labels: copies for all but the last, which takes them.
+        let mut series = series.into_iter().peekable();
+        while let Some((m, value)) = series.next() {
+            let labels = match series.peek() {
+                Some(_) => labels.clone(),
+                None => std::mem::take(&mut labels),
+            };
             if let Some(family) = self.result.families.get_mut(m) {
-                family.push(Series {
-                    labels: labels.clone(),
-                    value,
-                });
+                family.push(Series { labels, value });
             }
         }
         Ok(())
@@ -218,5 +227,53 @@ impl Decoder {
         self.result.at = std::time::SystemTime::now();
         self.result.note_found();
         (self.result, self.stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Catalog, Defaults};
+
+    /// A label set met twice keeps its first series and counts the second as dropped; every
+    /// metric of a row gets the row's labels.
+    #[test]
+    fn a_repeated_label_set_is_dropped_and_every_metric_keeps_its_labels() {
+        let yaml = "queries:\n  - {name: q, sql: SELECT 1, labels: [k], max_series: 10, metrics: [\
+            {column: a, name: pg_a, type: gauge, help: A.}, {column: b, name: pg_b, type: gauge, help: B.}]}\n";
+        let specs = Catalog::parse(yaml, "q.yaml".as_ref(), Defaults::default())
+            .unwrap()
+            .queries;
+        let columns: Vec<(String, Type)> = ["k", "a", "b"]
+            .iter()
+            .map(|c| ((*c).to_owned(), Type::TEXT))
+            .collect();
+        let mut d = Decoder::new(&specs[0], &columns).unwrap();
+        let row = |k: &str, a: i64, b: i64| {
+            vec![
+                Cell::Text(k.into()),
+                Cell::Int(a.into()),
+                Cell::Int(b.into()),
+            ]
+        };
+        for r in [row("x", 1, 2), row("y", 3, 4), row("x", 5, 6)] {
+            d.push_cells(&r).unwrap();
+        }
+        let (result, stats) = d.finish();
+        let family = |m: usize| -> Vec<(Vec<String>, f64)> {
+            result.families[m]
+                .iter()
+                .map(|s| (s.labels.clone(), s.value))
+                .collect()
+        };
+        assert_eq!(
+            family(0),
+            [(vec!["x".into()], 1.0), (vec!["y".into()], 3.0)]
+        );
+        assert_eq!(
+            family(1),
+            [(vec!["x".into()], 2.0), (vec!["y".into()], 4.0)]
+        );
+        assert_eq!(stats.dropped, 2, "the repeated row's two series");
     }
 }

@@ -134,8 +134,8 @@ impl RelationSource {
             .map(|c| ((*c).to_owned(), Type::TEXT))
             .collect();
         let mut decoder = Decoder::new(spec, &columns)?;
-        for row in &rows {
-            decoder.push_cells(row)?;
+        for row in rows {
+            decoder.push_cells(&row)?;
         }
         let (result, stats) = decoder.finish();
         Ok(Sampled { result, stats })
