@@ -42,10 +42,14 @@ pub const MIN_GAP: std::time::Duration = std::time::Duration::from_millis(1000);
 /// render comes after [`MIN_GAP`] again.
 pub const IDLE_GAP: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Which forms scrapers have asked for: Prometheus text, its gzip, OpenMetrics gzip. Shared
-/// by every body of one renderer; a render makes the forms asked for.
+/// What scrapers did, shared by every body of one renderer: which forms they asked for
+/// (Prometheus text, its gzip, OpenMetrics gzip), which a render makes; and a notice when a
+/// body is first read, which a pending render waits for.
 #[derive(Debug, Default)]
-struct Wanted([std::sync::atomic::AtomicBool; 3]);
+struct Wanted {
+    forms: [std::sync::atomic::AtomicBool; 3],
+    read: tokio::sync::Notify,
+}
 
 /// One pre-rendered body: OpenMetrics text, and the other forms scrapers ask for.
 #[derive(Debug, Default)]
@@ -82,10 +86,12 @@ impl Exposition {
             (false, true) => Some(1),
             (true, true) => Some(2),
         };
-        if let Some(w) = form.and_then(|i| self.wanted.0.get(i)) {
+        if let Some(w) = form.and_then(|i| self.wanted.forms.get(i)) {
             w.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        self.read.store(true, std::sync::atomic::Ordering::Relaxed);
+        if !self.read.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            self.wanted.read.notify_one();
+        }
         self.make(openmetrics, gzip)
     }
 
@@ -109,7 +115,7 @@ impl Exposition {
     fn make_wanted(&self) {
         let asked = |i: usize| {
             self.wanted
-                .0
+                .forms
                 .get(i)
                 .is_some_and(|w| w.load(std::sync::atomic::Ordering::Relaxed))
         };
@@ -208,17 +214,20 @@ impl Renderer {
                 _ = stop.cancelled() => return,
                 _ = changed.notified() => {}
             }
-            // A change is pending: checked once per MIN_GAP until it is due.
+            // A change is pending: looked at again when the current body is read, when
+            // another change comes (`up` or readiness may differ) and when its gap ends.
             loop {
-                let since = last.elapsed();
-                let due = since >= IDLE_GAP || self.current_read() || self.state_changed();
-                if since >= MIN_GAP && due {
+                let urgent = self.current_read() || self.state_changed();
+                let due = last + if urgent { MIN_GAP } else { IDLE_GAP };
+                if tokio::time::Instant::now() >= due {
                     break;
                 }
-                let wait = MIN_GAP.saturating_sub(since).max(MIN_GAP / 4);
+                let read = self.current.load().wanted.clone();
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(wait) => {}
+                    _ = tokio::time::sleep_until(due) => {}
+                    _ = read.read.notified() => {}
+                    _ = changed.notified() => {}
                 }
             }
             self.render();
@@ -426,12 +435,14 @@ mod tests {
         sec(1.6).await;
         let second = body();
         assert!(!Arc::ptr_eq(&first, &second), "rendered at IDLE_GAP");
-        second.body(true, false);
         changed.notify_one();
-        sec(1.2).await;
+        sec(0.4).await;
+        assert!(Arc::ptr_eq(&second, &body()), "unread");
+        second.body(true, false);
+        sec(0.6).await;
         assert!(
             !Arc::ptr_eq(&second, &body()),
-            "read: rendered after MIN_GAP"
+            "read while a change waited: rendered MIN_GAP after the last render"
         );
         stop.cancel();
         task.await.unwrap();
