@@ -86,10 +86,16 @@ impl Exposition {
             (false, true) => Some(1),
             (true, true) => Some(2),
         };
+        // Each flag is written once: later scrapes only read it, so concurrent scrapes do not
+        // contend for the cache line.
+        let first = |flag: &std::sync::atomic::AtomicBool| {
+            !flag.load(std::sync::atomic::Ordering::Relaxed)
+                && !flag.swap(true, std::sync::atomic::Ordering::Relaxed)
+        };
         if let Some(w) = form.and_then(|i| self.wanted.forms.get(i)) {
-            w.store(true, std::sync::atomic::Ordering::Relaxed);
+            first(w);
         }
-        if !self.read.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        if first(&self.read) {
             self.wanted.read.notify_one();
         }
         self.make(openmetrics, gzip)
