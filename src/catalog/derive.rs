@@ -226,11 +226,6 @@ pub(crate) const STATS_SQL: &str = concat!(
     where_of_the_pass!()
 );
 
-/// How many relations the catalog holds, an upper bound of the pass's: read before the
-/// first full read, so its list is allocated once (grown by doubling, 60,000 relations took
-/// twice their 10 MB while the list was copied).
-pub(crate) const RELATION_COUNT_SQL: &str = "SELECT pg_catalog.count(*) FROM pg_catalog.pg_class";
-
 /// The server's time of the pass (its transaction's `now()`), as a Unix time.
 pub(crate) const NOW_SQL: &str = "SELECT pg_catalog.date_part('epoch', pg_catalog.now())";
 

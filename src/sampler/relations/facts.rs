@@ -13,8 +13,7 @@ use tokio_postgres::types::{FromSql, ToSql, Type};
 use tokio_postgres::{Row, Transaction};
 
 use crate::catalog::derive::{
-    BOUNDS_SQL, DEFAULT_ROWS_SQL, FACTS_SQL, NOW_SQL, RELATION_COUNT_SQL, SIZES_SQL, STATS_COLUMNS,
-    STATS_SQL,
+    BOUNDS_SQL, DEFAULT_ROWS_SQL, FACTS_SQL, NOW_SQL, SIZES_SQL, STATS_COLUMNS, STATS_SQL,
 };
 use crate::db::outcome::{ErrorKind, RunError, classify};
 
@@ -279,13 +278,8 @@ async fn each_row(
 }
 
 /// Reads the facts in full: structure and statistics ([`FACTS_SQL`]). `hint` is the number
-/// of relations expected (the last pass's; without one, the catalog's count), so the list is
-/// allocated once.
+/// of relations expected (the last pass's), so the list is allocated once.
 pub async fn read_facts(txn: &Transaction<'_>, hint: usize) -> Result<Facts, RunError> {
-    let hint = match hint {
-        0 => read_count(txn).await?,
-        n => n,
-    };
     let mut relations = Vec::with_capacity(hint + hint / 32);
     let mut schemas: HashMap<String, Arc<str>> = HashMap::new();
     each_row(txn, FACTS_SQL, |row| {
@@ -326,8 +320,7 @@ pub async fn read_facts(txn: &Transaction<'_>, hint: usize) -> Result<Facts, Run
         Ok(())
     })
     .await?;
-    // Slack over a sixteenth (the count includes views, sequences and types; relations
-    // dropped since the last pass): give it back.
+    // Without a hint (the first pass) the list grew by doubling: give the slack back.
     if relations.capacity() > relations.len() + relations.len() / 16 {
         relations.shrink_to_fit();
     }
@@ -385,17 +378,6 @@ pub async fn refresh_facts(
     facts.now = read_now(txn).await?;
     facts.at = Instant::now();
     Ok(facts)
-}
-
-/// How many relations the catalog holds ([`RELATION_COUNT_SQL`]), at most a million (a
-/// hint for an allocation).
-async fn read_count(txn: &Transaction<'_>) -> Result<usize, RunError> {
-    let row = txn
-        .query_one(RELATION_COUNT_SQL, &[])
-        .await
-        .map_err(|e| classify(&e))?;
-    let count: i64 = row.try_get(0).map_err(decode)?;
-    Ok(usize::try_from(count.clamp(0, 1_000_000)).unwrap_or(0))
 }
 
 /// The server's time of the transaction, as a Unix time.
