@@ -1,8 +1,9 @@
 //! Rows → series, one row at a time: the decoder is built from the statement's columns
 //! (every declared column must be there), then fed the streamed rows. It keeps at most the
-//! query's budget of series (roll-up queries: at most [`ROLLUP_ROW_LIMIT`] objects, budgeted
-//! after the roll-up) and only counts what is past it, so memory is bounded by the budget,
-//! not by the size of the result.
+//! query's budget of series (roll-up queries: at most [`ROLLUP_ROW_LIMIT`] objects, handed
+//! to the roll-up as compact [`Objects`](crate::snapshot::rollup::Objects) and budgeted
+//! after it) and only counts what is past it, so memory is bounded by the budget, not by the
+//! size of the result.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use super::cell::Cell;
 use crate::catalog::QuerySpec;
 use crate::db::outcome::{ErrorKind, RunError};
 use crate::snapshot::histogram::StatementSample;
-use crate::snapshot::{QueryResult, Series};
+use crate::snapshot::{QueryResult, Series, label_digest};
 
 /// The most rows a roll-up query may return (its series are budgeted after the roll-up).
 pub(crate) const ROLLUP_ROW_LIMIT: usize = 200_000;
@@ -46,11 +47,9 @@ pub(crate) struct Decoder {
     names: Vec<String>,
     result: QueryResult,
     stats: RunStats,
-    /// Digests of the label sets kept, under keys of this decoder's own (a tenant cannot
-    /// make two of its names collide): 8 bytes per series where a copy of the labels took
-    /// about 200 (6 MB at 30,000 partition indexes of a roll-up).
+    /// Digests ([`label_digest`]) of the label sets kept: 8 bytes per series where a copy
+    /// of the labels took about 200 (6 MB at 30,000 partition indexes of a roll-up).
     seen: HashSet<u64>,
-    digest: std::hash::RandomState,
     kept: usize,
     budget: usize,
 }
@@ -106,7 +105,6 @@ impl Decoder {
             result: QueryResult::empty(spec),
             stats: RunStats::default(),
             seen: HashSet::new(),
-            digest: std::hash::RandomState::new(),
             kept: 0,
             budget,
         })
@@ -176,7 +174,7 @@ impl Decoder {
             .iter()
             .map(|&i| cell(i).map(|c| c.text().unwrap_or_default()))
             .collect::<Result<Vec<String>, _>>()?;
-        let digest = std::hash::BuildHasher::hash_one(&self.digest, &labels);
+        let digest = label_digest(&labels);
         if self.seen.contains(&digest) {
             self.stats.dropped += self.spec.metrics.len() as u64;
             return Ok(());
@@ -195,6 +193,12 @@ impl Decoder {
         }
         self.kept += series.len();
         self.seen.insert(digest);
+        if let Some(objects) = self.result.objects.as_mut() {
+            // The roll-up key is the last label: the others name the parent.
+            labels.pop();
+            objects.push(digest, labels, &series);
+            return Ok(());
+        }
         // Each series owns its labels: copies for all but the last, which takes them.
         let mut series = series.into_iter().peekable();
         while let Some((m, value)) = series.next() {
@@ -235,20 +239,25 @@ mod tests {
     use super::*;
     use crate::catalog::{Catalog, Defaults};
 
+    /// A decoder of the one query of `yaml` over text columns named `columns`.
+    fn decoder(yaml: &str, columns: &[&str]) -> Decoder {
+        let specs = Catalog::parse(yaml, "q.yaml".as_ref(), Defaults::default())
+            .unwrap()
+            .queries;
+        let columns: Vec<(String, Type)> = columns
+            .iter()
+            .map(|c| ((*c).to_owned(), Type::TEXT))
+            .collect();
+        Decoder::new(&specs[0], &columns).unwrap()
+    }
+
     /// A label set met twice keeps its first series and counts the second as dropped; every
     /// metric of a row gets the row's labels.
     #[test]
     fn a_repeated_label_set_is_dropped_and_every_metric_keeps_its_labels() {
         let yaml = "queries:\n  - {name: q, sql: SELECT 1, labels: [k], max_series: 10, metrics: [\
             {column: a, name: pg_a, type: gauge, help: A.}, {column: b, name: pg_b, type: gauge, help: B.}]}\n";
-        let specs = Catalog::parse(yaml, "q.yaml".as_ref(), Defaults::default())
-            .unwrap()
-            .queries;
-        let columns: Vec<(String, Type)> = ["k", "a", "b"]
-            .iter()
-            .map(|c| ((*c).to_owned(), Type::TEXT))
-            .collect();
-        let mut d = Decoder::new(&specs[0], &columns).unwrap();
+        let mut d = decoder(yaml, &["k", "a", "b"]);
         let row = |k: &str, a: i64, b: i64| {
             vec![
                 Cell::Text(k.into()),
@@ -275,5 +284,50 @@ mod tests {
             [(vec!["x".into()], 2.0), (vec!["y".into()], 4.0)]
         );
         assert_eq!(stats.dropped, 2, "the repeated row's two series");
+    }
+
+    /// A roll-up query's rows become objects: each parent label set once, each object by the
+    /// digest of its labels (roll-up key last), a repeated object dropped.
+    #[test]
+    fn a_rollup_query_hands_over_objects_with_each_parent_once() {
+        let yaml = "queries:\n  - {name: q, sql: SELECT 1, labels: [p], rollup_key: k, max_series: 10, metrics: [\
+            {column: a, name: pg_a_total, type: counter, help: A.}]}\n";
+        let mut d = decoder(yaml, &["p", "k", "a"]);
+        let row = |p: &str, k: &str, a: i64| {
+            vec![
+                Cell::Text(p.into()),
+                Cell::Text(k.into()),
+                Cell::Int(a.into()),
+            ]
+        };
+        for r in [
+            row("t", "x", 1),
+            row("u", "y", 2),
+            row("t", "z", 3),
+            row("t", "x", 9),
+        ] {
+            d.push_cells(&r).unwrap();
+        }
+        let (result, stats) = d.finish();
+        assert!(result.families.iter().all(Vec::is_empty));
+        let objects = result.objects.unwrap();
+        assert_eq!(
+            objects.parents,
+            [vec!["t".to_owned()], vec!["u".to_owned()]]
+        );
+        let key = |p: &str, k: &str| label_digest(&[p.to_owned(), k.to_owned()]);
+        let samples: Vec<(u64, u32, f64)> = objects.samples[0]
+            .iter()
+            .map(|s| (s.key, s.parent, s.value))
+            .collect();
+        assert_eq!(
+            samples,
+            [
+                (key("t", "x"), 0, 1.0),
+                (key("u", "y"), 1, 2.0),
+                (key("t", "z"), 0, 3.0)
+            ]
+        );
+        assert_eq!(stats.dropped, 1, "the repeated object");
     }
 }

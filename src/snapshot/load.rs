@@ -139,6 +139,7 @@ mod tests {
                     })
                     .collect(),
             ],
+            objects: None,
             histogram: None,
             rows: None,
             at,

@@ -51,27 +51,38 @@ fn count(drops: &mut DropCounts, why: Dropped) {
     }
 }
 
-/// Drops the negative and non-finite samples of every counter of `result` (before roll-ups
-/// and accumulation, which would turn them into a decrease); `accumulated` checks every
-/// metric (its values all become counters).
+/// Drops the negative and non-finite samples of every counter of `result`, series and
+/// roll-up objects (before roll-ups and accumulation, which would turn them into a
+/// decrease); `accumulated` checks every metric (its values all become counters).
 pub(crate) fn drop_invalid(result: &mut QueryResult, accumulated: bool, drops: &mut DropCounts) {
     let spec = result.spec.clone();
     for (family, metric) in result.families.iter_mut().zip(&spec.metrics) {
         if metric.kind != MetricKind::Counter && !accumulated {
             continue;
         }
-        family.retain(|s| {
-            let why = if !s.value.is_finite() {
-                Dropped::NotFinite
-            } else if s.value < 0.0 {
-                Dropped::Negative
-            } else {
-                return true;
-            };
-            count(drops, why);
-            false
-        });
+        family.retain(|s| valid(s.value, drops));
     }
+    let Some(objects) = result.objects.as_mut() else {
+        return;
+    };
+    for (samples, metric) in objects.samples.iter_mut().zip(&spec.metrics) {
+        if metric.kind == MetricKind::Counter || accumulated {
+            samples.retain(|s| valid(s.value, drops));
+        }
+    }
+}
+
+/// Whether a counter sample is a count (finite, not negative); counts it by reason if not.
+fn valid(value: f64, drops: &mut DropCounts) -> bool {
+    let why = if !value.is_finite() {
+        Dropped::NotFinite
+    } else if value < 0.0 {
+        Dropped::Negative
+    } else {
+        return true;
+    };
+    count(drops, why);
+    false
 }
 
 /// Replaces every counter sample of `result` that is lower than what `previous` served for the
