@@ -81,15 +81,15 @@ fn is_user_schema(s: &str) -> bool {
 }
 
 /// An ordinary table or materialized view of a user schema (`v_table_stats`' rows).
-pub(super) fn is_user_table(r: &Relation) -> bool {
-    matches!(r.kind, b'r' | b'm') && is_user_schema(&r.schema)
+pub(super) fn is_user_table(facts: &Facts, r: &Relation) -> bool {
+    matches!(r.kind, b'r' | b'm') && is_user_schema(facts.schema(r))
 }
 
 /// The name a relation is reported under: its direct parent's, or its own.
 fn group_of<'a>(facts: &'a Facts, r: &'a Relation) -> (&'a str, &'a str) {
     match r.parent.and_then(|p| facts.get(p)) {
-        Some(p) => (&p.schema, &p.name),
-        None => (&r.schema, &r.name),
+        Some(p) => facts.qualified(p),
+        None => facts.qualified(r),
     }
 }
 
@@ -108,7 +108,7 @@ fn indexes_by_table(facts: &Facts) -> HashMap<u32, Vec<&Relation>> {
 pub(super) fn user_indexes(facts: &Facts) -> impl Iterator<Item = (&Relation, &Relation)> {
     facts.relations.iter().filter_map(|i| {
         let t = facts.get(i.indrelid?)?;
-        (i.kind == b'i' && matches!(t.kind, b'r' | b't' | b'm') && is_user_schema(&t.schema))
+        (i.kind == b'i' && matches!(t.kind, b'r' | b't' | b'm') && is_user_schema(facts.schema(t)))
             .then_some((i, t))
     })
 }
@@ -161,7 +161,7 @@ fn tables(input: Inputs<'_>, scans: bool) -> Rows<'_> {
             .unwrap_or(0)
     };
     let mut groups: HashMap<(&str, &str), TableGroup> = HashMap::new();
-    for t in facts.relations.iter().filter(|r| is_user_table(r)) {
+    for t in facts.relations.iter().filter(|r| is_user_table(facts, r)) {
         let g = groups.entry(group_of(facts, t)).or_default();
         g.live += t.live;
         g.dead += t.dead;
@@ -180,7 +180,7 @@ fn tables(input: Inputs<'_>, scans: bool) -> Rows<'_> {
         let mut out: Vec<((&str, &str), &Relation)> = facts
             .relations
             .iter()
-            .filter(|r| is_user_table(r))
+            .filter(|r| is_user_table(facts, r))
             .map(|t| (group_of(facts, t), t))
             .filter(|(key, _)| top.contains(key))
             .collect();
@@ -231,7 +231,7 @@ fn indexes(input: Inputs<'_>) -> Rows<'_> {
             let name = i
                 .parent
                 .and_then(|p| facts.get(p))
-                .map_or(&*i.name, |p| &*p.name);
+                .map_or(facts.name(i), |p| facts.name(p));
             ((schema, table, name), i)
         })
         .collect();
@@ -291,7 +291,7 @@ fn cache_hit(input: Inputs<'_>) -> Rows<'_> {
             slot.1 += read;
         }
     };
-    for t in facts.relations.iter().filter(|r| is_user_table(r)) {
+    for t in facts.relations.iter().filter(|r| is_user_table(facts, r)) {
         add(0, blocks(t));
         for i in indexes.get(&t.oid).into_iter().flatten() {
             add(1, blocks(i));
@@ -333,11 +333,10 @@ fn unused_indexes(input: Inputs<'_>) -> Rows<'_> {
 }
 
 /// How a partitioned table is named: bare in `public`, else schema-qualified.
-fn parent_label(p: &Relation) -> String {
-    if &*p.schema == "public" {
-        p.name.to_string()
-    } else {
-        format!("{}.{}", p.schema, p.name)
+fn parent_label(facts: &Facts, p: &Relation) -> String {
+    match facts.qualified(p) {
+        ("public", name) => name.to_owned(),
+        (schema, name) => format!("{schema}.{name}"),
     }
 }
 
@@ -379,7 +378,7 @@ fn partitions(input: Inputs<'_>) -> Rows<'_> {
         .relations
         .iter()
         .filter(|p| {
-            p.kind == b'p' && &*p.schema != "pg_catalog" && &*p.schema != "information_schema"
+            p.kind == b'p' && !matches!(facts.schema(p), "pg_catalog" | "information_schema")
         })
         .map(|p| {
             let (mut bytes, mut rows) = (0i64, 0i64);
@@ -396,7 +395,7 @@ fn partitions(input: Inputs<'_>) -> Rows<'_> {
             let bounds = direct.get(&p.oid).map(Vec::as_slice).unwrap_or_default();
             let runway = newest_end(p, bounds).map(|end| end - now);
             let row = vec![
-                text(parent_label(p)),
+                text(parent_label(facts, p)),
                 int(bounds.len() as i64),
                 int(bytes),
                 int(rows),
@@ -428,8 +427,8 @@ fn partition_growth(input: Inputs<'_>) -> Rows<'_> {
             let p = facts.get(r.parent?)?;
             (p.kind == b'p').then(|| {
                 vec![
-                    text(parent_label(p)),
-                    text(format!("{}.{}", r.schema, r.name)),
+                    text(parent_label(facts, p)),
+                    text(format!("{}.{}", facts.schema(r), facts.name(r))),
                     int(r.inserted),
                 ]
             })
@@ -447,7 +446,7 @@ fn root<'a>(facts: &'a Facts, r: &'a Relation) -> (&'a str, &'a str) {
             None => break,
         }
     }
-    (&at.schema, &at.name)
+    facts.qualified(at)
 }
 
 /// `table_wraparound`: the 20 oldest tables by relfrozenxid age (TOAST counted with its

@@ -36,7 +36,7 @@ pub struct Bloat<'a> {
 pub fn bloat(facts: &Facts) -> Option<Bloat<'_>> {
     let mut worst: Option<Bloat<'_>> = None;
     let mut tables = 0;
-    for r in facts.relations.iter().filter(|r| is_user_table(r)) {
+    for r in facts.relations.iter().filter(|r| is_user_table(facts, r)) {
         let total = r.live + r.dead;
         if total < BLOAT_MIN_TUPLES {
             continue;
@@ -46,7 +46,7 @@ pub fn bloat(facts: &Facts) -> Option<Bloat<'_>> {
             continue;
         }
         tables += 1;
-        let this = (&*r.schema, &*r.name);
+        let this = facts.qualified(r);
         let better = worst
             .as_ref()
             .is_none_or(|w| ratio > w.ratio || (ratio == w.ratio && this < (w.schema, w.name)));
@@ -69,10 +69,13 @@ pub fn runway<'a>(facts: &'a Facts, bounds: &Bounds) -> Option<(&'a str, &'a str
     facts
         .relations
         .iter()
-        .filter(|p| p.kind == b'p' && !matches!(&*p.schema, "pg_catalog" | "information_schema"))
+        .filter(|p| {
+            p.kind == b'p' && !matches!(facts.schema(p), "pg_catalog" | "information_schema")
+        })
         .filter_map(|p| {
             let bounds = direct.get(&p.oid).map(Vec::as_slice).unwrap_or_default();
-            Some((&*p.schema, &*p.name, newest_end(p, bounds)?))
+            let (schema, name) = facts.qualified(p);
+            Some((schema, name, newest_end(p, bounds)?))
         })
         .min_by(|a, b| {
             a.2.total_cmp(&b.2)

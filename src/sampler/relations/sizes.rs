@@ -15,7 +15,7 @@ pub(super) fn signatures(facts: &Facts) -> Vec<(u32, u64)> {
     let tables = facts
         .relations
         .iter()
-        .filter(|r| is_user_table(r))
+        .filter(|r| is_user_table(facts, r))
         .map(|t| {
             let own = indexes.get(&t.oid).map(Vec::as_slice).unwrap_or_default();
             (t.oid, facts.size_signature(t, own))
