@@ -111,7 +111,7 @@ async fn a_round_reads_the_statistics_alone_until_a_relation_is_created_altered_
     let renamed = previous.get(table).expect("pass_t, renamed");
     assert_eq!(previous.name(renamed), "pass_renamed");
     let p1 = previous.get(oid_of("pass_p1").await).expect("pass_p1");
-    assert_eq!(p1.parent, Some(oid_of("pass_p").await), "attached again");
+    assert_eq!(p1.parent(), Some(oid_of("pass_p").await), "attached again");
 
     // The safety net: a full read when due, even without DDL.
     let before = Instant::now();

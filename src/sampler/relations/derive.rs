@@ -87,7 +87,7 @@ pub(super) fn is_user_table(facts: &Facts, r: &Relation) -> bool {
 
 /// The name a relation is reported under: its direct parent's, or its own.
 fn group_of<'a>(facts: &'a Facts, r: &'a Relation) -> (&'a str, &'a str) {
-    match r.parent.and_then(|p| facts.get(p)) {
+    match r.parent().and_then(|p| facts.get(p)) {
         Some(p) => facts.qualified(p),
         None => facts.qualified(r),
     }
@@ -97,7 +97,7 @@ fn group_of<'a>(facts: &'a Facts, r: &'a Relation) -> (&'a str, &'a str) {
 fn indexes_by_table(facts: &Facts) -> HashMap<u32, Vec<&Relation>> {
     let mut map: HashMap<u32, Vec<&Relation>> = HashMap::new();
     for r in &facts.relations {
-        if let (b'i', Some(t)) = (r.kind, r.indrelid) {
+        if let (b'i', Some(t)) = (r.kind, r.indrelid()) {
             map.entry(t).or_default().push(r);
         }
     }
@@ -107,7 +107,7 @@ fn indexes_by_table(facts: &Facts) -> HashMap<u32, Vec<&Relation>> {
 /// Indexes of user tables (`pg_stat_user_indexes`' rows) with their table.
 pub(super) fn user_indexes(facts: &Facts) -> impl Iterator<Item = (&Relation, &Relation)> {
     facts.relations.iter().filter_map(|i| {
-        let t = facts.get(i.indrelid?)?;
+        let t = facts.get(i.indrelid()?)?;
         (i.kind == b'i' && matches!(t.kind, b'r' | b't' | b'm') && is_user_schema(facts.schema(t)))
             .then_some((i, t))
     })
@@ -229,7 +229,7 @@ fn indexes(input: Inputs<'_>) -> Rows<'_> {
         .map(|(i, t)| {
             let (schema, table) = group_of(facts, t);
             let name = i
-                .parent
+                .parent()
                 .and_then(|p| facts.get(p))
                 .map_or(facts.name(i), |p| facts.name(p));
             ((schema, table, name), i)
@@ -296,7 +296,7 @@ fn cache_hit(input: Inputs<'_>) -> Rows<'_> {
         for i in indexes.get(&t.oid).into_iter().flatten() {
             add(1, blocks(i));
         }
-        if let Some(toast) = t.toast.and_then(|o| facts.get(o)) {
+        if let Some(toast) = t.toast().and_then(|o| facts.get(o)) {
             add(2, blocks(toast));
             for i in indexes.get(&toast.oid).into_iter().flatten() {
                 add(2, blocks(i));
@@ -369,7 +369,7 @@ fn partitions(input: Inputs<'_>) -> Rows<'_> {
     let now = facts.server_now();
     let mut children: HashMap<u32, Vec<&Relation>> = HashMap::new();
     for r in facts.relations.iter().filter(|r| r.kind != b'i') {
-        if let Some(p) = r.parent {
+        if let Some(p) = r.parent() {
             children.entry(p).or_default().push(r);
         }
     }
@@ -424,7 +424,7 @@ fn partition_growth(input: Inputs<'_>) -> Rows<'_> {
         .iter()
         .filter(|r| r.kind != b'i')
         .filter_map(move |r| {
-            let p = facts.get(r.parent?)?;
+            let p = facts.get(r.parent()?)?;
             (p.kind == b'p').then(|| {
                 vec![
                     text(parent_label(facts, p)),
@@ -441,7 +441,7 @@ fn root<'a>(facts: &'a Facts, r: &'a Relation) -> (&'a str, &'a str) {
     let mut at = r;
     // A partition tree is finite; the bound only guards against a corrupt catalog.
     for _ in 0..64 {
-        match at.parent.and_then(|p| facts.get(p)) {
+        match at.parent().and_then(|p| facts.get(p)) {
             Some(p) => at = p,
             None => break,
         }
@@ -464,9 +464,9 @@ fn table_wraparound(input: Inputs<'_>) -> Rows<'_> {
         .iter()
         .filter(|r| matches!(r.kind, b'r' | b'm') && !r.temp)
     {
-        let toast = r.toast.and_then(|t| facts.get(t));
-        let xid = greatest(r.xid_age, toast.and_then(|t| t.xid_age));
-        let mxid = greatest(r.mxid_age, toast.and_then(|t| t.mxid_age));
+        let toast = r.toast().and_then(|t| facts.get(t));
+        let xid = greatest(r.xid_age(), toast.and_then(|t| t.xid_age()));
+        let mxid = greatest(r.mxid_age(), toast.and_then(|t| t.mxid_age()));
         let g = groups.entry(root(facts, r)).or_default();
         g.0 = greatest(g.0, xid);
         g.1 = greatest(g.1, mxid);
