@@ -341,7 +341,9 @@ async fn the_served_families_carry_the_views_values() {
     let db = TestDb::trade_migrated_on(&cluster.url("postgres")).await;
     set_up(&db).await;
     let names: Vec<&str> = REFERENCE.iter().map(|(n, _)| *n).collect();
-    let svc = start(&db.url, &shipped(&names, "2s"), |_| {}).await;
+    // 15 s: the safety net that reads every size again comes after 15 intervals (225 s),
+    // later than any wait below, so the written table's size is read for its write.
+    let svc = start(&db.url, &shipped(&names, "15s"), |_| {}).await;
     let body = svc
         .wait_for("every derived family published", |b| {
             names.iter().all(|n| {
@@ -392,6 +394,25 @@ async fn the_served_families_carry_the_views_values() {
         Some(one("SELECT sum(index_bytes)::float8 FROM monitoring.v_index_usage WHERE parent_relname = 'events'").await)
     );
     assert!(sample(&body, "pg_unused_indexes").is_some_and(|n| n >= 1.0));
+
+    // Rows written to one table: a later round reads its size again (the sizes of the
+    // relations written since are read every round), and serves what the view says.
+    let table = "pg_table_size_bytes{schemaname=\"ledger\",relname=\"entries\"}";
+    let before = sample(&body, table).unwrap();
+    c.batch_execute(
+        "INSERT INTO ledger.entries SELECT g, repeat(md5(g::text), 300), g FROM generate_series(1000, 1400) g",
+    )
+    .await
+    .unwrap();
+    flush_stats(&c).await;
+    let grown =
+        one("SELECT total_bytes::float8 FROM monitoring.v_table_stats WHERE relname = 'entries'")
+            .await;
+    assert!(
+        grown > before,
+        "the insert grew the table: {before} -> {grown}"
+    );
+    svc.wait_for_sample(table, |v| v == grown).await;
 }
 
 /// The statement of `file` that starts with `start`, up to its `COMMENT ON`.

@@ -263,7 +263,7 @@ async fn read_changed_sizes(
         true => Vec::new(),
         false => wanted
             .iter()
-            .filter(|(oid, sig)| cached.read_at.get(oid) != Some(sig))
+            .filter(|&&(oid, sig)| cached.read_at(oid) != Some(sig))
             .map(|(oid, _)| *oid)
             .collect(),
     };
@@ -271,7 +271,7 @@ async fn read_changed_sizes(
         let read = facts::read_sizes(txn, cached, all, &changed).await;
         // Sizes read are true whatever happens next; they count as read only when all were.
         read?;
-        sizes::settle(cached, &wanted, all, &changed);
+        cached.settle(&wanted, all, &changed);
     }
     Ok(())
 }

@@ -1,10 +1,11 @@
 //! Which exact sizes a round reads: every relation whose size signature changed since its
-//! size was read (all of them when a full read is due), and the bookkeeping after a read.
+//! size was read (all of them when a full read is due); [`super::facts::Sizes::settle`]
+//! keeps the books after a read.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use super::derive::{is_user_table, user_indexes};
-use super::facts::{Facts, Relation, Sizes};
+use super::facts::{Facts, Relation};
 
 /// The size signature of every user table and index the families report.
 pub(super) fn signatures(facts: &Facts) -> Vec<(u32, u64)> {
@@ -22,20 +23,4 @@ pub(super) fn signatures(facts: &Facts) -> Vec<(u32, u64)> {
         });
     let idx = user_indexes(facts).map(|(i, _)| (i.oid, facts.size_signature(i, &[])));
     tables.chain(idx).collect()
-}
-
-/// After a successful read of `changed` (or of everything, with `all`): records what each
-/// size was read at and forgets relations that no longer exist.
-pub(super) fn settle(sizes: &mut Sizes, wanted: &[(u32, u64)], all: bool, changed: &[u32]) {
-    let changed: HashSet<u32> = changed.iter().copied().collect();
-    for (oid, sig) in wanted {
-        if all || changed.contains(oid) {
-            sizes.read_at.insert(*oid, *sig);
-        }
-    }
-    let live: HashSet<u32> = wanted.iter().map(|(o, _)| *o).collect();
-    sizes.read_at.retain(|o, _| live.contains(o));
-    sizes.table.retain(|o, _| live.contains(o));
-    sizes.indexes.retain(|o, _| live.contains(o));
-    sizes.main.retain(|o, _| live.contains(o));
 }
