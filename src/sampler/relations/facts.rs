@@ -157,8 +157,11 @@ const FIRST_SHAPE: usize = FIRST_STAT + STATS_COLUMNS.len();
 /// The facts of one pass.
 #[derive(Debug)]
 pub struct Facts {
-    /// Every relation read, by oid (found by binary search: no index beside them).
+    /// Every relation read, by oid.
     pub relations: Vec<Relation>,
+    /// Their oids, in the same order: what a lookup searches (4 bytes a relation, so a
+    /// search does not touch a relation's cache line at each step).
+    oids: Vec<u32>,
     /// The names of the relations, one after the other.
     names: String,
     /// The schemas of the relations, each once.
@@ -197,7 +200,7 @@ impl Facts {
 
     /// The position of the relation with `oid` in `relations`.
     fn position(&self, oid: u32) -> Option<usize> {
-        self.relations.binary_search_by_key(&oid, |r| r.oid).ok()
+        self.oids.binary_search(&oid).ok()
     }
 
     /// The server's time now, as a Unix time (its `now()` at the pass plus the time since).
@@ -477,6 +480,7 @@ pub async fn read_facts(txn: &Transaction<'_>, hint: usize) -> Result<Facts, Run
     relations.sort_unstable_by_key(|r| r.oid);
     let at = Instant::now();
     Ok(Facts {
+        oids: relations.iter().map(|r| r.oid).collect(),
         relations,
         names,
         schemas: schemas
