@@ -163,8 +163,8 @@ fn tables(input: Inputs<'_>, scans: bool) -> Rows<'_> {
     let mut groups: HashMap<(&str, &str), TableGroup> = HashMap::new();
     for t in facts.relations.iter().filter(|r| is_user_table(facts, r)) {
         let g = groups.entry(group_of(facts, t)).or_default();
-        g.live += t.live;
-        g.dead += t.dead;
+        g.live += t.live();
+        g.dead += t.dead();
         g.bytes += total_bytes(input.sizes, t.oid);
         g.seq += t.scans;
         g.idx += idx_scans(t);
@@ -402,7 +402,7 @@ fn partitions(input: Inputs<'_>) -> Rows<'_> {
                     stack.push(c.oid);
                     if matches!(c.kind, b'r' | b'm') {
                         bytes += total_bytes(input.sizes, c.oid);
-                        rows += c.live;
+                        rows += c.live();
                     }
                 }
             }
@@ -443,7 +443,7 @@ fn partition_growth(input: Inputs<'_>) -> Rows<'_> {
                 vec![
                     text(parent_label(facts, p)),
                     text(format!("{}.{}", facts.schema(r), facts.name(r))),
-                    int(r.inserted),
+                    int(r.inserted()),
                 ]
             })
         });

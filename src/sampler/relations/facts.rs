@@ -18,8 +18,9 @@ use crate::catalog::derive::{
 use crate::db::outcome::{ErrorKind, RunError, classify};
 
 /// One relation of the pass (a table, partitioned table, TOAST table, index or foreign
-/// table). Kept between rounds for every relation, so it is compact: a statistic the
-/// relation's kind does not have is 0, a time it never had is NaN.
+/// table). Kept between rounds for every relation, so it is compact (72 bytes, and the
+/// statistics of a table apart): a statistic the relation's kind does not have is 0, a time
+/// it never had is none.
 #[derive(Debug, Clone)]
 pub struct Relation {
     /// `pg_class.oid`.
@@ -53,19 +54,41 @@ pub struct Relation {
     pub blks_fetched: i64,
     /// Blocks found in shared buffers.
     pub blks_hit: i64,
+    /// The statistics of a relation that is not an index.
+    table: Option<Box<TableStats>>,
+}
+
+/// The statistics only a relation that is not an index has: apart, so that each index (two
+/// relations in three of the trading shape) costs 8 bytes for them instead of 72 (2.2 MB
+/// less at 40,000 relations).
+#[derive(Debug, Clone)]
+struct TableStats {
     /// Estimated live rows.
-    pub live: i64,
+    live: i64,
     /// Estimated dead rows.
-    pub dead: i64,
+    dead: i64,
     /// Rows inserted.
-    pub inserted: i64,
+    inserted: i64,
     /// Rows updated and deleted plus (auto)vacuums: with `inserted` and `version`, what
     /// changes when the relation's size may have.
-    pub changes: i64,
+    changes: i64,
     /// Unix times of the last vacuum, autovacuum, analyze, autoanalyze (NaN: never).
     last: [f64; 4],
     /// `age(relfrozenxid)` and `mxid_age(relminmxid)` ([`NO_AGE`]: none).
     ages: [i32; 2],
+}
+
+impl Default for TableStats {
+    fn default() -> Self {
+        Self {
+            live: 0,
+            dead: 0,
+            inserted: 0,
+            changes: 0,
+            last: [f64::NAN; 4],
+            ages: [NO_AGE; 2],
+        }
+    }
 }
 
 /// The age of a relation without one (an index): no age the server reports is this low.
@@ -75,7 +98,32 @@ impl Relation {
     /// What changes when its contents may have: its catalog row (`version`), rows inserted,
     /// and rows updated and deleted plus vacuums.
     fn writes(&self) -> (u32, i64, i64) {
-        (self.version, self.inserted, self.changes)
+        (self.version, self.inserted(), self.changes())
+    }
+
+    /// A statistic of a relation that is not an index (0 for an index).
+    fn stat(&self, f: impl Fn(&TableStats) -> i64) -> i64 {
+        self.table.as_deref().map_or(0, f)
+    }
+
+    /// Estimated live rows.
+    pub fn live(&self) -> i64 {
+        self.stat(|t| t.live)
+    }
+
+    /// Estimated dead rows.
+    pub fn dead(&self) -> i64 {
+        self.stat(|t| t.dead)
+    }
+
+    /// Rows inserted.
+    pub fn inserted(&self) -> i64 {
+        self.stat(|t| t.inserted)
+    }
+
+    /// Rows updated and deleted plus (auto)vacuums.
+    pub fn changes(&self) -> i64 {
+        self.stat(|t| t.changes)
     }
 
     /// The direct parent of a partition (a partitioned table, or a partitioned index).
@@ -95,17 +143,24 @@ impl Relation {
 
     /// `age(relfrozenxid)`.
     pub fn xid_age(&self) -> Option<i32> {
-        Some(self.ages[0]).filter(|&a| a != NO_AGE)
+        self.table
+            .as_deref()
+            .map(|t| t.ages[0])
+            .filter(|&a| a != NO_AGE)
     }
 
     /// `mxid_age(relminmxid)`.
     pub fn mxid_age(&self) -> Option<i32> {
-        Some(self.ages[1]).filter(|&a| a != NO_AGE)
+        self.table
+            .as_deref()
+            .map(|t| t.ages[1])
+            .filter(|&a| a != NO_AGE)
     }
 
     /// Unix time of the last vacuum (0), autovacuum (1), analyze (2) or autoanalyze (3).
     pub fn last(&self, which: usize) -> Option<f64> {
-        self.last.get(which).copied().filter(|t| !t.is_nan())
+        let t = self.table.as_deref()?;
+        t.last.get(which).copied().filter(|t| !t.is_nan())
     }
 }
 
@@ -134,16 +189,19 @@ fn read_stats(row: &Row, r: &mut Relation) -> Result<(), tokio_postgres::Error> 
     r.scans = int(0)?;
     r.blks_fetched = int(1)?;
     r.blks_hit = int(2)?;
-    r.live = int(3)?;
-    r.dead = int(4)?;
-    r.inserted = int(5)?;
-    r.changes = int(6)?;
-    for (k, slot) in r.last.iter_mut().enumerate() {
+    let Some(t) = r.table.as_deref_mut() else {
+        return Ok(());
+    };
+    t.live = int(3)?;
+    t.dead = int(4)?;
+    t.inserted = int(5)?;
+    t.changes = int(6)?;
+    for (k, slot) in t.last.iter_mut().enumerate() {
         *slot = row
             .try_get::<_, Option<f64>>(FIRST_STAT + 7 + k)?
             .unwrap_or(f64::NAN);
     }
-    for (k, slot) in r.ages.iter_mut().enumerate() {
+    for (k, slot) in t.ages.iter_mut().enumerate() {
         *slot = row
             .try_get::<_, Option<i32>>(FIRST_STAT + 11 + k)?
             .unwrap_or(NO_AGE);
@@ -458,12 +516,7 @@ pub async fn read_facts(txn: &Transaction<'_>, hint: usize) -> Result<Facts, Run
             scans: 0,
             blks_fetched: 0,
             blks_hit: 0,
-            live: 0,
-            dead: 0,
-            inserted: 0,
-            changes: 0,
-            last: [f64::NAN; 4],
-            ages: [NO_AGE; 2],
+            table: (!matches!(kind, "i" | "I")).then(Box::default),
         };
         read_stats(row, &mut r)?;
         relations.push(r);
@@ -625,10 +678,12 @@ mod tests {
     use super::*;
 
     /// A relation is kept between rounds for each of up to tens of thousands: its size is
-    /// what the pass costs in memory (136 bytes: 8.2 MB at 60,000 relations).
+    /// what the pass costs in memory (72 bytes, and 80 more for one that is not an index:
+    /// 5.9 MB at 60,000 relations, 40,000 of them indexes).
     #[test]
     fn a_relation_stays_compact() {
-        assert!(std::mem::size_of::<Relation>() <= 136);
+        assert!(std::mem::size_of::<Relation>() <= 72);
+        assert!(std::mem::size_of::<TableStats>() <= 72);
     }
 
     /// Sizes read are kept at once, settled (read at a signature) only by `settle`, which

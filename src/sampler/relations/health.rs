@@ -37,11 +37,11 @@ pub fn bloat(facts: &Facts) -> Option<Bloat<'_>> {
     let mut worst: Option<Bloat<'_>> = None;
     let mut tables = 0;
     for r in facts.relations.iter().filter(|r| is_user_table(facts, r)) {
-        let total = r.live + r.dead;
+        let total = r.live() + r.dead();
         if total < BLOAT_MIN_TUPLES {
             continue;
         }
-        let ratio = r.dead as f64 / total as f64;
+        let ratio = r.dead() as f64 / total as f64;
         if ratio <= BLOAT_RATIO {
             continue;
         }
