@@ -36,8 +36,9 @@ fn fresh(now: u32, s: &Seen) -> bool {
     u64::from(now.saturating_sub(s.at)) <= RETENTION.as_secs()
 }
 
-/// An object's identity: the [`label_digest`](super::label_digest) of its label set (the roll-up key last), so
-/// the state of 10,000 partitions costs 8 bytes per object instead of a copy of its labels.
+/// An object's identity: the [`label_digest`](super::label_digest) of its label set (the
+/// roll-up key last), so the state of 10,000 partitions costs 8 bytes per object instead of
+/// a copy of its labels.
 pub(crate) type ObjectKey = u64;
 
 /// One value of one object of a roll-up query, before the roll-up.
